@@ -1,0 +1,144 @@
+// Package codec compresses and decompresses Skiff frames. It is the only
+// place that knows how each bootstrap.Compression maps to a library, so the
+// converter and every reader agree byte for byte.
+package codec
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+var (
+	encOnce sync.Once
+	enc     *zstd.Encoder
+	decOnce sync.Once
+	dec     *zstd.Decoder
+)
+
+func zstdEncoder() *zstd.Encoder {
+	encOnce.Do(func() {
+		// EncodeAll on a shared encoder is safe for concurrent use; one
+		// goroutine per call keeps parallelism in the caller's hands.
+		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+	})
+	return enc
+}
+
+func zstdDecoder() *zstd.Decoder {
+	decOnce.Do(func() {
+		dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30))
+	})
+	return dec
+}
+
+// Compress appends the compressed form of src to dst.
+func Compress(c bootstrap.Compression, dst, src []byte) ([]byte, error) {
+	switch c {
+	case bootstrap.None:
+		return append(dst, src...), nil
+	case bootstrap.Zstd:
+		return zstdEncoder().EncodeAll(src, dst), nil
+	case bootstrap.LZ4:
+		start := len(dst)
+		bound := lz4.CompressBlockBound(len(src))
+		dst = grow(dst, bound)
+		var ht [1 << 16]int
+		n, err := lz4.CompressBlock(src, dst[start:start+bound], ht[:])
+		if err != nil {
+			return nil, fmt.Errorf("lz4 compress: %w", err)
+		}
+		if n == 0 {
+			// Incompressible: lz4 block format cannot express this, so the
+			// frame would not round trip. Callers store such frames as None.
+			return nil, errIncompressible
+		}
+		return dst[:start+n], nil
+	}
+	return nil, fmt.Errorf("compress: unknown compression %d", c)
+}
+
+var errIncompressible = fmt.Errorf("incompressible")
+
+// CompressFrame compresses src with c, falling back to None when the
+// compressed form would not be smaller. It returns the codec actually used.
+func CompressFrame(c bootstrap.Compression, dst, src []byte) ([]byte, bootstrap.Compression, error) {
+	if c == bootstrap.None {
+		return append(dst, src...), bootstrap.None, nil
+	}
+	start := len(dst)
+	out, err := Compress(c, dst, src)
+	if err == errIncompressible || (err == nil && len(out)-start >= len(src)) {
+		return append(dst[:start], src...), bootstrap.None, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return out, c, nil
+}
+
+// Decompress decompresses src, which must expand to exactly size bytes,
+// into dst (reusing its capacity). Hostile input never allocates more than
+// size bytes.
+func Decompress(c bootstrap.Compression, dst, src []byte, size int) ([]byte, error) {
+	switch c {
+	case bootstrap.None:
+		if len(src) != size {
+			return nil, fmt.Errorf("decompress: stored frame is %d bytes, want %d", len(src), size)
+		}
+		return append(dst[:0], src...), nil
+	case bootstrap.Zstd:
+		out, err := zstdDecoder().DecodeAll(src, grow(dst[:0], size)[:0])
+		if err != nil {
+			return nil, fmt.Errorf("zstd decompress: %w", err)
+		}
+		if len(out) != size {
+			return nil, fmt.Errorf("zstd decompress: got %d bytes, want %d", len(out), size)
+		}
+		return out, nil
+	case bootstrap.LZ4:
+		out := grow(dst[:0], size)[:size]
+		n, err := lz4.UncompressBlock(src, out)
+		if err != nil {
+			return nil, fmt.Errorf("lz4 decompress: %w", err)
+		}
+		if n != size {
+			return nil, fmt.Errorf("lz4 decompress: got %d bytes, want %d", n, size)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("decompress: unknown compression %d", c)
+}
+
+// ZstdBytes decompresses a whole zstd stream (a bootstrap blob), refusing
+// to produce more than limit bytes.
+func ZstdBytes(src []byte, limit int) ([]byte, error) {
+	var buf bytes.Buffer
+	d, err := zstd.NewReader(bytes.NewReader(src), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(limit)))
+	if err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	defer d.Close()
+	if _, err := buf.ReadFrom(io.LimitReader(d, int64(limit)+1)); err != nil {
+		return nil, fmt.Errorf("zstd decompress: %w", err)
+	}
+	if buf.Len() > limit {
+		return nil, fmt.Errorf("zstd decompress: more than %d bytes", limit)
+	}
+	return buf.Bytes(), nil
+}
+
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b
+	}
+	nb := make([]byte, len(b), len(b)+n)
+	copy(nb, b)
+	return nb
+}

@@ -1,0 +1,74 @@
+// Package store defines the one interface through which Skiff reads and
+// writes content-addressed blobs: chunk data, chunk indexes and bootstraps.
+// Implementations live in subpackages (store/dir, store/s3) and all pass the
+// conformance suite in store/storetest.
+package store
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"time"
+)
+
+// ErrNotFound is returned (wrapped) when a key does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Info describes a stored object.
+type Info struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// Store is a flat key/value blob store. Keys are slash-separated paths such
+// as "blobs/sha256/<hex>". Objects are immutable once written: Put of an
+// existing key replaces it atomically, and a reader never observes a
+// partially written object.
+type Store interface {
+	// Put writes size bytes from r under key. size may be -1 when unknown.
+	Put(ctx context.Context, key string, r io.Reader, size int64) error
+	// Get returns length bytes of key starting at off; length -1 reads to
+	// the end. Reading past the end of the object is an error.
+	Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error)
+	// Stat returns the object's metadata or an error wrapping ErrNotFound.
+	Stat(ctx context.Context, key string) (Info, error)
+	// List calls fn for every object whose key starts with prefix, in
+	// lexical key order.
+	List(ctx context.Context, prefix string, fn func(Info) error) error
+	// Delete removes key; deleting a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+}
+
+// Key prefixes, shared by every writer and reader of a store.
+const (
+	BlobPrefix      = "blobs/sha256/"
+	IndexPrefix     = "index/sha256/"
+	BootstrapPrefix = "bootstraps/sha256/"
+)
+
+// BlobKey is where the chunk-data blob with the given hex sha256 lives.
+func BlobKey(hex string) string { return BlobPrefix + hex }
+
+// IndexKey is where the chunk index of blob hex lives; converters read all
+// indexes to deduplicate chunks across images.
+func IndexKey(hex string) string { return IndexPrefix + hex }
+
+// BootstrapKey is where a bootstrap blob with the given hex sha256 lives.
+func BootstrapKey(hex string) string { return BootstrapPrefix + hex }
+
+// ValidKey reports whether key is a relative, clean, slash-separated path;
+// implementations reject anything else so that a key can never escape a
+// directory or bucket prefix.
+func ValidKey(key string) bool {
+	if key == "" || strings.HasPrefix(key, "/") || strings.HasSuffix(key, "/") || strings.Contains(key, "\\") {
+		return false
+	}
+	for _, part := range strings.Split(key, "/") {
+		if part == "" || part == "." || part == ".." {
+			return false
+		}
+	}
+	return true
+}
