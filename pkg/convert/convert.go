@@ -1,0 +1,445 @@
+// Package convert turns OCI images into Skiff images: it streams every
+// layer (gzip, zstd or uncompressed) without unpacking it, cuts file
+// content into chunks, stores each distinct chunk once in compressed frames
+// of content-addressed blobs, merges the layers into one bootstrap, and
+// builds the Skiff manifest. The CLI and the converter service share it.
+package convert
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store"
+)
+
+// Defaults, chosen by `make bench` (see README): 1 MiB chunks, zstd, fixed
+// chunking, small chunks packed into frames of up to 256 KiB.
+const (
+	DefaultChunkSize   = 1 << 20
+	DefaultBatchSize   = 256 << 10
+	DefaultCompression = bootstrap.Zstd
+	DefaultChunking    = FixedChunking
+)
+
+// Options tune a conversion. Zero values select the defaults.
+type Options struct {
+	ChunkSize   int
+	Compression bootstrap.Compression
+	Chunking    Chunking
+	// BatchSize is the frame size up to which small chunks share a frame.
+	BatchSize int
+	// Concurrency bounds layers converted and frames compressed at once.
+	Concurrency int
+	// WorkDir holds blob files until they are uploaded.
+	WorkDir string
+	// Progress, if set, is called as layers are read.
+	Progress func(Progress)
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Progress reports how far a conversion has read.
+type Progress struct {
+	Layers, LayersDone int
+	BytesRead, Bytes   int64 // compressed layer bytes read / in total
+}
+
+// Result describes a finished conversion.
+type Result struct {
+	Image         v1.Image // the Skiff image; its subject is the source
+	Bootstrap     bootstrap.Digest
+	BootstrapSize int64
+	SourceDigest  v1.Hash
+	Stats         bootstrap.Stats
+	SourceBytes   int64 // compressed size of the source layers
+	NewBytes      int64 // bytes this conversion added to the store
+	NewBlobs      []bootstrap.Digest
+	Duration      time.Duration
+}
+
+// Converter converts images into one store. It remembers the chunks the
+// store holds, so it is worth keeping one for the life of a process; it is
+// safe for concurrent use.
+type Converter struct {
+	store store.Store
+	opts  Options
+	log   *slog.Logger
+
+	mu     sync.Mutex
+	dict   map[bootstrap.Digest]chunkLoc
+	loaded map[string]bool // index keys already merged into dict
+}
+
+// New returns a Converter writing to st.
+func New(st store.Store, opts Options) *Converter {
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = DefaultChunkSize
+	}
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = DefaultBatchSize
+	}
+	if opts.Chunking == "" {
+		opts.Chunking = DefaultChunking
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = runtime.NumCPU()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Converter{store: st, opts: opts, log: opts.Logger, dict: map[bootstrap.Digest]chunkLoc{}, loaded: map[string]bool{}}
+}
+
+// validate rejects options that would produce an unreadable image.
+func (o Options) validate() error {
+	if o.ChunkSize > bootstrap.MaxChunkSize || o.ChunkSize < 4096 {
+		return fmt.Errorf("chunk size %d out of range (4096..%d)", o.ChunkSize, bootstrap.MaxChunkSize)
+	}
+	if o.Chunking == CDCChunking && o.ChunkSize*2 > bootstrap.MaxChunkSize {
+		return fmt.Errorf("cdc chunk size %d: maximum chunk would exceed %d", o.ChunkSize, bootstrap.MaxChunkSize)
+	}
+	if o.BatchSize > bootstrap.MaxFrameSize {
+		return fmt.Errorf("batch size %d exceeds %d", o.BatchSize, bootstrap.MaxFrameSize)
+	}
+	if o.Compression > bootstrap.LZ4 {
+		return fmt.Errorf("unknown compression %d", o.Compression)
+	}
+	return nil
+}
+
+// Convert converts src. Blobs reach the store before the bootstrap that
+// names them, and the bootstrap before the image is returned, so a pushed
+// Skiff image never refers to data that is not there.
+func (c *Converter) Convert(ctx context.Context, src v1.Image) (*Result, error) {
+	start := time.Now()
+	if err := c.opts.validate(); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	subject, err := partial.Descriptor(src)
+	if err != nil {
+		return nil, fmt.Errorf("convert: source descriptor: %w", err)
+	}
+	m, err := src.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("convert: source manifest: %w", err)
+	}
+	if image.IsSkiff(m) {
+		return nil, fmt.Errorf("convert: %s is already a Skiff image", subject.Digest)
+	}
+	cfg, err := src.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("convert: source config: %w", err)
+	}
+	layers, err := src.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("convert: source layers: %w", err)
+	}
+	if err := c.loadDictionary(ctx); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+
+	res := &Result{SourceDigest: subject.Digest}
+	for _, l := range m.Layers {
+		res.SourceBytes += l.Size
+	}
+	d := &dedup{chunks: map[bootstrap.Digest]*location{}, dict: c.snapshotDictionary()}
+	comp := newCompressor(c.opts.Concurrency)
+	defer comp.close()
+
+	prog := &progress{fn: c.opts.Progress, p: Progress{Layers: len(layers), Bytes: res.SourceBytes}}
+	entries := make([][]entry, len(layers))
+	writers := make([]*blobWriter, len(layers))
+	defer func() {
+		for _, bw := range writers {
+			if bw != nil {
+				bw.discard()
+			}
+		}
+	}()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.opts.Concurrency)
+	for i, l := range layers {
+		bw, err := newBlobWriter(c.opts.WorkDir, d, comp, c.opts.Compression, c.opts.BatchSize, 2*c.opts.Concurrency)
+		if err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+		writers[i] = bw
+		g.Go(func() error {
+			ents, err := c.convertLayer(gctx, l, bw, prog)
+			if err != nil {
+				digest, _ := l.Digest()
+				return fmt.Errorf("layer %d (%s): %w", i, digest, err)
+			}
+			entries[i] = ents
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+
+	t := newTree()
+	for i, ents := range entries {
+		if err := t.apply(ents); err != nil {
+			return nil, fmt.Errorf("convert: layer %d: %w", i, err)
+		}
+	}
+	b, err := t.build(uint32(c.opts.ChunkSize), d)
+	if err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	blob, err := bootstrap.Encode(b)
+	if err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	res.Bootstrap = bootstrap.Sum(blob)
+	res.BootstrapSize = int64(len(blob))
+	res.Stats = b.Stats()
+
+	// Only blobs the final tree uses are uploaded: content that later
+	// layers deleted or replaced never reaches the store.
+	used := map[bootstrap.Digest]bool{}
+	for _, bd := range b.Blobs {
+		used[bd] = true
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(c.opts.Concurrency)
+	var newBytes atomic.Int64
+	var newMu sync.Mutex
+	for _, bw := range writers {
+		if bw.size == 0 || !used[bw.digest] {
+			continue
+		}
+		g.Go(func() error {
+			n, err := c.publish(gctx, bw)
+			if err != nil {
+				return err
+			}
+			newBytes.Add(n)
+			if n > 0 {
+				newMu.Lock()
+				res.NewBlobs = append(res.NewBlobs, bw.digest)
+				newMu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	if err := c.store.Put(ctx, store.BootstrapKey(res.Bootstrap.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
+		return nil, fmt.Errorf("convert: store bootstrap: %w", err)
+	}
+	res.NewBytes = newBytes.Load()
+	if res.Image, err = image.New(cfg, blob, *subject); err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	res.Duration = time.Since(start)
+	c.log.Debug("converted image", "source", subject.Digest, "bootstrap", res.Bootstrap, "files", res.Stats.Files, "stored", res.Stats.StoredBytes, "new", res.NewBytes, "duration", res.Duration)
+	return res, nil
+}
+
+// convertLayer streams one layer through the tar reader into bw.
+func (c *Converter) convertLayer(ctx context.Context, l v1.Layer, bw *blobWriter, prog *progress) ([]entry, error) {
+	defer bw.close() // idempotent; a failed layer must not leak its writer
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, fmt.Errorf("open: %w", err)
+	}
+	defer rc.Close()
+	cr := &countingReader{ctx: ctx, r: rc, prog: prog}
+	r, closeDec, err := decompress(cr)
+	if err != nil {
+		return nil, err
+	}
+	defer closeDec()
+	ents, err := readLayer(r, newChunker(c.opts.Chunking, c.opts.ChunkSize), bw)
+	if err != nil {
+		return nil, err
+	}
+	// Read to the end so the registry client verifies the layer digest.
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return nil, fmt.Errorf("read past tar end: %w", err)
+	}
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
+	}
+	if err := bw.close(); err != nil {
+		return nil, err
+	}
+	prog.layerDone()
+	return ents, nil
+}
+
+// publish uploads a blob and then its chunk index, and returns the bytes
+// written (0 when the store already had the blob).
+func (c *Converter) publish(ctx context.Context, bw *blobWriter) (int64, error) {
+	key := store.BlobKey(bw.digest.Hex())
+	var n int64
+	if info, err := c.store.Stat(ctx, key); err == nil && info.Size == bw.size {
+		c.log.Debug("blob already stored", "blob", bw.digest)
+	} else {
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return 0, fmt.Errorf("stat blob: %w", err)
+		}
+		if err := bw.upload(ctx, c.store, key); err != nil {
+			return 0, err
+		}
+		n = bw.size
+	}
+	idx := bw.index(uint32(c.opts.ChunkSize))
+	enc, err := bootstrap.Encode(idx)
+	if err != nil {
+		return 0, fmt.Errorf("encode index of %s: %w", bw.digest, err)
+	}
+	if err := c.store.Put(ctx, store.IndexKey(bw.digest.Hex()), bytes.NewReader(enc), int64(len(enc))); err != nil {
+		return 0, fmt.Errorf("store index of %s: %w", bw.digest, err)
+	}
+	c.learn(idx)
+	return n, nil
+}
+
+// loadDictionary merges chunk indexes that appeared in the store since the
+// last conversion, so chunks already stored by other images are reused.
+// An index whose blob has gone missing is ignored.
+func (c *Converter) loadDictionary(ctx context.Context) error {
+	var keys []string
+	err := c.store.List(ctx, store.IndexPrefix, func(info store.Info) error {
+		c.mu.Lock()
+		seen := c.loaded[info.Key]
+		c.mu.Unlock()
+		if !seen {
+			keys = append(keys, info.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list chunk indexes: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, key := range keys {
+		g.Go(func() error {
+			idx, err := c.readIndex(gctx, key)
+			if err != nil {
+				c.log.Warn("ignoring chunk index", "key", key, "err", err)
+				return nil
+			}
+			if _, err := c.store.Stat(gctx, store.BlobKey(idx.Blobs[0].Hex())); err != nil {
+				c.log.Warn("ignoring chunk index of missing blob", "key", key, "err", err)
+				return nil
+			}
+			c.learn(idx)
+			c.mu.Lock()
+			c.loaded[key] = true
+			c.mu.Unlock()
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+func (c *Converter) readIndex(ctx context.Context, key string) (*bootstrap.Bootstrap, error) {
+	rc, err := c.store.Get(ctx, key, 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, bootstrap.MaxRawSize))
+	if err != nil {
+		return nil, err
+	}
+	idx, err := bootstrap.Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(idx.Blobs) != 1 {
+		return nil, fmt.Errorf("index names %d blobs, want 1", len(idx.Blobs))
+	}
+	return idx, nil
+}
+
+func (c *Converter) learn(idx *bootstrap.Bootstrap) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.loaded[store.IndexKey(idx.Blobs[0].Hex())] = true
+	for _, ch := range idx.Chunks {
+		if ch.Zero() {
+			continue
+		}
+		if _, ok := c.dict[ch.Digest]; !ok {
+			f := idx.Frames[ch.Frame]
+			c.dict[ch.Digest] = chunkLoc{blob: idx.Blobs[f.Blob], frame: f, offset: ch.Offset}
+		}
+	}
+}
+
+// snapshotDictionary copies the dictionary so a conversion sees one
+// consistent view while others add to it.
+func (c *Converter) snapshotDictionary() map[bootstrap.Digest]chunkLoc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[bootstrap.Digest]chunkLoc, len(c.dict))
+	for k, v := range c.dict {
+		m[k] = v
+	}
+	return m
+}
+
+// progress aggregates the layer readers' progress for Options.Progress.
+type progress struct {
+	mu sync.Mutex
+	fn func(Progress)
+	p  Progress
+}
+
+func (p *progress) add(n int) {
+	if p.fn == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.p.BytesRead += int64(n)
+	p.fn(p.p)
+}
+
+func (p *progress) layerDone() {
+	if p.fn == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.p.LayersDone++
+	p.fn(p.p)
+}
+
+// countingReader reports progress and stops reading once ctx is done, so a
+// cancelled conversion does not drain a multi-gigabyte layer.
+type countingReader struct {
+	ctx  context.Context
+	r    io.Reader
+	prog *progress
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := r.r.Read(p)
+	r.prog.add(n)
+	return n, err
+}
