@@ -50,11 +50,18 @@ type chunkSink interface {
 // readLayer reads an uncompressed tar stream into normalised entries,
 // passing every regular file's content through the chunker to sink.
 func readLayer(r io.Reader, ch chunker, sink chunkSink) ([]entry, error) {
-	tr := tar.NewReader(r)
+	tail := &tailReader{r: r}
+	tr := tar.NewReader(tail)
 	var entries []entry
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
+			// archive/tar accepts a stream that simply stops between
+			// entries; a layer cut short there would silently lose files,
+			// so the end-of-archive block is required.
+			if !tail.endsWithZeroBlock() {
+				return nil, fmt.Errorf("read tar after %d entries: stream ends without the end-of-archive marker: %w", len(entries), io.ErrUnexpectedEOF)
+			}
 			return entries, nil
 		}
 		if err != nil {
@@ -85,6 +92,30 @@ func readLayer(r io.Reader, ch chunker, sink chunkSink) ([]entry, error) {
 		}
 		entries = append(entries, *e)
 	}
+}
+
+// tailReader remembers the last block read, so readLayer can tell a
+// complete archive (which ends in zero blocks) from a truncated one.
+type tailReader struct {
+	r    io.Reader
+	tail [512]byte
+	n    int64
+}
+
+func (t *tailReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n >= len(t.tail) {
+		copy(t.tail[:], p[n-len(t.tail):n])
+	} else if n > 0 {
+		copy(t.tail[:], t.tail[n:])
+		copy(t.tail[len(t.tail)-n:], p[:n])
+	}
+	t.n += int64(n)
+	return n, err
+}
+
+func (t *tailReader) endsWithZeroBlock() bool {
+	return t.n >= int64(len(t.tail)) && isZero(t.tail[:])
 }
 
 // headerEntry normalises one tar header. It returns nil for entries that

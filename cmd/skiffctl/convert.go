@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/image"
+)
+
+func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("convert", "SOURCE [TARGET]", stderr)
+	storeURL := fs.String("store", defaultStoreURL(), storeFlagHelp)
+	chunkSize := fs.Int("chunk-size", convert.DefaultChunkSize, "chunk size in bytes (fixed chunking) or average chunk size (cdc)")
+	compression := fs.String("compression", convert.DefaultCompression.String(), "frame compression: zstd, lz4 or none")
+	chunking := fs.String("chunking", string(convert.DefaultChunking), "chunking: fixed or cdc")
+	batchSize := fs.Int("batch-size", convert.DefaultBatchSize, "pack chunks smaller than this into shared frames of up to this size")
+	workDir := fs.String("work-dir", os.TempDir(), "directory for blob files before upload")
+	remote := fs.Bool("remote", false, "ask the converter service to convert SOURCE (published as TAG-skiff) instead of converting here")
+	natsURL := fs.String("nats", envOr("SKIFF_NATS_URL", "nats://127.0.0.1:4222"), "NATS server of the converter service, with --remote")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *remote {
+		if fs.NArg() != 1 {
+			fs.Usage()
+			return errUsage
+		}
+		return convertRemote(ctx, *natsURL, fs.Arg(0), stdout)
+	}
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		fs.Usage()
+		return errUsage
+	}
+	source := fs.Arg(0)
+	target := fs.Arg(1)
+	if target == "" {
+		t, err := image.SkiffTag(source)
+		if err != nil {
+			return fmt.Errorf("no TARGET given and %w", err)
+		}
+		target = t
+	}
+	comp, err := bootstrap.ParseCompression(*compression)
+	if err != nil {
+		return err
+	}
+	ch, err := convert.ParseChunking(*chunking)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(ctx, *storeURL)
+	if err != nil {
+		return err
+	}
+	src, err := image.Load(ctx, source)
+	if err != nil {
+		return err
+	}
+	line := newProgressLine(stderr)
+	c := convert.New(st, convert.Options{
+		ChunkSize: *chunkSize, Compression: comp, Chunking: ch, BatchSize: *batchSize, WorkDir: *workDir,
+		Progress: func(p convert.Progress) {
+			line.update("converting %s: layers %d/%d, %s of %s", source, p.LayersDone, p.Layers, bytesString(p.BytesRead), bytesString(p.Bytes))
+		},
+	})
+	res, err := c.Convert(ctx, src)
+	line.done()
+	if err != nil {
+		return err
+	}
+	line.update("pushing %s", target)
+	err = image.Write(ctx, target, res.Image)
+	line.done()
+	if err != nil {
+		return err
+	}
+	digest, err := res.Image.Digest()
+	if err != nil {
+		return err
+	}
+	s := res.Stats
+	fmt.Fprintf(stdout, "%s@%s\n", target, digest)
+	fmt.Fprintf(stdout, "  bootstrap %s (%s), %d files, %d chunks\n", res.Bootstrap, bytesString(res.BootstrapSize), s.Files, s.Chunks)
+	fmt.Fprintf(stdout, "  source layers %s, logical %s, stored %s (%.2fx of source), new in store %s, in %s\n",
+		bytesString(res.SourceBytes), bytesString(s.LogicalBytes), bytesString(s.StoredBytes),
+		ratio(s.StoredBytes, res.SourceBytes), bytesString(res.NewBytes), res.Duration.Round(1e6))
+	return nil
+}
+
+func ratio(a, b int64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

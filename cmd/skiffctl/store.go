@@ -1,0 +1,30 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
+)
+
+// defaultStoreURL is the embedded default: a local directory store, so
+// convert and mount work on one machine with nothing else running.
+// SKIFF_STORE overrides it for every command.
+func defaultStoreURL() string {
+	if u := os.Getenv("SKIFF_STORE"); u != "" {
+		return u
+	}
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	return "file://" + filepath.Join(dir, "skiff", "store")
+}
+
+const storeFlagHelp = "blob store: file:///abs/path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; default $SKIFF_STORE or a local directory)"
+
+func openStore(ctx context.Context, url string) (store.Store, error) {
+	return storeurl.Open(ctx, url)
+}
