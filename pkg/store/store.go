@@ -7,6 +7,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"time"
@@ -14,6 +15,9 @@ import (
 
 // ErrNotFound is returned (wrapped) when a key does not exist.
 var ErrNotFound = errors.New("not found")
+
+// ErrInvalidKey is returned (wrapped) for a key that ValidKey rejects.
+var ErrInvalidKey = errors.New("invalid key")
 
 // Info describes a stored object.
 type Info struct {
@@ -71,4 +75,14 @@ func ValidKey(key string) bool {
 		}
 	}
 	return true
+}
+
+// CheckKey returns an error wrapping ErrInvalidKey that says what a key must
+// look like, or nil for a valid key. Implementations call it first in every
+// method taking a key so that all of them reject the same keys the same way.
+func CheckKey(key string) error {
+	if !ValidKey(key) {
+		return fmt.Errorf("%w %q: want a relative slash-separated path without empty, \".\" or \"..\" elements or backslashes", ErrInvalidKey, key)
+	}
+	return nil
 }
