@@ -1,0 +1,234 @@
+// Package cache keeps verified, decompressed chunks keyed by their digest,
+// so a chunk crosses the network once per node no matter how many files,
+// images or mounts share it. The disk cache survives restarts and never
+// trusts its own files: every read is checked against the digest it is
+// filed under, and a file that fails is deleted and reported as a miss.
+package cache
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// Stats counts what a cache holds and how it has been used.
+type Stats struct {
+	Entries   int   `json:"entries"`
+	Bytes     int64 `json:"bytes"`
+	MaxBytes  int64 `json:"maxBytes"`
+	Hits      int64 `json:"hits"`
+	Misses    int64 `json:"misses"`
+	Evictions int64 `json:"evictions"`
+	Corrupt   int64 `json:"corrupt"` // files deleted because their content did not match
+}
+
+// Cache is an on-disk chunk cache laid out as DIR/chunks/ab/<hex>, bounded
+// by total chunk bytes with least-recently-used eviction. File modification
+// times carry the recency across restarts: Open orders by them, and a hit
+// touches the file. It is safe for concurrent use, including by several
+// processes sharing DIR, since every file is written to a temporary name
+// and renamed into place.
+type Cache struct {
+	dir string
+
+	mu    sync.Mutex
+	idx   *lru[struct{}]
+	stats Stats
+}
+
+// tempPrefix marks files being written; Open deletes leftovers.
+const tempPrefix = ".tmp-"
+
+// Open opens or creates the cache in dir, limited to maxBytes of chunk data
+// (0: unlimited), and rebuilds its index by scanning dir.
+func Open(dir string, maxBytes int64) (*Cache, error) {
+	if maxBytes < 0 {
+		return nil, fmt.Errorf("open cache %s: negative size limit %d", dir, maxBytes)
+	}
+	root := filepath.Join(dir, "chunks")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("open cache: %w", err)
+	}
+	type found struct {
+		d     bootstrap.Digest
+		size  int64
+		mtime time.Time
+	}
+	var files []found
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if e.IsDir() {
+			return nil
+		}
+		d, ok := parseName(root, p)
+		info, ierr := e.Info()
+		if !ok || ierr != nil || !info.Mode().IsRegular() {
+			// Interrupted writes and strays: nothing can ever look them up.
+			if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				return rerr
+			}
+			return nil
+		}
+		files = append(files, found{d, info.Size(), info.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open cache %s: scan: %w", dir, err)
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].mtime.Before(files[j].mtime) })
+	c := &Cache{dir: dir, idx: newLRU[struct{}](maxBytes)}
+	c.stats.MaxBytes = maxBytes
+	var evicted []lruEntry[struct{}]
+	for _, f := range files {
+		// Oldest first, so the newest end up most recent and a limit
+		// lowered since the last run trims the oldest.
+		evicted = append(evicted, c.idx.add(f.d, f.size, struct{}{})...)
+	}
+	c.removeFiles(evicted)
+	return c, nil
+}
+
+// parseName accepts only root/ab/<64 hex> with ab the first two characters.
+func parseName(root, p string) (bootstrap.Digest, bool) {
+	var d bootstrap.Digest
+	rel, err := filepath.Rel(root, p)
+	if err != nil {
+		return d, false
+	}
+	dir, name := filepath.Split(rel)
+	if len(name) != 64 || dir != name[:2]+string(filepath.Separator) || strings.ToLower(name) != name {
+		return d, false
+	}
+	if _, err := hex.Decode(d[:], []byte(name)); err != nil {
+		return d, false
+	}
+	return d, true
+}
+
+func (c *Cache) path(d bootstrap.Digest) string {
+	h := d.Hex()
+	return filepath.Join(c.dir, "chunks", h[:2], h)
+}
+
+// Dir returns the directory the cache lives in.
+func (c *Cache) Dir() string { return c.dir }
+
+// Has reports whether d is indexed, without reading or verifying it.
+func (c *Cache) Has(d bootstrap.Digest) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.idx.has(d)
+}
+
+// Get returns the chunk with digest d. The bytes are verified against d;
+// a file that fails is deleted and the call reports a miss.
+func (c *Cache) Get(d bootstrap.Digest) ([]byte, bool) {
+	c.mu.Lock()
+	_, ok := c.idx.get(d)
+	if !ok {
+		c.stats.Misses++
+		c.mu.Unlock()
+		return nil, false
+	}
+	c.mu.Unlock()
+
+	p := c.path(d)
+	data, err := os.ReadFile(p)
+	if err == nil && bootstrap.Sum(data) == d {
+		now := time.Now()
+		// Recency for the next Open; losing a touch only ages the entry.
+		_ = os.Chtimes(p, now, now)
+		c.mu.Lock()
+		c.stats.Hits++
+		c.mu.Unlock()
+		return data, true
+	}
+	c.mu.Lock()
+	c.idx.remove(d)
+	c.stats.Misses++
+	if err == nil {
+		c.stats.Corrupt++
+	}
+	c.mu.Unlock()
+	if err == nil {
+		_ = os.Remove(p)
+	}
+	return nil, false
+}
+
+// Put stores data, which the caller has verified to hash to d. A chunk
+// larger than the whole cache is not stored.
+func (c *Cache) Put(d bootstrap.Digest, data []byte) error {
+	c.mu.Lock()
+	if c.idx.has(d) || !c.idx.fits(int64(len(data))) {
+		c.idx.get(d)
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+
+	p := c.path(d)
+	if err := writeAtomic(p, data); err != nil {
+		return fmt.Errorf("cache put %s: %w", d, err)
+	}
+	c.mu.Lock()
+	evicted := c.idx.add(d, int64(len(data)), struct{}{})
+	c.mu.Unlock()
+	c.removeFiles(evicted)
+	return nil
+}
+
+func writeAtomic(p string, data []byte) error {
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, tempPrefix+"*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+func (c *Cache) removeFiles(evicted []lruEntry[struct{}]) {
+	if len(evicted) == 0 {
+		return
+	}
+	for _, e := range evicted {
+		_ = os.Remove(c.path(e.key))
+	}
+	c.mu.Lock()
+	c.stats.Evictions += int64(len(evicted))
+	c.mu.Unlock()
+}
+
+// Stats returns current counters.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	s.Entries = c.idx.len()
+	s.Bytes = c.idx.bytes
+	return s
+}

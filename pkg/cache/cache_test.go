@@ -1,0 +1,317 @@
+package cache
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+func chunk(i, size int) ([]byte, bootstrap.Digest) {
+	b := bytes.Repeat([]byte{byte(i), byte(i >> 8), 0x5a}, size/3+1)[:size]
+	return b, bootstrap.Sum(b)
+}
+
+func mustOpen(t *testing.T, dir string, max int64) *Cache {
+	t.Helper()
+	c, err := Open(dir, max)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return c
+}
+
+func TestPutGetAndReopen(t *testing.T) {
+	dir := t.TempDir()
+	c := mustOpen(t, dir, 0)
+	var want [][]byte
+	for i := range 20 {
+		data, d := chunk(i, 1000+i)
+		if err := c.Put(d, data); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, data)
+	}
+	if _, ok := c.Get(bootstrap.Sum([]byte("absent"))); ok {
+		t.Fatal("hit for a chunk never put")
+	}
+	s := c.Stats()
+	if s.Entries != 20 || s.Misses != 1 {
+		t.Fatalf("stats %+v, want 20 entries, 1 miss", s)
+	}
+
+	// A new process sees the same chunks.
+	c2 := mustOpen(t, dir, 0)
+	for _, data := range want {
+		got, ok := c2.Get(bootstrap.Sum(data))
+		if !ok || !bytes.Equal(got, data) {
+			t.Fatalf("after reopen: got %d bytes ok=%v, want %d bytes", len(got), ok, len(data))
+		}
+	}
+	s = c2.Stats()
+	if s.Hits != 20 || s.Entries != 20 || s.Bytes != c.Stats().Bytes {
+		t.Fatalf("reopened stats %+v vs %+v", s, c.Stats())
+	}
+	// Layout is part of the contract: operators and other tools find chunks there.
+	h := bootstrap.Sum(want[0]).Hex()
+	if _, err := os.Stat(filepath.Join(dir, "chunks", h[:2], h)); err != nil {
+		t.Fatalf("chunk not at DIR/chunks/ab/<hex>: %v", err)
+	}
+}
+
+func TestEvictionLRU(t *testing.T) {
+	c := mustOpen(t, t.TempDir(), 3000)
+	a, da := chunk(1, 1000)
+	b, db := chunk(2, 1000)
+	x, dx := chunk(3, 1000)
+	y, dy := chunk(4, 1000)
+	for _, p := range []struct {
+		d    bootstrap.Digest
+		data []byte
+	}{{da, a}, {db, b}, {dx, x}} {
+		if err := c.Put(p.d, p.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := c.Get(da); !ok { // a becomes most recent; b is now oldest
+		t.Fatal("miss for a")
+	}
+	if err := c.Put(dy, y); err != nil {
+		t.Fatal(err)
+	}
+	if c.Has(db) {
+		t.Fatal("least recently used chunk b survived eviction")
+	}
+	if _, err := os.Stat(c.path(db)); !os.IsNotExist(err) {
+		t.Fatalf("evicted file still on disk: %v", err)
+	}
+	for _, d := range []bootstrap.Digest{da, dx, dy} {
+		if _, ok := c.Get(d); !ok {
+			t.Fatalf("chunk %s evicted, want kept", d)
+		}
+	}
+	s := c.Stats()
+	if s.Bytes > 3000 || s.Evictions != 1 || s.Entries != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestReopenOrderAndLowerLimit(t *testing.T) {
+	dir := t.TempDir()
+	c := mustOpen(t, dir, 0)
+	var ds []bootstrap.Digest
+	base := time.Now().Add(-time.Hour)
+	for i := range 5 {
+		data, d := chunk(i, 1000)
+		if err := c.Put(d, data); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	// Recency as a previous process left it: chunk 0 newest, chunk 4 oldest.
+	for i, d := range ds {
+		ts := base.Add(time.Duration(len(ds)-i) * time.Minute)
+		if err := os.Chtimes(c.path(d), ts, ts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c2 := mustOpen(t, dir, 2500)
+	for i, d := range ds {
+		if want := i < 2; c2.Has(d) != want {
+			t.Errorf("chunk %d kept=%v, want %v", i, c2.Has(d), want)
+		}
+		if _, err := os.Stat(c2.path(d)); (err == nil) != (i < 2) {
+			t.Errorf("chunk %d file present=%v", i, err == nil)
+		}
+	}
+}
+
+func TestCorruptFileIsMissAndDeleted(t *testing.T) {
+	tests := []struct {
+		name   string
+		damage func(p string) error
+	}{
+		{"flipped byte", func(p string) error {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			b[len(b)/2] ^= 1
+			return os.WriteFile(p, b, 0o644)
+		}},
+		{"truncated", func(p string) error { return os.Truncate(p, 10) }},
+		{"emptied", func(p string) error { return os.Truncate(p, 0) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mustOpen(t, t.TempDir(), 0)
+			data, d := chunk(7, 5000)
+			if err := c.Put(d, data); err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.damage(c.path(d)); err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := c.Get(d); ok {
+				t.Fatalf("corrupt chunk served (%d bytes)", len(got))
+			}
+			if _, err := os.Stat(c.path(d)); !os.IsNotExist(err) {
+				t.Fatalf("corrupt file kept: %v", err)
+			}
+			if s := c.Stats(); s.Corrupt != 1 || s.Entries != 0 || s.Bytes != 0 {
+				t.Fatalf("stats %+v", s)
+			}
+			// The chunk can be cached again.
+			if err := c.Put(d, data); err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := c.Get(d); !ok || !bytes.Equal(got, data) {
+				t.Fatal("re-put chunk not served")
+			}
+		})
+	}
+}
+
+func TestDeletedFileIsMiss(t *testing.T) {
+	c := mustOpen(t, t.TempDir(), 0)
+	data, d := chunk(1, 100)
+	if err := c.Put(d, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(c.path(d)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Get(d); ok {
+		t.Fatal("hit for a deleted file")
+	}
+	if c.Has(d) {
+		t.Fatal("deleted file still indexed")
+	}
+}
+
+func TestOpenRemovesStrays(t *testing.T) {
+	dir := t.TempDir()
+	c := mustOpen(t, dir, 0)
+	data, d := chunk(1, 100)
+	if err := c.Put(d, data); err != nil {
+		t.Fatal(err)
+	}
+	h := d.Hex()
+	strays := []string{
+		filepath.Join(dir, "chunks", h[:2], tempPrefix+"123"),
+		filepath.Join(dir, "chunks", h[:2], "not-a-digest"),
+		filepath.Join(dir, "chunks", "zz", h), // wrong fan-out directory
+	}
+	for _, p := range strays {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c2 := mustOpen(t, dir, 0)
+	if s := c2.Stats(); s.Entries != 1 {
+		t.Fatalf("entries %d, want 1", s.Entries)
+	}
+	for _, p := range strays {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("stray %s kept", p)
+		}
+	}
+}
+
+func TestBadOpen(t *testing.T) {
+	if _, err := Open(t.TempDir(), -1); err == nil {
+		t.Fatal("negative limit accepted")
+	}
+	f := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(f, nil, 0o644)
+	if _, err := Open(f, 0); err == nil {
+		t.Fatal("cache under a regular file accepted")
+	}
+}
+
+func TestTooBigNotStored(t *testing.T) {
+	c := mustOpen(t, t.TempDir(), 100)
+	data, d := chunk(1, 101)
+	if err := c.Put(d, data); err != nil {
+		t.Fatal(err)
+	}
+	if c.Has(d) {
+		t.Fatal("chunk larger than the cache was stored")
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	c := mustOpen(t, t.TempDir(), 20_000)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				data, d := chunk((g*7+i)%30, 1000)
+				if err := c.Put(d, data); err != nil {
+					errs <- err
+					return
+				}
+				if got, ok := c.Get(d); ok && !bytes.Equal(got, data) {
+					errs <- fmt.Errorf("wrong bytes for %s", d)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if s := c.Stats(); s.Bytes > 20_000 {
+		t.Fatalf("over limit: %+v", s)
+	}
+}
+
+func TestMemory(t *testing.T) {
+	m := NewMemory(2000)
+	a, da := chunk(1, 1000)
+	b, db := chunk(2, 1000)
+	x, dx := chunk(3, 1000)
+	m.Put(da, a)
+	m.Put(db, b)
+	m.Get(da)
+	m.Put(dx, x)
+	if _, ok := m.Get(db); ok {
+		t.Fatal("least recently used chunk kept")
+	}
+	if got, ok := m.Get(da); !ok || !bytes.Equal(got, a) {
+		t.Fatal("recent chunk lost")
+	}
+	off := NewMemory(0)
+	off.Put(da, a)
+	if _, ok := off.Get(da); ok {
+		t.Fatal("disabled memory cache held a chunk")
+	}
+}
+
+func BenchmarkGetHit(b *testing.B) {
+	c, err := Open(b.TempDir(), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	data, d := chunk(1, 1<<20)
+	if err := c.Put(d, data); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, ok := c.Get(d); !ok {
+			b.Fatal("miss")
+		}
+	}
+}
