@@ -19,6 +19,10 @@ var ErrNotFound = errors.New("not found")
 // ErrInvalidKey is returned (wrapped) for a key that ValidKey rejects.
 var ErrInvalidKey = errors.New("invalid key")
 
+// ErrOutOfRange is returned (wrapped) by Get for a range that does not lie
+// within the object.
+var ErrOutOfRange = errors.New("range out of bounds")
+
 // Info describes a stored object.
 type Info struct {
 	Key     string
@@ -34,7 +38,8 @@ type Store interface {
 	// Put writes size bytes from r under key. size may be -1 when unknown.
 	Put(ctx context.Context, key string, r io.Reader, size int64) error
 	// Get returns length bytes of key starting at off; length -1 reads to
-	// the end. Reading past the end of the object is an error.
+	// the end. A range not within the object is an error wrapping
+	// ErrOutOfRange (see CheckRange); a missing key, ErrNotFound.
 	Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error)
 	// Stat returns the object's metadata or an error wrapping ErrNotFound.
 	Stat(ctx context.Context, key string) (Info, error)
@@ -83,6 +88,21 @@ func ValidKey(key string) bool {
 func CheckKey(key string) error {
 	if !ValidKey(key) {
 		return fmt.Errorf("%w %q: want a relative slash-separated path without empty, \".\" or \"..\" elements or backslashes", ErrInvalidKey, key)
+	}
+	return nil
+}
+
+// CheckRange returns an error wrapping ErrOutOfRange unless [off, off+length)
+// lies within an object of size bytes; length -1 means "to the end". An empty
+// range at the very end is valid.
+func CheckRange(off, length, size int64) error {
+	switch {
+	case off < 0 || length < -1:
+		return fmt.Errorf("%w: offset %d, length %d", ErrOutOfRange, off, length)
+	case off > size:
+		return fmt.Errorf("%w: offset %d is past the end of the %d-byte object", ErrOutOfRange, off, size)
+	case length > size-off:
+		return fmt.Errorf("%w: %d bytes at offset %d run past the end of the %d-byte object", ErrOutOfRange, length, off, size)
 	}
 	return nil
 }
