@@ -44,11 +44,12 @@ func ParseDigest(s string) (Digest, error) {
 // Compression names the codec of a frame.
 type Compression uint8
 
-// Frame codecs. The numeric values are part of the encoding.
+// Frame codecs. The numeric values are part of the encoding; zstd, the
+// default, is the zero value.
 const (
-	None Compression = 0
-	Zstd Compression = 1
-	LZ4  Compression = 2
+	Zstd Compression = 0
+	LZ4  Compression = 1
+	None Compression = 2
 )
 
 func (c Compression) String() string {

@@ -28,7 +28,7 @@ func (b *Bootstrap) Validate() error {
 		switch {
 		case int(f.Blob) >= len(b.Blobs):
 			return fmt.Errorf("frame %d: blob %d out of range", i, f.Blob)
-		case f.Compression > LZ4:
+		case f.Compression > None:
 			return fmt.Errorf("frame %d: unknown compression %d", i, f.Compression)
 		case f.Size == 0 || f.Size > MaxFrameSize || f.CompressedSize == 0 || f.CompressedSize > MaxFrameSize+MaxFrameSize/64:
 			return fmt.Errorf("frame %d: size %d (compressed %d) out of range", i, f.Size, f.CompressedSize)

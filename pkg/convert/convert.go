@@ -115,7 +115,7 @@ func (o Options) validate() error {
 	if o.BatchSize > bootstrap.MaxFrameSize {
 		return fmt.Errorf("batch size %d exceeds %d", o.BatchSize, bootstrap.MaxFrameSize)
 	}
-	if o.Compression > bootstrap.LZ4 {
+	if o.Compression > bootstrap.None {
 		return fmt.Errorf("unknown compression %d", o.Compression)
 	}
 	return nil

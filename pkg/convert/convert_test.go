@@ -1,0 +1,265 @@
+package convert_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/skiff-dev/skiff/internal/fixture"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/codec"
+	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/dir"
+)
+
+func newStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := dir.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// readFile reassembles a file straight from the store's frames.
+func readFile(t *testing.T, st store.Store, b *bootstrap.Bootstrap, ino uint32) []byte {
+	t.Helper()
+	var out []byte
+	for _, ci := range b.FileChunks(ino) {
+		c := b.Chunks[ci]
+		if c.Zero() {
+			out = append(out, make([]byte, c.Size)...)
+			continue
+		}
+		f := b.Frames[c.Frame]
+		rc, err := st.Get(context.Background(), store.BlobKey(b.Blobs[f.Blob].Hex()), f.Offset, int64(f.CompressedSize))
+		if err != nil {
+			t.Fatal(err)
+		}
+		comp, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := codec.Decompress(f.Compression, nil, comp, int(f.Size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunk := data[c.Offset : c.Offset+c.Size]
+		if bootstrap.Sum(chunk) != c.Digest {
+			t.Fatalf("chunk %s: digest mismatch", c.Digest)
+		}
+		out = append(out, chunk...)
+	}
+	return out
+}
+
+func convertImage(t *testing.T, c *convert.Converter, img v1.Image) (*convert.Result, *bootstrap.Bootstrap) {
+	t.Helper()
+	res, err := c.Convert(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, d, err := image.BootstrapLayer(res.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layer.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	blob, err := image.ReadBootstrapBlob(rc, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bootstrap.Decode(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d != res.Bootstrap {
+		t.Fatalf("image names bootstrap %s, result says %s", d, res.Bootstrap)
+	}
+	return res, b
+}
+
+func TestConvertRichImage(t *testing.T) {
+	img, err := fixture.RichImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range []convert.Options{
+		{},
+		{Compression: bootstrap.LZ4, Chunking: convert.CDCChunking, ChunkSize: 256 << 10},
+		{Compression: bootstrap.None, BatchSize: 4096, Concurrency: 1},
+	} {
+		name := opts.Compression.String() + "/" + string(opts.Chunking)
+		t.Run(name, func(t *testing.T) {
+			st := newStore(t)
+			res, b := convertImage(t, convert.New(st, opts), img)
+			files := map[string]string{
+				"/etc/passwd":                  "root:x:0:0:root:/root:/bin/sh\n",
+				"/etc/hostname":                "layer-two\n",
+				"/etc/motd":                    "welcome\n",
+				"/wh/y":                        "y",
+				"/opaque/c":                    "c",
+				"/linkdir/inside":              "inside\n",
+				"/données/日本語ファイル.txt":         "こんにちは\n",
+				"/données/" + fixture.LongName: "long name\n",
+				"/data/empty":                  "",
+				"/data/passwd-link":            "root:x:0:0:root:/root:/bin/sh\n",
+				"/usr/bin/tool2":               strings.Repeat("binary", 1000),
+				"/deep/" + strings.Repeat("d", 120) + "/path/file": "deep\n",
+			}
+			for p, want := range files {
+				ino, ok := b.LookupPath(p)
+				if !ok {
+					t.Fatalf("%s missing", p)
+				}
+				if got := readFile(t, st, b, ino); string(got) != want {
+					t.Fatalf("%s = %q, want %q", p, got, want)
+				}
+			}
+			for _, p := range []string{"/wh/x", "/opaque/a", "/opaque/b", "/gone", "/gone/file", "/wh/.wh.x", "/opaque/.wh..wh..opq"} {
+				if _, ok := b.LookupPath(p); ok {
+					t.Errorf("%s should have been removed by a whiteout", p)
+				}
+			}
+			big, _ := b.LookupPath("/data/big")
+			if got := readFile(t, st, b, big); !bytes.Equal(got, fixture.BigContent()) {
+				t.Fatal("big file content differs")
+			}
+			pw, _ := b.LookupPath("/etc/passwd")
+			link, _ := b.LookupPath("/data/passwd-link")
+			if pw != link || b.Inodes[pw].Nlink != 2 {
+				t.Fatalf("hard link across layers: inodes %d and %d, nlink %d", pw, link, b.Inodes[pw].Nlink)
+			}
+			if x := b.InodeXattrs(pw); len(x) != 2 || x[0].Name != "user.binary" || x[0].Value != "\x00\x01\xff" {
+				t.Fatalf("xattrs = %q", x)
+			}
+			if in := b.Inodes[pw]; in.MtimeSec != 1600000001 || in.MtimeNsec != 999999999 {
+				t.Fatalf("mtime = %d.%d", in.MtimeSec, in.MtimeNsec)
+			}
+			tool, _ := b.LookupPath("/usr/bin/tool")
+			if b.Inodes[tool].Mode != bootstrap.ModeRegular|0o4755 {
+				t.Fatalf("setuid mode = %o", b.Inodes[tool].Mode)
+			}
+			ld, _ := b.LookupPath("/linkdir")
+			if !b.Inodes[ld].IsDir() || b.Inodes[ld].Mode&0o777 != 0o700 {
+				t.Fatalf("linkdir mode = %o, want a 0700 directory", b.Inodes[ld].Mode)
+			}
+			zero, _ := b.LookupPath("/dev/zero")
+			if in := b.Inodes[zero]; in.Type() != bootstrap.ModeChar || in.DevMajor != 1 || in.DevMinor != 5 {
+				t.Fatalf("/dev/zero = %+v", in)
+			}
+			m1, _ := b.LookupPath("/data/medium")
+			m2, _ := b.LookupPath("/data/medium-copy")
+			if !equalRefs(b.FileChunks(m1), b.FileChunks(m2)) {
+				t.Fatal("identical files do not share chunks")
+			}
+			// 64 MiB of zeros and a duplicated 3 MiB file must cost (almost)
+			// nothing: far less than the logical size.
+			if res.Stats.UniqueBytes > 8<<20 || res.Stats.LogicalBytes < 70<<20 {
+				t.Fatalf("unique bytes %d: zero chunks or duplicates were stored", res.Stats.UniqueBytes)
+			}
+			if res.NewBytes == 0 || res.NewBytes != res.Stats.StoredBytes {
+				t.Fatalf("new bytes %d, stored bytes %d", res.NewBytes, res.Stats.StoredBytes)
+			}
+		})
+	}
+}
+
+func equalRefs(a, b []uint32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestConvertDedupAcrossImages converts a second version of an image with
+// one file changed: only that file's chunk may reach the store, both with
+// the same Converter and with a fresh one that learns from the store.
+func TestConvertDedupAcrossImages(t *testing.T) {
+	base := []fixture.Entry{fixture.Dir("lib", 0o755)}
+	for i := 0; i < 40; i++ {
+		base = append(base, fixture.Entry{Header: fixtureHeader("lib/f" + string(rune('a'+i%26)) + string(rune('a'+i/26))), Data: fixture.Random(uint64(i), 200<<10)})
+	}
+	v1Layer, _ := fixture.Layer(fixture.Gzip, base)
+	imgV1, _ := fixture.Image(v1Layer)
+	changed := append([]fixture.Entry(nil), base...)
+	changed[6] = fixture.Entry{Header: changed[6].Header, Data: fixture.Random(999, 200<<10)}
+	v2Layer, _ := fixture.Layer(fixture.Gzip, changed)
+	imgV2, _ := fixture.Image(v2Layer)
+
+	st := newStore(t)
+	r1, _ := convertImage(t, convert.New(st, convert.Options{}), imgV1)
+	for _, c := range []*convert.Converter{convert.New(st, convert.Options{})} {
+		r2, b2 := convertImage(t, c, imgV2)
+		if r2.NewBytes > r1.NewBytes*6/100 {
+			t.Fatalf("second version added %d bytes to a store of %d (want <= 6%%)", r2.NewBytes, r1.NewBytes)
+		}
+		ino, _ := b2.LookupPath("/lib/ffa")
+		if got := readFile(t, st, b2, ino); !bytes.Equal(got, fixture.Random(999, 200<<10)) {
+			t.Fatal("changed file reads back wrong")
+		}
+		ino, _ = b2.LookupPath("/lib/fba")
+		if got := readFile(t, st, b2, ino); !bytes.Equal(got, fixture.Random(1, 200<<10)) {
+			t.Fatal("unchanged file reads back wrong")
+		}
+	}
+	// Converting the same image again stores nothing new.
+	r3, _ := convertImage(t, convert.New(st, convert.Options{}), imgV1)
+	if r3.NewBytes != 0 {
+		t.Fatalf("re-conversion wrote %d bytes", r3.NewBytes)
+	}
+	if r3.Bootstrap != r1.Bootstrap {
+		t.Fatal("converting the same image twice gave different bootstraps")
+	}
+}
+
+func fixtureHeader(name string) (h tar.Header) {
+	h.Name, h.Mode, h.Typeflag = name, 0o644, '0'
+	return h
+}
+
+func TestConvertRejects(t *testing.T) {
+	st := newStore(t)
+	img, _ := fixture.RichImage()
+	res, err := convert.New(st, convert.Options{}).Convert(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := convert.New(st, convert.Options{}).Convert(context.Background(), res.Image); err == nil || !strings.Contains(err.Error(), "already a Skiff image") {
+		t.Fatalf("converting a Skiff image: %v", err)
+	}
+	if _, err := convert.New(st, convert.Options{ChunkSize: 100}).Convert(context.Background(), img); err == nil {
+		t.Fatal("tiny chunk size accepted")
+	}
+	bad, _ := fixture.Layer(fixture.Gzip, []fixture.Entry{fixture.File("../../escape", 0o644, "x")})
+	badImg, _ := fixture.Image(bad)
+	_, err = convert.New(st, convert.Options{}).Convert(context.Background(), badImg)
+	if err == nil || !strings.Contains(err.Error(), "escapes the root") {
+		t.Fatalf("hostile layer: %v", err)
+	}
+}
+
+func TestConvertCancelled(t *testing.T) {
+	img, _ := fixture.RichImage()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := convert.New(newStore(t), convert.Options{}).Convert(ctx, img); err == nil {
+		t.Fatal("cancelled conversion succeeded")
+	}
+}
