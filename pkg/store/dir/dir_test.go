@@ -1,0 +1,148 @@
+package dir_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/dir"
+	"github.com/skiff-dev/skiff/pkg/store/storetest"
+)
+
+func newDir(t testing.TB) *dir.Dir {
+	t.Helper()
+	d, err := dir.New(filepath.Join(t.TempDir(), "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return newDir(t) })
+}
+
+func TestNewCreatesRoot(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "a", "b", "c")
+	d, err := dir.New(root)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+		t.Fatalf("root %s not created: %v", root, err)
+	}
+	if d.Root() != root {
+		t.Fatalf("Root() = %q, want %q", d.Root(), root)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range []string{"", file, filepath.Join(file, "sub")} {
+		if _, err := dir.New(root); err == nil {
+			t.Errorf("New(%q) succeeded", root)
+		}
+	}
+}
+
+// Invalid keys never create anything outside (or inside) the root.
+func TestKeysStayInsideRoot(t *testing.T) {
+	base := t.TempDir()
+	d, err := dir.New(filepath.Join(base, "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, key := range []string{"../escape", "a/../../escape", "/escape", `..\escape`} {
+		if err := d.Put(ctx, key, strings.NewReader("x"), 1); !errors.Is(err, store.ErrInvalidKey) {
+			t.Errorf("Put(%q) = %v, want store.ErrInvalidKey", key, err)
+		}
+	}
+	var found []string
+	filepath.WalkDir(base, func(path string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			found = append(found, path)
+		}
+		return nil
+	})
+	if len(found) != 0 {
+		t.Fatalf("invalid keys created files %q", found)
+	}
+}
+
+// Files being written are invisible: a leftover temp file (from a crash)
+// is neither listed nor reachable as a key.
+func TestTempFilesHidden(t *testing.T) {
+	d := newDir(t)
+	ctx := context.Background()
+	if err := d.Put(ctx, "blobs/sha256/aa", bytes.NewReader([]byte("aa")), 2); err != nil {
+		t.Fatal(err)
+	}
+	leftover := filepath.Join(d.Root(), "blobs", "sha256", ".skiff-tmp-123")
+	if err := os.WriteFile(leftover, []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	if err := d.List(ctx, "", func(info store.Info) error {
+		keys = append(keys, info.Key)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0] != "blobs/sha256/aa" {
+		t.Fatalf("List = %q, want only blobs/sha256/aa", keys)
+	}
+	if _, err := d.Stat(ctx, "blobs/sha256/.skiff-tmp-123"); !errors.Is(err, store.ErrInvalidKey) {
+		t.Fatalf("Stat of a temp file name = %v, want store.ErrInvalidKey", err)
+	}
+}
+
+// A failed Put removes its temp file.
+func TestFailedPutLeavesNoTempFile(t *testing.T) {
+	d := newDir(t)
+	if err := d.Put(context.Background(), "k", strings.NewReader("short"), 100); err == nil {
+		t.Fatal("short Put succeeded")
+	}
+	entries, err := os.ReadDir(d.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 0 {
+		t.Fatalf("root holds %d entries after a failed put, first %q", len(entries), entries[0].Name())
+	}
+}
+
+// A key whose parent is an existing object fails with a clear error instead
+// of clobbering the object.
+func TestFileDirectoryConflict(t *testing.T) {
+	d := newDir(t)
+	ctx := context.Background()
+	if err := d.Put(ctx, "a", strings.NewReader("a"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Put(ctx, "a/b", strings.NewReader("b"), 1); err == nil {
+		t.Fatal("Put(a/b) over the object a succeeded")
+	}
+	if _, err := d.Stat(ctx, "a/b"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Stat(a/b) = %v, want store.ErrNotFound", err)
+	}
+	if err := d.Delete(ctx, "a/b"); err != nil {
+		t.Fatalf("Delete(a/b) = %v, want nil for a missing key", err)
+	}
+	info, err := d.Stat(ctx, "a")
+	if err != nil || info.Size != 1 {
+		t.Fatalf("Stat(a) = %+v, %v; want the original object", info, err)
+	}
+}
+
+func BenchmarkRangedGet(b *testing.B) {
+	storetest.BenchmarkRangedGet(b, newDir(b))
+}
