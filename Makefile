@@ -1,0 +1,173 @@
+# Skiff build, test and tooling entry points. Run `make help` for a summary.
+#
+# Third-party server and tool binaries are built from pinned versions into the
+# gitignored bin/ directory, once per machine: a target is skipped when its
+# binary already exists. Delete bin/<name> to rebuild it.
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+GO     ?= go
+BIN    := $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
+
+# Extra flags for go test, e.g. `make test TESTFLAGS=-v` (CI sets -v).
+TESTFLAGS  ?=
+BENCHFLAGS ?= -benchtime 1x -benchmem
+TEST_TIMEOUT ?= 20m
+
+# Pinned versions. minio only publishes pseudo-versions.
+MINIO_VERSION       := v0.0.0-20260212201848-7aac2a2c5b7c
+REGISTRY_VERSION    := v3.1.2
+NATS_VERSION        := v2.15.2
+CRANE_VERSION       := v0.22.1
+STATICCHECK_VERSION := v0.8.2
+BUF_VERSION         := v1.75.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+COMPOSE_VERSION     := v2.29.7
+
+# Every module of the workspace, as directories relative to the root, so new
+# modules added to go.work (services/converter, node-agent, ...) are covered
+# without editing this file.
+MODULES = $(shell $(GO) list -m -f '{{.Dir}}' | sed 's|^$(CURDIR)|.|')
+
+# Binaries: each main package under these directories becomes bin/<dir name>.
+CMD_DIRS = $(wildcard cmd/*/ services/*/cmd/*/ node-agent/cmd/*/)
+
+TOOLS := bin/minio bin/registry bin/nats-server bin/crane bin/staticcheck bin/buf bin/protoc-gen-go
+
+DEB_PACKAGES := containerd runc fuse3 skopeo umoci erofs-utils zstd pigz
+
+.PHONY: help build test e2e bench lint proto tools deps demo clean compose-v2
+
+help:
+	@echo "make demo     run the Skiff demo on its embedded default image"
+	@echo "make test     run unit and integration tests of every module (builds tools first)"
+	@echo "make e2e      run end-to-end tests (-tags e2e ./e2e/...)"
+	@echo "make bench    run benchmarks once each and write bench/report.md"
+	@echo "make build    build every binary into bin/"
+	@echo "make lint     gofmt, go vet and staticcheck on every module"
+	@echo "make proto    regenerate protobuf code with buf"
+	@echo "make tools    build pinned server and tool binaries into bin/"
+	@echo "make deps     install the Debian packages Skiff needs"
+	@echo "make clean    remove built Skiff binaries (keeps the slow tool builds)"
+
+# Each command directory is built from inside its own module so that a module
+# not (yet) in go.work still builds with its own go.mod. A broken binary does
+# not hide the others; the target fails at the end.
+build:
+	@mkdir -p bin
+	@status=0; \
+	for d in $(CMD_DIRS); do \
+		echo "go build bin/$$(basename $$d)"; \
+		$(GO) -C $$d build -o $(BIN)/ . || status=1; \
+	done; \
+	exit $$status
+
+# Tests run module by module: `./...` never crosses into a nested module, so
+# this covers each package exactly once. A failing module does not stop the
+# others; the target fails at the end if any did.
+test: tools
+	@status=0; \
+	for m in $(MODULES); do \
+		echo "=== module $$m"; \
+		( cd $$m && $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./... ) || status=1; \
+	done; \
+	exit $$status
+
+e2e: tools
+	@if [ -d e2e ]; then \
+		$(GO) test -count=1 -timeout 30m -tags e2e $(TESTFLAGS) ./e2e/... ; \
+	else \
+		echo "no e2e/ directory"; \
+	fi
+
+# Benchmarks run once each (-benchtime 1x): they measure end-to-end jobs, not
+# nanosecond loops. Raw output goes to bench/raw.txt, a markdown summary to
+# bench/report.md; failing packages are listed in the report and fail the
+# target after the report is written.
+bench: tools
+	@mkdir -p bench
+	@status=0; : > bench/raw.txt; \
+	for m in $(MODULES); do \
+		echo "=== module $$m" | tee -a bench/raw.txt; \
+		( cd $$m && $(GO) test -count=1 -run '^$$' -bench . $(BENCHFLAGS) -timeout 60m ./... ) 2>&1 \
+			| tee -a bench/raw.txt || status=1; \
+	done; \
+	awk -f tools/benchreport.awk -v date="$$(date -u +%Y-%m-%dT%H:%MZ)" \
+		-v goversion="$$($(GO) env GOVERSION)" -v cpu="$$(nproc) CPU" bench/raw.txt > bench/report.md; \
+	echo "wrote bench/report.md"; \
+	exit $$status
+
+lint: bin/staticcheck
+	@out=$$(find . -name '*.go' -not -path './bin/*' -not -path './.cache/*' -print0 | xargs -0 -r gofmt -l); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@status=0; \
+	for m in $(MODULES); do \
+		echo "=== module $$m"; \
+		( cd $$m && $(GO) vet -tags e2e ./... && $(BIN)/staticcheck -tags e2e ./... ) || status=1; \
+	done; \
+	exit $$status
+
+proto: bin/buf bin/protoc-gen-go
+	cd proto && $(BIN)/buf generate
+
+demo: tools
+	$(GO) run ./cmd/skiff-demo
+
+tools: $(TOOLS)
+
+# Tools are built outside the workspace (`go install pkg@version` ignores
+# go.work and go.mod), so their dependencies never touch Skiff's go.mod.
+bin/minio:
+	GOBIN=$(BIN) $(GO) install github.com/minio/minio@$(MINIO_VERSION)
+
+bin/registry:
+	GOBIN=$(BIN) $(GO) install github.com/distribution/distribution/v3/cmd/registry@$(REGISTRY_VERSION)
+
+bin/nats-server:
+	GOBIN=$(BIN) $(GO) install github.com/nats-io/nats-server/v2@$(NATS_VERSION)
+
+bin/crane:
+	GOBIN=$(BIN) $(GO) install github.com/google/go-containerregistry/cmd/crane@$(CRANE_VERSION)
+
+bin/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+bin/buf:
+	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+
+bin/protoc-gen-go:
+	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+# The compose module's main package is named "cmd"; docker finds plugins by
+# file name, so the binary is installed under its plugin name. Skipped when
+# `docker compose` already works.
+COMPOSE_PLUGIN := $(HOME)/.docker/cli-plugins/docker-compose
+compose-v2:
+	@if docker compose version >/dev/null 2>&1; then \
+		echo "docker compose present: $$(docker compose version)"; \
+	else \
+		tmp=$$(mktemp -d); \
+		GOBIN=$$tmp $(GO) install github.com/docker/compose/v2/cmd@$(COMPOSE_VERSION); \
+		mkdir -p $(dir $(COMPOSE_PLUGIN)); \
+		mv $$tmp/cmd $(COMPOSE_PLUGIN); rmdir $$tmp; \
+		docker compose version; \
+	fi
+
+# apt-get update runs once, and only when a package is missing.
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "Debian packages present: $(DEB_PACKAGES)"; exit 0; fi; \
+	sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	echo "installing:$$missing"; \
+	$$sudo apt-get update -qq; \
+	DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing
+
+clean:
+	@for d in $(CMD_DIRS); do rm -f bin/$$(basename $$d); done
+	rm -f bench/raw.txt
