@@ -27,6 +27,16 @@ func Marshal(b *Bootstrap) ([]byte, error) {
 	w := make([]byte, 0, 64+len(b.Chunks)*40+len(b.Inodes)*32+len(b.Dirents)*16)
 	w = append(w, magic...)
 	w = binary.AppendUvarint(w, uint64(b.ChunkSize))
+	// Totals of the per-inode lists, so a decoder allocates each once.
+	var refs, ents, xattrs int
+	for i := range b.Inodes {
+		refs += int(b.Inodes[i].ChunkCount)
+		ents += int(b.Inodes[i].DirentCount)
+		xattrs += int(b.Inodes[i].XattrCount)
+	}
+	w = binary.AppendUvarint(w, uint64(refs))
+	w = binary.AppendUvarint(w, uint64(ents))
+	w = binary.AppendUvarint(w, uint64(xattrs))
 	w = binary.AppendUvarint(w, uint64(len(b.Blobs)))
 	for _, d := range b.Blobs {
 		w = append(w, d[:]...)
@@ -103,6 +113,9 @@ func Unmarshal(raw []byte) (*Bootstrap, error) {
 	r := &reader{s: string(raw), off: len(magic)}
 	b := &Bootstrap{}
 	b.ChunkSize = r.u32()
+	b.ChunkRefs = make([]uint32, 0, r.count(1))
+	b.Dirents = make([]Dirent, 0, r.count(2))
+	b.Xattrs = make([]Xattr, 0, r.count(2))
 	b.Blobs = make([]Digest, r.count(32))
 	for i := range b.Blobs {
 		copy(b.Blobs[i][:], r.bytes(32))
@@ -140,6 +153,9 @@ func Unmarshal(raw []byte) (*Bootstrap, error) {
 			in.Size = r.i64()
 			in.ChunkStart = uint32(len(b.ChunkRefs))
 			in.ChunkCount = uint32(r.count(1))
+			if int(in.ChunkCount) > cap(b.ChunkRefs)-len(b.ChunkRefs) {
+				r.fail(errors.New("more chunk references than the header declares"))
+			}
 			for j := uint32(0); j < in.ChunkCount && r.err == nil; j++ {
 				b.ChunkRefs = append(b.ChunkRefs, r.u32())
 			}
@@ -152,6 +168,9 @@ func Unmarshal(raw []byte) (*Bootstrap, error) {
 		case ModeDir:
 			in.DirentStart = uint32(len(b.Dirents))
 			in.DirentCount = uint32(r.count(2))
+			if int(in.DirentCount) > cap(b.Dirents)-len(b.Dirents) {
+				r.fail(errors.New("more directory entries than the header declares"))
+			}
 			for j := uint32(0); j < in.DirentCount && r.err == nil; j++ {
 				b.Dirents = append(b.Dirents, Dirent{Name: r.string(), Inode: r.u32()})
 			}
@@ -161,12 +180,18 @@ func Unmarshal(raw []byte) (*Bootstrap, error) {
 		}
 		in.XattrStart = uint32(len(b.Xattrs))
 		in.XattrCount = uint32(r.count(2))
+		if int(in.XattrCount) > cap(b.Xattrs)-len(b.Xattrs) {
+			r.fail(errors.New("more xattrs than the header declares"))
+		}
 		for j := uint32(0); j < in.XattrCount && r.err == nil; j++ {
 			b.Xattrs = append(b.Xattrs, Xattr{Name: r.string(), Value: r.string()})
 		}
 	}
 	if r.err != nil {
 		return nil, fmt.Errorf("unmarshal bootstrap: at byte %d: %w", r.off, r.err)
+	}
+	if len(b.ChunkRefs) != cap(b.ChunkRefs) || len(b.Dirents) != cap(b.Dirents) || len(b.Xattrs) != cap(b.Xattrs) {
+		return nil, errors.New("unmarshal bootstrap: list totals do not match the header")
 	}
 	if r.off != len(r.s) {
 		return nil, fmt.Errorf("unmarshal bootstrap: %d trailing bytes", len(r.s)-r.off)

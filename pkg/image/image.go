@@ -37,6 +37,10 @@ const (
 	// AnnotationBootstrapDigest is the sha256 of the bootstrap blob itself
 	// (not of the tar that wraps it): the key nodes fetch it by.
 	AnnotationBootstrapDigest = "dev.skiff.bootstrap.digest"
+	// AnnotationSnapshotBootstrap repeats the bootstrap digest on the layer
+	// under the containerd.io/snapshot/ prefix, the only annotations
+	// containerd forwards to a remote snapshotter as snapshot labels.
+	AnnotationSnapshotBootstrap = "containerd.io/snapshot/skiff.bootstrap.digest"
 	// AnnotationSourceDigest is the manifest digest of the converted image.
 	AnnotationSourceDigest = "dev.skiff.source.digest"
 	// FormatVersion is the value of AnnotationBootstrap.
@@ -232,7 +236,7 @@ func New(src *v1.ConfigFile, bootstrapBlob []byte, subject v1.Descriptor) (v1.Im
 	if err != nil {
 		return nil, fmt.Errorf("build skiff image: %w", err)
 	}
-	layerAnn := map[string]string{AnnotationBootstrap: FormatVersion, AnnotationBootstrapDigest: d.String()}
+	layerAnn := map[string]string{AnnotationBootstrap: FormatVersion, AnnotationBootstrapDigest: d.String(), AnnotationSnapshotBootstrap: d.String()}
 	img, err = mutate.Append(img, mutate.Addendum{
 		Layer:       static.NewLayer(buf.Bytes(), types.OCIUncompressedLayer),
 		Annotations: layerAnn,
