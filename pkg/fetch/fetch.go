@@ -1,0 +1,266 @@
+// Package fetch is Skiff's one path for reading chunk data: memory, then
+// the disk cache, then each Source in order (peers, seeders, the blob
+// store). Whatever a source returns is decompressed and checked against the
+// chunk digests before anyone sees it, so a broken or hostile source costs
+// a retry, never a wrong byte.
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/cache"
+)
+
+// DefaultMemoryBytes bounds the in-memory tier in front of the disk cache.
+const DefaultMemoryBytes = 64 << 20
+
+// Fetcher reads verified chunks. It is safe for concurrent use, and one
+// Fetcher can serve any number of bootstraps (mounts) at once.
+type Fetcher struct {
+	cache   *cache.Cache // nil: no disk cache
+	mem     *cache.Memory
+	sources []*source
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	flight map[frameKey]*call
+	index  sync.Map // *bootstrap.Bootstrap → *frameIndex
+
+	memHits, cacheHits, misses, zeros atomic.Int64
+}
+
+// source is a Source with its counters.
+type source struct {
+	Source
+	requests, errors, frames, chunks, bytes atomic.Int64
+}
+
+// frameKey names a frame in flight. The bootstrap is part of the key
+// because the frame is verified against that bootstrap's chunk list.
+type frameKey struct {
+	b     *bootstrap.Bootstrap
+	frame uint32
+}
+
+// call is one fetch of a frame that concurrent readers share.
+type call struct {
+	done    chan struct{}
+	waiters atomic.Int32
+	data    []byte
+	err     error
+}
+
+// New returns a Fetcher that caches in c (which may be nil) and reads
+// misses from sources, in order.
+func New(c *cache.Cache, sources ...Source) *Fetcher {
+	f := &Fetcher{
+		cache:  c,
+		mem:    cache.NewMemory(DefaultMemoryBytes),
+		log:    slog.Default(),
+		flight: map[frameKey]*call{},
+	}
+	for _, s := range sources {
+		f.sources = append(f.sources, &source{Source: s})
+	}
+	return f
+}
+
+// ReadChunk returns the content of chunk idx of b. The slice is shared
+// with the caches and must not be modified.
+func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error) {
+	if int(idx) >= len(b.Chunks) {
+		return nil, fmt.Errorf("read chunk %d: bootstrap has %d chunks", idx, len(b.Chunks))
+	}
+	c := b.Chunks[idx]
+	if c.Zero() {
+		f.zeros.Add(1)
+		return zeros(int(c.Size)), nil
+	}
+	if int(c.Frame) >= len(b.Frames) {
+		return nil, fmt.Errorf("read chunk %s: frame %d out of range", c.Digest, c.Frame)
+	}
+	if data, ok := f.mem.Get(c.Digest); ok {
+		f.memHits.Add(1)
+		return data, nil
+	}
+	if f.cache != nil {
+		if data, ok := f.cache.Get(c.Digest); ok {
+			f.cacheHits.Add(1)
+			f.mem.Put(c.Digest, data)
+			return data, nil
+		}
+	}
+	f.misses.Add(1)
+	frame, err := f.frame(ctx, b, c.Frame, c.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("read chunk %s: %w", c.Digest, err)
+	}
+	return frame[c.Offset : c.Offset+c.Size], nil
+}
+
+func (f *Fetcher) frameIndex(b *bootstrap.Bootstrap) *frameIndex {
+	if ix, ok := f.index.Load(b); ok {
+		return ix.(*frameIndex)
+	}
+	ix, _ := f.index.LoadOrStore(b, newFrameIndex(b))
+	return ix.(*frameIndex)
+}
+
+// frame returns the verified, decompressed frame fi, sharing one fetch
+// among concurrent callers. want names the chunk the caller needs, for logs.
+func (f *Fetcher) frame(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest) ([]byte, error) {
+	k := frameKey{b, fi}
+	for {
+		cl, leader := f.claim(k)
+		if leader {
+			data, err := f.fetchFrame(ctx, b, fi, want)
+			f.finish(k, cl, data, err)
+			return data, err
+		}
+		cl.waiters.Add(1)
+		select {
+		case <-cl.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		// The leader's reader gave up; that is no reason for this one to.
+		if cl.err != nil && ctx.Err() == nil && (errors.Is(cl.err, context.Canceled) || errors.Is(cl.err, context.DeadlineExceeded)) {
+			continue
+		}
+		return cl.data, cl.err
+	}
+}
+
+// claim returns the call fetching k, creating it (leader) if there is none.
+func (f *Fetcher) claim(k frameKey) (*call, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cl, ok := f.flight[k]; ok {
+		return cl, false
+	}
+	cl := &call{done: make(chan struct{})}
+	f.flight[k] = cl
+	return cl, true
+}
+
+// finish publishes the result of a claimed call.
+func (f *Fetcher) finish(k frameKey, cl *call, data []byte, err error) {
+	if err == nil {
+		f.keep(k.b, k.frame, data)
+	}
+	cl.data, cl.err = data, err
+	f.mu.Lock()
+	delete(f.flight, k)
+	f.mu.Unlock()
+	close(cl.done)
+}
+
+// keep caches every chunk of a verified frame: packed small files are
+// usually read together, so the neighbours are wanted soon.
+func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
+	for _, ci := range f.frameIndex(b).of(fi) {
+		c := b.Chunks[ci]
+		chunk := data[c.Offset : c.Offset+c.Size]
+		f.mem.Put(c.Digest, chunk)
+		if f.cache != nil {
+			if err := f.cache.Put(c.Digest, chunk); err != nil {
+				f.log.Warn("fetch: cache chunk", "chunk", c.Digest, "err", err)
+			}
+		}
+	}
+}
+
+// fetchFrame tries every source in turn for frame fi.
+func (f *Fetcher) fetchFrame(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest) ([]byte, error) {
+	fr := b.Frames[fi]
+	if int(fr.Blob) >= len(b.Blobs) {
+		return nil, fmt.Errorf("frame %d: blob %d out of range", fi, fr.Blob)
+	}
+	blob := b.Blobs[fr.Blob]
+	ix := f.frameIndex(b)
+	var errs []error
+	for _, s := range f.sources {
+		s.requests.Add(1)
+		raw, err := s.FetchFrame(ctx, blob, fr.Offset, int64(fr.CompressedSize))
+		var data []byte
+		if err == nil {
+			s.bytes.Add(int64(len(raw)))
+			data, err = ix.verified(b, fi, raw)
+		}
+		if err == nil {
+			s.frames.Add(1)
+			s.chunks.Add(int64(len(ix.of(fi))))
+			return data, nil
+		}
+		s.errors.Add(1)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", fr.Offset, "size", fr.CompressedSize, "chunk", want, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", s.Name(), err))
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("frame %d (blob %s offset %d): no sources", fi, blob, fr.Offset)
+	}
+	return nil, fmt.Errorf("frame %d (blob %s offset %d): all %d sources failed: %w", fi, blob, fr.Offset, len(errs), errors.Join(errs...))
+}
+
+// zeroBuf is shared by every all-zero chunk; callers never modify chunks.
+var zeroBuf atomic.Pointer[[]byte]
+
+func zeros(n int) []byte {
+	if p := zeroBuf.Load(); p != nil && len(*p) >= n {
+		return (*p)[:n]
+	}
+	b := make([]byte, max(n, 1<<20))
+	zeroBuf.Store(&b)
+	return b[:n]
+}
+
+// Stats counts where chunks came from.
+type Stats struct {
+	MemoryHits  int64         `json:"memoryHits"`
+	CacheHits   int64         `json:"cacheHits"`
+	CacheMisses int64         `json:"cacheMisses"` // chunk reads that went to the sources
+	ZeroChunks  int64         `json:"zeroChunks"`  // reads of all-zero chunks, which need no I/O
+	Sources     []SourceStats `json:"sources"`
+	Cache       *cache.Stats  `json:"cache,omitempty"`
+}
+
+// SourceStats counts one source's traffic.
+type SourceStats struct {
+	Name     string `json:"name"`
+	Requests int64  `json:"requests"`
+	Errors   int64  `json:"errors"` // failed requests and bad data
+	Frames   int64  `json:"frames"` // verified frames received
+	Chunks   int64  `json:"chunks"` // verified chunks received
+	Bytes    int64  `json:"bytes"`  // compressed bytes received
+}
+
+// Stats returns current counters.
+func (f *Fetcher) Stats() Stats {
+	s := Stats{
+		MemoryHits:  f.memHits.Load(),
+		CacheHits:   f.cacheHits.Load(),
+		CacheMisses: f.misses.Load(),
+		ZeroChunks:  f.zeros.Load(),
+		Sources:     []SourceStats{},
+	}
+	for _, src := range f.sources {
+		s.Sources = append(s.Sources, SourceStats{
+			Name: src.Name(), Requests: src.requests.Load(), Errors: src.errors.Load(),
+			Frames: src.frames.Load(), Chunks: src.chunks.Load(), Bytes: src.bytes.Load(),
+		})
+	}
+	if f.cache != nil {
+		cs := f.cache.Stats()
+		s.Cache = &cs
+	}
+	return s
+}

@@ -1,0 +1,515 @@
+package fetch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/skiff-dev/skiff/internal/fixture"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
+	"github.com/skiff-dev/skiff/pkg/store/dir"
+)
+
+// testImage has multi-chunk files with zero chunks, packed small files and
+// plain small files, over two blobs.
+func testImage(t testing.TB, comp bootstrap.Compression) (*fetchtest.Image, map[string][]byte) {
+	t.Helper()
+	const cs = 16 << 10
+	sparse := append(append(fixture.Random(1, cs), make([]byte, 3*cs)...), fixture.Text(2, cs+100)...)
+	files := map[string][]byte{
+		"/big":    fixture.Text(3, 10*cs+5),
+		"/sparse": sparse,
+		"/zeros":  make([]byte, 2*cs),
+		"/random": fixture.Random(4, 3*cs),
+	}
+	entries := []fetchtest.Entry{}
+	for _, p := range []string{"/big", "/sparse", "/zeros", "/random"} {
+		entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: files[p]})
+	}
+	for i := range 30 {
+		p := fmt.Sprintf("/small/f%02d", i)
+		files[p] = fixture.Text(uint64(100+i), 200+i*37)
+		entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: files[p], Pack: true})
+	}
+	for i := range 20 {
+		p := fmt.Sprintf("/plain/f%02d", i)
+		files[p] = fixture.Random(uint64(200+i), 300+i)
+		entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o600, Data: files[p]})
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: cs, Compression: comp, PackSize: 2 << 10, BlobSize: 100 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, files
+}
+
+func newStore(t testing.TB) *dir.Dir {
+	t.Helper()
+	st, err := dir.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func upload(t testing.TB, img *fetchtest.Image) *dir.Dir {
+	t.Helper()
+	st := newStore(t)
+	if err := img.Upload(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// readFile reads a whole file chunk by chunk.
+func readFile(ctx context.Context, f *Fetcher, b *bootstrap.Bootstrap, p string) ([]byte, error) {
+	ino, ok := b.LookupPath(p)
+	if !ok {
+		return nil, fmt.Errorf("%s not found", p)
+	}
+	var out []byte
+	for _, ci := range b.FileChunks(ino) {
+		data, err := f.ReadChunk(ctx, b, ci)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, data...)
+	}
+	return out, nil
+}
+
+func checkFiles(t *testing.T, f *Fetcher, b *bootstrap.Bootstrap, files map[string][]byte) {
+	t.Helper()
+	for p, want := range files {
+		got, err := readFile(context.Background(), f, b, p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: content differs (%d bytes, want %d)", p, len(got), len(want))
+		}
+	}
+}
+
+func TestReadChunk(t *testing.T) {
+	for _, comp := range []bootstrap.Compression{bootstrap.None, bootstrap.Zstd, bootstrap.LZ4} {
+		t.Run(comp.String(), func(t *testing.T) {
+			img, files := testImage(t, comp)
+			c, err := cache.Open(t.TempDir(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := New(c, NewStoreSource("store", upload(t, img)))
+			checkFiles(t, f, img.Bootstrap, files)
+			s := f.Stats()
+			if s.ZeroChunks == 0 {
+				t.Error("no zero chunks served")
+			}
+			stored := 0
+			for _, ch := range img.Bootstrap.Chunks {
+				if !ch.Zero() {
+					stored++
+				}
+			}
+			if got := s.Sources[0]; got.Chunks != int64(stored) || got.Frames != int64(len(img.Bootstrap.Frames)) || got.Errors != 0 {
+				t.Errorf("source stats %+v, want every one of %d chunks and %d frames fetched once", got, stored, len(img.Bootstrap.Frames))
+			}
+			// A second pass is served from memory without touching the source.
+			checkFiles(t, f, img.Bootstrap, files)
+			if again := f.Stats(); again.Sources[0].Requests != s.Sources[0].Requests || again.MemoryHits == 0 {
+				t.Errorf("second pass: %+v", again)
+			}
+		})
+	}
+}
+
+func TestZeroChunksNeedNoSource(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	f := New(nil) // no sources at all
+	got, err := readFile(context.Background(), f, img.Bootstrap, "/zeros")
+	if err != nil || !bytes.Equal(got, files["/zeros"]) {
+		t.Fatalf("zeros: %v", err)
+	}
+}
+
+func TestBadChunkIndex(t *testing.T) {
+	img, _ := testImage(t, bootstrap.None)
+	if _, err := New(nil).ReadChunk(context.Background(), img.Bootstrap, uint32(len(img.Bootstrap.Chunks))); err == nil {
+		t.Fatal("out of range chunk accepted")
+	}
+}
+
+func TestSourceFallthrough(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	ctx := context.Background()
+	good := upload(t, img)
+	bad := upload(t, img)
+	for _, p := range []string{"/big", "/small/f03", "/plain/f07"} {
+		if _, err := img.Corrupt(ctx, bad, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := New(nil,
+		NewStoreSource("empty", newStore(t)), // blobs missing: every request fails
+		NewStoreSource("corrupt", bad),
+		NewStoreSource("good", good))
+	checkFiles(t, f, img.Bootstrap, files)
+	s := f.Stats()
+	byName := map[string]SourceStats{}
+	for _, ss := range s.Sources {
+		byName[ss.Name] = ss
+	}
+	if e := byName["empty"]; e.Errors == 0 || e.Errors != e.Requests || e.Chunks != 0 {
+		t.Errorf("empty source: %+v", e)
+	}
+	if c := byName["corrupt"]; c.Errors == 0 || c.Chunks == 0 {
+		t.Errorf("corrupt source should serve the intact frames and fail the damaged ones: %+v", c)
+	}
+	if g := byName["good"]; g.Frames != byName["corrupt"].Errors || g.Errors != 0 {
+		t.Errorf("good source should serve exactly the frames the corrupt one failed: good %+v corrupt %+v", g, byName["corrupt"])
+	}
+}
+
+func TestAllSourcesFail(t *testing.T) {
+	img, files := testImage(t, bootstrap.LZ4)
+	ctx := context.Background()
+	bad := upload(t, img)
+	want, err := img.Corrupt(ctx, bad, "/random")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(c, NewStoreSource("corrupt", bad), NewStoreSource("empty", newStore(t)))
+	got, err := readFile(ctx, f, img.Bootstrap, "/random")
+	if err == nil || got != nil {
+		t.Fatalf("read of a corrupt file: %d bytes, err %v", len(got), err)
+	}
+	if !strings.Contains(err.Error(), want.String()) {
+		t.Fatalf("error does not name chunk %s: %v", want, err)
+	}
+	if c.Has(want) {
+		t.Fatal("unverified chunk cached")
+	}
+	// Other files are unaffected.
+	for _, p := range []string{"/big", "/small/f01"} {
+		if got, err := readFile(ctx, f, img.Bootstrap, p); err != nil || !bytes.Equal(got, files[p]) {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+}
+
+func TestCachePersistsAcrossReopen(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	dirPath := t.TempDir()
+	c1, err := cache.Open(dirPath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFiles(t, New(c1, NewStoreSource("store", upload(t, img))), img.Bootstrap, files)
+
+	c2, err := cache.Open(dirPath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := New(c2) // no sources: everything must come from the cache
+	checkFiles(t, f2, img.Bootstrap, files)
+	if s := f2.Stats(); s.CacheHits == 0 || s.CacheMisses != 0 {
+		t.Fatalf("stats after reopen %+v", s)
+	}
+}
+
+func TestCacheEvictionRefetches(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	c, err := cache.Open(t.TempDir(), 40<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(c, NewStoreSource("store", upload(t, img)))
+	checkFiles(t, f, img.Bootstrap, files)
+	if s := c.Stats(); s.Bytes > 40<<10 || s.Evictions == 0 {
+		t.Fatalf("cache %+v: want evictions and at most 40 KiB", s)
+	}
+}
+
+// gate holds every request until released, so a test can line up
+// concurrent readers behind one request.
+type gate struct {
+	Source
+	calls   atomic.Int32
+	release chan struct{}
+}
+
+func (g *gate) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	g.calls.Add(1)
+	<-g.release
+	return g.Source.FetchFrame(ctx, blob, off, size)
+}
+
+func TestSingleflight(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	g := &gate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
+	f := New(nil, g)
+	// Every chunk of the packed frame holding /small/f00.
+	ino, _ := b.LookupPath("/small/f00")
+	frame := b.Chunks[b.FileChunks(ino)[0]].Frame
+	var chunks []uint32
+	for i, c := range b.Chunks {
+		if c.Frame == frame {
+			chunks = append(chunks, uint32(i))
+		}
+	}
+	if len(chunks) < 2 {
+		t.Fatalf("packed frame holds %d chunks", len(chunks))
+	}
+	const readers = 16
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for i := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ci := chunks[i%len(chunks)]
+			data, err := f.ReadChunk(context.Background(), b, ci)
+			if err == nil && bootstrap.Sum(data) != b.Chunks[ci].Digest {
+				err = errors.New("wrong bytes")
+			}
+			errs <- err
+		}()
+	}
+	// Wait until one reader is in the source and the rest wait on it.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f.mu.Lock()
+		var waiting int32
+		for _, cl := range f.flight {
+			waiting = cl.waiters.Load()
+		}
+		f.mu.Unlock()
+		if g.calls.Load() == 1 && waiting == readers-1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readers did not line up: %d source calls, %d waiting", g.calls.Load(), waiting)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(g.release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := g.calls.Load(); n != 1 {
+		t.Fatalf("%d source requests for one frame, want 1", n)
+	}
+	checkFiles(t, f, b, map[string][]byte{"/small/f00": files["/small/f00"]})
+}
+
+func TestWaiterSurvivesLeaderCancel(t *testing.T) {
+	img, _ := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	g := &gate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
+	f := New(nil, g)
+	ino, _ := b.LookupPath("/random")
+	ci := b.FileChunks(ino)[0]
+	leaderCtx, cancel := context.WithCancel(context.Background())
+	leaderErr := make(chan error, 1)
+	go func() {
+		_, err := f.ReadChunk(leaderCtx, b, ci)
+		leaderErr <- err
+	}()
+	for g.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	waiterErr := make(chan error, 1)
+	go func() {
+		data, err := f.ReadChunk(context.Background(), b, ci)
+		if err == nil && bootstrap.Sum(data) != b.Chunks[ci].Digest {
+			err = errors.New("wrong bytes")
+		}
+		waiterErr <- err
+	}()
+	for {
+		f.mu.Lock()
+		cl := f.flight[frameKey{b, b.Chunks[ci].Frame}]
+		f.mu.Unlock()
+		if cl != nil && cl.waiters.Load() == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	close(g.release)
+	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader: %v, want canceled", err)
+	}
+	if err := <-waiterErr; err != nil {
+		t.Fatalf("waiter failed because the leader gave up: %v", err)
+	}
+}
+
+func TestPrefetchMergesRequests(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	c, err := cache.Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(c, NewStoreSource("store", upload(t, img)))
+	var inodes []uint32
+	blobs := map[uint32]bool{}
+	for i := range 20 {
+		ino, _ := b.LookupPath(fmt.Sprintf("/plain/f%02d", i))
+		inodes = append(inodes, ino)
+		blobs[b.Frames[b.Chunks[b.FileChunks(ino)[0]].Frame].Blob] = true
+	}
+	inodes = append(inodes, bootstrap.RootInode) // not a file: ignored
+	if err := f.Prefetch(context.Background(), b, inodes); err != nil {
+		t.Fatal(err)
+	}
+	s := f.Stats().Sources[0]
+	if s.Frames != 20 || s.Requests != int64(len(blobs)) {
+		t.Fatalf("prefetch of 20 adjacent frames in %d blobs: %+v", len(blobs), s)
+	}
+	for i := range 20 {
+		p := fmt.Sprintf("/plain/f%02d", i)
+		checkFiles(t, f, b, map[string][]byte{p: files[p]})
+	}
+	if after := f.Stats(); after.Sources[0].Requests != s.Requests || after.CacheMisses != 0 {
+		t.Fatalf("reads after prefetch went to the source: %+v", after)
+	}
+	// Prefetching again finds everything cached.
+	if err := f.Prefetch(context.Background(), b, inodes); err != nil {
+		t.Fatal(err)
+	}
+	if again := f.Stats().Sources[0].Requests; again != s.Requests {
+		t.Fatalf("second prefetch made %d requests", again-s.Requests)
+	}
+}
+
+func TestPrefetchFallsBackPerFrame(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	ctx := context.Background()
+	bad := upload(t, img)
+	if _, err := img.Corrupt(ctx, bad, "/plain/f05"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := cache.Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(c, NewStoreSource("corrupt", bad), NewStoreSource("good", upload(t, img)))
+	var inodes []uint32
+	for i := range 20 {
+		ino, _ := b.LookupPath(fmt.Sprintf("/plain/f%02d", i))
+		inodes = append(inodes, ino)
+	}
+	if err := f.Prefetch(ctx, b, inodes); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.Stats().Sources[1]; s.Frames != 1 {
+		t.Fatalf("good source served %d frames, want just the corrupt one", s.Frames)
+	}
+	checkFiles(t, New(c), b, map[string][]byte{"/plain/f05": files["/plain/f05"]})
+
+	// With no good source, prefetch names the chunk it could not get.
+	c2, _ := cache.Open(t.TempDir(), 0)
+	want, _ := img.Corrupt(ctx, bad, "/plain/f05")
+	err = New(c2, NewStoreSource("corrupt", bad)).Prefetch(ctx, b, inodes)
+	if err == nil || !strings.Contains(err.Error(), want.String()) {
+		t.Fatalf("prefetch error %v does not name %s", err, want)
+	}
+	if c2.Has(want) || c2.Stats().Entries != 19 {
+		t.Fatalf("cache after failed prefetch: %+v", c2.Stats())
+	}
+}
+
+func TestVerify(t *testing.T) {
+	img, _ := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	ctx := context.Background()
+	st := upload(t, img)
+	rep, err := Verify(ctx, b, NewStoreSource("store", st), VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Bad) != 0 || rep.Frames != len(b.Frames) {
+		t.Fatalf("clean image: %+v", rep)
+	}
+	want, err := img.Corrupt(ctx, st, "/small/f10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progress atomic.Int64
+	rep, err = Verify(ctx, b, NewStoreSource("store", st), VerifyOptions{Concurrency: 2, Progress: func(done, total int64) { progress.Store(done) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, bc := range rep.Bad {
+		found = found || bc.Digest == want
+	}
+	if !found || progress.Load() != rep.Bytes {
+		t.Fatalf("corrupt chunk %s not reported: %+v", want, rep)
+	}
+	// A missing store reports every stored chunk.
+	rep, err = Verify(ctx, b, NewStoreSource("empty", newStore(t)), VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Bad) != rep.Chunks || rep.Chunks == 0 {
+		t.Fatalf("empty store: %d bad of %d", len(rep.Bad), rep.Chunks)
+	}
+}
+
+func BenchmarkReadChunkMemoryHit(b *testing.B) {
+	img, _ := testImage(b, bootstrap.Zstd)
+	f := New(nil, NewStoreSource("store", upload(b, img)))
+	ino, _ := img.Bootstrap.LookupPath("/big")
+	ci := img.Bootstrap.FileChunks(ino)[0]
+	if _, err := f.ReadChunk(context.Background(), img.Bootstrap, ci); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(img.Bootstrap.Chunks[ci].Size))
+	for b.Loop() {
+		if _, err := f.ReadChunk(context.Background(), img.Bootstrap, ci); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkReadChunkDiskHit(b *testing.B) {
+	img, _ := testImage(b, bootstrap.Zstd)
+	c, err := cache.Open(b.TempDir(), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := New(c, NewStoreSource("store", upload(b, img)))
+	ino, _ := img.Bootstrap.LookupPath("/big")
+	ci := img.Bootstrap.FileChunks(ino)[0]
+	if _, err := f.ReadChunk(context.Background(), img.Bootstrap, ci); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(img.Bootstrap.Chunks[ci].Size))
+	for b.Loop() {
+		// A fresh fetcher each time skips the memory tier.
+		if _, err := New(c).ReadChunk(context.Background(), img.Bootstrap, ci); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// prefetchConcurrency bounds the requests one Prefetch keeps in flight.
+const prefetchConcurrency = 8
+
+// Prefetch warms the caches with every chunk of the given inodes (regular
+// files; others are ignored), reading nearby frames of a blob with one
+// request each. It returns an error naming every chunk it could not fetch;
+// the chunks it did fetch stay cached either way.
+func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes []uint32) error {
+	seen := map[uint32]bool{}
+	var frames []uint32
+	for _, ino := range inodes {
+		if int(ino) >= len(b.Inodes) {
+			return fmt.Errorf("prefetch: inode %d out of range", ino)
+		}
+		if b.Inodes[ino].Type() != bootstrap.ModeRegular {
+			continue
+		}
+		for _, ci := range b.FileChunks(ino) {
+			c := b.Chunks[ci]
+			if c.Zero() || seen[c.Frame] || int(c.Frame) >= len(b.Frames) || f.cached(c.Digest) {
+				continue
+			}
+			seen[c.Frame] = true
+			frames = append(frames, c.Frame)
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(prefetchConcurrency)
+	errc := make(chan error, 1)
+	var errs []error
+	done := make(chan struct{})
+	go func() {
+		for err := range errc {
+			errs = append(errs, err)
+		}
+		close(done)
+	}()
+	for _, r := range planRuns(b, frames) {
+		g.Go(func() error {
+			f.prefetchRun(gctx, b, r, errc)
+			return gctx.Err()
+		})
+	}
+	err := g.Wait()
+	close(errc)
+	<-done
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("prefetch: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+func (f *Fetcher) cached(d bootstrap.Digest) bool {
+	return f.cache != nil && f.cache.Has(d)
+}
+
+// prefetchRun fetches the frames of r that nobody else is fetching, with
+// one request per source tried; frames the merged read could not deliver
+// fall back to the per-frame path, which tries every source.
+func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run, errc chan<- error) {
+	claimed := map[uint32]*call{}
+	var mine []uint32
+	for _, fi := range r.frames {
+		if cl, leader := f.claim(frameKey{b, fi}); leader {
+			claimed[fi] = cl
+			mine = append(mine, fi)
+		}
+	}
+	ix := f.frameIndex(b)
+	for _, sub := range planRuns(b, mine) {
+		blob := b.Blobs[sub.blob]
+		for _, s := range f.sources {
+			if len(claimed) == 0 || ctx.Err() != nil {
+				break
+			}
+			s.requests.Add(1)
+			raw, err := s.FetchFrame(ctx, blob, sub.off, sub.end-sub.off)
+			if err != nil {
+				s.errors.Add(1)
+				f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", sub.off, "size", sub.end-sub.off, "err", err)
+				continue
+			}
+			s.bytes.Add(int64(len(raw)))
+			for _, fi := range sub.frames {
+				cl, ok := claimed[fi]
+				if !ok {
+					continue
+				}
+				data, err := ix.verified(b, fi, sub.frameBytes(b, raw, fi))
+				if err != nil {
+					s.errors.Add(1)
+					f.log.Warn("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", b.Frames[fi].Offset, "chunk", firstChunk(b, ix, fi), "err", err)
+					continue
+				}
+				s.frames.Add(1)
+				s.chunks.Add(int64(len(ix.of(fi))))
+				f.finish(frameKey{b, fi}, cl, data, nil)
+				delete(claimed, fi)
+			}
+			break
+		}
+	}
+	for _, fi := range mine {
+		cl, ok := claimed[fi]
+		if !ok {
+			continue
+		}
+		want := firstChunk(b, ix, fi)
+		data, err := f.fetchFrame(ctx, b, fi, want)
+		f.finish(frameKey{b, fi}, cl, data, err)
+		if err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("chunk %s: %w", want, err)
+		}
+	}
+}
+
+func firstChunk(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) bootstrap.Digest {
+	if cs := ix.of(fi); len(cs) > 0 {
+		return b.Chunks[cs[0]].Digest
+	}
+	return bootstrap.Digest{}
+}

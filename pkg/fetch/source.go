@@ -1,0 +1,56 @@
+package fetch
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/store"
+)
+
+// Source is one place the compressed bytes of frames can be read from: the
+// blob store, and later peers and seeders. A Fetcher tries its sources in
+// order and verifies whatever they return, so a source need not be trusted.
+type Source interface {
+	// Name identifies the source in logs and stats.
+	Name() string
+	// FetchFrame returns exactly size bytes of blob starting at off: one
+	// compressed frame, or several adjacent frames when the Fetcher merges
+	// neighbouring requests into one.
+	FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error)
+}
+
+// StoreSource reads frames from chunk-data blobs in a store.Store with
+// ranged reads.
+type StoreSource struct {
+	name  string
+	store store.Store
+}
+
+var _ Source = (*StoreSource)(nil)
+
+// NewStoreSource returns a source named name reading from st.
+func NewStoreSource(name string, st store.Store) *StoreSource {
+	return &StoreSource{name: name, store: st}
+}
+
+// Name implements Source.
+func (s *StoreSource) Name() string { return s.name }
+
+// FetchFrame implements Source.
+func (s *StoreSource) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	if off < 0 || size <= 0 || size > maxRequest {
+		return nil, fmt.Errorf("fetch %s [%d,+%d): bad range", blob, off, size)
+	}
+	rc, err := s.store.Get(ctx, store.BlobKey(blob.Hex()), off, size)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s [%d,+%d): %w", blob, off, size, err)
+	}
+	defer rc.Close()
+	buf := make([]byte, size)
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, fmt.Errorf("fetch %s [%d,+%d): %w", blob, off, size, err)
+	}
+	return buf, nil
+}
