@@ -90,14 +90,7 @@ func TestTempFilesHidden(t *testing.T) {
 	if err := os.WriteFile(leftover, []byte("partial"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var keys []string
-	if err := d.List(ctx, "", func(info store.Info) error {
-		keys = append(keys, info.Key)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if len(keys) != 1 || keys[0] != "blobs/sha256/aa" {
+	if keys := storetest.Keys(t, d, ""); len(keys) != 1 || keys[0] != "blobs/sha256/aa" {
 		t.Fatalf("List = %q, want only blobs/sha256/aa", keys)
 	}
 	if _, err := d.Stat(ctx, "blobs/sha256/.skiff-tmp-123"); !errors.Is(err, store.ErrInvalidKey) {

@@ -73,14 +73,7 @@ func TestPrefixIsolation(t *testing.T) {
 	if _, err := m.Client(t).PutObject(ctx, bucket, "a/x/", strings.NewReader(""), 0, minio.PutObjectOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var keys []string
-	if err := a.List(ctx, "", func(info store.Info) error {
-		keys = append(keys, info.Key)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(keys, []string{"k"}) {
+	if keys := storetest.Keys(t, a, ""); !slices.Equal(keys, []string{"k"}) {
 		t.Fatalf("List of prefix a = %q, want [k]", keys)
 	}
 	rc, err := a.Get(ctx, "k", 0, -1)

@@ -116,7 +116,8 @@ func wantNotFound(t *testing.T, st store.Store, key string) {
 	}
 }
 
-func keys(t *testing.T, st store.Store, prefix string) []string {
+// Keys lists the keys under prefix, failing the test if List fails.
+func Keys(t testing.TB, st store.Store, prefix string) []string {
 	t.Helper()
 	var got []string
 	err := st.List(context.Background(), prefix, func(info store.Info) error {
@@ -244,7 +245,7 @@ func testOverwrite(t *testing.T, st store.Store) {
 	if err != nil || info.Size != 300 {
 		t.Fatalf("Stat after overwrite = %+v, %v; want size 300", info, err)
 	}
-	if got := keys(t, st, ""); !slices.Equal(got, []string{key}) {
+	if got := Keys(t, st, ""); !slices.Equal(got, []string{key}) {
 		t.Fatalf("List after overwrite = %q, want just %q", got, key)
 	}
 }
@@ -310,7 +311,7 @@ func testList(t *testing.T, st store.Store) {
 		{"../", nil},
 	}
 	for _, tc := range tests {
-		if got := keys(t, st, tc.prefix); !slices.Equal(got, tc.want) {
+		if got := Keys(t, st, tc.prefix); !slices.Equal(got, tc.want) {
 			t.Errorf("List(%q) = %q, want %q", tc.prefix, got, tc.want)
 		}
 	}
@@ -352,7 +353,7 @@ func testDelete(t *testing.T, st store.Store) {
 	if err := st.Delete(ctx, "never/existed"); err != nil {
 		t.Fatalf("Delete of a missing key: %v", err)
 	}
-	if got := keys(t, st, ""); !slices.Equal(got, []string{"del/two"}) {
+	if got := Keys(t, st, ""); !slices.Equal(got, []string{"del/two"}) {
 		t.Fatalf("List after Delete = %q, want [del/two]", got)
 	}
 	equal(t, "surviving object", get(t, st, "del/two", 0, -1), []byte("two"))
@@ -384,7 +385,7 @@ func testInvalidKeys(t *testing.T, st store.Store) {
 			}
 		})
 	}
-	if got := keys(t, st, ""); len(got) != 0 {
+	if got := Keys(t, st, ""); len(got) != 0 {
 		t.Fatalf("invalid keys wrote objects %q", got)
 	}
 }
@@ -433,7 +434,7 @@ func testConcurrent(t *testing.T, st store.Store) {
 		})
 	}
 	wg.Wait()
-	if got := keys(t, st, "conc/"); len(got) != workers*4 {
+	if got := Keys(t, st, "conc/"); len(got) != workers*4 {
 		t.Fatalf("List after concurrent puts found %d keys, want %d", len(got), workers*4)
 	}
 }
@@ -543,7 +544,7 @@ func testCancelledMidPut(t *testing.T, st store.Store) {
 		}
 		equal(t, "object after cancelled put", get(t, st, key, 0, -1), old)
 	}
-	if got := keys(t, st, ""); !slices.Equal(got, []string{"midput/-1", "midput/4194304"}) {
+	if got := Keys(t, st, ""); !slices.Equal(got, []string{"midput/-1", "midput/4194304"}) {
 		t.Fatalf("List after cancelled puts = %q, want only the two original objects", got)
 	}
 }
