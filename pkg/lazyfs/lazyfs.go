@@ -1,0 +1,365 @@
+// Package lazyfs serves a Skiff image as a read-only FUSE filesystem. The
+// tree comes straight from the bootstrap, looked up one name at a time so
+// that an image of any size mounts at once; file content is read chunk by
+// chunk through a ChunkReader only when the kernel asks for it. The image
+// is immutable, so the kernel is told to cache names, attributes and pages
+// for as long as it likes.
+package lazyfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// ChunkReader returns the verified content of a chunk. *fetch.Fetcher
+// implements it. The returned slice is not modified.
+type ChunkReader interface {
+	ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error)
+}
+
+// Options tune a mount.
+type Options struct {
+	// Logger receives read failures; default slog.Default().
+	Logger *slog.Logger
+	// Debug logs every FUSE request to the Logger.
+	Debug bool
+	// CacheTimeout is how long the kernel may cache names and attributes;
+	// default 24h, since nothing in an image ever changes.
+	CacheTimeout time.Duration
+}
+
+// Server is a mounted image.
+type Server struct {
+	mountpoint string
+	server     *fuse.Server
+}
+
+// blockSize is the st_blksize reported for every file and the unit of
+// Statfs; st_blocks are 512-byte units as everywhere.
+const blockSize = 4096
+
+// Mount mounts b read-only at mountpoint, with content from r. The mount
+// is suitable as an overlay lower directory: other users may access it,
+// the kernel enforces the image's permissions, setuid bits work and device
+// nodes cannot be opened through it. ctx bounds only the mount itself.
+func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r ChunkReader, opts Options) (*Server, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	if len(b.Inodes) == 0 || !b.Inodes[bootstrap.RootInode].IsDir() {
+		return nil, fmt.Errorf("mount %s: bootstrap has no root directory", mountpoint)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.CacheTimeout <= 0 {
+		opts.CacheTimeout = 24 * time.Hour
+	}
+	fsys := &fileSystem{b: b, r: r, log: opts.Logger}
+	root := &node{fs: fsys, ino: bootstrap.RootInode}
+	timeout := opts.CacheTimeout
+	server, err := fs.Mount(mountpoint, root, &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:       true,
+			FsName:           "skiff",
+			Name:             "skiff",
+			Options:          []string{"ro", "default_permissions"},
+			DirectMount:      true,
+			DirectMountFlags: unix.MS_RDONLY | unix.MS_NODEV,
+			// 1 MiB requests: a whole default chunk per round trip.
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			MaxBackground: 64,
+			Debug:         opts.Debug,
+			Logger:        slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+		},
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		// Modes are exactly the image's, 0000 included.
+		NullPermissions: true,
+		RootStableAttr:  &fs.StableAttr{Ino: inoOf(bootstrap.RootInode)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	return &Server{mountpoint: mountpoint, server: server}, nil
+}
+
+// Mountpoint returns where the image is mounted.
+func (m *Server) Mountpoint() string { return m.mountpoint }
+
+// Unmount detaches the filesystem. If it is busy, it is detached lazily:
+// it disappears from the namespace now and the kernel lets go of it, ending
+// Wait, when the last open file closes.
+func (m *Server) Unmount() error {
+	err := m.server.Unmount()
+	if err == nil {
+		return nil
+	}
+	if lerr := unix.Unmount(m.mountpoint, unix.MNT_DETACH); lerr != nil {
+		return fmt.Errorf("unmount %s: %w", m.mountpoint, errors.Join(err, lerr))
+	}
+	return nil
+}
+
+// Wait blocks until the filesystem is unmounted, by Unmount or from outside.
+func (m *Server) Wait() { m.server.Wait() }
+
+// fileSystem is the state shared by every node of one mount.
+type fileSystem struct {
+	b   *bootstrap.Bootstrap
+	r   ChunkReader
+	log *slog.Logger
+
+	totalOnce  sync.Once
+	totalBytes int64
+}
+
+// inoOf maps an inode index to st_ino. Hard links share the index and so
+// one kernel inode; +1 keeps 0, which FUSE reserves, unused.
+func inoOf(ino uint32) uint64 { return uint64(ino) + 1 }
+
+// node is one inode of the image.
+type node struct {
+	fs.Inode
+	fs  *fileSystem
+	ino uint32
+
+	offsOnce sync.Once
+	offs     []int64 // file offset of each chunk, plus the size
+}
+
+var (
+	_ fs.NodeLookuper    = (*node)(nil)
+	_ fs.NodeGetattrer   = (*node)(nil)
+	_ fs.NodeReaddirer   = (*node)(nil)
+	_ fs.NodeReadlinker  = (*node)(nil)
+	_ fs.NodeGetxattrer  = (*node)(nil)
+	_ fs.NodeListxattrer = (*node)(nil)
+	_ fs.NodeOpener      = (*node)(nil)
+	_ fs.NodeReader      = (*node)(nil)
+	_ fs.NodeStatfser    = (*node)(nil)
+)
+
+func (n *node) inode() *bootstrap.Inode { return &n.fs.b.Inodes[n.ino] }
+
+// Lookup implements fs.NodeLookuper.
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if !n.inode().IsDir() {
+		return nil, syscall.ENOTDIR
+	}
+	child, ok := n.fs.b.Lookup(n.ino, name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	n.fs.fill(&out.Attr, child)
+	return n.NewInode(ctx, &node{fs: n.fs, ino: child}, fs.StableAttr{Mode: n.fs.b.Inodes[child].Type(), Ino: inoOf(child)}), 0
+}
+
+// Getattr implements fs.NodeGetattrer.
+func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fs.fill(&out.Attr, n.ino)
+	return 0
+}
+
+func (fsys *fileSystem) fill(a *fuse.Attr, ino uint32) {
+	in := &fsys.b.Inodes[ino]
+	a.Ino = inoOf(ino)
+	a.Mode = in.Mode
+	a.Nlink = in.Nlink
+	a.Owner = fuse.Owner{Uid: in.UID, Gid: in.GID}
+	a.Size = uint64(in.Size)
+	a.Blocks = (uint64(in.Size) + 511) / 512
+	a.Blksize = blockSize
+	if t := in.Type(); t == bootstrap.ModeChar || t == bootstrap.ModeBlock {
+		// FUSE carries the kernel's 32-bit new_encode_dev form, which is
+		// the low half of glibc's makedev.
+		a.Rdev = uint32(unix.Mkdev(in.DevMajor, in.DevMinor))
+	}
+	sec, nsec := uint64(in.MtimeSec), in.MtimeNsec
+	a.Mtime, a.Mtimensec = sec, nsec
+	a.Atime, a.Atimensec = sec, nsec
+	a.Ctime, a.Ctimensec = sec, nsec
+}
+
+// Readdir implements fs.NodeReaddirer.
+func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	if !n.inode().IsDir() {
+		return nil, syscall.ENOTDIR
+	}
+	parent := inoOf(n.ino)
+	if _, p := n.Parent(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	return &dirStream{fs: n.fs, self: inoOf(n.ino), parent: parent, ents: n.fs.b.Children(n.ino)}, 0
+}
+
+// dirStream lists a directory straight from the bootstrap, "." and ".."
+// first, then the entries in their stored (name) order.
+type dirStream struct {
+	fs           *fileSystem
+	self, parent uint64
+	ents         []bootstrap.Dirent
+	pos          int
+}
+
+func (d *dirStream) HasNext() bool { return d.pos < len(d.ents)+2 }
+
+func (d *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
+	d.pos++
+	switch d.pos {
+	case 1:
+		return fuse.DirEntry{Name: ".", Mode: fuse.S_IFDIR, Ino: d.self}, 0
+	case 2:
+		return fuse.DirEntry{Name: "..", Mode: fuse.S_IFDIR, Ino: d.parent}, 0
+	}
+	e := d.ents[d.pos-3]
+	return fuse.DirEntry{Name: e.Name, Mode: d.fs.b.Inodes[e.Inode].Mode, Ino: inoOf(e.Inode)}, 0
+}
+
+func (d *dirStream) Close() {}
+
+// Readlink implements fs.NodeReadlinker.
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	in := n.inode()
+	if in.Type() != bootstrap.ModeSymlink {
+		return nil, syscall.EINVAL
+	}
+	return []byte(in.Target), 0
+}
+
+// Getxattr implements fs.NodeGetxattrer. A buffer too small for the value
+// gets ERANGE with the needed size, as getxattr(2) requires.
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	xs := n.fs.b.InodeXattrs(n.ino)
+	i := sort.Search(len(xs), func(i int) bool { return xs[i].Name >= attr })
+	if i == len(xs) || xs[i].Name != attr {
+		return 0, syscall.ENODATA
+	}
+	v := xs[i].Value
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+// Listxattr implements fs.NodeListxattrer.
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	xs := n.fs.b.InodeXattrs(n.ino)
+	size := 0
+	for _, x := range xs {
+		size += len(x.Name) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), syscall.ERANGE
+	}
+	pos := 0
+	for _, x := range xs {
+		pos += copy(dest[pos:], x.Name)
+		dest[pos] = 0
+		pos++
+	}
+	return uint32(size), 0
+}
+
+// Open implements fs.NodeOpener. Pages stay cached across opens: the
+// content behind an inode never changes.
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	if n.inode().Type() != bootstrap.ModeRegular {
+		return nil, 0, syscall.EINVAL
+	}
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *node) offsets() []int64 {
+	n.offsOnce.Do(func() { n.offs = n.fs.b.ChunkOffsets(n.ino) })
+	return n.offs
+}
+
+// Read implements fs.NodeReader. A read inside one chunk is answered from
+// the chunk without copying; one spanning chunks is assembled in dest.
+func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	in := n.inode()
+	if in.Type() != bootstrap.ModeRegular {
+		return nil, syscall.EINVAL
+	}
+	if off < 0 {
+		return nil, syscall.EINVAL
+	}
+	if off >= in.Size || len(dest) == 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := min(off+int64(len(dest)), in.Size)
+	offs := n.offsets()
+	refs := n.fs.b.FileChunks(n.ino)
+	// The chunk holding off is the last one starting at or before it.
+	i := sort.Search(len(refs), func(i int) bool { return offs[i+1] > off })
+	if end <= offs[i+1] {
+		data, errno := n.chunk(ctx, refs[i])
+		if errno != 0 {
+			return nil, errno
+		}
+		return fuse.ReadResultData(data[off-offs[i] : end-offs[i]]), 0
+	}
+	for pos := off; pos < end; i++ {
+		data, errno := n.chunk(ctx, refs[i])
+		if errno != 0 {
+			return nil, errno
+		}
+		stop := min(end, offs[i+1])
+		copy(dest[pos-off:], data[pos-offs[i]:stop-offs[i]])
+		pos = stop
+	}
+	return fuse.ReadResultData(dest[:end-off]), 0
+}
+
+// chunk reads one chunk of the file, mapping failure to EIO (or EINTR when
+// the reader gave up).
+func (n *node) chunk(ctx context.Context, ci uint32) ([]byte, syscall.Errno) {
+	c := n.fs.b.Chunks[ci]
+	data, err := n.fs.r.ReadChunk(ctx, n.fs.b, ci)
+	if err == nil && len(data) != int(c.Size) {
+		err = fmt.Errorf("chunk reader returned %d bytes, want %d", len(data), c.Size)
+	}
+	if err == nil {
+		return data, 0
+	}
+	if ctx.Err() != nil {
+		return nil, syscall.EINTR
+	}
+	n.fs.log.Error("lazyfs: read failed", "path", "/"+n.Path(nil), "ino", inoOf(n.ino), "chunk", c.Digest, "err", err)
+	return nil, syscall.EIO
+}
+
+// Statfs implements fs.NodeStatfser with the image's totals, so df shows
+// something meaningful; there is never free space.
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	n.fs.totalOnce.Do(func() {
+		for i := range n.fs.b.Inodes {
+			n.fs.totalBytes += n.fs.b.Inodes[i].Size
+		}
+	})
+	bytes := n.fs.totalBytes
+	out.Bsize = blockSize
+	out.Frsize = blockSize
+	out.Blocks = uint64(bytes+blockSize-1) / blockSize
+	out.Files = uint64(len(n.fs.b.Inodes))
+	out.NameLen = bootstrap.MaxNameLen
+	return 0
+}
