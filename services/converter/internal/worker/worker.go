@@ -1,0 +1,426 @@
+// Package worker converts the images that conversion requests name, with
+// an exactly-once effect on top of JetStream's at-least-once delivery: a
+// KV record per source digest, claimed and advanced by compare-and-swap,
+// decides whether a delivery converts, waits, retags or only acks, and the
+// message is acked only once the Skiff manifest is pushed and the outcome
+// published.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/conversion"
+	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/telemetry"
+	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
+	"github.com/skiff-dev/skiff/services/converter/internal/webhook"
+)
+
+// Converter turns a source image into a Skiff image whose blobs are stored.
+type Converter interface {
+	Convert(ctx context.Context, src v1.Image) (*convert.Result, error)
+}
+
+// Publisher publishes outcome events.
+type Publisher interface {
+	Publish(ctx context.Context, subject, msgID string, m proto.Message) (*jetstream.PubAck, error)
+}
+
+// Options tune retries and name the worker.
+type Options struct {
+	MaxAttempts int
+	AckWait     time.Duration
+	Backoff     time.Duration
+	BackoffMax  time.Duration
+	// Registry, if set, replaces the registry host of every request for
+	// pulling and pushing; events keep the name the registry reported.
+	Registry string
+	Name     string
+	Logger   *slog.Logger
+}
+
+// Worker handles conversion requests. It is safe for concurrent use.
+type Worker struct {
+	pub  Publisher
+	kv   jetstream.KeyValue
+	conv Converter
+	opts Options
+	log  *slog.Logger
+}
+
+// New returns a worker recording conversions in kv.
+func New(pub Publisher, kv jetstream.KeyValue, conv Converter, opts Options) *Worker {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Name == "" {
+		host, _ := os.Hostname()
+		opts.Name = fmt.Sprintf("%s/%d", host, os.Getpid())
+	}
+	return &Worker{pub: pub, kv: kv, conv: conv, opts: opts, log: opts.Logger}
+}
+
+// job is one delivery of one request.
+type job struct {
+	msg     jetstream.Msg
+	req     *skiffv1.ImagePushed
+	key     string
+	seq     uint64
+	attempt int
+	source  string // as reported
+	target  string // as reported
+	log     *slog.Logger
+}
+
+// Handle processes one delivery and always settles it: ack, nak with a
+// delay, or term for a message that can never be processed.
+func (w *Worker) Handle(ctx context.Context, msg jetstream.Msg) {
+	j, err := w.decode(ctx, msg)
+	if err != nil {
+		w.log.Error("dropping undecodable conversion request", "err", err)
+		settle(msg.Term())
+		return
+	}
+	ctx, span := telemetry.Tracer("skiff/converter").Start(j.ctx, "convert "+j.source)
+	span.SetAttributes(attribute.String("skiff.source", j.source), attribute.String("skiff.digest", j.req.GetDigest()), attribute.Int("skiff.attempt", j.attempt))
+	defer span.End()
+	if err := w.handle(ctx, &j.job); err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+}
+
+type decoded struct {
+	job
+	ctx context.Context
+}
+
+func (w *Worker) decode(ctx context.Context, msg jetstream.Msg) (decoded, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return decoded{}, err
+	}
+	req := &skiffv1.ImagePushed{}
+	ctx, err = bus.Decode(ctx, msg, req)
+	if err != nil {
+		return decoded{}, err
+	}
+	ok, err := webhook.Validate(req)
+	if err != nil {
+		return decoded{}, err
+	}
+	if !ok {
+		return decoded{}, fmt.Errorf("request for %s names no convertible tag", webhook.Source(req))
+	}
+	key, err := conversion.Key(req.GetDigest())
+	if err != nil {
+		return decoded{}, err
+	}
+	src := webhook.Source(req)
+	return decoded{ctx: ctx, job: job{
+		msg: msg, req: req, key: key, seq: md.Sequence.Stream, attempt: int(md.NumDelivered),
+		source: src, target: src + image.TagSuffix,
+		log: w.log.With("image", src, "digest", req.GetDigest(), "attempt", md.NumDelivered),
+	}}, nil
+}
+
+// errBusy means another request for the same digest owns the conversion.
+var errBusy = errors.New("conversion owned by another request")
+
+func (w *Worker) handle(ctx context.Context, j *job) error {
+	rec, rev, err := w.claim(ctx, j)
+	switch {
+	case errors.Is(err, errBusy):
+		// Come back once the owner is likely done; then this request
+		// only retags.
+		settle(j.msg.NakWithDelay(w.opts.Backoff))
+		return nil
+	case err != nil:
+		j.log.Warn("cannot claim conversion", "err", err)
+		settle(j.msg.NakWithDelay(w.backoff(j.attempt)))
+		return err
+	case rec == nil:
+		settle(j.msg.DoubleAck(ctx))
+		return nil
+	}
+	if j.attempt > w.opts.MaxAttempts {
+		// The previous delivery was the last one and its worker died.
+		reason := "worker stopped during the last attempt"
+		if rec.Reason != "" {
+			reason = rec.Reason
+		}
+		return w.fail(ctx, j, rec, rev, fmt.Errorf("%s", reason), time.Time{})
+	}
+	start := time.Now()
+	kctx, stop := context.WithCancel(ctx)
+	go bus.KeepAlive(kctx, j.msg, w.opts.AckWait/3)
+	res, digest, err := w.convert(ctx, j)
+	stop()
+	if errors.Is(err, errSkiffSource) {
+		// A Skiff image pushed under a plain tag: never convert output.
+		j.log.Info("ignoring push of a Skiff image")
+		if derr := w.kv.Delete(ctx, j.key, jetstream.LastRevision(rev)); derr != nil {
+			j.log.Warn("remove record", "err", derr)
+		}
+		settle(j.msg.DoubleAck(ctx))
+		return nil
+	}
+	if err == nil {
+		err = w.complete(ctx, j, rec, rev, res, digest, time.Since(start))
+	}
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		// Shutting down: hand the request straight to another worker.
+		settle(j.msg.Nak())
+		return err
+	}
+	if j.attempt >= w.opts.MaxAttempts {
+		return w.fail(ctx, j, rec, rev, err, start)
+	}
+	delay := w.backoff(j.attempt)
+	j.log.Warn("conversion failed, will retry", "err", err, "retry_in", delay)
+	rec.State, rec.Reason, rec.Updated = conversion.Pending, err.Error(), time.Now().UTC()
+	if _, uerr := w.update(ctx, j.key, rec, rev); uerr != nil {
+		j.log.Warn("record retry", "err", uerr)
+	}
+	settle(j.msg.NakWithDelay(delay))
+	return err
+}
+
+// claim decides what this delivery does. It returns the record (now
+// Running and owned by this request) to convert, nil to only ack, or
+// errBusy.
+func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64, error) {
+	for range 10 {
+		now := time.Now().UTC()
+		entry, err := w.kv.Get(ctx, j.key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			rec := &conversion.Record{
+				Source: j.source, SourceDigest: j.req.GetDigest(), Target: j.target, State: conversion.Running,
+				Seq: j.seq, Attempts: j.attempt, Worker: w.opts.Name, Created: now, Updated: now,
+			}
+			b, err := rec.Marshal()
+			if err != nil {
+				return nil, 0, err
+			}
+			rev, err := w.kv.Create(ctx, j.key, b)
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			}
+			if err != nil {
+				return nil, 0, fmt.Errorf("create record %s: %w", j.key, err)
+			}
+			return rec, rev, nil
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("read record %s: %w", j.key, err)
+		}
+		rec, err := conversion.Unmarshal(entry.Value())
+		if err != nil {
+			return nil, 0, err
+		}
+		switch {
+		case rec.State == conversion.Done:
+			if rec.Target != j.target {
+				if err := w.retag(ctx, j, rec); err != nil {
+					return nil, 0, err
+				}
+			}
+			j.log.Info("already converted", "target", rec.Target, "target_digest", rec.TargetDigest)
+			return nil, 0, nil
+		case rec.State == conversion.Failed && rec.Seq == j.seq:
+			return nil, 0, nil
+		case rec.State == conversion.Failed:
+			// A new request for an image that failed before: start over.
+			rec = &conversion.Record{Source: j.source, SourceDigest: rec.SourceDigest, Target: j.target, Created: now}
+		case rec.Seq != j.seq:
+			return nil, 0, errBusy
+		}
+		// Ours: a first delivery, or a redelivery after a failure or the
+		// death of the worker that held it.
+		rec.State, rec.Seq, rec.Attempts, rec.Worker, rec.Updated = conversion.Running, j.seq, j.attempt, w.opts.Name, now
+		rev, err := w.update(ctx, j.key, rec, entry.Revision())
+		if isConflict(err) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		return rec, rev, nil
+	}
+	return nil, 0, fmt.Errorf("record %s: too many concurrent updates", j.key)
+}
+
+var errSkiffSource = errors.New("source is a Skiff image")
+
+// ioRef is where the worker reaches repository of a reported reference.
+func (w *Worker) ioRepo(reported string) (name.Repository, error) {
+	ref, err := name.ParseReference(reported)
+	if err != nil {
+		return name.Repository{}, err
+	}
+	repo := ref.Context()
+	if w.opts.Registry != "" {
+		return name.NewRepository(w.opts.Registry + "/" + repo.RepositoryStr())
+	}
+	return repo, nil
+}
+
+func (w *Worker) convert(ctx context.Context, j *job) (*convert.Result, v1.Hash, error) {
+	repo, err := w.ioRepo(j.source)
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	src, err := image.Load(ctx, repo.Digest(j.req.GetDigest()).String())
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	m, err := src.Manifest()
+	if err != nil {
+		return nil, v1.Hash{}, fmt.Errorf("read source manifest: %w", err)
+	}
+	if image.IsSkiff(m) {
+		return nil, v1.Hash{}, errSkiffSource
+	}
+	res, err := w.conv.Convert(ctx, src)
+	if err != nil {
+		return nil, v1.Hash{}, err
+	}
+	// The store holds every blob and the bootstrap by now, so the
+	// manifest pushed here is never partial.
+	if err := image.Write(ctx, repo.Tag(j.req.GetTag()+image.TagSuffix).String(), res.Image); err != nil {
+		return nil, v1.Hash{}, err
+	}
+	digest, err := res.Image.Digest()
+	if err != nil {
+		return nil, v1.Hash{}, fmt.Errorf("skiff manifest digest: %w", err)
+	}
+	return res, digest, nil
+}
+
+// retag gives an already converted image the Skiff tag of a new request
+// for the same digest, without converting again.
+func (w *Worker) retag(ctx context.Context, j *job, rec *conversion.Record) error {
+	from, err := w.ioRepo(rec.Target)
+	if err != nil {
+		return err
+	}
+	to, err := w.ioRepo(j.target)
+	if err != nil {
+		return err
+	}
+	img, err := image.Load(ctx, from.Digest(rec.TargetDigest).String())
+	if err != nil {
+		return fmt.Errorf("retag: %w", err)
+	}
+	if err := image.Write(ctx, to.Tag(j.req.GetTag()+image.TagSuffix).String(), img); err != nil {
+		return fmt.Errorf("retag: %w", err)
+	}
+	j.log.Info("tagged existing conversion", "target", j.target, "target_digest", rec.TargetDigest)
+	return nil
+}
+
+func (w *Worker) complete(ctx context.Context, j *job, rec *conversion.Record, rev uint64, res *convert.Result, digest v1.Hash, took time.Duration) error {
+	s := res.Stats
+	ev := &skiffv1.ConversionCompleted{
+		Source: j.source, SourceDigest: j.req.GetDigest(), Target: j.target, TargetDigest: digest.String(),
+		BootstrapDigest: res.Bootstrap.String(), BootstrapSize: res.BootstrapSize,
+		SourceBytes: res.SourceBytes, StoredBytes: s.StoredBytes, NewBytes: res.NewBytes,
+		Files: int64(s.Files), Chunks: int64(s.Chunks), Attempt: int32(j.attempt),
+		Duration: durationpb.New(took), CompletedAt: timestamppb.Now(),
+	}
+	// The id makes a republish after a crash (before the record says
+	// done) a duplicate rather than a second event.
+	if _, err := w.pub.Publish(ctx, bus.SubjectCompleted, fmt.Sprintf("completed:%s:%d", j.req.GetDigest(), j.seq), ev); err != nil {
+		return err
+	}
+	rec.State, rec.Reason, rec.Updated = conversion.Done, "", time.Now().UTC()
+	rec.TargetDigest, rec.BootstrapDigest, rec.BootstrapSize = digest.String(), res.Bootstrap.String(), res.BootstrapSize
+	rec.SourceBytes, rec.StoredBytes, rec.NewBytes, rec.Duration = res.SourceBytes, s.StoredBytes, res.NewBytes, took
+	if _, err := w.update(ctx, j.key, rec, rev); err != nil {
+		return err
+	}
+	if err := j.msg.DoubleAck(ctx); err != nil {
+		// The record says done: a redelivery only acks.
+		j.log.Warn("ack after conversion", "err", err)
+	}
+	j.log.Info("converted", "target", j.target, "target_digest", digest, "new_bytes", res.NewBytes, "took", took.Round(time.Millisecond))
+	return nil
+}
+
+func (w *Worker) fail(ctx context.Context, j *job, rec *conversion.Record, rev uint64, cause error, start time.Time) error {
+	var took time.Duration
+	if !start.IsZero() {
+		took = time.Since(start)
+	}
+	reason := fmt.Sprintf("gave up after %d attempts: %v", min(j.attempt, w.opts.MaxAttempts), cause)
+	j.log.Error("conversion failed", "reason", reason)
+	ev := &skiffv1.ConversionFailed{
+		Source: j.source, SourceDigest: j.req.GetDigest(), Reason: reason, Attempts: int32(min(j.attempt, w.opts.MaxAttempts)),
+		Duration: durationpb.New(took), FailedAt: timestamppb.Now(),
+	}
+	if _, err := w.pub.Publish(ctx, bus.SubjectFailed, fmt.Sprintf("failed:%s:%d", j.req.GetDigest(), j.seq), ev); err != nil {
+		settle(j.msg.NakWithDelay(w.backoff(1)))
+		return err
+	}
+	rec.State, rec.Reason, rec.Duration, rec.Updated = conversion.Failed, reason, took, time.Now().UTC()
+	if _, err := w.update(ctx, j.key, rec, rev); err != nil {
+		settle(j.msg.NakWithDelay(w.backoff(1)))
+		return err
+	}
+	settle(j.msg.DoubleAck(ctx))
+	return cause
+}
+
+func (w *Worker) update(ctx context.Context, key string, rec *conversion.Record, rev uint64) (uint64, error) {
+	b, err := rec.Marshal()
+	if err != nil {
+		return 0, err
+	}
+	rev, err = w.kv.Update(ctx, key, b, rev)
+	if err != nil {
+		return 0, fmt.Errorf("update record %s: %w", key, err)
+	}
+	return rev, nil
+}
+
+// isConflict reports a compare-and-swap that lost to another writer.
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+// backoff is the redelivery delay after a failed attempt: Backoff doubled
+// per attempt, capped at BackoffMax.
+func (w *Worker) backoff(attempt int) time.Duration {
+	d := w.opts.Backoff
+	for i := 1; i < attempt && d < w.opts.BackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, w.opts.BackoffMax)
+}
+
+// settle logs a failed ack or nak: JetStream redelivers after the ack wait
+// anyway, and the record makes that redelivery harmless.
+func settle(err error) {
+	if err != nil {
+		slog.Warn("settle message", "err", err)
+	}
+}
