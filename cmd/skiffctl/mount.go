@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/lazyfs"
+)
+
+// mountReport is the JSON line `skiffctl mount` prints when it exits.
+type mountReport struct {
+	Image      string `json:"image"`
+	Bootstrap  string `json:"bootstrap"`
+	Mountpoint string `json:"mountpoint"`
+	fetch.Stats
+}
+
+// defaultCacheDir is shared by every mount of the same user, so chunks
+// common to several images are fetched once.
+func defaultCacheDir() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	return filepath.Join(dir, "skiff", "cache")
+}
+
+func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("mount", "IMAGE MOUNTPOINT", stderr)
+	storeURL := fs.String("store", defaultStoreURL(), storeFlagHelp)
+	cacheDir := fs.String("cache", defaultCacheDir(), "chunk cache directory")
+	cacheSize := fs.Int64("cache-size", 10<<30, "chunk cache size limit in bytes (0: unlimited)")
+	debug := fs.Bool("debug", false, "log every FUSE request")
+	if err := parseArgs(fs, args, 2); err != nil {
+		return err
+	}
+	ref, mountpoint := fs.Arg(0), fs.Arg(1)
+	b, d, err := image.LoadBootstrap(ctx, ref)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(ctx, *storeURL)
+	if err != nil {
+		return err
+	}
+	c, err := cache.Open(*cacheDir, *cacheSize)
+	if err != nil {
+		return err
+	}
+	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	srv, err := lazyfs.Mount(ctx, mountpoint, b, f, lazyfs.Options{Debug: *debug})
+	if err != nil {
+		return err
+	}
+	s := b.Stats()
+	slog.Info("mounted", "image", ref, "bootstrap", d, "mountpoint", mountpoint, "files", s.Files, "bytes", s.LogicalBytes, "cache", *cacheDir)
+
+	unmounted := make(chan struct{})
+	go func() {
+		srv.Wait()
+		close(unmounted)
+	}()
+	var unmountErr error
+	select {
+	case <-ctx.Done():
+		if unmountErr = srv.Unmount(); unmountErr == nil {
+			<-unmounted
+		}
+	case <-unmounted:
+		// Unmounted from outside (umount, fusermount -u).
+	}
+	line, err := json.Marshal(mountReport{Image: ref, Bootstrap: d.String(), Mountpoint: mountpoint, Stats: f.Stats()})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, string(line))
+	return unmountErr
+}
