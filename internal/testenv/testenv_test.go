@@ -87,7 +87,9 @@ func getObject(t *testing.T, c *minio.Client, bucket, key string) []byte {
 	return b
 }
 
-func TestRegistry(t *testing.T) {
+// notifications starts a webhook receiver and returns its URL and the
+// actions of the events it receives.
+func notifications(t *testing.T) (string, <-chan string) {
 	events := make(chan string, 16)
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var env struct {
@@ -103,9 +105,24 @@ func TestRegistry(t *testing.T) {
 			events <- e.Action
 		}
 	}))
-	defer hook.Close()
+	t.Cleanup(hook.Close)
+	return hook.URL, events
+}
 
-	r := StartRegistry(t, RegistryOptions{NotifyURL: hook.URL})
+func nextEvent(t *testing.T, events <-chan string) string {
+	t.Helper()
+	select {
+	case a := <-events:
+		return a
+	case <-time.After(30 * time.Second):
+		t.Fatal("no notification within 30s")
+		return ""
+	}
+}
+
+func TestRegistry(t *testing.T) {
+	url, events := notifications(t)
+	r := StartRegistry(t, RegistryOptions{NotifyURL: url})
 	if status := get(t, "http://"+r.Addr+"/v2/"); status != http.StatusOK {
 		t.Fatalf("GET /v2/ = %d, want 200", status)
 	}
@@ -114,13 +131,8 @@ func TestRegistry(t *testing.T) {
 	blob := []byte("layer")
 	digest := "sha256:" + sha256hex(blob)
 	push(t, r.Addr, "skiff/test", digest, blob)
-	select {
-	case a := <-events:
-		if a != "push" {
-			t.Fatalf("first event action = %q, want push", a)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("no notification within 30s of a push")
+	if a := nextEvent(t, events); a != "push" {
+		t.Fatalf("first event action = %q, want push", a)
 	}
 
 	r.Stop()
@@ -130,6 +142,21 @@ func TestRegistry(t *testing.T) {
 	r.Start()
 	if status := get(t, "http://"+r.Addr+"/v2/skiff/test/blobs/"+digest); status != http.StatusOK {
 		t.Fatalf("blob after restart: status %d, want 200", status)
+	}
+}
+
+func TestRegistryIgnoredActions(t *testing.T) {
+	url, events := notifications(t)
+	r := StartRegistry(t, RegistryOptions{NotifyURL: url, NotifyIgnoredActions: []string{"push"}})
+	blob := []byte("ignored push")
+	digest := "sha256:" + sha256hex(blob)
+	push(t, r.Addr, "skiff/test", digest, blob)
+	if status := get(t, "http://"+r.Addr+"/v2/skiff/test/blobs/"+digest); status != http.StatusOK {
+		t.Fatalf("pull blob: status %d, want 200", status)
+	}
+	// Events are delivered in order, so a push event would come first.
+	if a := nextEvent(t, events); a != "pull" {
+		t.Fatalf("first event action = %q, want pull (push is ignored)", a)
 	}
 }
 
