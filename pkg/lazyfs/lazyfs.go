@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -70,6 +72,12 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	fsys := &fileSystem{b: b, r: r, log: opts.Logger}
 	root := &node{fs: fsys, ino: bootstrap.RootInode}
 	timeout := opts.CacheTimeout
+	// go-fuse only logs requests (with Debug) and otherwise things it
+	// cannot return as errors.
+	fuseLevel := slog.LevelWarn
+	if opts.Debug {
+		fuseLevel = slog.LevelInfo
+	}
 	server, err := fs.Mount(mountpoint, root, &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:       true,
@@ -82,8 +90,10 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 			MaxWrite:      1 << 20,
 			MaxReadAhead:  1 << 20,
 			MaxBackground: 64,
+			// A 1 MiB read plus its header does not fit a default pipe.
+			DisableSplice: true,
 			Debug:         opts.Debug,
-			Logger:        slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+			Logger:        slog.NewLogLogger(opts.Logger.Handler(), fuseLevel),
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
@@ -95,7 +105,27 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
+	raiseReadahead(mountpoint, opts.Logger)
 	return &Server{mountpoint: mountpoint, server: server}, nil
+}
+
+// readaheadKB is the kernel readahead window asked for. The kernel starts
+// FUSE mounts at 128 KiB, which makes a sequential read a stream of small
+// synchronous requests; a window of a whole default chunk keeps several in
+// flight.
+const readaheadKB = 1024
+
+// raiseReadahead widens the mount's readahead window through sysfs. It
+// needs root; without it reads still work, only with more round trips.
+func raiseReadahead(mountpoint string, log *slog.Logger) {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		return
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if err := os.WriteFile(p, []byte(strconv.Itoa(readaheadKB)), 0); err != nil {
+		log.Debug("lazyfs: cannot raise readahead", "path", p, "err", err)
+	}
 }
 
 // Mountpoint returns where the image is mounted.
