@@ -10,7 +10,6 @@ import (
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/fetch"
-	"github.com/skiff-dev/skiff/pkg/image"
 )
 
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -21,11 +20,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	ref := fs.Arg(0)
-	b, d, err := image.LoadBootstrap(ctx, ref)
-	if err != nil {
-		return err
-	}
-	st, err := openStore(ctx, *storeURL)
+	b, d, st, err := openImage(ctx, ref, *storeURL)
 	if err != nil {
 		return err
 	}

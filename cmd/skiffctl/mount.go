@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
+	"github.com/skiff-dev/skiff/pkg/store"
 )
 
 // mountReport is the JSON line `skiffctl mount` prints when it exits.
@@ -33,6 +35,20 @@ func defaultCacheDir() string {
 	return filepath.Join(dir, "skiff", "cache")
 }
 
+// openImage loads the bootstrap of the Skiff image ref and opens the store
+// holding its chunk data.
+func openImage(ctx context.Context, ref, storeURL string) (*bootstrap.Bootstrap, bootstrap.Digest, store.Store, error) {
+	b, d, err := image.LoadBootstrap(ctx, ref)
+	if err != nil {
+		return nil, d, nil, err
+	}
+	st, err := openStore(ctx, storeURL)
+	if err != nil {
+		return nil, d, nil, err
+	}
+	return b, d, st, nil
+}
+
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("mount", "IMAGE MOUNTPOINT", stderr)
 	storeURL := fs.String("store", defaultStoreURL(), storeFlagHelp)
@@ -43,11 +59,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	ref, mountpoint := fs.Arg(0), fs.Arg(1)
-	b, d, err := image.LoadBootstrap(ctx, ref)
-	if err != nil {
-		return err
-	}
-	st, err := openStore(ctx, *storeURL)
+	b, d, st, err := openImage(ctx, ref, *storeURL)
 	if err != nil {
 		return err
 	}
