@@ -44,7 +44,7 @@ func richEntries() []fetchtest.Entry {
 		{Path: "/tmp", Mode: dir | 0o1777, Mtime: mtime.Add(time.Second)},
 		{Path: "/srv", Mode: dir | 0o2750, UID: 1000, GID: 2000, Mtime: mtime},
 		{Path: "/srv/owned", Mode: reg | 0o640, UID: 1000, GID: 2000, Mtime: mtime.Add(-time.Hour), Data: []byte("owned\n")},
-		{Path: "/secret", Mode: reg | 0o000, Mtime: mtime, Data: []byte("nobody reads me")},
+		{Path: "/secret", Mode: reg, Mtime: mtime, Data: []byte("nobody reads me")},
 		{Path: "/empty", Mode: reg | 0o644, Mtime: mtime},
 		{Path: "/big", Mode: reg | 0o644, Mtime: mtime, Data: fixture.Text(5, 20*chunkSize+123)},
 		{Path: "/random", Mode: reg | 0o644, Mtime: mtime, Data: fixture.Random(6, 5*chunkSize)},
