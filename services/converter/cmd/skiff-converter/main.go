@@ -6,31 +6,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/nats-io/nats.go"
-	"golang.org/x/sync/errgroup"
-
-	"github.com/skiff-dev/skiff/pkg/bootstrap"
-	"github.com/skiff-dev/skiff/pkg/bus"
-	"github.com/skiff-dev/skiff/pkg/convert"
-	"github.com/skiff-dev/skiff/pkg/store/storeurl"
-	"github.com/skiff-dev/skiff/pkg/telemetry"
 	"github.com/skiff-dev/skiff/services/converter/internal/config"
-	"github.com/skiff-dev/skiff/services/converter/internal/webhook"
-	"github.com/skiff-dev/skiff/services/converter/internal/worker"
+	"github.com/skiff-dev/skiff/services/converter/internal/service"
 )
-
-const version = "dev"
 
 func main() {
 	for _, a := range os.Args[1:] {
@@ -56,7 +41,7 @@ func main() {
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg); err != nil {
+	if err := service.Run(ctx, cfg); err != nil {
 		slog.Error("skiff-converter stopped", "err", err)
 		os.Exit(1)
 	}
@@ -65,94 +50,4 @@ func main() {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: skiff-converter\n\nConverts images pushed to a registry into Skiff images. Point the registry's\nnotifications at http://LISTEN/notify (distribution) or http://LISTEN/harbor.\n\nEnvironment:")
 	config.Help(w)
-}
-
-func run(ctx context.Context, cfg config.Config) error {
-	shutdown, err := telemetry.Setup(ctx, "skiff-converter", version)
-	if err != nil {
-		return err
-	}
-	defer shutdown(context.Background())
-
-	st, err := storeurl.Open(ctx, cfg.Store)
-	if err != nil {
-		return err
-	}
-	comp, err := bootstrap.ParseCompression(cfg.Compression)
-	if err != nil {
-		return fmt.Errorf("SKIFF_COMPRESSION: %w", err)
-	}
-	nc, err := bus.Connect(cfg.NATS, "skiff-converter", nats.RetryOnFailedConnect(true))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	b, err := bus.New(nc)
-	if err != nil {
-		return err
-	}
-	// NATS may come up after us (one compose file, one demo): wait for it.
-	if err := retry(ctx, "set up jetstream", func() error { return b.Setup(ctx) }); err != nil {
-		return err
-	}
-	kv, err := b.Records(ctx)
-	if err != nil {
-		return err
-	}
-	cons, err := b.ConverterConsumer(ctx, cfg.AckWait)
-	if err != nil {
-		return err
-	}
-	conv := convert.New(st, convert.Options{ChunkSize: cfg.ChunkSize, Compression: comp, WorkDir: cfg.WorkDir})
-	w := worker.New(b, kv, conv, worker.Options{
-		MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait, Backoff: cfg.Backoff, BackoffMax: cfg.BackoffMax,
-		Registry: cfg.Registry, Name: cfg.Worker,
-	})
-
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
-	srv := &http.Server{Handler: webhook.New(b, slog.Default()), ReadHeaderTimeout: 10 * time.Second}
-	slog.Info("skiff-converter ready", "listen", ln.Addr().String(), "nats", cfg.NATS, "store", cfg.Store, "concurrency", cfg.Concurrency)
-
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("webhook server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
-	g.Go(func() error {
-		err := bus.Consume(ctx, cons, cfg.Concurrency, w.Handle)
-		if errors.Is(err, context.Canceled) {
-			return nil
-		}
-		return err
-	})
-	return g.Wait()
-}
-
-// retry calls fn until it succeeds or ctx ends, backing off up to 5 s.
-func retry(ctx context.Context, what string, fn func() error) error {
-	delay := 100 * time.Millisecond
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		slog.Warn(what+" failed, retrying", "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, err)
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
 }

@@ -238,13 +238,21 @@ func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64,
 			return nil, 0, err
 		}
 		switch {
-		case rec.State == conversion.Done:
-			if rec.Target != j.target {
-				if err := w.retag(ctx, j, rec); err != nil {
-					return nil, 0, err
-				}
-			}
+		case rec.State == conversion.Done && (rec.Seq == j.seq || rec.Target == j.target):
 			j.log.Info("already converted", "target", rec.Target, "target_digest", rec.TargetDigest)
+			return nil, 0, nil
+		case rec.State == conversion.Done:
+			if err := w.retag(ctx, j, rec); err != nil {
+				return nil, 0, err
+			}
+			// The record follows the latest request, so whoever
+			// asked sees it answered.
+			rec.Target, rec.Seq, rec.Updated = j.target, j.seq, now
+			if _, err := w.update(ctx, j.key, rec, entry.Revision()); isConflict(err) {
+				continue
+			} else if err != nil {
+				return nil, 0, err
+			}
 			return nil, 0, nil
 		case rec.State == conversion.Failed && rec.Seq == j.seq:
 			return nil, 0, nil
