@@ -6,12 +6,15 @@
 package fetch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"weak"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
@@ -30,7 +33,9 @@ type Fetcher struct {
 
 	mu     sync.Mutex
 	flight map[frameKey]*call
-	index  sync.Map // *bootstrap.Bootstrap → *frameIndex
+	// index holds each bootstrap's frame index for as long as the
+	// bootstrap is alive: a long-running agent mounts and drops many.
+	index sync.Map // weak.Pointer[bootstrap.Bootstrap] → *frameIndex
 
 	memHits, cacheHits, misses, zeros atomic.Int64
 }
@@ -105,10 +110,14 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 }
 
 func (f *Fetcher) frameIndex(b *bootstrap.Bootstrap) *frameIndex {
-	if ix, ok := f.index.Load(b); ok {
+	k := weak.Make(b)
+	if ix, ok := f.index.Load(k); ok {
 		return ix.(*frameIndex)
 	}
-	ix, _ := f.index.LoadOrStore(b, newFrameIndex(b))
+	ix, loaded := f.index.LoadOrStore(k, newFrameIndex(b))
+	if !loaded {
+		runtime.AddCleanup(b, func(k weak.Pointer[bootstrap.Bootstrap]) { f.index.Delete(k) }, k)
+	}
 	return ix.(*frameIndex)
 }
 
@@ -164,9 +173,15 @@ func (f *Fetcher) finish(k frameKey, cl *call, data []byte, err error) {
 // keep caches every chunk of a verified frame: packed small files are
 // usually read together, so the neighbours are wanted soon.
 func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
-	for _, ci := range f.frameIndex(b).of(fi) {
+	chunks := f.frameIndex(b).of(fi)
+	for _, ci := range chunks {
 		c := b.Chunks[ci]
 		chunk := data[c.Offset : c.Offset+c.Size]
+		if len(chunks) > 1 {
+			// A small chunk must not pin its whole packed frame in memory
+			// long after its neighbours were evicted.
+			chunk = bytes.Clone(chunk)
+		}
 		f.mem.Put(c.Digest, chunk)
 		if f.cache != nil {
 			if err := f.cache.Put(c.Digest, chunk); err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -506,4 +507,33 @@ func BenchmarkReadChunkDiskHit(b *testing.B) {
 	}
 	// A fresh fetcher each time skips the memory tier.
 	benchmarkHit(b, c, func(*Fetcher) *Fetcher { return New(c) })
+}
+
+func TestFrameIndexReleasedWithBootstrap(t *testing.T) {
+	img, _ := testImage(t, bootstrap.None)
+	f := New(nil, NewStoreSource("store", upload(t, img)))
+	func() {
+		b := img.Bootstrap
+		img.Bootstrap = nil
+		ino, _ := b.LookupPath("/big")
+		if _, err := f.ReadChunk(context.Background(), b, b.FileChunks(ino)[0]); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	count := func() int {
+		n := 0
+		f.index.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	if count() != 1 {
+		t.Fatalf("%d frame indexes, want 1", count())
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for count() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("frame index kept after its bootstrap became unreachable")
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -80,7 +81,7 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	}
 	server, err := fs.Mount(mountpoint, root, &fs.Options{
 		MountOptions: fuse.MountOptions{
-			AllowOther:       true,
+			AllowOther:       allowOther(opts.Logger),
 			FsName:           "skiff",
 			Name:             "skiff",
 			Options:          []string{"ro", "default_permissions"},
@@ -107,6 +108,24 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	}
 	raiseReadahead(mountpoint, opts.Logger)
 	return &Server{mountpoint: mountpoint, server: server}, nil
+}
+
+// allowOther reports whether the mount can admit other users, which an
+// overlay lower directory used by containers needs. Root always can; other
+// users only if the FUSE configuration permits it, and otherwise get a
+// private mount rather than a failure.
+func allowOther(log *slog.Logger) bool {
+	if os.Geteuid() == 0 {
+		return true
+	}
+	conf, _ := os.ReadFile("/etc/fuse.conf")
+	for _, line := range strings.Split(string(conf), "\n") {
+		if strings.TrimSpace(line) == "user_allow_other" {
+			return true
+		}
+	}
+	log.Warn("lazyfs: mounting for this user only; set user_allow_other in /etc/fuse.conf to share it")
+	return false
 }
 
 // readaheadKB is the kernel readahead window asked for. The kernel starts
