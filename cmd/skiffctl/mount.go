@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
@@ -49,6 +50,10 @@ func openImage(ctx context.Context, ref, storeURL string) (*bootstrap.Bootstrap,
 	return b, d, st, nil
 }
 
+// unmountGrace bounds how long an interrupted mount waits for open files
+// to close after detaching.
+const unmountGrace = 5 * time.Second
+
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("mount", "IMAGE MOUNTPOINT", stderr)
 	storeURL := fs.String("store", defaultStoreURL(), storeFlagHelp)
@@ -84,7 +89,13 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	select {
 	case <-ctx.Done():
 		if unmountErr = srv.Unmount(); unmountErr == nil {
-			<-unmounted
+			select {
+			case <-unmounted:
+			case <-time.After(unmountGrace):
+				// Detached while files were still open: they fail from
+				// here on, which beats hanging on a signal.
+				slog.Warn("image still in use after unmount; exiting anyway", "mountpoint", mountpoint)
+			}
 		}
 	case <-unmounted:
 		// Unmounted from outside (umount, fusermount -u).

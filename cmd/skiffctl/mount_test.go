@@ -145,3 +145,33 @@ func requireFUSE(t *testing.T) {
 	}
 	f.Close()
 }
+
+// TestMountInterruptWhileBusy interrupts a mount while a file is open: the
+// command must still exit cleanly with the image detached.
+func TestMountInterruptWhileBusy(t *testing.T) {
+	requireFUSE(t)
+	dir := t.TempDir()
+	storeURL, ref, b := convertRich(t, dir)
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	stop := mountCLI(t, "--store", storeURL, "--cache", filepath.Join(dir, "cache"), ref, mnt)
+	var open string
+	b.Walk(func(p string, ino uint32) error {
+		if open == "" && b.Inodes[ino].Type() == bootstrap.ModeRegular && b.Inodes[ino].Size > 0 {
+			open = p
+		}
+		return nil
+	})
+	f, err := os.Open(filepath.Join(mnt, open))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	rep := parseMountReport(t, stop()) // stop checks exit 0 and that mnt is no longer mounted
+	if rep.Sources[0].Chunks == 0 {
+		t.Fatalf("read before interrupt not counted: %+v", rep)
+	}
+}
