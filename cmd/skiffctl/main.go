@@ -26,6 +26,7 @@ var commands = map[string]command{
 	"inspect": {"show the files, chunks and dedup ratio of a Skiff image", runInspect},
 	"check":   {"verify every chunk of a Skiff image", runCheck},
 	"mount":   {"mount a Skiff image lazily with FUSE (foreground)", runMount},
+	"pull":    {"pull an image into containerd for the skiff snapshotter", runPull},
 	"status":  {"list conversions of the converter service: pending, running, done, failed", runStatus},
 }
 

@@ -1,0 +1,337 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
+)
+
+// probeSource is the program the test images run: a static binary, so the
+// image needs nothing else to start.
+const probeSource = `package main
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"time"
+)
+
+func main() {
+	switch os.Args[1] {
+	case "cat":
+		for _, p := range os.Args[2:] {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			os.Stdout.Write(b)
+		}
+	case "sha":
+		b, err := os.ReadFile(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Printf("%x\n", sha256.Sum256(b))
+	case "sleep":
+		time.Sleep(time.Hour)
+	}
+}
+`
+
+// binaries builds the probe, skiffctl and skiff-agent once per test run.
+type binaries struct{ probe, skiffctl, agent string }
+
+func buildBinaries(t *testing.T) binaries {
+	t.Helper()
+	dir := t.TempDir()
+	root := testenv.RepoRoot()
+	src := filepath.Join(dir, "probe")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(probeSource), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte("module probe\n\ngo 1.22\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := binaries{probe: filepath.Join(dir, "probe-bin"), skiffctl: filepath.Join(dir, "skiffctl"), agent: filepath.Join(dir, "skiff-agent")}
+	builds := []struct {
+		dir, out, pkg string
+		env           []string
+	}{
+		{src, b.probe, ".", []string{"CGO_ENABLED=0", "GOWORK=off", "GOFLAGS=-mod=mod"}},
+		{root, b.skiffctl, "./cmd/skiffctl", nil},
+		{filepath.Join(root, "node-agent"), b.agent, "./cmd/skiff-agent", nil},
+	}
+	for _, bd := range builds {
+		cmd := exec.Command("go", "build", "-o", bd.out, bd.pkg)
+		cmd.Dir = bd.dir
+		cmd.Env = append(os.Environ(), bd.env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", bd.pkg, err, out)
+		}
+	}
+	return b
+}
+
+// tarLayer builds an uncompressed-on-disk, gzip-served layer of files.
+func tarLayer(t *testing.T, files map[string][]byte, modes map[string]int64) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	for name := range files {
+		for d := filepath.Dir(name); d != "." && d != "/" && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for d := range dirs {
+		if err := tw.WriteHeader(&tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, data := range files {
+		mode := modes[name]
+		if mode == 0 {
+			mode = 0o644
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// agentEnv is a node: MinIO, a registry, the agent and containerd.
+type agentEnv struct {
+	t        *testing.T
+	bin      binaries
+	reg      testenv.Registry
+	storeURL string
+	store    store.Store
+	ctrd     testenv.Containerd
+	root     string // agent state
+	socket   string
+	agentEnv []string
+	agent    *exec.Cmd
+	agentLog string
+}
+
+func startAgentEnv(t *testing.T) *agentEnv {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the agent mounts FUSE and containerd needs root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no FUSE: %v", err)
+	}
+	e := &agentEnv{t: t, bin: buildBinaries(t)}
+	m := testenv.StartMinIO(t)
+	bucket := m.Bucket(t, "skiff")
+	e.reg = testenv.StartRegistry(t, testenv.RegistryOptions{})
+	t.Setenv(storeurl.EnvAccessKey, m.AccessKey)
+	t.Setenv(storeurl.EnvSecretKey, m.SecretKey)
+	e.storeURL = "s3://" + bucket + "?endpoint=" + m.Endpoint + "&insecure=true"
+	st, err := storeurl.Open(context.Background(), e.storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store = st
+	sockDir, err := os.MkdirTemp("", "skiff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	e.root = t.TempDir()
+	e.socket = filepath.Join(sockDir, "agent.sock")
+	e.agentLog = filepath.Join(t.TempDir(), "agent.log")
+	e.agentEnv = []string{
+		"SKIFF_AGENT_ROOT=" + e.root,
+		"SKIFF_AGENT_SOCKET=" + e.socket,
+		"SKIFF_AGENT_STORE=" + e.storeURL,
+		"SKIFF_AGENT_RECORD_WINDOW=10s",
+		"SKIFF_AGENT_LOG_LEVEL=debug",
+	}
+	e.startAgent()
+	t.Cleanup(e.stopAll)
+	e.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{SnapshotterSocket: e.socket})
+	return e
+}
+
+func (e *agentEnv) startAgent() {
+	e.t.Helper()
+	logf, err := os.OpenFile(e.agentLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(e.bin.agent)
+	cmd.Env = append(os.Environ(), e.agentEnv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.agent = cmd
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("unix", e.socket)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("agent did not listen on %s:\n%s", e.socket, e.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// killAgent kills the snapshotter process without warning.
+func (e *agentEnv) killAgent() {
+	if e.agent == nil {
+		return
+	}
+	_ = e.agent.Process.Kill()
+	_ = e.agent.Wait()
+	e.agent = nil
+}
+
+// stopAll stops the agent and its mount process; runs before the temp
+// directories holding their state are removed.
+func (e *agentEnv) stopAll() {
+	e.killAgent()
+	if pid, err := os.ReadFile(filepath.Join(e.root, "mountd.pid")); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+			_ = syscall.Kill(n, syscall.SIGTERM)
+			for i := 0; i < 100 && syscall.Kill(n, 0) == nil; i++ {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+	_ = exec.Command("umount", "-R", "-l", filepath.Join(e.root, "mnt")).Run()
+}
+
+func (e *agentEnv) logs() string {
+	a, _ := os.ReadFile(e.agentLog)
+	m, _ := os.ReadFile(filepath.Join(e.root, "mountd.log"))
+	return "--- agent:\n" + tailString(string(a)) + "\n--- mountd:\n" + tailString(string(m))
+}
+
+func tailString(s string) string {
+	if len(s) > 6000 {
+		return s[len(s)-6000:]
+	}
+	return s
+}
+
+// push writes an image of the given layers, running the probe, to the
+// registry and converts it, publishing the Skiff image as TAG-skiff and
+// as a referrer of the original. It returns the source reference.
+func (e *agentEnv) push(ctx context.Context, name string, layers ...v1.Layer) (string, *convert.Result) {
+	e.t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", runtime.GOARCH
+	cfg.Config.Entrypoint = []string{"/bin/probe"}
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		e.t.Fatal(err)
+	}
+	ref := e.reg.Addr + "/" + name + ":v1"
+	if err := image.Write(ctx, ref, img); err != nil {
+		e.t.Fatal(err)
+	}
+	src, err := image.Load(ctx, ref)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	res, err := convert.New(e.store, convert.Options{Compression: bootstrap.None, BatchSize: 64 << 10}).Convert(ctx, src)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	skiffRef, err := image.SkiffTag(ref)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := image.Write(ctx, skiffRef, res.Image); err != nil {
+		e.t.Fatal(err)
+	}
+	return ref, res
+}
+
+// skiffctl runs skiffctl against the test's containerd.
+func (e *agentEnv) skiffctl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, e.bin.skiffctl, args...)
+	cmd.Env = append(os.Environ(), "CONTAINERD_ADDRESS="+e.ctrd.Address)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// pull runs `skiffctl pull` and fails the test if it does.
+func (e *agentEnv) pull(ctx context.Context, ref string) {
+	e.t.Helper()
+	if out, err := e.skiffctl(ctx, "pull", "--address", e.ctrd.Address, ref); err != nil {
+		e.t.Fatalf("skiffctl pull %s: %v\n%s\n%s", ref, err, out, e.logs())
+	}
+}
+
+// run runs the probe in a new container of ref and returns its output.
+func (e *agentEnv) run(ctx context.Context, ref, id string, args ...string) (string, error) {
+	return e.ctrd.Ctr(ctx, append([]string{"run", "--rm", "--snapshotter", "skiff", ref, id, "/bin/probe"}, args...)...)
+}

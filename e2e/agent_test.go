@@ -1,0 +1,215 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store"
+)
+
+// TestAgentRunsSkiffImages covers the node agent end to end on a real
+// containerd with runc: a Skiff image and an ordinary image name with a
+// Skiff referrer run lazily, an ordinary image without one runs through
+// the same snapshotter as plain overlayfs, containers keep reading across
+// an agent kill and restart, and a corrupted chunk fails the read.
+func TestAgentRunsSkiffImages(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	e := startAgentEnv(t)
+	probe, err := os.ReadFile(e.bin.probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("hello from a lazily served image\n")
+	later := []byte("read after the agent restarted\n")
+	big := randomBytes(t, 3<<20)
+	victim := randomBytes(t, 1<<20)
+	base := tarLayer(t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755})
+	data := tarLayer(t, map[string][]byte{"data/msg.txt": msg, "data/later.txt": later, "data/big": big, "data/victim": victim}, nil)
+	ref, res := e.push(ctx, "app", base, data)
+	skiffRef := ref + "-skiff"
+
+	t.Run("skiff image", func(t *testing.T) {
+		e.pull(ctx, skiffRef)
+		out, err := e.run(ctx, skiffRef, "skiff-direct", "cat", "/data/msg.txt")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, e.logs())
+		}
+		if out != string(msg) {
+			t.Fatalf("container printed %q, want %q", out, msg)
+		}
+	})
+
+	t.Run("ordinary name with skiff referrer", func(t *testing.T) {
+		e.pull(ctx, ref)
+		out, err := e.run(ctx, ref, "by-referrer", "sha", "/data/big")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, e.logs())
+		}
+		if want := fmt.Sprintf("%x\n", sha256.Sum256(big)); out != want {
+			t.Fatalf("container printed %q, want %q", out, want)
+		}
+		// Lazily served means containerd never downloaded the layers.
+		content, err := e.ctrd.Ctr(ctx, "content", "ls", "-q")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range layerDigests(t, base, data) {
+			if strings.Contains(content, d) {
+				t.Errorf("containerd downloaded layer %s of a lazily served image", d)
+			}
+		}
+	})
+
+	t.Run("ordinary image without conversion", func(t *testing.T) {
+		plain := e.reg.Addr + "/plain:v1"
+		img, err := mutate.AppendLayers(empty.Image, base, tarLayer(t, map[string][]byte{"etc/plain": []byte("plain overlay\n")}, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := image.Write(ctx, plain, img); err != nil {
+			t.Fatal(err)
+		}
+		e.pull(ctx, plain)
+		out, err := e.run(ctx, plain, "plain", "cat", "/etc/plain")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, e.logs())
+		}
+		if out != "plain overlay\n" {
+			t.Fatalf("container printed %q", out)
+		}
+	})
+
+	t.Run("agent restart under a running container", func(t *testing.T) {
+		if _, err := e.ctrd.Ctr(ctx, "run", "-d", "--snapshotter", "skiff", ref, "long", "/bin/probe", "sleep"); err != nil {
+			t.Fatalf("%v\n%s", err, e.logs())
+		}
+		before, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.killAgent()
+		e.startAgent()
+		// containerd redials the proxy plugin with a backoff of up to a
+		// few seconds; until then it reports the snapshotter unavailable.
+		waitFor(t, ctx, func() error {
+			_, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
+			return err
+		})
+		out, err := e.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "after", "long", "/bin/probe", "cat", "/data/later.txt")
+		if err != nil {
+			t.Fatalf("read in running container after agent restart: %v\n%s", err, e.logs())
+		}
+		if out != string(later) {
+			t.Fatalf("container printed %q, want %q", out, later)
+		}
+		after, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if before != after {
+			t.Errorf("snapshots changed across the restart:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		out, err = e.run(ctx, ref, "new-after-restart", "cat", "/data/msg.txt")
+		if err != nil || out != string(msg) {
+			t.Fatalf("new container after restart: %q, %v\n%s", out, err, e.logs())
+		}
+	})
+
+	t.Run("corrupted chunk fails the read", func(t *testing.T) {
+		corruptFile(t, ctx, e.store, res.Bootstrap, "/data/victim")
+		out, err := e.run(ctx, ref, "corrupt", "cat", "/data/victim")
+		if err == nil {
+			t.Fatalf("reading a corrupted chunk succeeded")
+		}
+		if bytes.Contains([]byte(out), victim[:64]) {
+			t.Fatalf("container saw file content despite the corruption")
+		}
+		if !strings.Contains(out, "input/output error") {
+			t.Errorf("want an I/O error, got: %s", out)
+		}
+	})
+}
+
+// corruptFile flips one byte of the stored frame holding the first chunk
+// of path.
+func corruptFile(t *testing.T, ctx context.Context, st store.Store, d bootstrap.Digest, path string) {
+	t.Helper()
+	rc, err := st.Get(ctx, store.BootstrapKey(d.Hex()), 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bootstrap.Decode(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ino, ok := b.LookupPath(path)
+	if !ok {
+		t.Fatalf("%s not in image", path)
+	}
+	c := b.Chunks[b.FileChunks(ino)[0]]
+	f := b.Frames[c.Frame]
+	key := store.BlobKey(b.Blobs[f.Blob].Hex())
+	rc, err = st.Get(ctx, key, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[f.Offset+int64(f.CompressedSize)/2] ^= 0xff
+	if err := st.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func layerDigests(t *testing.T, layers ...v1.Layer) []string {
+	t.Helper()
+	var ds []string
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d.String())
+	}
+	return ds
+}
+
+// waitFor polls fn until it succeeds, failing the test when ctx ends.
+func waitFor(t *testing.T, ctx context.Context, fn func() error) {
+	t.Helper()
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("gave up waiting: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,161 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"text/template"
+)
+
+// ContainerdOptions configures StartContainerd.
+type ContainerdOptions struct {
+	// Binary and Ctr are the containerd and ctr executables; default the
+	// ones on PATH (Debian's containerd 1.6). A containerd 2.x build works
+	// too.
+	Binary, Ctr string
+	// SnapshotterSocket is where the "skiff" proxy snapshotter plugin
+	// listens. Empty: no proxy plugin.
+	SnapshotterSocket string
+}
+
+// Containerd is a running containerd with its own root, state directory
+// and socket, the CRI plugin disabled, and runc as its runtime.
+type Containerd struct {
+	Address string // grpc socket
+	Root    string
+	State   string
+	CtrPath string
+
+	proc *process
+}
+
+// containerdConfig is a version 2 config, which containerd 1.6, 1.7 and
+// 2.x all read.
+var containerdConfig = template.Must(template.New("config").Parse(`version = 2
+root = "{{.Root}}"
+state = "{{.State}}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{{.Address}}"
+
+[ttrpc]
+  address = "{{.Address}}.ttrpc"
+
+[debug]
+  level = "info"
+{{- if .SnapshotterSocket}}
+
+[proxy_plugins]
+  [proxy_plugins.skiff]
+    type = "snapshot"
+    address = "{{.SnapshotterSocket}}"
+{{- end}}
+`))
+
+// StartContainerd starts containerd and stops it when the test ends. It
+// skips the test when not running as root, which containerd requires.
+func StartContainerd(t testing.TB, opts ContainerdOptions) Containerd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("testenv: containerd needs root")
+	}
+	if opts.Binary == "" {
+		opts.Binary = "containerd"
+	}
+	if opts.Ctr == "" {
+		opts.Ctr = "ctr"
+	}
+	bin, err := exec.LookPath(opts.Binary)
+	if err != nil {
+		t.Skipf("testenv: containerd not installed (make deps): %v", err)
+	}
+	ctr, err := exec.LookPath(opts.Ctr)
+	if err != nil {
+		t.Skipf("testenv: ctr not installed (make deps): %v", err)
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skipf("testenv: runc not installed (make deps): %v", err)
+	}
+	// Unix socket paths are limited to 108 bytes; t.TempDir() can be
+	// longer, so sockets live in a short directory of their own.
+	sockDir, err := os.MkdirTemp("", "ctrd")
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	base := t.TempDir()
+	c := Containerd{
+		Address: filepath.Join(sockDir, "containerd.sock"),
+		Root:    filepath.Join(base, "root"),
+		State:   filepath.Join(sockDir, "state"),
+		CtrPath: ctr,
+	}
+	var b strings.Builder
+	if err := containerdConfig.Execute(&b, struct {
+		Containerd
+		SnapshotterSocket string
+	}{c, opts.SnapshotterSocket}); err != nil {
+		t.Fatalf("testenv: containerd config: %v", err)
+	}
+	config := filepath.Join(base, "config.toml")
+	if err := os.WriteFile(config, []byte(b.String()), 0o644); err != nil {
+		t.Fatalf("testenv: write containerd config: %v", err)
+	}
+	p := newProcess(t, "containerd", bin, []string{"--config", config}, nil)
+	p.ready = func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, ctr, "--address", c.Address, "version").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ctr version: %v: %s", err, out)
+		}
+		return nil
+	}
+	p.start()
+	c.proc = p
+	t.Cleanup(func() {
+		c.cleanupTasks(t)
+		p.stop()
+		// Mounts left under root (rootfs of killed tasks) would make the
+		// temp dir removal fail.
+		_ = exec.Command("umount", "-R", "-l", c.Root).Run()
+		_ = os.RemoveAll(sockDir)
+	})
+	return c
+}
+
+// Ctr runs ctr against this containerd and returns its combined output.
+func (c Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, c.CtrPath, append([]string{"--address", c.Address}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// cleanupTasks kills and deletes every task and container of every
+// namespace so that shims do not outlive the test.
+func (c Containerd) cleanupTasks(t testing.TB) {
+	ctx := context.Background()
+	nsOut, err := c.Ctr(ctx, "namespaces", "ls", "-q")
+	if err != nil {
+		return
+	}
+	for _, ns := range strings.Fields(nsOut) {
+		tasks, _ := c.Ctr(ctx, "-n", ns, "tasks", "ls", "-q")
+		for _, id := range strings.Fields(tasks) {
+			_, _ = c.Ctr(ctx, "-n", ns, "tasks", "kill", "-s", "SIGKILL", id)
+			_, _ = c.Ctr(ctx, "-n", ns, "tasks", "delete", "-f", id)
+		}
+		ctrs, _ := c.Ctr(ctx, "-n", ns, "containers", "ls", "-q")
+		for _, id := range strings.Fields(ctrs) {
+			_, _ = c.Ctr(ctx, "-n", ns, "containers", "delete", id)
+		}
+	}
+}
+
+// Log returns the end of containerd's log, for failure messages.
+func (c Containerd) Log() string { return c.proc.tail() }

@@ -1,0 +1,248 @@
+// Command skiff-agent is Skiff's node agent: a containerd snapshotter
+// (proxy plugin) that runs Skiff images lazily and ordinary images as
+// overlayfs does. It runs in the foreground and is configured from the
+// environment; `skiff-agent --help` lists every setting.
+//
+// The lazy filesystems are served by a companion process, `skiff-agent
+// mountd`, which the agent starts when none is running and which outlives
+// agent restarts so running containers keep reading.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/skiff-dev/skiff/node-agent/internal/lazymount"
+	"github.com/skiff-dev/skiff/node-agent/internal/referrer"
+	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
+	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
+)
+
+// config is every setting, read from SKIFF_AGENT_* variables.
+type config struct {
+	Root         string        `env:"ROOT" envDefault:"/var/lib/skiff-agent"`
+	Socket       string        `env:"SOCKET" envDefault:"/run/skiff-agent/snapshotter.sock"`
+	Store        string        `env:"STORE" envDefault:"file:///var/lib/skiff/store"`
+	CacheSize    int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
+	RecordWindow time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
+	PrefetchAll  bool          `env:"PREFETCH_ALL" envDefault:"false"`
+	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+// help describes each setting for --help, by variable suffix.
+var help = map[string]string{
+	"ROOT":          "state directory: snapshots, chunk cache, bootstraps, mountpoints",
+	"SOCKET":        "unix socket containerd's proxy plugin connects to",
+	"STORE":         "blob store URL: file:///path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+	"CACHE_SIZE":    "chunk cache size limit in bytes (least recently used chunks are evicted)",
+	"RECORD_WINDOW": "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
+	"PREFETCH_ALL":  "after the startup set, prefetch the rest of each image",
+	"LOG_LEVEL":     "debug, info, warn or error",
+}
+
+const envPrefix = "SKIFF_AGENT_"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	mode := ""
+	if len(args) > 0 {
+		mode = args[0]
+	}
+	switch mode {
+	case "-h", "--help", "help":
+		usage(stdout)
+		return 0
+	case "", "mountd":
+	default:
+		fmt.Fprintf(stderr, "skiff-agent: unknown argument %q\n", mode)
+		usage(stderr)
+		return 2
+	}
+	var cfg config
+	if err := env.ParseWithOptions(&cfg, env.Options{Prefix: envPrefix}); err != nil {
+		fmt.Fprintf(stderr, "skiff-agent: %v\n", err)
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		fmt.Fprintf(stderr, "skiff-agent: %sLOG_LEVEL: %v\n", envPrefix, err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if mode == "mountd" {
+		err = runMountd(ctx, cfg, log)
+	} else {
+		err = runAgent(ctx, cfg, log)
+	}
+	if err != nil {
+		log.Error("skiff-agent: exiting", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: skiff-agent          run the snapshotter (foreground)")
+	fmt.Fprintln(w, "       skiff-agent mountd   run the lazy mount process (the agent starts it when needed)")
+	fmt.Fprintln(w, "\nsettings (environment):")
+	params, err := env.GetFieldParamsWithOptions(&config{}, env.Options{Prefix: envPrefix})
+	if err != nil {
+		fmt.Fprintln(w, err)
+		return
+	}
+	for _, p := range params {
+		fmt.Fprintf(w, "  %-28s %s (default %q)\n", p.Key, help[strings.TrimPrefix(p.Key, envPrefix)], p.DefaultValue)
+	}
+}
+
+func mountdSocket(cfg config) string { return filepath.Join(cfg.Root, "mountd.sock") }
+
+// runAgent serves the snapshots API on cfg.Socket.
+func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
+	mounts := lazymount.NewClient(mountdSocket(cfg))
+	if err := ensureMountd(ctx, cfg, mounts, log); err != nil {
+		return err
+	}
+	base, err := overlay.NewSnapshotter(filepath.Join(cfg.Root, "snapshotter"))
+	if err != nil {
+		return fmt.Errorf("open snapshotter: %w", err)
+	}
+	res := referrer.New(log)
+	sn := snapshot.New(base, res, mounts, res, log)
+	defer sn.Close()
+
+	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	l, err := net.Listen("unix", cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(l) })
+	g.Go(func() error {
+		<-ctx.Done()
+		srv.GracefulStop()
+		return nil
+	})
+	log.Info("skiff-agent: serving snapshotter", "socket", cfg.Socket, "root", cfg.Root)
+	return g.Wait()
+}
+
+// ensureMountd connects to the mount process, starting one when none
+// answers. It is started in its own session so that it survives the agent.
+func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
+	if c.Ping(ctx) == nil {
+		log.Info("skiff-agent: reusing running mount process", "socket", mountdSocket(cfg))
+		return nil
+	}
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("start mount process: %w", err)
+	}
+	logf, err := os.OpenFile(filepath.Join(cfg.Root, "mountd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("start mount process: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(self, "mountd")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start mount process: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		if c.Ping(ctx) == nil {
+			log.Info("skiff-agent: started mount process", "pid", cmd.Process.Pid, "log", logf.Name())
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("mount process exited at startup (%v); see %s", err, logf.Name())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// runMountd serves the lazy mounts until stopped, then unmounts them.
+func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
+	st, err := storeurl.Open(ctx, cfg.Store)
+	if err != nil {
+		return err
+	}
+	c, err := cache.Open(filepath.Join(cfg.Root, "cache"), cfg.CacheSize)
+	if err != nil {
+		return err
+	}
+	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	sock := mountdSocket(cfg)
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Root, "mountd.pid"), []byte(fmt.Sprint(os.Getpid())), 0o600); err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	srv := &http.Server{Handler: lazymount.Handler(m)}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		return srv.Shutdown(context.Background())
+	})
+	log.Info("skiff-agent mountd: serving lazy mounts", "socket", sock, "store", cfg.Store)
+	return g.Wait()
+}

@@ -1,0 +1,271 @@
+// Package lazymount keeps the lazy FUSE filesystems of the Skiff images a
+// node runs: one mount per image, however many containers use it, all
+// served by one process through one fetch path (cache, then the blob
+// store), and warmed in the background with the files containers of the
+// image read at startup last time.
+package lazymount
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/lazyfs"
+	"github.com/skiff-dev/skiff/pkg/store"
+)
+
+// maxBootstrap bounds a bootstrap read from the store.
+const maxBootstrap = bootstrap.MaxRawSize
+
+// Options configure a Manager.
+type Options struct {
+	// RecordWindow is how long after an image is mounted the files its
+	// containers read are recorded as its startup set; 0 disables it.
+	RecordWindow time.Duration
+	// PrefetchAll warms the whole image after the startup set.
+	PrefetchAll bool
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Manager mounts Skiff images under DIR/mnt/<bootstrap hex> and keeps
+// verified bootstraps in DIR/bootstraps.
+type Manager struct {
+	dir   string
+	store store.Store
+	fetch *fetch.Fetcher
+	opts  Options
+	log   *slog.Logger
+	ctx   context.Context // background work; cancelled by Close
+	stop  context.CancelFunc
+
+	mu     sync.Mutex
+	mounts map[bootstrap.Digest]*mounted
+	wg     sync.WaitGroup
+}
+
+var _ snapshot.Mounter = (*Manager)(nil)
+
+type mounted struct {
+	srv *lazyfs.Server
+	rec *recorder
+}
+
+// New returns a Manager keeping its state in dir, fetching bootstraps and
+// startup sets from st and chunk data through f.
+func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, error) {
+	for _, sub := range []string{"mnt", "bootstraps"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("lazy mounts: %w", err)
+		}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	return &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}}, nil
+}
+
+// Mountpoint is where the image with bootstrap d is (or will be) mounted.
+func (m *Manager) Mountpoint(d bootstrap.Digest) string {
+	return filepath.Join(m.dir, "mnt", d.Hex())
+}
+
+func (m *Manager) bootstrapPath(d bootstrap.Digest) string {
+	return filepath.Join(m.dir, "bootstraps", d.Hex())
+}
+
+// Fetch implements snapshot.Mounter.
+func (m *Manager) Fetch(ctx context.Context, d bootstrap.Digest) error {
+	_, err := m.load(ctx, d)
+	return err
+}
+
+// load returns the decoded bootstrap d, from the local copy or the store.
+// Both are checked against the digest: a local copy that fails is
+// replaced.
+func (m *Manager) load(ctx context.Context, d bootstrap.Digest) (*bootstrap.Bootstrap, error) {
+	p := m.bootstrapPath(d)
+	if blob, err := os.ReadFile(p); err == nil && bootstrap.Sum(blob) == d {
+		b, err := bootstrap.Decode(blob)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap %s: %w", d, err)
+		}
+		return b, nil
+	}
+	rc, err := m.store.Get(ctx, store.BootstrapKey(d.Hex()), 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("fetch bootstrap %s: %w", d, err)
+	}
+	defer rc.Close()
+	blob, err := io.ReadAll(io.LimitReader(rc, maxBootstrap+1))
+	if err != nil {
+		return nil, fmt.Errorf("fetch bootstrap %s: %w", d, err)
+	}
+	if got := bootstrap.Sum(blob); got != d {
+		return nil, fmt.Errorf("fetch bootstrap %s: store returned content with digest %s", d, got)
+	}
+	b, err := bootstrap.Decode(blob)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", d, err)
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, blob, 0o600); err != nil {
+		return nil, fmt.Errorf("save bootstrap %s: %w", d, err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return nil, fmt.Errorf("save bootstrap %s: %w", d, err)
+	}
+	return b, nil
+}
+
+// Mount implements snapshot.Mounter.
+func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mp := m.Mountpoint(d)
+	if _, ok := m.mounts[d]; ok {
+		return mp, nil
+	}
+	b, err := m.load(ctx, d)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(mp, 0o755); err != nil {
+		return "", fmt.Errorf("mount %s: %w", d, err)
+	}
+	// A mount left by a process that died is dead (ENOTCONN); it has to
+	// go before a new one can take its place.
+	if err := unix.Unmount(mp, unix.MNT_DETACH); err == nil {
+		m.log.Info("lazymount: detached stale mount", "mountpoint", mp)
+	}
+	rec := newRecorder(b, m.fetch, m.opts.RecordWindow)
+	srv, err := lazyfs.Mount(ctx, mp, b, rec, lazyfs.Options{Logger: m.log})
+	if err != nil {
+		return "", err
+	}
+	m.mounts[d] = &mounted{srv: srv, rec: rec}
+	m.log.Info("lazymount: mounted image", "bootstrap", d, "mountpoint", mp, "files", len(b.Dirents))
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.warm(m.ctx, d, b, rec)
+	}()
+	return mp, nil
+}
+
+// Unmount implements snapshot.Mounter.
+func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
+	m.mu.Lock()
+	mt, ok := m.mounts[d]
+	delete(m.mounts, d)
+	m.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	m.saveStartupSet(ctx, d, mt.rec)
+	if err := mt.srv.Unmount(); err != nil {
+		return err
+	}
+	m.log.Info("lazymount: unmounted image", "bootstrap", d)
+	return nil
+}
+
+// Mounted lists the images currently mounted.
+func (m *Manager) Mounted() []bootstrap.Digest {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ds := make([]bootstrap.Digest, 0, len(m.mounts))
+	for d := range m.mounts {
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+// Close stops background work and unmounts every image.
+func (m *Manager) Close() error {
+	m.stop()
+	m.wg.Wait()
+	var errs []error
+	for _, d := range m.Mounted() {
+		errs = append(errs, m.Unmount(context.Background(), d))
+	}
+	return errors.Join(errs...)
+}
+
+// warm prefetches the image's startup set, then the rest if asked to, and
+// records a startup set when the image has none yet.
+func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, rec *recorder) {
+	set, err := m.loadStartupSet(ctx, d, b)
+	switch {
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		m.log.Warn("lazymount: read startup set", "bootstrap", d, "err", err)
+	case err == nil:
+		rec.disable()
+		if err := m.fetch.Prefetch(ctx, b, set); err != nil {
+			m.log.Warn("lazymount: prefetch startup set", "bootstrap", d, "err", err)
+		} else {
+			m.log.Info("lazymount: prefetched startup set", "bootstrap", d, "files", len(set))
+		}
+	}
+	if m.opts.PrefetchAll {
+		all := make([]uint32, 0, len(b.Inodes))
+		for i := range b.Inodes {
+			all = append(all, uint32(i))
+		}
+		if err := m.fetch.Prefetch(ctx, b, all); err != nil {
+			m.log.Warn("lazymount: prefetch image", "bootstrap", d, "err", err)
+		}
+	}
+	if !rec.active() {
+		return
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(m.opts.RecordWindow):
+	}
+	m.saveStartupSet(ctx, d, rec)
+}
+
+// startupKey is where the startup set of bootstrap hex lives in the store,
+// beside the bootstrap, so that every node benefits from the first.
+func startupKey(hex string) string { return store.BootstrapKey(hex) + ".startup" }
+
+func (m *Manager) loadStartupSet(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap) ([]uint32, error) {
+	rc, err := m.store.Get(ctx, startupKey(d.Hex()), 0, -1)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, maxStartupSet))
+	if err != nil {
+		return nil, err
+	}
+	return parseStartupSet(data, b)
+}
+
+func (m *Manager) saveStartupSet(ctx context.Context, d bootstrap.Digest, rec *recorder) {
+	files := rec.finish()
+	if len(files) == 0 {
+		return
+	}
+	data := formatStartupSet(rec.b, files)
+	if err := m.store.Put(ctx, startupKey(d.Hex()), bytes.NewReader(data), int64(len(data))); err != nil {
+		m.log.Warn("lazymount: save startup set", "bootstrap", d, "err", err)
+		return
+	}
+	m.log.Info("lazymount: recorded startup set", "bootstrap", d, "files", len(files))
+}

@@ -1,0 +1,135 @@
+package lazymount
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// The mounts live in their own long-running process (skiff-agent mountd)
+// so that restarting the snapshotter, which containerd talks to, never
+// takes the FUSE connections of running containers with it: the
+// snapshotter is a client of the mount process over a unix socket.
+
+// Handler serves m over HTTP.
+func Handler(m *Manager) http.Handler {
+	mux := http.NewServeMux()
+	with := func(fn func(ctx context.Context, d bootstrap.Digest) (any, error)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			d, err := bootstrap.ParseDigest(r.URL.Query().Get("bootstrap"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			v, err := fn(r.Context(), d)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(v)
+		}
+	}
+	mux.HandleFunc("POST /fetch", with(func(ctx context.Context, d bootstrap.Digest) (any, error) {
+		return struct{}{}, m.Fetch(ctx, d)
+	}))
+	mux.HandleFunc("POST /mount", with(func(ctx context.Context, d bootstrap.Digest) (any, error) {
+		mp, err := m.Mount(ctx, d)
+		return mountReply{Mountpoint: mp}, err
+	}))
+	mux.HandleFunc("POST /unmount", with(func(ctx context.Context, d bootstrap.Digest) (any, error) {
+		return struct{}{}, m.Unmount(ctx, d)
+	}))
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(m.fetch.Stats())
+	})
+	return mux
+}
+
+type mountReply struct {
+	Mountpoint string `json:"mountpoint"`
+}
+
+// Client talks to a mount process on a unix socket.
+type Client struct {
+	http *http.Client
+}
+
+var _ snapshot.Mounter = (*Client)(nil)
+
+// NewClient returns a client of the mount process listening on socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+	return &Client{http: &http.Client{Transport: tr}}
+}
+
+// Ping reports whether the mount process answers.
+func (c *Client) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mountd/stats", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("mount process: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("mount process: %s", resp.Status)
+	}
+	return nil
+}
+
+func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://mountd/"+op+"?bootstrap="+d.String(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: mount process: %w", op, d, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: mount process: %w", op, d, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %w", op, d, errors.New(strings.TrimSpace(string(body))))
+	}
+	return json.Unmarshal(body, out)
+}
+
+// Fetch implements snapshot.Mounter.
+func (c *Client) Fetch(ctx context.Context, d bootstrap.Digest) error {
+	return c.call(ctx, "fetch", d, &struct{}{})
+}
+
+// Mount implements snapshot.Mounter.
+func (c *Client) Mount(ctx context.Context, d bootstrap.Digest) (string, error) {
+	var r mountReply
+	if err := c.call(ctx, "mount", d, &r); err != nil {
+		return "", err
+	}
+	return r.Mountpoint, nil
+}
+
+// Unmount implements snapshot.Mounter.
+func (c *Client) Unmount(ctx context.Context, d bootstrap.Digest) error {
+	return c.call(ctx, "unmount", d, &struct{}{})
+}

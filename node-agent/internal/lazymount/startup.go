@@ -1,0 +1,144 @@
+package lazymount
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/lazyfs"
+)
+
+// A startup set lists, one absolute path per line in first-read order, the
+// files containers of an image read soon after it was mounted. Paths
+// rather than inode numbers keep it readable and checkable by hand.
+const startupHeader = "# skiff startup set v1"
+
+// maxStartupSet bounds a startup set read from the store.
+const maxStartupSet = 64 << 20
+
+func formatStartupSet(b *bootstrap.Bootstrap, inodes []uint32) []byte {
+	want := make(map[uint32]int, len(inodes))
+	for i, ino := range inodes {
+		want[ino] = i
+	}
+	paths := make([]string, len(inodes))
+	_ = b.Walk(func(p string, ino uint32) error {
+		if i, ok := want[ino]; ok && paths[i] == "" {
+			paths[i] = p
+		}
+		return nil
+	})
+	var buf bytes.Buffer
+	buf.WriteString(startupHeader + "\n")
+	for _, p := range paths {
+		if p != "" && !strings.ContainsRune(p, '\n') {
+			buf.WriteString(p + "\n")
+		}
+	}
+	return buf.Bytes()
+}
+
+// parseStartupSet resolves the paths of a startup set in b. Paths the image
+// does not have are skipped: the set is a hint, never a reason to fail.
+func parseStartupSet(data []byte, b *bootstrap.Bootstrap) ([]uint32, error) {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	if !sc.Scan() || sc.Text() != startupHeader {
+		return nil, fmt.Errorf("startup set: missing header %q", startupHeader)
+	}
+	var inodes []uint32
+	for sc.Scan() {
+		if ino, ok := b.LookupPath(sc.Text()); ok {
+			inodes = append(inodes, ino)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("startup set: %w", err)
+	}
+	return inodes, nil
+}
+
+// recorder passes chunk reads through and notes, during a window after
+// the mount, which files they belong to.
+type recorder struct {
+	b *bootstrap.Bootstrap
+	r lazyfs.ChunkReader
+
+	mu       sync.Mutex
+	on       bool
+	deadline time.Time
+	owner    map[uint32]uint32 // chunk → first inode holding it, built on first read
+	seen     map[uint32]bool
+	order    []uint32
+}
+
+var _ lazyfs.ChunkReader = (*recorder)(nil)
+
+func newRecorder(b *bootstrap.Bootstrap, r lazyfs.ChunkReader, window time.Duration) *recorder {
+	return &recorder{b: b, r: r, on: window > 0, deadline: time.Now().Add(window), seen: map[uint32]bool{}}
+}
+
+// ReadChunk implements lazyfs.ChunkReader.
+func (rec *recorder) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error) {
+	rec.note(idx)
+	return rec.r.ReadChunk(ctx, b, idx)
+}
+
+func (rec *recorder) note(idx uint32) {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if !rec.on {
+		return
+	}
+	if time.Now().After(rec.deadline) {
+		rec.on = false
+		return
+	}
+	if rec.owner == nil {
+		rec.owner = map[uint32]uint32{}
+		for ino := range rec.b.Inodes {
+			if rec.b.Inodes[ino].Type() != bootstrap.ModeRegular {
+				continue
+			}
+			for _, c := range rec.b.FileChunks(uint32(ino)) {
+				if _, ok := rec.owner[c]; !ok {
+					rec.owner[c] = uint32(ino)
+				}
+			}
+		}
+	}
+	if ino, ok := rec.owner[idx]; ok && !rec.seen[ino] {
+		rec.seen[ino] = true
+		rec.order = append(rec.order, ino)
+	}
+}
+
+func (rec *recorder) active() bool {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return rec.on
+}
+
+// disable stops recording and drops what was recorded: the image already
+// has a startup set, which a partial one must not replace.
+func (rec *recorder) disable() {
+	rec.mu.Lock()
+	rec.on = false
+	rec.order = nil
+	rec.mu.Unlock()
+}
+
+// finish stops recording and returns what was recorded, once.
+func (rec *recorder) finish() []uint32 {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	rec.on = false
+	order := rec.order
+	rec.order = nil
+	return order
+}
