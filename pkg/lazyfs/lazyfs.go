@@ -192,15 +192,15 @@ type node struct {
 }
 
 var (
-	_ fs.NodeLookuper    = (*node)(nil)
-	_ fs.NodeGetattrer   = (*node)(nil)
-	_ fs.NodeReaddirer   = (*node)(nil)
-	_ fs.NodeReadlinker  = (*node)(nil)
-	_ fs.NodeGetxattrer  = (*node)(nil)
-	_ fs.NodeListxattrer = (*node)(nil)
-	_ fs.NodeOpener      = (*node)(nil)
-	_ fs.NodeReader      = (*node)(nil)
-	_ fs.NodeStatfser    = (*node)(nil)
+	_ fs.NodeLookuper       = (*node)(nil)
+	_ fs.NodeGetattrer      = (*node)(nil)
+	_ fs.NodeOpendirHandler = (*node)(nil)
+	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeGetxattrer     = (*node)(nil)
+	_ fs.NodeListxattrer    = (*node)(nil)
+	_ fs.NodeOpener         = (*node)(nil)
+	_ fs.NodeReader         = (*node)(nil)
+	_ fs.NodeStatfser       = (*node)(nil)
 )
 
 func (n *node) inode() *bootstrap.Inode { return &n.fs.b.Inodes[n.ino] }
@@ -244,42 +244,64 @@ func (fsys *fileSystem) fill(a *fuse.Attr, ino uint32) {
 	a.Ctime, a.Ctimensec = sec, nsec
 }
 
-// Readdir implements fs.NodeReaddirer.
-func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+// OpendirHandle implements fs.NodeOpendirHandler. Listings never change,
+// so the kernel may cache them (FOPEN_CACHE_DIR).
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if !n.inode().IsDir() {
-		return nil, syscall.ENOTDIR
+		return nil, 0, syscall.ENOTDIR
 	}
 	parent := inoOf(n.ino)
 	if _, p := n.Parent(); p != nil {
 		parent = p.StableAttr().Ino
 	}
-	return &dirStream{fs: n.fs, self: inoOf(n.ino), parent: parent, ents: n.fs.b.Children(n.ino)}, 0
+	return &dirHandle{fs: n.fs, self: inoOf(n.ino), parent: parent, ents: n.fs.b.Children(n.ino)}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// dirStream lists a directory straight from the bootstrap, "." and ".."
-// first, then the entries in their stored (name) order.
-type dirStream struct {
+// dirHandle lists a directory straight from the bootstrap, "." and ".."
+// first, then the entries in their stored (name) order. Position i (the
+// offset after the i-th entry) is all the state, so seeking is exact.
+type dirHandle struct {
 	fs           *fileSystem
 	self, parent uint64
 	ents         []bootstrap.Dirent
-	pos          int
+
+	mu  sync.Mutex
+	pos int
 }
 
-func (d *dirStream) HasNext() bool { return d.pos < len(d.ents)+2 }
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+)
 
-func (d *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
+// Readdirent implements fs.FileReaddirenter.
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pos >= len(d.ents)+2 {
+		return nil, 0
+	}
 	d.pos++
+	e := fuse.DirEntry{Off: uint64(d.pos)}
 	switch d.pos {
 	case 1:
-		return fuse.DirEntry{Name: ".", Mode: fuse.S_IFDIR, Ino: d.self}, 0
+		e.Name, e.Mode, e.Ino = ".", fuse.S_IFDIR, d.self
 	case 2:
-		return fuse.DirEntry{Name: "..", Mode: fuse.S_IFDIR, Ino: d.parent}, 0
+		e.Name, e.Mode, e.Ino = "..", fuse.S_IFDIR, d.parent
+	default:
+		de := d.ents[d.pos-3]
+		e.Name, e.Mode, e.Ino = de.Name, d.fs.b.Inodes[de.Inode].Mode, inoOf(de.Inode)
 	}
-	e := d.ents[d.pos-3]
-	return fuse.DirEntry{Name: e.Name, Mode: d.fs.b.Inodes[e.Inode].Mode, Ino: inoOf(e.Inode)}, 0
+	return &e, 0
 }
 
-func (d *dirStream) Close() {}
+// Seekdir implements fs.FileSeekdirer.
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pos = int(min(off, uint64(len(d.ents)+2)))
+	return 0
+}
 
 // Readlink implements fs.NodeReadlinker.
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

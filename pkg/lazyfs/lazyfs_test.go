@@ -547,3 +547,40 @@ func TestMountErrors(t *testing.T) {
 		t.Fatal("mount with a cancelled context succeeded")
 	}
 }
+
+func TestReaddirSeek(t *testing.T) {
+	tm := mountEntries(t, richEntries(), bootstrap.None)
+	want := tm.img.Bootstrap.Children(mustLookup(t, tm.img.Bootstrap, "/many"))
+	for round := range 2 { // the second listing may come from the kernel's cache
+		d, err := os.Open(tm.path("/many"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, err := d.ReadDir(10)
+		if err != nil || len(first) != 10 {
+			t.Fatalf("round %d: first 10 entries: %d, %v", round, len(first), err)
+		}
+		if _, err := d.Seek(0, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		all, err := d.ReadDir(-1)
+		d.Close()
+		if err != nil || len(all) != len(want) {
+			t.Fatalf("round %d: after rewind %d entries, %v; want %d", round, len(all), err, len(want))
+		}
+		for i, e := range all {
+			if e.Name() != want[i].Name || (i < 10 && first[i].Name() != e.Name()) {
+				t.Fatalf("round %d: entry %d is %q, want %q", round, i, e.Name(), want[i].Name)
+			}
+		}
+	}
+}
+
+func mustLookup(t *testing.T, b *bootstrap.Bootstrap, p string) uint32 {
+	t.Helper()
+	ino, ok := b.LookupPath(p)
+	if !ok {
+		t.Fatalf("%s not in the image", p)
+	}
+	return ino
+}
