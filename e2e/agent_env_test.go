@@ -167,7 +167,7 @@ type agentEnv struct {
 	agentLog string
 }
 
-func startAgentEnv(t *testing.T) *agentEnv {
+func startAgentEnv(t *testing.T, ctrd testenv.ContainerdOptions) *agentEnv {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the agent mounts FUSE and containerd needs root")
@@ -204,7 +204,8 @@ func startAgentEnv(t *testing.T) *agentEnv {
 	}
 	e.startAgent()
 	t.Cleanup(e.stopAll)
-	e.ctrd = testenv.StartContainerd(t, testenv.ContainerdOptions{SnapshotterSocket: e.socket})
+	ctrd.SnapshotterSocket = e.socket
+	e.ctrd = testenv.StartContainerd(t, ctrd)
 	return e
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
+	"github.com/skiff-dev/skiff/internal/testenv"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/store"
@@ -28,9 +29,18 @@ import (
 // the same snapshotter as plain overlayfs, containers keep reading across
 // an agent kill and restart, and a corrupted chunk fails the read.
 func TestAgentRunsSkiffImages(t *testing.T) {
+	testAgent(t, testenv.ContainerdOptions{})
+}
+
+// TestAgentContainerd2 runs the same flows on containerd 2.x.
+func TestAgentContainerd2(t *testing.T) {
+	testAgent(t, testenv.Containerd2(t))
+}
+
+func testAgent(t *testing.T, ctrd testenv.ContainerdOptions) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	e := startAgentEnv(t)
+	e := startAgentEnv(t, ctrd)
 	probe, err := os.ReadFile(e.bin.probe)
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +138,28 @@ func TestAgentRunsSkiffImages(t *testing.T) {
 		out, err = e.run(ctx, ref, "new-after-restart", "cat", "/data/msg.txt")
 		if err != nil || out != string(msg) {
 			t.Fatalf("new container after restart: %q, %v\n%s", out, err, e.logs())
+		}
+	})
+
+	t.Run("startup set recorded beside the bootstrap", func(t *testing.T) {
+		key := store.BootstrapKey(res.Bootstrap.Hex()) + ".startup"
+		waitFor(t, ctx, func() error {
+			_, err := e.store.Stat(ctx, key)
+			return err
+		})
+		rc, err := e.store.Get(ctx, key, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		set, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"\n/bin/probe\n", "\n/data/msg.txt\n"} {
+			if !strings.Contains(string(set), want) {
+				t.Errorf("startup set lacks %q:\n%s", want, set)
+			}
 		}
 	})
 
