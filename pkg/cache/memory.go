@@ -35,6 +35,13 @@ func (m *Memory) Get(d bootstrap.Digest) ([]byte, bool) {
 	return v, ok
 }
 
+// Has reports whether d is held, without counting a hit or a miss.
+func (m *Memory) Has(d bootstrap.Digest) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.idx.has(d)
+}
+
 // Put holds data, already verified to hash to d, evicting the least
 // recently used chunks beyond the limit.
 func (m *Memory) Put(d bootstrap.Digest, data []byte) {

@@ -90,24 +90,37 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 	if int(c.Frame) >= len(b.Frames) {
 		return nil, fmt.Errorf("read chunk %s: frame %d out of range", c.Digest, c.Frame)
 	}
-	if data, ok := f.mem.Get(c.Digest); ok {
-		f.memHits.Add(1)
-		return data, nil
-	}
-	if f.cache != nil {
-		if data, ok := f.cache.Get(c.Digest); ok {
-			f.cacheHits.Add(1)
-			f.mem.Put(c.Digest, data)
+	counted := false
+	for {
+		if data, ok := f.mem.Get(c.Digest); ok {
+			f.memHits.Add(1)
 			return data, nil
 		}
+		if f.cache != nil {
+			if data, ok := f.cache.Get(c.Digest); ok {
+				f.cacheHits.Add(1)
+				f.mem.Put(c.Digest, data)
+				return data, nil
+			}
+		}
+		if !counted {
+			f.misses.Add(1)
+			counted = true
+		}
+		frame, err := f.frame(ctx, b, c.Frame, c.Digest)
+		if errors.Is(err, errCached) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read chunk %s: %w", c.Digest, err)
+		}
+		return frame[c.Offset : c.Offset+c.Size], nil
 	}
-	f.misses.Add(1)
-	frame, err := f.frame(ctx, b, c.Frame, c.Digest)
-	if err != nil {
-		return nil, fmt.Errorf("read chunk %s: %w", c.Digest, err)
-	}
-	return frame[c.Offset : c.Offset+c.Size], nil
 }
+
+// errCached ends a claimed fetch that turned out to be unnecessary: the
+// chunks arrived in the cache between the caller's lookup and its claim.
+var errCached = errors.New("chunk is cached now")
 
 func (f *Fetcher) frameIndex(b *bootstrap.Bootstrap) *frameIndex {
 	k := weak.Make(b)
@@ -128,6 +141,10 @@ func (f *Fetcher) frame(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, 
 	for {
 		cl, leader := f.claim(k)
 		if leader {
+			if f.cached(want) {
+				f.finish(k, cl, nil, errCached)
+				return nil, errCached
+			}
 			data, err := f.fetchFrame(ctx, b, fi, want)
 			f.finish(k, cl, data, err)
 			return data, err

@@ -537,3 +537,54 @@ func TestFrameIndexReleasedWithBootstrap(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestPrefetchWithConcurrentReads runs a prefetch while readers read the
+// same files: every reader gets the right bytes, and no frame is fetched
+// twice.
+func TestPrefetchWithConcurrentReads(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	f := New(nil, NewStoreSource("store", upload(t, img)))
+	var inodes []uint32
+	var paths []string
+	for p := range files {
+		ino, _ := b.LookupPath(p)
+		inodes = append(inodes, ino)
+		paths = append(paths, p)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		errs <- f.Prefetch(context.Background(), b, inodes)
+	}()
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range paths {
+				p := paths[(i+g*7)%len(paths)]
+				got, err := readFile(context.Background(), f, b, p)
+				if err == nil && !bytes.Equal(got, files[p]) {
+					err = fmt.Errorf("%s: wrong bytes", p)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := f.Stats().Sources[0]; s.Frames > int64(len(b.Frames)) || s.Errors != 0 {
+		t.Fatalf("%d frames fetched for %d in the image: %+v", s.Frames, len(b.Frames), s)
+	}
+}

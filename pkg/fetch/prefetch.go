@@ -66,7 +66,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes [
 }
 
 func (f *Fetcher) cached(d bootstrap.Digest) bool {
-	return f.cache != nil && f.cache.Has(d)
+	return f.mem.Has(d) || (f.cache != nil && f.cache.Has(d))
 }
 
 // prefetchRun fetches the frames of r that nobody else is fetching, with
@@ -75,13 +75,19 @@ func (f *Fetcher) cached(d bootstrap.Digest) bool {
 func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run, errc chan<- error) {
 	claimed := map[uint32]*call{}
 	var mine []uint32
-	for _, fi := range r.frames {
-		if cl, leader := f.claim(frameKey{b, fi}); leader {
-			claimed[fi] = cl
-			mine = append(mine, fi)
-		}
-	}
 	ix := f.frameIndex(b)
+	for _, fi := range r.frames {
+		cl, leader := f.claim(frameKey{b, fi})
+		if !leader {
+			continue
+		}
+		if f.frameCached(b, ix, fi) { // a reader got there first
+			f.finish(frameKey{b, fi}, cl, nil, errCached)
+			continue
+		}
+		claimed[fi] = cl
+		mine = append(mine, fi)
+	}
 	for _, sub := range planRuns(b, mine) {
 		blob := b.Blobs[sub.blob]
 		for _, s := range f.sources {
@@ -127,6 +133,15 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 			errc <- fmt.Errorf("chunk %s: %w", want, err)
 		}
 	}
+}
+
+func (f *Fetcher) frameCached(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) bool {
+	for _, ci := range ix.of(fi) {
+		if !f.cached(b.Chunks[ci].Digest) {
+			return false
+		}
+	}
+	return true
 }
 
 func firstChunk(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) bootstrap.Digest {
