@@ -202,17 +202,10 @@ func (e *convEnv) connect() {
 	}()
 }
 
+// record returns the conversion record of digest, nil if there is none.
 func (e *convEnv) record(digest v1.Hash) *conversion.Record {
-	recs, err := e.bus.ListRecords(context.Background())
-	if err != nil {
-		return nil
-	}
-	for _, r := range recs {
-		if r.SourceDigest == digest.String() {
-			return r
-		}
-	}
-	return nil
+	r, _ := e.bus.Record(context.Background(), digest.String())
+	return r
 }
 
 func (e *convEnv) skiffctl(args ...string) (string, error) {

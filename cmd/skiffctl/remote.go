@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -57,22 +58,17 @@ func convertRemote(ctx context.Context, natsURL, source string, stdout io.Writer
 	// The same id as the registry's notification of this push, so asking
 	// right after pushing does not queue the image twice.
 	msgID := req.GetDigest() + "@" + src
-	recs, err := b.ListRecords(ctx)
-	if err != nil {
+	r, err := b.Record(ctx, req.GetDigest())
+	switch {
+	case errors.Is(err, bus.ErrNoRecord):
+	case err != nil:
 		return err
-	}
-	for _, r := range recs {
-		if r.SourceDigest != req.GetDigest() {
-			continue
-		}
-		if r.State == conversion.Done && r.Target == target {
-			fmt.Fprintf(stdout, "%s@%s (already converted)\n", r.Target, r.TargetDigest)
-			return nil
-		}
-		if r.State == conversion.Failed {
-			// Asking again after a failure is a retry, not a duplicate.
-			msgID += "#retry-" + strconv.FormatInt(time.Now().UnixNano(), 10)
-		}
+	case r.State == conversion.Done && r.Target == target:
+		fmt.Fprintf(stdout, "%s@%s (already converted)\n", r.Target, r.TargetDigest)
+		return nil
+	case r.State == conversion.Failed:
+		// Asking again after a failure is a retry, not a duplicate.
+		msgID += "#retry-" + strconv.FormatInt(time.Now().UnixNano(), 10)
 	}
 	ack, err := b.Publish(ctx, bus.SubjectImagePushed, msgID, req)
 	if err != nil {

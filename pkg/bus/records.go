@@ -84,3 +84,29 @@ func (b *Bus) WatchRecord(ctx context.Context, digest string, fn func(*conversio
 		}
 	}
 }
+
+// ErrNoRecord means no conversion of a digest was ever requested.
+var ErrNoRecord = errors.New("no conversion record")
+
+// Record returns the conversion record of a source digest.
+func (b *Bus) Record(ctx context.Context, digest string) (*conversion.Record, error) {
+	key, err := conversion.Key(digest)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := b.js.KeyValue(ctx, BucketConversions)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, ErrNoService
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", BucketConversions, err)
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("%s: %w", digest, ErrNoRecord)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read record %s: %w", key, err)
+	}
+	return conversion.Unmarshal(e.Value())
+}

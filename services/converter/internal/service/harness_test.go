@@ -281,17 +281,11 @@ func (h *harness) dumpRecords() string {
 
 func (h *harness) record(digest v1.Hash) *conversion.Record {
 	h.t.Helper()
-	recs, err := h.bus.ListRecords(context.Background())
+	r, err := h.bus.Record(context.Background(), digest.String())
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	for _, r := range recs {
-		if r.SourceDigest == digest.String() {
-			return r
-		}
-	}
-	h.t.Fatalf("no record for %s", digest)
-	return nil
+	return r
 }
 
 // checkConverted verifies what a completed conversion of ref promises: the

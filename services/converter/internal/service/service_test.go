@@ -233,14 +233,6 @@ func TestNATSRestart(t *testing.T) {
 }
 
 func (h *harness) recordOrNil(digest v1.Hash) *conversion.Record {
-	recs, err := h.bus.ListRecords(context.Background())
-	if err != nil {
-		return nil
-	}
-	for _, r := range recs {
-		if r.SourceDigest == digest.String() {
-			return r
-		}
-	}
-	return nil
+	r, _ := h.bus.Record(context.Background(), digest.String())
+	return r
 }

@@ -94,13 +94,7 @@ func TestDistribution(t *testing.T) {
 			if resp.code != tt.wantStatus {
 				t.Fatalf("status %d (%s), want %d", resp.code, resp.body.Error, tt.wantStatus)
 			}
-			var got []string
-			for _, r := range rec.reqs {
-				got = append(got, Source(r))
-			}
-			if strings.Join(got, " ") != strings.Join(tt.wantPublished, " ") {
-				t.Errorf("published %v, want %v", got, tt.wantPublished)
-			}
+			rec.check(t, tt.wantPublished)
 			if tt.wantStatus == 200 && (resp.body.Published != len(tt.wantPublished) || resp.body.Ignored != tt.wantIgnored) {
 				t.Errorf("response %+v, want %d published %d ignored", resp.body, len(tt.wantPublished), tt.wantIgnored)
 			}
@@ -159,13 +153,7 @@ func TestHarbor(t *testing.T) {
 			if resp.code != tt.wantStatus {
 				t.Fatalf("status %d (%s), want %d", resp.code, resp.body.Error, tt.wantStatus)
 			}
-			var got []string
-			for _, r := range rec.reqs {
-				got = append(got, Source(r))
-			}
-			if strings.Join(got, " ") != strings.Join(tt.wantPublished, " ") {
-				t.Errorf("published %v, want %v", got, tt.wantPublished)
-			}
+			rec.check(t, tt.wantPublished)
 		})
 	}
 }
@@ -189,6 +177,18 @@ func TestMethodsAndHealth(t *testing.T) {
 	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, PathHealth, nil))
 	if w.Code != http.StatusOK {
 		t.Errorf("GET %s: %d", PathHealth, w.Code)
+	}
+}
+
+// check compares the sources published with want.
+func (r *recorder) check(t *testing.T, want []string) {
+	t.Helper()
+	var got []string
+	for _, p := range r.reqs {
+		got = append(got, Source(p))
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("published %v, want %v", got, want)
 	}
 }
 
