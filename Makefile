@@ -113,7 +113,7 @@ lint: bin/staticcheck
 proto: bin/buf bin/protoc-gen-go
 	cd proto && $(BIN)/buf generate
 
-demo: build tools
+demo: build bin/registry
 	$(GO) run ./cmd/skiff-demo
 
 tools: $(TOOLS)

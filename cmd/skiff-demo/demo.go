@@ -134,7 +134,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	d.say("\n== 4. conversion records (skiffctl status --nats %s):", d.nats.ClientURL())
 	for _, r := range recs {
-		d.say("   %-7s %s attempts=%d -> %s", r.State, r.Source, r.Attempts, r.Target)
+		d.say("   %-7s %s attempts=%d, latest Skiff tag %s", r.State, r.Source, r.Attempts, r.Target)
 	}
 	if err := d.checkOnce(ctx, 2); err != nil {
 		return err
