@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -67,15 +68,19 @@ func Help(w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	t := reflect.TypeFor[Config]()
+	help := map[string]string{}
+	for f := range reflect.TypeFor[Config]().Fields() {
+		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		help[key] = f.Tag.Get("help")
+	}
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tMEANING")
-	for i, p := range params {
+	for _, p := range params {
 		def := p.DefaultValue
 		if def == "" {
 			def = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Key, def, t.Field(i).Tag.Get("help"))
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Key, def, help[p.OwnKey])
 	}
 	return tw.Flush()
 }
