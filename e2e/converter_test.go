@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
@@ -354,5 +355,54 @@ func TestConvertRemote(t *testing.T) {
 	}
 	if out, err := e.skiffctl("convert", "--remote", "--nats", e.nats.URL, ref+image.TagSuffix); err == nil {
 		t.Errorf("converting a -skiff tag remotely succeeded:\n%s", out)
+	}
+}
+
+// TestCranePushConverted is the user's view: `crane push` to a registry
+// with notifications, then the -skiff tag and the referrer appear and
+// `skiffctl check` passes against MinIO.
+func TestCranePushConverted(t *testing.T) {
+	e := startConvEnv(t)
+	e.startConverter("converter")
+	ref := e.registry.Addr + "/crane/app:v1"
+	tarPath := filepath.Join(t.TempDir(), "image.tar")
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tarball.WriteToFile(tarPath, tag, convImage(t, 3, 1)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(testenv.Tool(t, "crane"), "push", "--insecure", tarPath, ref).Output()
+	if err != nil {
+		t.Fatalf("crane push: %v", err)
+	}
+	_, digest, _ := strings.Cut(strings.TrimSpace(string(out)), "@")
+	src, err := v1.NewHash(digest)
+	if err != nil {
+		t.Fatalf("crane push printed %q: %v", out, err)
+	}
+	var o bus.Outcome
+	select {
+	case o = <-e.outcomes:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("no conversion outcome; record %+v", e.record(src))
+	}
+	if o.Completed == nil || o.SourceDigest() != src.String() {
+		t.Fatalf("outcome %+v, want completion of %s", o, src)
+	}
+	idx, err := remote.Referrers(tag.Context().Digest(src.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Manifests) != 1 || im.Manifests[0].Digest.String() != o.Completed.GetTargetDigest() {
+		t.Errorf("referrers of %s: %+v, want the Skiff manifest %s", src, im.Manifests, o.Completed.GetTargetDigest())
+	}
+	if out, err := e.skiffctl("check", ref+image.TagSuffix); err != nil {
+		t.Fatalf("skiffctl check: %v\n%s", err, out)
 	}
 }
