@@ -142,7 +142,8 @@ bin/protoc-gen-go:
 	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 
 # The compose module's main package is named "cmd"; docker finds plugins by
-# file name, so the binary is installed under its plugin name. Skipped when
+# file name, so the binary is installed under its plugin name, with the
+# version stamped as compose's own release build does. Skipped when
 # `docker compose` already works.
 COMPOSE_PLUGIN := $(HOME)/.docker/cli-plugins/docker-compose
 compose-v2:
@@ -150,7 +151,8 @@ compose-v2:
 		echo "docker compose present: $$(docker compose version)"; \
 	else \
 		tmp=$$(mktemp -d); \
-		GOBIN=$$tmp $(GO) install github.com/docker/compose/v2/cmd@$(COMPOSE_VERSION); \
+		GOBIN=$$tmp $(GO) install -ldflags '-X github.com/docker/compose/v2/internal.Version=$(COMPOSE_VERSION)' \
+			github.com/docker/compose/v2/cmd@$(COMPOSE_VERSION); \
 		mkdir -p $(dir $(COMPOSE_PLUGIN)); \
 		mv $$tmp/cmd $(COMPOSE_PLUGIN); rmdir $$tmp; \
 		docker compose version; \
