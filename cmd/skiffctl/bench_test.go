@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +28,11 @@ import (
 // set, alters one source file, making a "second version".
 func benchImage(b *testing.B, layout, tag string, change bool) []string {
 	b.Helper()
-	goroot := runtime.GOROOT()
+	out, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		b.Fatalf("go env GOROOT: %v", err)
+	}
+	goroot := strings.TrimSpace(string(out))
 	groups := [][]string{{"src"}, {"pkg"}, nil} // nil: everything else
 	top, err := os.ReadDir(goroot)
 	if err != nil {

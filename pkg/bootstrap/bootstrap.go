@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"sort"
 	"strings"
 )
@@ -232,10 +233,10 @@ func (b *Bootstrap) InodeXattrs(ino uint32) []Xattr {
 
 // Walk calls fn for every directory entry in depth-first, name order,
 // starting with the root as "/". A hard-linked inode is visited once per
-// name. Returning SkipDir from fn for a directory skips its children.
+// name. Returning fs.SkipDir from fn for a directory skips its children.
 func (b *Bootstrap) Walk(fn func(path string, ino uint32) error) error {
 	if err := fn("/", RootInode); err != nil {
-		if err == SkipDir {
+		if err == fs.SkipDir {
 			return nil
 		}
 		return err
@@ -247,7 +248,7 @@ func (b *Bootstrap) walk(dir string, ino uint32, fn func(string, uint32) error) 
 	for _, e := range b.Children(ino) {
 		p := dir + "/" + e.Name
 		if err := fn(p, e.Inode); err != nil {
-			if err == SkipDir {
+			if err == fs.SkipDir {
 				continue
 			}
 			return err
@@ -260,9 +261,6 @@ func (b *Bootstrap) walk(dir string, ino uint32, fn func(string, uint32) error) 
 	}
 	return nil
 }
-
-// SkipDir tells Walk not to descend into a directory.
-var SkipDir = fmt.Errorf("skip this directory")
 
 // Stats summarises a bootstrap.
 type Stats struct {

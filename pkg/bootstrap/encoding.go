@@ -1,9 +1,11 @@
 package bootstrap
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 
 	"github.com/klauspost/compress/zstd"
@@ -218,18 +220,21 @@ func Encode(b *Bootstrap) ([]byte, error) {
 	return enc.EncodeAll(raw, make([]byte, 0, len(raw)/3)), nil
 }
 
-// Decode decodes the stored (zstd-compressed) form of a bootstrap.
+// Decode decodes the stored (zstd-compressed) form of a bootstrap. The
+// output grows as data is actually produced rather than trusting the size a
+// frame header declares, so a hostile blob cannot make a node allocate a
+// gigabyte up front.
 func Decode(blob []byte) (*Bootstrap, error) {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxRawSize), zstd.WithDecoderMaxWindow(1<<27))
+	dec, err := zstd.NewReader(bytes.NewReader(blob), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxRawSize), zstd.WithDecoderMaxWindow(1<<27))
 	if err != nil {
 		return nil, fmt.Errorf("decode bootstrap: %w", err)
 	}
 	defer dec.Close()
-	raw, err := dec.DecodeAll(blob, nil)
-	if err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, 4*len(blob)))
+	if _, err := buf.ReadFrom(io.LimitReader(dec, MaxRawSize+1)); err != nil {
 		return nil, fmt.Errorf("decode bootstrap: %w", err)
 	}
-	return Unmarshal(raw)
+	return Unmarshal(buf.Bytes())
 }
 
 // reader decodes varints from a string, remembering the first error so the

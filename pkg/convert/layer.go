@@ -165,7 +165,7 @@ func headerEntry(hdr *tar.Header) (*entry, error) {
 		mtimeNsec: uint32(hdr.ModTime.Nanosecond()),
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeGNUSparse: // archive/tar reports the old '\x00' type as TypeReg
 		if hdr.Size < 0 {
 			return nil, fmt.Errorf("negative size %d", hdr.Size)
 		}

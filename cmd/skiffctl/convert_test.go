@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/skiff-dev/skiff/internal/fixture"
+	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/image"
+)
+
+// TestConvertRegistryToRegistry converts between references on a real
+// registry, storing blobs in a real MinIO through an s3:// store URL, and
+// checks the Skiff manifest, its referrer listing and inspect's report.
+func TestConvertRegistryToRegistry(t *testing.T) {
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	s3 := testenv.StartMinIO(t)
+	bucket := s3.Bucket(t, "skiff")
+	t.Setenv("AWS_ACCESS_KEY_ID", s3.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", s3.SecretKey)
+	storeURL := "s3://" + bucket + "?endpoint=" + s3.Endpoint + "&insecure=true"
+
+	ctx := context.Background()
+	img, err := fixture.RichImage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := reg.Addr + "/rich:v1"
+	if err := image.Write(ctx, src, img); err != nil {
+		t.Fatal(err)
+	}
+	out := runCLI(t, ctx, "convert", "--store", storeURL, "--compression", "lz4", "--chunk-size", "262144", src, reg.Addr+"/rich:v1-skiff")
+	if !strings.Contains(out, reg.Addr+"/rich:v1-skiff@sha256:") {
+		t.Fatalf("convert output does not name the pushed manifest:\n%s", out)
+	}
+
+	converted, err := image.Load(ctx, reg.Addr+"/rich:v1-skiff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := converted.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcDigest, _ := img.Digest()
+	if !image.IsSkiff(m) || m.Subject == nil || m.Subject.Digest != srcDigest || m.Annotations[image.AnnotationSourceDigest] != srcDigest.String() {
+		t.Fatalf("manifest is not a Skiff referrer of %s: %+v", srcDigest, m)
+	}
+	if len(m.Layers) != 1 || m.Layers[0].Annotations[image.AnnotationSnapshotBootstrap] == "" {
+		t.Fatalf("bootstrap layer not annotated for containerd: %+v", m.Layers)
+	}
+	cfg, _ := converted.ConfigFile()
+	if strings.Join(cfg.Config.Cmd, " ") != "/bin/sh" || len(cfg.RootFS.DiffIDs) != 1 {
+		t.Fatalf("config not carried over: cmd %v, diff ids %v", cfg.Config.Cmd, cfg.RootFS.DiffIDs)
+	}
+
+	// The distribution registry has no referrers API: the tag-schema
+	// fallback must list the Skiff manifest under the source digest.
+	repo, _ := name.NewRepository(reg.Addr + "/rich")
+	idx, err := remote.Referrers(repo.Digest(srcDigest.String()), remote.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := idx.IndexManifest()
+	skiffDigest, _ := converted.Digest()
+	found := false
+	for _, d := range im.Manifests {
+		if d.Digest == skiffDigest && d.Annotations[image.AnnotationBootstrap] != "" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("referrers of %s do not list the Skiff manifest %s: %+v", srcDigest, skiffDigest, im.Manifests)
+	}
+
+	var report inspectReport
+	if err := json.Unmarshal([]byte(runCLI(t, ctx, "inspect", "--json", reg.Addr+"/rich:v1-skiff")), &report); err != nil {
+		t.Fatal(err)
+	}
+	if report.Files < 35 || report.ZeroChunks == 0 || report.DedupRatio < 5 || report.ChunkSize != 262144 {
+		t.Fatalf("inspect report: %+v", report)
+	}
+
+	// Converting a Skiff image is refused with a clear error.
+	var stderr strings.Builder
+	if code := run(ctx, []string{"convert", "--store", storeURL, reg.Addr + "/rich:v1-skiff", reg.Addr + "/rich:again"}, &stderr, &stderr); code == 0 || !strings.Contains(stderr.String(), "already a Skiff image") {
+		t.Fatalf("converting a Skiff image: exit %d, %s", code, stderr.String())
+	}
+}
+
+func TestConvertUsage(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"convert"}, 2, "usage: skiffctl convert"},
+		{[]string{"convert", "--compression", "brotli", "oci:/nonexistent:x", "oci:/nonexistent:y"}, 1, "unknown compression"},
+		{[]string{"convert", "--chunking", "rabin", "oci:/nonexistent:x"}, 1, "unknown chunking"},
+		{[]string{"convert", "--store", "ftp://x", "oci:/nonexistent:x"}, 1, "ftp"},
+		{[]string{"bogus"}, 2, "unknown command"},
+		{[]string{"inspect"}, 2, "usage: skiffctl inspect"},
+	}
+	for _, tt := range tests {
+		var out strings.Builder
+		code := run(context.Background(), tt.args, &out, &out)
+		if code != tt.code || !strings.Contains(out.String(), tt.want) {
+			t.Errorf("skiffctl %v: exit %d, output %q; want exit %d containing %q", tt.args, code, out.String(), tt.code, tt.want)
+		}
+	}
+}
