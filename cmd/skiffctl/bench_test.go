@@ -22,47 +22,80 @@ import (
 	"github.com/skiff-dev/skiff/pkg/image"
 )
 
-// benchImage writes a three-layer gzip image of the Go toolchain installed
-// on this machine (~15k files of source, archives and binaries: a
-// realistic mix) to an OCI layout, and returns the layer files. change, if
-// set, alters one source file, making a "second version".
-func benchImage(b *testing.B, layout, tag string, change bool) []string {
+// benchLayer is one layer of a benchmark image, built from the Go
+// toolchain installed on this machine (no image can be pulled here).
+type benchLayer struct {
+	dirs      []string // GOROOT entries added; nil means all but those of other layers
+	mode      int64    // if set, files are re-added with this mode (a "RUN chmod -R" layer)
+	whiteouts []string // GOROOT-relative paths deleted
+}
+
+// Two images of the same ~15k files (Go sources, archives, binaries):
+// "flat" ships each file once, in three layers; "dockerfile" is layered as
+// a typical Dockerfile would be: the toolchain, its sources, then a
+// hardening step that chmods the binaries (re-adding them, as overlayfs
+// copy-up makes every chmod do) and deletes the test suite.
+var benchImages = map[string][]benchLayer{
+	"flat":       {{dirs: []string{"src"}}, {dirs: []string{"pkg"}}, {}},
+	"dockerfile": {{}, {dirs: []string{"src", "test"}}, {dirs: []string{"bin"}, mode: 0o750, whiteouts: []string{"test", "src/cmd/go/testdata"}}},
+}
+
+// benchImage writes a gzip image to an OCI layout and returns its layer
+// files. change, if set, alters one source file, making a second version.
+func benchImage(b *testing.B, kind, layout, tag string, change bool) []string {
 	b.Helper()
 	out, err := exec.Command("go", "env", "GOROOT").Output()
 	if err != nil {
 		b.Fatalf("go env GOROOT: %v", err)
 	}
 	goroot := strings.TrimSpace(string(out))
-	groups := [][]string{{"src"}, {"pkg"}, nil} // nil: everything else
+	layers := benchImages[kind]
+	named := map[string]bool{}
+	for _, l := range layers {
+		if l.mode == 0 {
+			for _, d := range l.dirs {
+				named[d] = true
+			}
+		}
+	}
 	top, err := os.ReadDir(goroot)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, e := range top {
-		if e.Name() != "src" && e.Name() != "pkg" {
-			groups[2] = append(groups[2], e.Name())
-		}
-	}
 	var files []string
-	for i, g := range groups {
-		path := filepath.Join(filepath.Dir(layout), fmt.Sprintf("%s-layer%d.tar.gz", tag, i))
+	for i, l := range layers {
+		dirs := l.dirs
+		if dirs == nil {
+			for _, e := range top {
+				if !named[e.Name()] {
+					dirs = append(dirs, e.Name())
+				}
+			}
+		}
+		path := filepath.Join(filepath.Dir(layout), fmt.Sprintf("%s-%s-layer%d.tar.gz", kind, tag, i))
 		f, err := os.Create(path)
 		if err != nil {
 			b.Fatal(err)
 		}
 		zw, _ := gzip.NewWriterLevel(f, gzip.DefaultCompression)
 		tw := tar.NewWriter(zw)
-		for _, name := range g {
-			var mutate func(string, []byte) []byte
-			if change && name == "src" {
-				mutate = func(rel string, data []byte) []byte {
-					if rel == filepath.Join("fmt", "print.go") {
-						return append(data, []byte("\n// second version\n")...)
-					}
-					return data
-				}
+		for _, w := range l.whiteouts {
+			dir, base := filepath.Split(w)
+			if err := tw.WriteHeader(&tar.Header{Name: "usr/local/go/" + dir + ".wh." + base, Typeflag: tar.TypeReg, Mode: 0o644}); err != nil {
+				b.Fatal(err)
 			}
-			if err := fixture.TarTree(tw, filepath.Join(goroot, name), "usr/local/go/"+name, mutate); err != nil {
+		}
+		for _, name := range dirs {
+			edit := func(rel string, hdr *tar.Header, data []byte) []byte {
+				if l.mode != 0 && hdr.Typeflag == tar.TypeReg {
+					hdr.Mode = l.mode
+				}
+				if change && name == "src" && rel == filepath.Join("fmt", "print.go") {
+					return append(data, []byte("\n// second version\n")...)
+				}
+				return data
+			}
+			if err := fixture.TarTree(tw, filepath.Join(goroot, name), "usr/local/go/"+name, edit); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -113,9 +146,15 @@ func BenchmarkConvert(b *testing.B) {
 			b.Skipf("%s is not installed (make deps installs it): no baseline to compare with", tool)
 		}
 	}
+	for _, kind := range []string{"dockerfile", "flat"} {
+		b.Run(kind, func(b *testing.B) { benchConvert(b, kind) })
+	}
+}
+
+func benchConvert(b *testing.B, kind string) {
 	dir := b.TempDir()
 	layout := filepath.Join(dir, "layout")
-	files := benchImage(b, layout, "v1", false)
+	files := benchImage(b, kind, layout, "v1", false)
 	var gz int64
 	for _, f := range files {
 		info, _ := os.Stat(f)
@@ -149,11 +188,11 @@ func BenchmarkConvert(b *testing.B) {
 	// A second version with one source file changed, into the same store.
 	storeDir := filepath.Join(dir, "store0")
 	before := dirSize(b, storeDir)
-	benchImage(b, layout, "v2", true)
+	benchImage(b, kind, layout, "v2", true)
 	runBench(b, ctx, "convert", "--store", "file://"+storeDir, "oci:"+layout+":v2", "oci:"+layout+":v2-skiff")
 	added := dirSize(b, storeDir) - before
 	b.ReportMetric(float64(added)/float64(before), "v2-added/store")
-	b.Logf("gzip layers %d B, stored %d B, v2 added %d B; baseline %s, skiff %s", gz, stored, added, base/time.Duration(b.N), skiff/time.Duration(b.N))
+	b.Logf("%s: gzip layers %d B, stored %d B, v2 added %d B; baseline %s, skiff %s", kind, gz, stored, added, base/time.Duration(b.N), skiff/time.Duration(b.N))
 }
 
 func runBench(b *testing.B, ctx context.Context, args ...string) {

@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -276,6 +277,67 @@ func (bw *blobWriter) finish() error {
 		bw.digest = d
 		bw.dedup.mu.Unlock()
 	}
+	return nil
+}
+
+// compact rewrites the blob without the frames that hold no live chunk,
+// so files deleted or replaced by later layers cost nothing in the store.
+// A packed frame with at least one live chunk is kept whole.
+func (bw *blobWriter) compact(live map[bootstrap.Digest]bool) error {
+	if bw.size == 0 {
+		return nil
+	}
+	keep := make([]bool, len(bw.frames))
+	var kept []newChunk
+	for _, c := range bw.new {
+		if live[c.digest] {
+			keep[c.loc.frame] = true
+			kept = append(kept, c)
+		}
+	}
+	if len(kept) == len(bw.new) {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(bw.file.Name()), "skiff-blob-*")
+	if err != nil {
+		return fmt.Errorf("compact blob: %w", err)
+	}
+	h := sha256.New()
+	w := bufio.NewWriterSize(io.MultiWriter(f, h), 1<<20)
+	remap := make([]int, len(bw.frames))
+	var frames []bootstrap.Frame
+	var size int64
+	for i, fr := range bw.frames {
+		if !keep[i] {
+			continue
+		}
+		if _, err := io.Copy(w, io.NewSectionReader(bw.file, fr.Offset, int64(fr.CompressedSize))); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return fmt.Errorf("compact blob: %w", err)
+		}
+		remap[i] = len(frames)
+		fr.Offset = size
+		frames = append(frames, fr)
+		size += int64(fr.CompressedSize)
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return fmt.Errorf("compact blob: %w", err)
+	}
+	for _, c := range kept {
+		c.loc.frame = remap[c.loc.frame]
+	}
+	bw.discard()
+	bw.file, bw.size, bw.frames, bw.new = f, size, frames, kept
+	var d bootstrap.Digest
+	if size > 0 {
+		copy(d[:], h.Sum(nil))
+	}
+	bw.dedup.mu.Lock()
+	bw.digest = d
+	bw.dedup.mu.Unlock()
 	return nil
 }
 

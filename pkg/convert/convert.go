@@ -198,6 +198,14 @@ func (c *Converter) Convert(ctx context.Context, src v1.Image) (*Result, error) 
 			return nil, fmt.Errorf("convert: layer %d: %w", i, err)
 		}
 	}
+	// Content that later layers deleted or replaced is cut out of the blobs
+	// before anything is uploaded: it never reaches the store.
+	live := t.liveChunks()
+	for _, bw := range writers {
+		if err := bw.compact(live); err != nil {
+			return nil, fmt.Errorf("convert: %w", err)
+		}
+	}
 	b, err := t.build(uint32(c.opts.ChunkSize), d)
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
@@ -210,8 +218,7 @@ func (c *Converter) Convert(ctx context.Context, src v1.Image) (*Result, error) 
 	res.BootstrapSize = int64(len(blob))
 	res.Stats = b.Stats()
 
-	// Only blobs the final tree uses are uploaded: content that later
-	// layers deleted or replaced never reaches the store.
+	// Only blobs the final tree uses are uploaded.
 	used := map[bootstrap.Digest]bool{}
 	for _, bd := range b.Blobs {
 		used[bd] = true

@@ -263,3 +263,32 @@ func TestConvertCancelled(t *testing.T) {
 		t.Fatal("cancelled conversion succeeded")
 	}
 }
+
+// TestConvertDropsDeletedContent: bytes of files that a later layer deletes
+// or replaces never reach the store, even when they share a blob with live
+// files.
+func TestConvertDropsDeletedContent(t *testing.T) {
+	l1, _ := fixture.Layer(fixture.Gzip, []fixture.Entry{
+		{Header: fixtureHeader("cache.bin"), Data: fixture.Random(1, 4<<20)},
+		{Header: fixtureHeader("keep.bin"), Data: fixture.Random(2, 1<<20)},
+		{Header: fixtureHeader("replaced.bin"), Data: fixture.Random(3, 2<<20)},
+	})
+	l2, _ := fixture.Layer(fixture.Gzip, []fixture.Entry{
+		fixture.Whiteout("", "cache.bin"),
+		{Header: fixtureHeader("replaced.bin"), Data: []byte("small now")},
+	})
+	img, _ := fixture.Image(l1, l2)
+	st := newStore(t)
+	res, b := convertImage(t, convert.New(st, convert.Options{}), img)
+	if res.NewBytes > 1<<20+64<<10 {
+		t.Fatalf("stored %d bytes; only keep.bin's 1 MiB (and a tiny file) is live", res.NewBytes)
+	}
+	ino, _ := b.LookupPath("/keep.bin")
+	if got := readFile(t, st, b, ino); !bytes.Equal(got, fixture.Random(2, 1<<20)) {
+		t.Fatal("keep.bin reads back wrong after compaction")
+	}
+	ino, _ = b.LookupPath("/replaced.bin")
+	if got := readFile(t, st, b, ino); string(got) != "small now" {
+		t.Fatalf("replaced.bin = %q", got)
+	}
+}

@@ -404,3 +404,21 @@ func resetIDs(n *node) {
 		resetIDs(c)
 	}
 }
+
+// liveChunks returns the digests of every stored chunk the tree uses.
+func (t *tree) liveChunks() map[bootstrap.Digest]bool {
+	live := map[bootstrap.Digest]bool{}
+	var walk func(n *node)
+	walk = func(n *node) {
+		for _, c := range n.ino.chunks {
+			if !c.zero {
+				live[c.digest] = true
+			}
+		}
+		for _, child := range n.children {
+			walk(child)
+		}
+	}
+	walk(t.root)
+	return live
+}
