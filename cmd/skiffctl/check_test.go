@@ -3,13 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
-	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
 )
 
@@ -24,39 +23,18 @@ func TestCheck(t *testing.T) {
 
 	// Damage the frame of one file's first stored chunk.
 	var victim string
-	var chunk bootstrap.Chunk
 	b.Walk(func(p string, ino uint32) error {
-		if victim != "" || b.Inodes[ino].Type() != bootstrap.ModeRegular {
-			return nil
-		}
-		for _, ci := range b.FileChunks(ino) {
-			if c := b.Chunks[ci]; !c.Zero() {
-				victim, chunk = p, c
-				return nil
-			}
+		if victim == "" && b.Inodes[ino].Type() == bootstrap.ModeRegular && b.Inodes[ino].Size > 0 {
+			victim = p
 		}
 		return nil
 	})
-	if victim == "" {
-		t.Fatal("no file with stored data")
-	}
 	st, err := dir.New(filepath.Join(tmp, "store"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fr := b.Frames[chunk.Frame]
-	key := store.BlobKey(b.Blobs[fr.Blob].Hex())
-	rc, err := st.Get(ctx, key, 0, -1)
+	digest, err := fetchtest.CorruptFile(ctx, st, b, victim)
 	if err != nil {
-		t.Fatal(err)
-	}
-	blob, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob[fr.Offset+int64(fr.CompressedSize)/2] ^= 0x55
-	if err := st.Put(ctx, key, bytes.NewReader(blob), int64(len(blob))); err != nil {
 		t.Fatal(err)
 	}
 
@@ -65,7 +43,7 @@ func TestCheck(t *testing.T) {
 	if code == 0 {
 		t.Fatalf("check of a corrupt image exited 0:\n%s", stdout.String())
 	}
-	for _, want := range []string{chunk.Digest.String(), victim} {
+	for _, want := range []string{digest.String(), victim} {
 		if !strings.Contains(stdout.String(), want) || !strings.Contains(stderr.String(), want) {
 			t.Errorf("check output does not name %s:\nstdout:\n%s\nstderr:\n%s", want, stdout.String(), stderr.String())
 		}

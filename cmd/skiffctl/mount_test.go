@@ -68,6 +68,20 @@ func readAll(t *testing.T, b *bootstrap.Bootstrap, mnt string) {
 	}
 }
 
+// richMountArgs converts the rich image and returns its bootstrap, a
+// mountpoint and the arguments of `skiffctl mount` for it.
+func richMountArgs(t *testing.T) (*bootstrap.Bootstrap, string, []string) {
+	t.Helper()
+	requireFUSE(t)
+	dir := t.TempDir()
+	storeURL, ref, b := convertRich(t, dir)
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return b, mnt, []string{"--store", storeURL, "--cache", filepath.Join(dir, "cache"), ref, mnt}
+}
+
 func parseMountReport(t *testing.T, line string) mountReport {
 	t.Helper()
 	var rep mountReport
@@ -87,13 +101,7 @@ func parseMountReport(t *testing.T, line string) mountReport {
 // the first mount fetches from the store, the second, a new process as
 // far as the cache is concerned, reads everything from the cache.
 func TestMountCachePersists(t *testing.T) {
-	requireFUSE(t)
-	dir := t.TempDir()
-	storeURL, ref, b := convertRich(t, dir)
-	mnt := filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	cacheDir := filepath.Join(dir, "cache")
-	args := []string{"--store", storeURL, "--cache", cacheDir, ref, mnt}
+	b, mnt, args := richMountArgs(t)
 
 	stop := mountCLI(t, args...)
 	readAll(t, b, mnt)
@@ -101,7 +109,7 @@ func TestMountCachePersists(t *testing.T) {
 	if s := first.Sources[0]; s.Chunks == 0 || s.Bytes == 0 || s.Errors != 0 {
 		t.Fatalf("first mount fetched nothing from the store: %+v", s)
 	}
-	if first.Image != ref || first.Mountpoint != mnt || !strings.HasPrefix(first.Bootstrap, "sha256:") {
+	if first.Image != args[len(args)-2] || first.Mountpoint != mnt || !strings.HasPrefix(first.Bootstrap, "sha256:") {
 		t.Fatalf("report does not name the mount: %+v", first)
 	}
 
@@ -149,12 +157,8 @@ func requireFUSE(t *testing.T) {
 // TestMountInterruptWhileBusy interrupts a mount while a file is open: the
 // command must still exit cleanly with the image detached.
 func TestMountInterruptWhileBusy(t *testing.T) {
-	requireFUSE(t)
-	dir := t.TempDir()
-	storeURL, ref, b := convertRich(t, dir)
-	mnt := filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	stop := mountCLI(t, "--store", storeURL, "--cache", filepath.Join(dir, "cache"), ref, mnt)
+	b, mnt, args := richMountArgs(t)
+	stop := mountCLI(t, args...)
 	var open string
 	b.Walk(func(p string, ino uint32) error {
 		if open == "" && b.Inodes[ino].Type() == bootstrap.ModeRegular && b.Inodes[ino].Size > 0 {

@@ -70,7 +70,7 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	if opts.CacheTimeout <= 0 {
 		opts.CacheTimeout = 24 * time.Hour
 	}
-	fsys := &fileSystem{b: b, r: r, log: opts.Logger}
+	fsys := &fileSystem{b: b, r: r, log: opts.Logger, ready: make(chan struct{})}
 	root := &node{fs: fsys, ino: bootstrap.RootInode}
 	timeout := opts.CacheTimeout
 	// go-fuse only logs requests (with Debug) and otherwise things it
@@ -106,6 +106,7 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
+	close(fsys.ready)
 	raiseReadahead(mountpoint, opts.Logger)
 	return &Server{mountpoint: mountpoint, server: server}, nil
 }
@@ -172,6 +173,14 @@ type fileSystem struct {
 	b   *bootstrap.Bootstrap
 	r   ChunkReader
 	log *slog.Logger
+	// ready is closed once go-fuse has taught the kernel that this
+	// filesystem does not implement poll. Until then, opening a file from
+	// this very process could deadlock it: the Go runtime adds every
+	// opened file to its epoll set while holding a scheduler slot, and the
+	// kernel would ask this server to poll the file. Holding back lookups
+	// until then keeps every file unopenable (lookups block like ordinary
+	// system calls and hold no slot).
+	ready chan struct{}
 
 	totalOnce  sync.Once
 	totalBytes int64
@@ -207,6 +216,11 @@ func (n *node) inode() *bootstrap.Inode { return &n.fs.b.Inodes[n.ino] }
 
 // Lookup implements fs.NodeLookuper.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	select {
+	case <-n.fs.ready:
+	case <-ctx.Done():
+		return nil, syscall.EINTR
+	}
 	if !n.inode().IsDir() {
 		return nil, syscall.ENOTDIR
 	}

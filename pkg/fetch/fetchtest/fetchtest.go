@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"path"
 	"sort"
 	"strings"
@@ -311,10 +312,16 @@ func (img *Image) Upload(ctx context.Context, st store.Store) error {
 // Corrupt flips one byte of the stored frame holding the first stored chunk
 // of the file at p, in st, and returns that chunk's digest.
 func (img *Image) Corrupt(ctx context.Context, st store.Store, p string) (bootstrap.Digest, error) {
-	b := img.Bootstrap
+	return CorruptFile(ctx, st, img.Bootstrap, p)
+}
+
+// CorruptFile flips one byte in the middle of the frame holding the first
+// stored chunk of the file at p of any image whose blobs are in st, and
+// returns that chunk's digest.
+func CorruptFile(ctx context.Context, st store.Store, b *bootstrap.Bootstrap, p string) (bootstrap.Digest, error) {
 	ino, ok := b.LookupPath(p)
-	if !ok {
-		return bootstrap.Digest{}, fmt.Errorf("corrupt: %s not found", p)
+	if !ok || b.Inodes[ino].Type() != bootstrap.ModeRegular {
+		return bootstrap.Digest{}, fmt.Errorf("corrupt: %s is not a regular file of the image", p)
 	}
 	for _, ci := range b.FileChunks(ino) {
 		c := b.Chunks[ci]
@@ -322,10 +329,18 @@ func (img *Image) Corrupt(ctx context.Context, st store.Store, p string) (bootst
 			continue
 		}
 		f := b.Frames[c.Frame]
-		blob := b.Blobs[f.Blob]
-		data := bytes.Clone(img.Blobs[blob])
+		key := store.BlobKey(b.Blobs[f.Blob].Hex())
+		rc, err := st.Get(ctx, key, 0, -1)
+		if err != nil {
+			return bootstrap.Digest{}, fmt.Errorf("corrupt: %w", err)
+		}
+		data, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return bootstrap.Digest{}, fmt.Errorf("corrupt: read %s: %w", key, err)
+		}
 		data[f.Offset+int64(f.CompressedSize)/2] ^= 0xff
-		if err := st.Put(ctx, store.BlobKey(blob.Hex()), bytes.NewReader(data), int64(len(data))); err != nil {
+		if err := st.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
 			return bootstrap.Digest{}, fmt.Errorf("corrupt: %w", err)
 		}
 		return c.Digest, nil
