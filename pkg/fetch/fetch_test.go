@@ -407,7 +407,8 @@ func TestPrefetchFallsBackPerFrame(t *testing.T) {
 	b := img.Bootstrap
 	ctx := context.Background()
 	bad := upload(t, img)
-	if _, err := img.Corrupt(ctx, bad, "/plain/f05"); err != nil {
+	want, err := img.Corrupt(ctx, bad, "/plain/f05")
+	if err != nil {
 		t.Fatal(err)
 	}
 	c, err := cache.Open(t.TempDir(), 0)
@@ -430,7 +431,6 @@ func TestPrefetchFallsBackPerFrame(t *testing.T) {
 
 	// With no good source, prefetch names the chunk it could not get.
 	c2, _ := cache.Open(t.TempDir(), 0)
-	want, _ := img.Corrupt(ctx, bad, "/plain/f05")
 	err = New(c2, NewStoreSource("corrupt", bad)).Prefetch(ctx, b, inodes)
 	if err == nil || !strings.Contains(err.Error(), want.String()) {
 		t.Fatalf("prefetch error %v does not name %s", err, want)

@@ -317,7 +317,8 @@ func (img *Image) Corrupt(ctx context.Context, st store.Store, p string) (bootst
 
 // CorruptFile flips one byte in the middle of the frame holding the first
 // stored chunk of the file at p of any image whose blobs are in st, and
-// returns that chunk's digest.
+// returns that chunk's digest. Calling it twice for the same file flips
+// the byte back.
 func CorruptFile(ctx context.Context, st store.Store, b *bootstrap.Bootstrap, p string) (bootstrap.Digest, error) {
 	ino, ok := b.LookupPath(p)
 	if !ok || b.Inodes[ino].Type() != bootstrap.ModeRegular {
