@@ -39,7 +39,7 @@ TOOLS := bin/minio bin/registry bin/nats-server bin/crane bin/staticcheck bin/bu
 
 DEB_PACKAGES := containerd runc fuse3 skopeo umoci erofs-utils zstd pigz
 
-.PHONY: help build test e2e bench lint proto tools deps demo clean compose-v2
+.PHONY: help build test e2e bench fuzz lint proto tools deps demo clean compose-v2
 
 help:
 	@echo "make demo     run the Skiff demo on its embedded default image"
@@ -47,6 +47,7 @@ help:
 	@echo "make e2e      run end-to-end tests (-tags e2e ./e2e/...)"
 	@echo "make bench    run benchmarks once each and write bench/report.md"
 	@echo "make build    build every binary into bin/"
+	@echo "make fuzz     run every fuzz target for FUZZTIME (30s) and keep the corpus in testdata/"
 	@echo "make lint     gofmt, go vet and staticcheck on every module"
 	@echo "make proto    regenerate protobuf code with buf"
 	@echo "make tools    build pinned server and tool binaries into bin/"
@@ -99,6 +100,11 @@ bench: tools
 		-v goversion="$$($(GO) env GOVERSION)" -v cpu="$$(nproc) CPU" bench/raw.txt > bench/report.md; \
 	echo "wrote bench/report.md"; \
 	exit $$status
+
+# Fuzz targets run one after another; inputs the fuzzer finds interesting are
+# copied into each package's testdata/fuzz so plain `go test` replays them.
+fuzz:
+	FUZZTIME=$${FUZZTIME:-30s} tools/fuzz.sh
 
 lint: bin/staticcheck
 	@out=$$(find . -name '*.go' -not -path './bin/*' -not -path './.cache/*' -print0 | xargs -0 -r gofmt -l); \
@@ -173,3 +179,40 @@ deps:
 clean:
 	@for d in $(CMD_DIRS); do rm -f bin/$$(basename $$d); done
 	rm -f bench/raw.txt
+
+# --- Docker Compose stack (docker-compose.yaml) ---
+
+# Jaeger v2.13.0 is tagged v1.76.0 in its Go module (the module path has no
+# /v2). Its go.mod has a replace directive, which `go install pkg@version`
+# refuses, so it is built inside a copy of its own module, with its own
+# go.sum. CGO is off: the binary goes into a FROM-scratch image in the
+# compose test.
+JAEGER_VERSION := v1.76.0
+bin/jaeger:
+	@tmp=$$(mktemp -d); trap 'chmod -R u+w $$tmp; rm -rf $$tmp' EXIT; \
+	src=$$(GOWORK=off GOFLAGS= $(GO) mod download -json github.com/jaegertracing/jaeger@$(JAEGER_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	cp -r $$src/. $$tmp; chmod -R u+w $$tmp; \
+	cd $$tmp && GOWORK=off GOFLAGS= CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/jaeger ./cmd/jaeger
+
+# Skiff's images for docker-compose.yaml, FROM scratch: the binaries are
+# built static on the host (no Go base image is needed), the Dockerfile only
+# copies them. IMAGE_TAG matches the compose file's default.
+.PHONY: images compose-up compose-down
+IMAGE_TAG     ?= dev
+IMAGE_CONTEXT := $(BIN)/docker-context
+SKIFF_VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+images:
+	@rm -rf $(IMAGE_CONTEXT); mkdir -p $(IMAGE_CONTEXT)/rootfs/tmp $(IMAGE_CONTEXT)/rootfs/var/lib/skiff/work $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs
+	@chmod 1777 $(IMAGE_CONTEXT)/rootfs/tmp
+	@cp /etc/ssl/certs/ca-certificates.crt $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs/
+	CGO_ENABLED=0 $(GO) -C services/converter/cmd/skiff-converter build -trimpath \
+		-ldflags '-s -w -X github.com/skiff-dev/skiff/services/converter/internal/service.Version=$(SKIFF_VERSION)' -o $(IMAGE_CONTEXT)/ .
+	CGO_ENABLED=0 $(GO) -C cmd/skiffctl build -trimpath -ldflags '-s -w' -o $(IMAGE_CONTEXT)/ .
+	docker build -q -f deploy/docker/Dockerfile --target converter -t skiff/converter:$(IMAGE_TAG) $(IMAGE_CONTEXT)
+	docker build -q -f deploy/docker/Dockerfile --target skiffctl -t skiff/skiffctl:$(IMAGE_TAG) $(IMAGE_CONTEXT)
+
+compose-up: images compose-v2
+	docker compose up -d --wait
+
+compose-down: compose-v2
+	docker compose down
