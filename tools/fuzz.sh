@@ -9,7 +9,7 @@ cache=$(go env GOCACHE)/fuzz
 root=$(pwd)
 for mod in $(go list -m -f '{{.Dir}}'); do
 	cd "$mod"
-	grep -rl --include='*_test.go' '^func Fuzz' . | xargs -r -n1 dirname | sort -u | while read -r dir; do
+	{ grep -rl --include='*_test.go' '^func Fuzz' . || true; } | xargs -r -n1 dirname | sort -u | while read -r dir; do
 		pkg=$(go list "$dir")
 		for target in $(grep -h -o '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go | cut -d' ' -f2); do
 			echo "=== $pkg $target ($FUZZTIME)"
