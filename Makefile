@@ -96,6 +96,9 @@ bench: tools
 		( cd $$m && $(GO) test -count=1 -run '^$$' -bench . $(BENCHFLAGS) -timeout 60m ./... ) 2>&1 \
 			| tee -a bench/raw.txt || status=1; \
 	done; \
+	echo "=== e2e (-tags e2e: real containerd, registry, MinIO, agent)" | tee -a bench/raw.txt; \
+	$(GO) test -count=1 -tags e2e -run '^$$' -bench . $(BENCHFLAGS) -timeout 60m ./e2e/ 2>&1 \
+		| tee -a bench/raw.txt || status=1; \
 	awk -f tools/benchreport.awk -v date="$$(date -u +%Y-%m-%dT%H:%MZ)" \
 		-v goversion="$$($(GO) env GOVERSION)" -v cpu="$$(nproc) CPU" bench/raw.txt > bench/report.md; \
 	echo "wrote bench/report.md"; \

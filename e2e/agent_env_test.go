@@ -37,6 +37,7 @@ import (
 const probeSource = `package main
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"fmt"
 	"os"
@@ -63,6 +64,30 @@ func main() {
 		fmt.Printf("%x\n", sha256.Sum256(b))
 	case "sleep":
 		time.Sleep(time.Hour)
+	case "list":
+		// Reads the files listed in a file, one path per line; a line
+		// "-" prints "ready" (the benchmarks time the first output).
+		f, err := os.Open(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		var files, bytes int
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if sc.Text() == "-" {
+				fmt.Println("ready")
+				continue
+			}
+			b, err := os.ReadFile(sc.Text())
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			files++
+			bytes += len(b)
+		}
+		fmt.Printf("read %d files, %d bytes\n", files, bytes)
 	}
 }
 `
@@ -70,7 +95,7 @@ func main() {
 // binaries builds the probe, skiffctl and skiff-agent once per test run.
 type binaries struct{ probe, skiffctl, agent string }
 
-func buildBinaries(t *testing.T) binaries {
+func buildBinaries(t testing.TB) binaries {
 	t.Helper()
 	dir := t.TempDir()
 	root := testenv.RepoRoot()
@@ -105,7 +130,7 @@ func buildBinaries(t *testing.T) binaries {
 }
 
 // tarLayer builds an uncompressed-on-disk, gzip-served layer of files.
-func tarLayer(t *testing.T, files map[string][]byte, modes map[string]int64) v1.Layer {
+func tarLayer(t testing.TB, files map[string][]byte, modes map[string]int64) v1.Layer {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -143,7 +168,7 @@ func tarLayer(t *testing.T, files map[string][]byte, modes map[string]int64) v1.
 	return l
 }
 
-func randomBytes(t *testing.T, n int) []byte {
+func randomBytes(t testing.TB, n int) []byte {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -154,7 +179,7 @@ func randomBytes(t *testing.T, n int) []byte {
 
 // agentEnv is a node: MinIO, a registry, the agent and containerd.
 type agentEnv struct {
-	t        *testing.T
+	t        testing.TB
 	bin      binaries
 	reg      testenv.Registry
 	storeURL string
@@ -167,7 +192,7 @@ type agentEnv struct {
 	agentLog string
 }
 
-func startAgentEnv(t *testing.T, ctrd testenv.ContainerdOptions) *agentEnv {
+func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the agent mounts FUSE and containerd needs root")

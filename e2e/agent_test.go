@@ -231,7 +231,7 @@ func layerDigests(t *testing.T, layers ...v1.Layer) []string {
 }
 
 // waitFor polls fn until it succeeds, failing the test when ctx ends.
-func waitFor(t *testing.T, ctx context.Context, fn func() error) {
+func waitFor(t testing.TB, ctx context.Context, fn func() error) {
 	t.Helper()
 	for {
 		err := fn()

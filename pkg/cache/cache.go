@@ -31,7 +31,8 @@ type Stats struct {
 	Corrupt   int64 `json:"corrupt"` // files deleted because their content did not match
 }
 
-// Cache is an on-disk chunk cache laid out as DIR/chunks/ab/<hex>, bounded
+// Cache is an on-disk chunk cache laid out as DIR/chunks/ab/<hex> (and
+// whole files assembled from chunks, see OpenFile), bounded
 // by total chunk bytes with least-recently-used eviction. File modification
 // times carry the recency across restarts: Open orders by them, and a hit
 // touches the file. It is safe for concurrent use, including by several
@@ -40,9 +41,27 @@ type Stats struct {
 type Cache struct {
 	dir string
 
-	mu    sync.Mutex
-	idx   *lru[struct{}]
-	stats Stats
+	mu       sync.Mutex
+	idx      *lru[kind]
+	stats    Stats
+	verified map[bootstrap.Digest]bool // whole files checked by this process
+}
+
+// kind tells what an index entry is: chunks and whole files share one
+// size limit and one recency order.
+type kind bool
+
+const (
+	chunkEntry kind = false
+	fileEntry  kind = true
+)
+
+// subdir is where entries of each kind live under the cache directory.
+func (k kind) subdir() string {
+	if k == fileEntry {
+		return "files"
+	}
+	return "chunks"
 }
 
 // tempPrefix marks files being written; Open deletes leftovers.
@@ -54,46 +73,49 @@ func Open(dir string, maxBytes int64) (*Cache, error) {
 	if maxBytes < 0 {
 		return nil, fmt.Errorf("open cache %s: negative size limit %d", dir, maxBytes)
 	}
-	root := filepath.Join(dir, "chunks")
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, fmt.Errorf("open cache: %w", err)
-	}
 	type found struct {
 		d     bootstrap.Digest
+		k     kind
 		size  int64
 		mtime time.Time
 	}
 	var files []found
-	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
+	for _, k := range []kind{chunkEntry, fileEntry} {
+		root := filepath.Join(dir, k.subdir())
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return nil, fmt.Errorf("open cache: %w", err)
 		}
-		if e.IsDir() {
-			return nil
-		}
-		d, ok := parseName(root, p)
-		info, ierr := e.Info()
-		if !ok || ierr != nil || !info.Mode().IsRegular() {
-			// Interrupted writes and strays: nothing can ever look them up.
-			if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-				return rerr
+		err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				return err
 			}
+			if e.IsDir() {
+				return nil
+			}
+			d, ok := parseName(root, p)
+			info, ierr := e.Info()
+			if !ok || ierr != nil || !info.Mode().IsRegular() {
+				// Interrupted writes and strays: nothing can ever look them up.
+				if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+					return rerr
+				}
+				return nil
+			}
+			files = append(files, found{d, k, info.Size(), info.ModTime()})
 			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("open cache %s: scan: %w", dir, err)
 		}
-		files = append(files, found{d, info.Size(), info.ModTime()})
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open cache %s: scan: %w", dir, err)
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].mtime.Before(files[j].mtime) })
-	c := &Cache{dir: dir, idx: newLRU[struct{}](maxBytes)}
+	c := &Cache{dir: dir, idx: newLRU[kind](maxBytes), verified: map[bootstrap.Digest]bool{}}
 	c.stats.MaxBytes = maxBytes
-	var evicted []lruEntry[struct{}]
+	var evicted []lruEntry[kind]
 	for _, f := range files {
 		// Oldest first, so the newest end up most recent and a limit
 		// lowered since the last run trims the oldest.
-		evicted = append(evicted, c.idx.add(f.d, f.size, struct{}{})...)
+		evicted = append(evicted, c.idx.add(f.d, f.size, f.k)...)
 	}
 	c.removeFiles(evicted)
 	return c, nil
@@ -116,9 +138,11 @@ func parseName(root, p string) (bootstrap.Digest, bool) {
 	return d, true
 }
 
-func (c *Cache) path(d bootstrap.Digest) string {
+func (c *Cache) path(d bootstrap.Digest) string { return c.pathOf(d, chunkEntry) }
+
+func (c *Cache) pathOf(d bootstrap.Digest, k kind) string {
 	h := d.Hex()
-	return filepath.Join(c.dir, "chunks", h[:2], h)
+	return filepath.Join(c.dir, k.subdir(), h[:2], h)
 }
 
 // Dir returns the directory the cache lives in.
@@ -183,7 +207,7 @@ func (c *Cache) Put(d bootstrap.Digest, data []byte) error {
 		return fmt.Errorf("cache put %s: %w", d, err)
 	}
 	c.mu.Lock()
-	evicted := c.idx.add(d, int64(len(data)), struct{}{})
+	evicted := c.idx.add(d, int64(len(data)), chunkEntry)
 	c.mu.Unlock()
 	c.removeFiles(evicted)
 	return nil
@@ -211,15 +235,18 @@ func writeAtomic(p string, data []byte) error {
 	return err
 }
 
-func (c *Cache) removeFiles(evicted []lruEntry[struct{}]) {
+func (c *Cache) removeFiles(evicted []lruEntry[kind]) {
 	if len(evicted) == 0 {
 		return
 	}
 	for _, e := range evicted {
-		_ = os.Remove(c.path(e.key))
+		_ = os.Remove(c.pathOf(e.key, e.val))
 	}
 	c.mu.Lock()
 	c.stats.Evictions += int64(len(evicted))
+	for _, e := range evicted {
+		delete(c.verified, e.key)
+	}
 	c.mu.Unlock()
 }
 

@@ -36,6 +36,10 @@ type Fetcher struct {
 	// index holds each bootstrap's frame index for as long as the
 	// bootstrap is alive: a long-running agent mounts and drops many.
 	index sync.Map // weak.Pointer[bootstrap.Bootstrap] → *frameIndex
+	// assembling lists backing files being assembled; assembly admits
+	// one at a time.
+	assembling map[bootstrap.Digest]bool
+	assembly   chan struct{}
 
 	memHits, cacheHits, misses, zeros atomic.Int64
 }
@@ -69,6 +73,9 @@ func New(c *cache.Cache, sources ...Source) *Fetcher {
 		mem:    cache.NewMemory(DefaultMemoryBytes),
 		log:    slog.Default(),
 		flight: map[frameKey]*call{},
+
+		assembling: map[bootstrap.Digest]bool{},
+		assembly:   make(chan struct{}, 1),
 	}
 	for _, s := range sources {
 		f.sources = append(f.sources, &source{Source: s})

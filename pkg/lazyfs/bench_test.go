@@ -3,6 +3,7 @@ package lazyfs
 import (
 	"context"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,7 +16,6 @@ import (
 	"github.com/skiff-dev/skiff/pkg/cache"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
-	"github.com/skiff-dev/skiff/pkg/store/dir"
 )
 
 // BenchmarkSequentialRead reads a 64 MiB file once through a fresh mount
@@ -27,18 +27,8 @@ func BenchmarkSequentialRead(b *testing.B) {
 	requireFUSE(b)
 	const size = 64 << 20
 	data := fixture.Text(1, size)
-	img, err := fetchtest.Build([]fetchtest.Entry{{Path: "/f", Mode: bootstrap.ModeRegular | 0o644, Data: data}},
+	img, st := uploaded(b, []fetchtest.Entry{{Path: "/f", Mode: bootstrap.ModeRegular | 0o644, Data: data}},
 		fetchtest.Options{ChunkSize: 1 << 20, Compression: bootstrap.Zstd})
-	if err != nil {
-		b.Fatal(err)
-	}
-	st, err := dir.New(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := img.Upload(context.Background(), st); err != nil {
-		b.Fatal(err)
-	}
 	local := filepath.Join(b.TempDir(), "f")
 	if err := os.WriteFile(local, data, 0o644); err != nil {
 		b.Fatal(err)
@@ -91,4 +81,98 @@ func BenchmarkSequentialRead(b *testing.B) {
 	b.ReportMetric(mbps(plain), "local-MiB/s")
 	b.ReportMetric(mbps(cold)/mbps(plain), "cold/local")
 	b.ReportMetric(mbps(warm)/mbps(plain), "warm/local")
+}
+
+// BenchmarkSequentialReadCached reads a 1 GiB file whose chunks are all in
+// the disk cache through a fresh mount, with and without passthrough, and
+// the same bytes from a plain local file, each with its page cache
+// dropped first, and reports the mount's throughput against the local
+// file's.
+func BenchmarkSequentialReadCached(b *testing.B) {
+	requireFUSE(b)
+	if os.Geteuid() != 0 {
+		b.Skip("FUSE passthrough needs root (CAP_SYS_ADMIN)")
+	}
+	const size = 1 << 30
+	data := fixture.Text(1, size)
+	img, st := uploaded(b, []fetchtest.Entry{{Path: "/f", Mode: bootstrap.ModeRegular | 0o644, Data: data}},
+		fetchtest.Options{ChunkSize: 1 << 20, Compression: bootstrap.None})
+	ctx := context.Background()
+	img.Blobs = nil
+	local := filepath.Join(b.TempDir(), "f")
+	if err := os.WriteFile(local, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	data = nil
+	cacheDir := b.TempDir()
+	c, err := cache.Open(cacheDir, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	ino, _ := img.Bootstrap.LookupPath("/f")
+	if err := f.Prefetch(ctx, img.Bootstrap, []uint32{ino}); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Materialize(ctx, img.Bootstrap, ino); err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	// dropPages writes back and drops the page cache of every file under
+	// root, so each read starts from the disk.
+	dropPages := func(root string) {
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return nil
+			}
+			if fl, err := os.Open(p); err == nil {
+				fl.Sync()
+				unix.Fadvise(int(fl.Fd()), 0, 0, unix.FADV_DONTNEED)
+				fl.Close()
+			}
+			return nil
+		})
+	}
+	read := func(p string) time.Duration {
+		fl, err := os.Open(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer fl.Close()
+		start := time.Now()
+		n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{fl}, buf)
+		if err != nil || n != size {
+			b.Fatalf("read %s: %d bytes, %v", p, n, err)
+		}
+		return time.Since(start)
+	}
+	mountRead := func(passthrough bool) time.Duration {
+		mnt := b.TempDir()
+		// A fresh fetcher: nothing of the file is held in memory.
+		srv, err := Mount(ctx, mnt, img.Bootstrap, fetch.New(c, fetch.NewStoreSource("store", st)), Options{Passthrough: passthrough})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			srv.Unmount()
+			srv.Wait()
+		}()
+		dropPages(cacheDir)
+		return read(filepath.Join(mnt, "f"))
+	}
+	var native, pass, nopass time.Duration
+	b.SetBytes(size)
+	b.ResetTimer()
+	for range b.N {
+		dropPages(filepath.Dir(local))
+		native += read(local)
+		pass += mountRead(true)
+		nopass += mountRead(false)
+	}
+	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / (1 << 20) }
+	b.ReportMetric(mbps(native), "native-MiB/s")
+	b.ReportMetric(mbps(pass), "passthrough-MiB/s")
+	b.ReportMetric(mbps(nopass), "nopassthrough-MiB/s")
+	b.ReportMetric(float64(native)/float64(pass), "seq-read-passthrough/native")
+	b.ReportMetric(float64(native)/float64(nopass), "seq-read-nopassthrough/native")
 }

@@ -32,8 +32,28 @@ type ChunkReader interface {
 	ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error)
 }
 
+// BackingFiler provides files on local disk holding the whole content of
+// an image file, which the kernel then reads directly (FUSE passthrough)
+// instead of asking the mount for every page. *fetch.Fetcher implements
+// it.
+type BackingFiler interface {
+	// BackingFile returns a read-only file with exactly the content of
+	// regular file ino of b, or false when there is none (yet).
+	BackingFile(ctx context.Context, b *bootstrap.Bootstrap, ino uint32) (*os.File, bool)
+}
+
+// PassthroughMinSize is the smallest file served by passthrough. Smaller
+// files gain little once in the kernel's page cache, and each would be
+// stored a second time as a backing file.
+const PassthroughMinSize = 1 << 20
+
 // Options tune a mount.
 type Options struct {
+	// Passthrough lets the kernel read files the ChunkReader can back
+	// with a local file (it must implement BackingFiler) straight from
+	// that file, at native speed (FUSE passthrough, Linux 6.9, root).
+	// Files not yet entirely local are served through the mount as usual.
+	Passthrough bool
 	// Logger receives read failures; default slog.Default().
 	Logger *slog.Logger
 	// Debug logs every FUSE request to the Logger.
@@ -71,6 +91,14 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 		opts.CacheTimeout = 24 * time.Hour
 	}
 	fsys := &fileSystem{b: b, r: r, log: opts.Logger, ready: make(chan struct{})}
+	var disabled int64
+	if bf, ok := r.(BackingFiler); ok && opts.Passthrough {
+		fsys.backing = bf
+	} else {
+		// Negotiating passthrough raises the mount's stacking depth even
+		// when no file uses it.
+		disabled = fuse.CAP_PASSTHROUGH
+	}
 	root := &node{fs: fsys, ino: bootstrap.RootInode}
 	timeout := opts.CacheTimeout
 	// go-fuse only logs requests (with Debug) and otherwise things it
@@ -95,6 +123,10 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 			DisableSplice: true,
 			Debug:         opts.Debug,
 			Logger:        slog.NewLogLogger(opts.Logger.Handler(), fuseLevel),
+			// Backing files live on an ordinary filesystem; the mount
+			// itself may be an overlay lower directory.
+			MaxStackDepth:        1,
+			DisabledCapabilities: uint64(disabled),
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,
@@ -170,9 +202,10 @@ func (m *Server) Wait() { m.server.Wait() }
 
 // fileSystem is the state shared by every node of one mount.
 type fileSystem struct {
-	b   *bootstrap.Bootstrap
-	r   ChunkReader
-	log *slog.Logger
+	b       *bootstrap.Bootstrap
+	r       ChunkReader
+	backing BackingFiler // nil: no passthrough
+	log     *slog.Logger
 	// ready is closed once go-fuse has taught the kernel that this
 	// filesystem does not implement poll. Until then, opening a file from
 	// this very process could deadlock it: the Go runtime adds every
@@ -198,6 +231,11 @@ type node struct {
 
 	offsOnce sync.Once
 	offs     []int64 // file offset of each chunk, plus the size
+
+	// cachedOpens counts open handles served through the mount: the
+	// kernel refuses (EIO) a passthrough open while an inode has any.
+	mu          sync.Mutex
+	cachedOpens int
 }
 
 var (
@@ -361,15 +399,61 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 // Open implements fs.NodeOpener. Pages stay cached across opens: the
-// content behind an inode never changes.
+// content behind an inode never changes. A large file that is entirely
+// local is opened in passthrough mode when the mount allows it.
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	if n.inode().Type() != bootstrap.ModeRegular {
+	in := n.inode()
+	if in.Type() != bootstrap.ModeRegular {
 		return nil, 0, syscall.EINVAL
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	if n.fs.backing == nil || in.Size < PassthroughMinSize {
+		return nil, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cachedOpens == 0 {
+		if f, ok := n.fs.backing.BackingFile(ctx, n.fs.b, n.ino); ok {
+			return &fileHandle{node: n, backing: f}, 0, 0
+		}
+	}
+	n.cachedOpens++
+	return &fileHandle{node: n}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// fileHandle is an open file of a mount that may use passthrough.
+type fileHandle struct {
+	node    *node
+	backing *os.File // nil: served through the mount
+}
+
+var (
+	_ fs.FilePassthroughFder = (*fileHandle)(nil)
+	_ fs.FileReleaser        = (*fileHandle)(nil)
+)
+
+// PassthroughFd implements fs.FilePassthroughFder. go-fuse registers the
+// descriptor with the kernel once per inode and reuses it for every
+// passthrough open while one is open.
+func (h *fileHandle) PassthroughFd() (int, bool) {
+	if h.backing == nil {
+		return 0, false
+	}
+	return int(h.backing.Fd()), true
+}
+
+// Release implements fs.FileReleaser.
+func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	if h.backing != nil {
+		h.backing.Close()
+		return 0
+	}
+	h.node.mu.Lock()
+	h.node.cachedOpens--
+	h.node.mu.Unlock()
+	return 0
 }
 
 func (n *node) offsets() []int64 {

@@ -110,17 +110,7 @@ func requireFUSE(t testing.TB) {
 func mountEntries(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compression) *testMount {
 	t.Helper()
 	requireFUSE(t)
-	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: chunkSize, Compression: comp, PackSize: 4 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := dir.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Upload(context.Background(), st); err != nil {
-		t.Fatal(err)
-	}
+	img, st := uploaded(t, entries, fetchtest.Options{ChunkSize: chunkSize, Compression: comp, PackSize: 4 << 10})
 	tm := &testMount{dir: t.TempDir(), img: img, files: map[string][]byte{}, store: st, logs: &syncBuffer{}}
 	for _, e := range entries {
 		if e.Mode&bootstrap.ModeType == bootstrap.ModeRegular {

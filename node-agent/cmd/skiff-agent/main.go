@@ -47,6 +47,7 @@ type config struct {
 	CacheSize    int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
 	RecordWindow time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
 	PrefetchAll  bool          `env:"PREFETCH_ALL" envDefault:"false"`
+	Passthrough  bool          `env:"PASSTHROUGH" envDefault:"true"`
 	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
 }
 
@@ -58,6 +59,7 @@ var help = map[string]string{
 	"CACHE_SIZE":    "chunk cache size limit in bytes (least recently used chunks are evicted)",
 	"RECORD_WINDOW": "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
 	"PREFETCH_ALL":  "after the startup set, prefetch the rest of each image",
+	"PASSTHROUGH":   "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+)",
 	"LOG_LEVEL":     "debug, info, warn or error",
 }
 
@@ -215,7 +217,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	f := fetch.New(c, fetch.NewStoreSource("store", st))
-	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, Logger: log})
+	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, Passthrough: cfg.Passthrough, Logger: log})
 	if err != nil {
 		return err
 	}

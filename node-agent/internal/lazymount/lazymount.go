@@ -36,6 +36,9 @@ type Options struct {
 	RecordWindow time.Duration
 	// PrefetchAll warms the whole image after the startup set.
 	PrefetchAll bool
+	// Passthrough lets the kernel read large files that are entirely in
+	// the local cache straight from disk (FUSE passthrough).
+	Passthrough bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -152,7 +155,7 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 		m.log.Info("lazymount: detached stale mount", "mountpoint", mp)
 	}
 	rec := newRecorder(b, m.fetch, m.opts.RecordWindow)
-	srv, err := lazyfs.Mount(ctx, mp, b, rec, lazyfs.Options{Logger: m.log})
+	srv, err := lazyfs.Mount(ctx, mp, b, rec, lazyfs.Options{Logger: m.log, Passthrough: m.opts.Passthrough})
 	if err != nil {
 		return "", err
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -77,7 +78,10 @@ type recorder struct {
 	order    []uint32
 }
 
-var _ lazyfs.ChunkReader = (*recorder)(nil)
+var (
+	_ lazyfs.ChunkReader  = (*recorder)(nil)
+	_ lazyfs.BackingFiler = (*recorder)(nil)
+)
 
 func newRecorder(b *bootstrap.Bootstrap, r lazyfs.ChunkReader, window time.Duration) *recorder {
 	return &recorder{b: b, r: r, on: window > 0, deadline: time.Now().Add(window), seen: map[uint32]bool{}}
@@ -87,6 +91,22 @@ func newRecorder(b *bootstrap.Bootstrap, r lazyfs.ChunkReader, window time.Durat
 func (rec *recorder) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error) {
 	rec.note(idx)
 	return rec.r.ReadChunk(ctx, b, idx)
+}
+
+// BackingFile implements lazyfs.BackingFiler. A file read through its
+// backing file never reaches ReadChunk, so its opening is what is noted.
+func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, ino uint32) (*os.File, bool) {
+	bf, ok := rec.r.(lazyfs.BackingFiler)
+	if !ok {
+		return nil, false
+	}
+	f, ok := bf.BackingFile(ctx, b, ino)
+	if ok {
+		if cs := b.FileChunks(ino); len(cs) > 0 {
+			rec.note(cs[0])
+		}
+	}
+	return f, ok
 }
 
 func (rec *recorder) note(idx uint32) {

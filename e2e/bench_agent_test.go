@@ -1,0 +1,332 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/skiff-dev/skiff/internal/fixture"
+	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/image"
+)
+
+// Host trees the large benchmark image is built from (no image can be
+// pulled here): a Go toolchain and the machine's shared libraries, each
+// its own layer under the same path as on the host.
+var largeImageTrees = []string{"/usr/local/go", "/usr/lib/x86_64-linux-gnu"}
+
+// BenchmarkAgentLazyStart runs a large image (the Go toolchain and the
+// shared libraries: ≥ 400 MB, ≥ 15k files, a layer ≥ 80 MB) on a real
+// containerd, once lazily through the agent and once as a plain OCI image
+// pulled and unpacked by containerd, both from a loopback registry (and
+// MinIO for Skiff), and reports in one run:
+//
+//   - lazy-first-output/oci-pull-run: from `skiffctl pull` to the first
+//     output of a command that reads under 10% of the image, against
+//     `ctr image pull` plus `ctr run` of the original;
+//   - fetched-before-first-output/compressed-size: every byte the node
+//     received from the registry and the store until then, against the
+//     image's compressed layers;
+//   - small-files-after-lazy-start/oci: a command reading ~50 MB over 5k
+//     small files run right after the lazy start, against the same
+//     command on the fully pulled image.
+func BenchmarkAgentLazyStart(b *testing.B) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	e := startAgentEnv(b, testenv.ContainerdOptions{})
+	for _, dir := range largeImageTrees {
+		if _, err := os.Stat(dir); err != nil {
+			b.Skipf("the large image is built from %s: %v", dir, err)
+		}
+	}
+	work := b.TempDir()
+	first, small := benchLists(b)
+	probe, err := os.ReadFile(e.bin.probe)
+	if err != nil {
+		b.Fatal(err)
+	}
+	layers := []v1.Layer{tarLayer(b, map[string][]byte{
+		"bin/probe":        probe,
+		"bench/first.list": []byte(first),
+		"bench/small.list": []byte(small),
+	}, map[string]int64{"bin/probe": 0o755})}
+	var compressed, unpacked int64
+	for i, dir := range largeImageTrees {
+		l, n := hostLayer(b, filepath.Join(work, fmt.Sprintf("layer%d.tar.gz", i)), dir)
+		size, err := l.Size()
+		if err != nil {
+			b.Fatal(err)
+		}
+		compressed += size
+		unpacked += n
+		layers = append(layers, l)
+	}
+	img, err := fixture.Image(layers...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", runtime.GOARCH
+	cfg.Config.Entrypoint = []string{"/bin/probe"}
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		b.Fatal(err)
+	}
+	direct := e.reg.Addr + "/large:v1"
+	if err := image.Write(ctx, direct, img); err != nil {
+		b.Fatal(err)
+	}
+	src, err := image.Load(ctx, direct)
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := convert.New(e.store, convert.Options{Compression: bootstrap.Zstd}).Convert(ctx, src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	skiffRef, err := image.SkiffTag(direct)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := image.Write(ctx, skiffRef, res.Image); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("image: %d layers, %d B compressed, %d B unpacked, %d files; bootstrap %d B; converted in %s",
+		len(layers), compressed, unpacked, res.Stats.Files, res.BootstrapSize, res.Duration.Round(time.Millisecond))
+
+	// Everything the node receives passes a counting proxy: the registry
+	// for containerd and the agent's referrer lookups, MinIO for the
+	// mount process (bootstrap and chunks).
+	reg := startCountingProxy(b, e.reg.Addr)
+	storeURL, err := url.Parse(e.storeURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s3 := startCountingProxy(b, storeURL.Query().Get("endpoint"))
+	e.stopAll()
+	for i, kv := range e.agentEnv {
+		if strings.HasPrefix(kv, "SKIFF_AGENT_STORE=") {
+			e.agentEnv[i] = "SKIFF_AGENT_STORE=" + strings.Replace(e.storeURL, s3.target, s3.addr, 1)
+		}
+	}
+	e.startAgent()
+	waitFor(b, ctx, func() error {
+		_, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
+		return err
+	})
+	ref := reg.addr + "/large:v1"
+
+	b.ResetTimer()
+	// Skiff: pull, then the command; timed to its first output.
+	reg.reset()
+	s3.reset()
+	start := time.Now()
+	e.pull(ctx, ref)
+	pulled := time.Since(start)
+	var regBytes, storeBytes int64
+	out, firstAt := runTimed(b, ctx, e, func() { regBytes, storeBytes = reg.bytes(), s3.bytes() },
+		"--snapshotter", "skiff", ref, "lazy-first", "/bin/probe", "list", "/bench/first.list")
+	lazyFirst := firstAt.Sub(start)
+	fetched := regBytes + storeBytes
+	b.Logf("skiff: pulled in %s, first output after %s, %d B fetched by then (registry %d, store %d); %s",
+		pulled.Round(time.Millisecond), lazyFirst.Round(time.Millisecond), fetched, regBytes, storeBytes, strings.TrimSpace(out))
+	start = time.Now()
+	out, _ = runTimed(b, ctx, e, nil, "--snapshotter", "skiff", ref, "lazy-small", "/bin/probe", "list", "/bench/small.list")
+	lazySmall := time.Since(start)
+	b.Logf("skiff: small files in %s: %s", lazySmall.Round(time.Millisecond), strings.TrimSpace(out))
+
+	// OCI: plain pull and unpack into overlayfs, then the same commands.
+	start = time.Now()
+	if out, err := e.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
+		b.Fatalf("%v\n%s", err, out)
+	}
+	pulled = time.Since(start)
+	out, firstAt = runTimed(b, ctx, e, nil, "--snapshotter", "overlayfs", ref, "oci-first", "/bin/probe", "list", "/bench/first.list")
+	ociFirst := firstAt.Sub(start)
+	b.Logf("oci: pulled in %s, first output after %s; %s", pulled.Round(time.Millisecond), ociFirst.Round(time.Millisecond), strings.TrimSpace(out))
+	start = time.Now()
+	out, _ = runTimed(b, ctx, e, nil, "--snapshotter", "overlayfs", ref, "oci-small", "/bin/probe", "list", "/bench/small.list")
+	ociSmall := time.Since(start)
+	b.Logf("oci: small files in %s: %s", ociSmall.Round(time.Millisecond), strings.TrimSpace(out))
+	b.StopTimer()
+
+	b.ReportMetric(float64(lazyFirst)/float64(ociFirst), "lazy-first-output/oci-pull-run")
+	b.ReportMetric(float64(fetched)/float64(compressed), "fetched-before-first-output/compressed-size")
+	b.ReportMetric(float64(lazySmall)/float64(ociSmall), "small-files-after-lazy-start/oci")
+	if stats, err := exec.CommandContext(ctx, "curl", "-s", "--unix-socket", filepath.Join(e.root, "mountd.sock"), "http://mountd/stats").Output(); err == nil {
+		b.Logf("mount process fetch stats: %s", stats)
+	}
+}
+
+// benchLists chooses what the two benchmark commands read, from the
+// image's Go toolchain. first: a few small sources, then the first output,
+// then the compiler and linker (together under 10% of the image). small:
+// files of 1 to 64 KiB in walk order, 5000 of them, about 50 MB.
+func benchLists(b *testing.B) (first, small string) {
+	goroot := largeImageTrees[0]
+	var startup []string
+	for _, name := range []string{"VERSION", "go.env", "src/fmt/print.go", "src/fmt/format.go", "src/os/file.go"} {
+		startup = append(startup, filepath.Join(goroot, name))
+	}
+	rest := []string{filepath.Join(goroot, "pkg/tool/linux_amd64/compile"), filepath.Join(goroot, "pkg/tool/linux_amd64/link")}
+	first = strings.Join(startup, "\n") + "\n-\n" + strings.Join(rest, "\n") + "\n"
+	var files []string
+	var total int64
+	err := filepath.WalkDir(goroot, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || len(files) == 5000 {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if info.Size() >= 1<<10 && info.Size() <= 64<<10 {
+			files = append(files, p)
+			total += info.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("small-files command reads %d files, %d B", len(files), total)
+	return first, strings.Join(files, "\n") + "\n"
+}
+
+// hostLayer writes the tree at dir as a gzip layer file and returns the
+// layer and the bytes of file content in it.
+func hostLayer(b *testing.B, path, dir string) (v1.Layer, int64) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	zw, err := gzip.NewWriterLevel(f, gzip.DefaultCompression)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tw := tar.NewWriter(zw)
+	var n int64
+	count := func(rel string, hdr *tar.Header, data []byte) []byte {
+		n += int64(len(data))
+		return data
+	}
+	if err := fixture.TarTree(tw, dir, strings.TrimPrefix(dir, "/"), count); err != nil {
+		b.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		b.Fatal(err)
+	}
+	l, err := tarball.LayerFromFile(path, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return l, n
+}
+
+// runTimed runs a container with ctr run --rm and returns its output and
+// when its first output arrived; atFirst, if set, runs right then.
+func runTimed(b *testing.B, ctx context.Context, e *agentEnv, atFirst func(), args ...string) (string, time.Time) {
+	b.Helper()
+	cmd := exec.CommandContext(ctx, e.ctrd.CtrPath, append([]string{"--address", e.ctrd.Address, "run", "--rm"}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	r := bufio.NewReader(stdout)
+	var firstAt time.Time
+	var out strings.Builder
+	if _, err := r.Peek(1); err == nil {
+		firstAt = time.Now()
+		if atFirst != nil {
+			atFirst()
+		}
+	}
+	_, _ = io.Copy(&out, r)
+	if err := cmd.Wait(); err != nil || firstAt.IsZero() {
+		b.Fatalf("ctr run %s: %v\n%s%s\n%s", strings.Join(args, " "), err, out.String(), stderr.String(), e.logs())
+	}
+	return out.String(), firstAt
+}
+
+// countingProxy forwards HTTP to target and counts the response bytes.
+type countingProxy struct {
+	addr, target string
+	n            atomic.Int64
+}
+
+func startCountingProxy(b *testing.B, target string) *countingProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := &countingProxy{addr: l.Addr().String(), target: target}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rp.ServeHTTP(&countingWriter{ResponseWriter: w, n: &p.n}, r)
+	})}
+	go srv.Serve(l)
+	b.Cleanup(func() { srv.Close() })
+	return p
+}
+
+func (p *countingProxy) reset()       { p.n.Store(0) }
+func (p *countingProxy) bytes() int64 { return p.n.Load() }
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	w.n.Add(int64(n))
+	return n, err
+}
+
+// Flush keeps streamed responses streaming through the proxy.
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}

@@ -1,0 +1,97 @@
+package fetch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/cache"
+)
+
+func TestBackingFile(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	st := upload(t, img)
+	ctx := context.Background()
+	for _, p := range []string{"/big", "/sparse", "/zeros", "/random", "/small/f03"} {
+		t.Run(p, func(t *testing.T) {
+			dir := t.TempDir()
+			c, err := cache.Open(dir, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := New(c, NewStoreSource("store", st))
+			ino, _ := b.LookupPath(p)
+			if file, ok := f.BackingFile(ctx, b, ino); ok {
+				file.Close()
+				t.Fatal("backing file offered before any chunk was read")
+			}
+			if err := f.Materialize(ctx, b, ino); !errors.Is(err, ErrNotLocal) && !(p == "/zeros" && err == nil) {
+				t.Fatalf("materialize of an uncached file: %v", err)
+			}
+			if _, err := readFile(ctx, f, b, p); err != nil {
+				t.Fatal(err)
+			}
+			// The first open after the file is local starts assembling it.
+			var file *os.File
+			for deadline := time.Now().Add(10 * time.Second); file == nil; {
+				if fl, ok := f.BackingFile(ctx, b, ino); ok {
+					file = fl
+				} else if time.Now().After(deadline) {
+					t.Fatal("backing file never assembled")
+				} else {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			got, err := io.ReadAll(file)
+			file.Close()
+			if err != nil || !bytes.Equal(got, files[p]) {
+				t.Fatalf("backing file: %d bytes (%v), want %d", len(got), err, len(files[p]))
+			}
+
+			// A later process checks the file before trusting it.
+			id := FileID(b, ino)
+			backing := filepath.Join(dir, "files", id.Hex()[:2], id.Hex())
+			bad := bytes.Clone(got)
+			bad[len(bad)/2] ^= 1
+			if err := os.WriteFile(backing, bad, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c2, err := cache.Open(dir, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f2 := New(c2, NewStoreSource("store", st))
+			if fl, ok := f2.BackingFile(ctx, b, ino); ok {
+				fl.Close()
+				t.Fatal("corrupt backing file served")
+			}
+			if c2.Stats().Corrupt != 1 {
+				t.Fatalf("cache stats %+v, want one corrupt file", c2.Stats())
+			}
+		})
+	}
+}
+
+func TestFileIDNamesContent(t *testing.T) {
+	img, _ := testImage(t, bootstrap.None)
+	b := img.Bootstrap
+	ids := map[bootstrap.Digest]string{}
+	for _, p := range []string{"/big", "/sparse", "/zeros", "/random", "/small/f03", "/small/f04"} {
+		ino, _ := b.LookupPath(p)
+		id := FileID(b, ino)
+		if other, ok := ids[id]; ok {
+			t.Fatalf("%s and %s share an id", p, other)
+		}
+		ids[id] = p
+		if FileID(b, ino) != id {
+			t.Fatalf("%s: id not stable", p)
+		}
+	}
+}
