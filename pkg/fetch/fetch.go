@@ -152,7 +152,7 @@ func (f *Fetcher) frame(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, 
 				f.finish(k, cl, nil, errCached)
 				return nil, errCached
 			}
-			data, err := f.fetchFrame(ctx, b, fi, want)
+			data, err := f.fetchAhead(ctx, b, fi, want)
 			f.finish(k, cl, data, err)
 			return data, err
 		}

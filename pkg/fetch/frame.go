@@ -23,6 +23,11 @@ const (
 type frameIndex struct {
 	start  []uint32 // chunks of frame i are chunks[start[i]:start[i+1]]
 	chunks []uint32
+	// order lists the frames by blob and offset, where they are stored;
+	// rank is the inverse. Readahead follows this order.
+	order, rank []uint32
+
+	ra readahead
 }
 
 func newFrameIndex(b *bootstrap.Bootstrap) *frameIndex {
@@ -34,6 +39,21 @@ func newFrameIndex(b *bootstrap.Bootstrap) *frameIndex {
 	}
 	for i := 1; i < len(ix.start); i++ {
 		ix.start[i] += ix.start[i-1]
+	}
+	ix.order = make([]uint32, len(b.Frames))
+	for i := range ix.order {
+		ix.order[i] = uint32(i)
+	}
+	sort.Slice(ix.order, func(i, j int) bool {
+		fi, fj := b.Frames[ix.order[i]], b.Frames[ix.order[j]]
+		if fi.Blob != fj.Blob {
+			return fi.Blob < fj.Blob
+		}
+		return fi.Offset < fj.Offset
+	})
+	ix.rank = make([]uint32, len(b.Frames))
+	for r, fi := range ix.order {
+		ix.rank[fi] = uint32(r)
 	}
 	ix.chunks = make([]uint32, ix.start[len(b.Frames)])
 	next := append([]uint32(nil), ix.start[:len(b.Frames)]...)
