@@ -42,6 +42,45 @@ type Fetcher struct {
 	assembly   chan struct{}
 
 	memHits, cacheHits, misses, zeros atomic.Int64
+
+	// sink, when set, sees the stored bytes of every verified frame.
+	sink FrameSink
+}
+
+// FrameSink receives the stored (compressed) bytes of each frame the
+// Fetcher verified after reading it from a source. The chunk caches hold
+// decompressed chunks, from which the stored bytes cannot be rebuilt, so a
+// node that serves pieces to peers keeps them through a sink. KeepFrame
+// must not retain raw after it returns.
+type FrameSink interface {
+	KeepFrame(blob bootstrap.Digest, off int64, raw []byte)
+}
+
+// Rejecter is implemented by sources that want to know when bytes they
+// returned failed verification, so they can stop trusting whoever sent
+// them (a peer, say). off and size are those of the FetchFrame call.
+type Rejecter interface {
+	Reject(blob bootstrap.Digest, off, size int64, err error)
+}
+
+// SetFrameSink makes s receive every verified frame. Call it before the
+// Fetcher is used.
+func (f *Fetcher) SetFrameSink(s FrameSink) { f.sink = s }
+
+// sinkFrame hands frame fi's stored bytes to the sink, if any.
+func (f *Fetcher) sinkFrame(b *bootstrap.Bootstrap, fi uint32, raw []byte) {
+	if f.sink != nil {
+		fr := b.Frames[fi]
+		f.sink.KeepFrame(b.Blobs[fr.Blob], fr.Offset, raw)
+	}
+}
+
+// reject tells s, if it wants to know, that the bytes it returned for
+// [off, off+size) of blob were wrong.
+func reject(s *source, blob bootstrap.Digest, off, size int64, err error) {
+	if r, ok := s.Source.(Rejecter); ok {
+		r.Reject(blob, off, size, err)
+	}
 }
 
 // source is a Source with its counters.
@@ -235,7 +274,11 @@ func (f *Fetcher) fetchFrame(ctx context.Context, b *bootstrap.Bootstrap, fi uin
 		if err == nil {
 			s.frames.Add(1)
 			s.chunks.Add(int64(len(ix.of(fi))))
+			f.sinkFrame(b, fi, raw)
 			return data, nil
+		}
+		if raw != nil {
+			reject(s, blob, fr.Offset, int64(fr.CompressedSize), err)
 		}
 		s.errors.Add(1)
 		if ctx.Err() != nil {

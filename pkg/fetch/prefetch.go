@@ -36,6 +36,31 @@ func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes [
 			frames = append(frames, c.Frame)
 		}
 	}
+	if err := f.fetchRuns(ctx, b, frames, false); err != nil {
+		return fmt.Errorf("prefetch: %w", err)
+	}
+	return nil
+}
+
+// FetchFrames reads the given frames of b from the sources, verified,
+// even when their chunks are cached: it is how a seeder brings pieces in
+// from the store for a FrameSink. Nearby frames are read with one request.
+// The error names every frame that could not be fetched.
+func (f *Fetcher) FetchFrames(ctx context.Context, b *bootstrap.Bootstrap, frames []uint32) error {
+	for _, fi := range frames {
+		if int(fi) >= len(b.Frames) || int(b.Frames[fi].Blob) >= len(b.Blobs) {
+			return fmt.Errorf("fetch frames: frame %d out of range", fi)
+		}
+	}
+	if err := f.fetchRuns(ctx, b, frames, true); err != nil {
+		return fmt.Errorf("fetch frames: %w", err)
+	}
+	return nil
+}
+
+// fetchRuns fetches frames in runs of nearby frames; force fetches frames
+// whose chunks are cached, too.
+func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames []uint32, force bool) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(prefetchConcurrency)
 	errc := make(chan error, 1)
@@ -49,7 +74,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes [
 	}()
 	for _, r := range planRuns(b, frames) {
 		g.Go(func() error {
-			f.prefetchRun(gctx, b, r, errc)
+			f.prefetchRun(gctx, b, r, errc, force)
 			return gctx.Err()
 		})
 	}
@@ -59,10 +84,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes [
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("prefetch: %w", errors.Join(errs...))
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (f *Fetcher) cached(d bootstrap.Digest) bool {
@@ -71,8 +93,9 @@ func (f *Fetcher) cached(d bootstrap.Digest) bool {
 
 // prefetchRun fetches the frames of r that nobody else is fetching, with
 // one request per source tried; frames the merged read could not deliver
-// fall back to the per-frame path, which tries every source.
-func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run, errc chan<- error) {
+// fall back to the per-frame path, which tries every source. Unless force
+// is set, frames whose chunks are all cached are skipped.
+func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run, errc chan<- error, force bool) {
 	claimed := map[uint32]*call{}
 	var mine []uint32
 	ix := f.frameIndex(b)
@@ -81,7 +104,7 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 		if !leader {
 			continue
 		}
-		if f.frameCached(b, ix, fi) { // a reader got there first
+		if !force && f.frameCached(b, ix, fi) { // a reader got there first
 			f.finish(frameKey{b, fi}, cl, nil, errCached)
 			continue
 		}
@@ -110,11 +133,13 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 				data, err := ix.verified(b, fi, sub.frameBytes(b, raw, fi))
 				if err != nil {
 					s.errors.Add(1)
+					reject(s, blob, sub.off, sub.end-sub.off, err)
 					f.log.Warn("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", b.Frames[fi].Offset, "chunk", firstChunk(b, ix, fi), "err", err)
 					continue
 				}
 				s.frames.Add(1)
 				s.chunks.Add(int64(len(ix.of(fi))))
+				f.sinkFrame(b, fi, sub.frameBytes(b, raw, fi))
 				f.finish(frameKey{b, fi}, cl, data, nil)
 				delete(claimed, fi)
 			}

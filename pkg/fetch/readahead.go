@@ -120,19 +120,23 @@ func (f *Fetcher) fetchAhead(ctx context.Context, b *bootstrap.Bootstrap, fi uin
 				d, err := ix.verified(b, fj, r.frameBytes(b, raw, fj))
 				if err != nil {
 					// Counted when it is fetched on its own.
+					reject(s, blob, r.off, r.end-r.off, err)
 					f.log.Debug("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", b.Frames[fj].Offset, "chunk", firstChunk(b, ix, fj), "err", err)
 					continue
 				}
 				s.frames.Add(1)
 				s.chunks.Add(int64(len(ix.of(fj))))
+				f.sinkFrame(b, fj, r.frameBytes(b, raw, fj))
 				f.finish(frameKey{b, fj}, calls[i], d, nil)
 				done[i] = true
 			}
 			if d, err := ix.verified(b, fi, r.frameBytes(b, raw, fi)); err == nil {
 				s.frames.Add(1)
 				s.chunks.Add(int64(len(ix.of(fi))))
+				f.sinkFrame(b, fi, r.frameBytes(b, raw, fi))
 				data = d
 			} else {
+				reject(s, blob, r.off, r.end-r.off, err)
 				f.log.Debug("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", fr.Offset, "chunk", want, "err", err)
 			}
 			break

@@ -1,0 +1,125 @@
+package fetch
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// frameRecorder is a FrameSink keeping copies of what it is given.
+type frameRecorder struct {
+	mu     sync.Mutex
+	frames map[bootstrap.Digest]map[int64][]byte
+}
+
+func (r *frameRecorder) KeepFrame(blob bootstrap.Digest, off int64, raw []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.frames == nil {
+		r.frames = map[bootstrap.Digest]map[int64][]byte{}
+	}
+	if r.frames[blob] == nil {
+		r.frames[blob] = map[int64][]byte{}
+	}
+	r.frames[blob][off] = bytes.Clone(raw)
+}
+
+func (r *frameRecorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.frames {
+		n += len(m)
+	}
+	return n
+}
+
+// rejectingSource records the ranges the Fetcher rejected.
+type rejectingSource struct {
+	*StoreSource
+	mu       sync.Mutex
+	rejected int
+}
+
+func (s *rejectingSource) Reject(blob bootstrap.Digest, off, size int64, err error) {
+	s.mu.Lock()
+	s.rejected++
+	s.mu.Unlock()
+}
+
+func TestFrameSinkAndRejecter(t *testing.T) {
+	ctx := context.Background()
+	img, files := testImage(t, bootstrap.Zstd)
+	good := upload(t, img)
+	bad := upload(t, img)
+	if _, err := img.Corrupt(ctx, bad, "/big"); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		read func(t *testing.T, f *Fetcher) error
+	}{
+		{"read chunks", func(t *testing.T, f *Fetcher) error { checkFiles(t, f, img.Bootstrap, files); return nil }},
+		{"prefetch", func(t *testing.T, f *Fetcher) error {
+			var all []uint32
+			for i := range img.Bootstrap.Inodes {
+				all = append(all, uint32(i))
+			}
+			return f.Prefetch(ctx, img.Bootstrap, all)
+		}},
+		{"fetch frames", func(t *testing.T, f *Fetcher) error {
+			var all []uint32
+			for i := range img.Bootstrap.Frames {
+				all = append(all, uint32(i))
+			}
+			return f.FetchFrames(ctx, img.Bootstrap, all)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := &rejectingSource{StoreSource: NewStoreSource("corrupt", bad)}
+			f := New(nil, rs, NewStoreSource("good", good))
+			rec := &frameRecorder{}
+			f.SetFrameSink(rec)
+			if err := tt.read(t, f); err != nil {
+				t.Fatal(err)
+			}
+			if got := rec.count(); got != len(img.Bootstrap.Frames) {
+				t.Errorf("sink got %d frames, want all %d", got, len(img.Bootstrap.Frames))
+			}
+			// Every frame the sink kept is the stored one, corrupt ones
+			// never.
+			for blob, m := range rec.frames {
+				for off, raw := range m {
+					if want := img.Blobs[blob][off : off+int64(len(raw))]; !bytes.Equal(raw, want) {
+						t.Fatalf("sink kept wrong bytes for %s@%d", blob, off)
+					}
+				}
+			}
+			if rs.rejected == 0 {
+				t.Error("corrupt source was never told its bytes were rejected")
+			}
+		})
+	}
+}
+
+func TestFetchFramesRefetchesCachedChunks(t *testing.T) {
+	ctx := context.Background()
+	img, files := testImage(t, bootstrap.LZ4)
+	f := New(nil, NewStoreSource("store", upload(t, img)))
+	checkFiles(t, f, img.Bootstrap, files) // everything in memory now
+	rec := &frameRecorder{}
+	f.SetFrameSink(rec)
+	if err := f.FetchFrames(ctx, img.Bootstrap, []uint32{0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	if rec.count() != 2 {
+		t.Errorf("sink got %d frames, want 2", rec.count())
+	}
+	if err := f.FetchFrames(ctx, img.Bootstrap, []uint32{uint32(len(img.Bootstrap.Frames))}); err == nil {
+		t.Error("frame out of range accepted")
+	}
+}
