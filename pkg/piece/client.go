@@ -1,0 +1,59 @@
+package piece
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/telemetry"
+)
+
+// Client reads pieces from peers' Servers. Timeouts come from the
+// caller's context: a dead peer must cost a bounded wait, never a read.
+type Client struct {
+	http *http.Client
+}
+
+// NewClient returns a Client using hc, or a client of its own when nil.
+func NewClient(hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{
+			MaxIdleConnsPerHost: 8,
+			ForceAttemptHTTP2:   false,
+		}}
+	}
+	return &Client{http: hc}
+}
+
+// Get reads exactly size bytes of blob at off from the server at addr
+// (host:port).
+func (c *Client) Get(ctx context.Context, addr string, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	u := url.URL{Scheme: "http", Host: addr, Path: Path + blob.Hex(),
+		RawQuery: url.Values{"offset": {strconv.FormatInt(off, 10)}, "size": {strconv.FormatInt(size, 10)}}.Encode()}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
+	}
+	telemetry.InjectHTTP(ctx, req.Header)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %s: %s", blob, off, size, addr, resp.Status, msg)
+	}
+	buf := make([]byte, size)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
+	}
+	if n, _ := resp.Body.Read(make([]byte, 1)); n > 0 {
+		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: longer than asked", blob, off, size, addr)
+	}
+	return buf, nil
+}

@@ -1,0 +1,204 @@
+package piece
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+func TestRanges(t *testing.T) {
+	tests := []struct {
+		name     string
+		in       []Range
+		want     Ranges
+		off, end int64
+		covers   bool
+	}{
+		{"empty", nil, Ranges{}, 0, 1, false},
+		{"adjacent merge", []Range{{10, 20}, {0, 10}}, Ranges{{0, 20}}, 5, 20, true},
+		{"gap kept", []Range{{0, 10}, {11, 20}}, Ranges{{0, 10}, {11, 20}}, 5, 15, false},
+		{"overlap merge", []Range{{0, 10}, {5, 30}, {40, 50}}, Ranges{{0, 30}, {40, 50}}, 40, 50, true},
+		{"empty dropped", []Range{{5, 5}, {7, 9}}, Ranges{{7, 9}}, 7, 9, true},
+		{"past end", []Range{{0, 10}}, Ranges{{0, 10}}, 5, 11, false},
+		{"before start", []Range{{10, 20}}, Ranges{{10, 20}}, 9, 12, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Normalize(tt.in)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("Normalize(%v) = %v, want %v", tt.in, got, tt.want)
+			}
+			if c := got.Covers(tt.off, tt.end); c != tt.covers {
+				t.Errorf("%v.Covers(%d, %d) = %v, want %v", got, tt.off, tt.end, c, tt.covers)
+			}
+		})
+	}
+}
+
+var blobA = bootstrap.Sum([]byte("a"))
+
+// frames puts frames of the given sizes back to back at the start of
+// blob and returns the blob's bytes.
+func frames(t *testing.T, s *Store, blob bootstrap.Digest, sizes ...int) []byte {
+	t.Helper()
+	var all []byte
+	for i, n := range sizes {
+		data := bytes.Repeat([]byte{byte(i + 1)}, n)
+		if err := s.Put(blob, int64(len(all)), data); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, data...)
+	}
+	return all
+}
+
+func TestStoreRead(t *testing.T) {
+	s, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := frames(t, s, blobA, 10, 20, 30)
+	tests := []struct {
+		name      string
+		off, size int64
+		ok        bool
+	}{
+		{"one frame", 10, 20, true},
+		{"all frames", 0, 60, true},
+		{"two frames", 10, 50, true},
+		{"inside a frame", 5, 10, false},
+		{"ends inside a frame", 0, 15, false},
+		{"past the end", 30, 40, false},
+		{"zero size", 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := s.Read(blobA, tt.off, tt.size)
+			if tt.ok != (err == nil) || s.Has(blobA, tt.off, tt.size) != tt.ok {
+				t.Fatalf("Read [%d,+%d): err %v, want ok=%v", tt.off, tt.size, err, tt.ok)
+			}
+			if tt.ok && !bytes.Equal(got, all[tt.off:tt.off+tt.size]) {
+				t.Fatal("wrong bytes")
+			}
+		})
+	}
+	if h := s.Holdings(); len(h) != 1 || fmt.Sprint(h[0].Ranges) != "[{0 60}]" {
+		t.Errorf("holdings %+v", h)
+	}
+}
+
+func TestStoreEvictsAndReopens(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := s.Generation()
+	frames(t, s, blobA, 20, 20, 20) // the first frame must go
+	if s.Generation() == g {
+		t.Error("generation did not change")
+	}
+	if s.Has(blobA, 0, 20) || !s.Has(blobA, 20, 40) || s.Size() != 40 || s.Free() != 10 {
+		t.Fatalf("after eviction: size %d, holdings %+v", s.Size(), s.Holdings())
+	}
+	r, err := Open(dir, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Has(blobA, 20, 40) || r.Size() != 40 {
+		t.Fatalf("reopened: %+v", r.Holdings())
+	}
+}
+
+type countingSeeder struct {
+	store *Store
+	data  []byte
+	calls atomic.Int32
+	fail  bool
+}
+
+func (c *countingSeeder) Seed(ctx context.Context, blob bootstrap.Digest, off, size int64) error {
+	c.calls.Add(1)
+	if c.fail {
+		return errors.New("store unreachable")
+	}
+	return c.store.Put(blob, off, c.data[off:off+size])
+}
+
+func TestServerAndClient(t *testing.T) {
+	ctx := context.Background()
+	held, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := frames(t, held, blobA, 10, 20)
+	blobB := bootstrap.Sum([]byte("b"))
+	seedStore, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeder := &countingSeeder{store: seedStore, data: all}
+	failing := &countingSeeder{store: seedStore, fail: true}
+
+	plain := httptest.NewServer(NewServer(held, nil, nil))
+	defer plain.Close()
+	seeding := httptest.NewServer(NewServer(seedStore, seeder, nil))
+	defer seeding.Close()
+	broken := httptest.NewServer(NewServer(seedStore, failing, nil))
+	defer broken.Close()
+	c := NewClient(nil)
+	addr := func(s *httptest.Server) string { return strings.TrimPrefix(s.URL, "http://") }
+
+	tests := []struct {
+		name      string
+		srv       *httptest.Server
+		blob      bootstrap.Digest
+		off, size int64
+		wantErr   string
+	}{
+		{"held", plain, blobA, 0, 30, ""},
+		{"not held", plain, blobB, 0, 10, "404"},
+		{"misaligned", plain, blobA, 5, 10, "404"},
+		{"seeded on demand", seeding, blobA, 10, 20, ""},
+		{"seeded already", seeding, blobA, 10, 20, ""},
+		{"seeding fails", broken, blobB, 0, 10, "502"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := c.Get(ctx, addr(tt.srv), tt.blob, tt.off, tt.size)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want %s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, all[tt.off:tt.off+tt.size]) {
+				t.Fatal("wrong bytes")
+			}
+		})
+	}
+	if n := seeder.calls.Load(); n != 1 {
+		t.Errorf("seeder called %d times, want once (the second request is served from the store)", n)
+	}
+	for _, bad := range []string{"/pieces/xyz?offset=0&size=1", "/pieces/" + blobA.Hex() + "?offset=-1&size=1", "/pieces/" + blobA.Hex() + "?offset=0&size=0"} {
+		resp, err := http.Get(plain.URL + bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET %s: %s, want 400", bad, resp.Status)
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package piece
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/telemetry"
+)
+
+// Path is where a Server serves pieces: GET Path + "<blob hex>?offset=N&size=N".
+const Path = "/pieces/"
+
+// Seeder brings a range of a blob into the store from elsewhere (the blob
+// store), verified. A seeder's Server uses one to answer requests for
+// pieces it does not hold yet.
+type Seeder interface {
+	Seed(ctx context.Context, blob bootstrap.Digest, off, size int64) error
+}
+
+// Server serves the pieces of a Store over HTTP.
+type Server struct {
+	store  *Store
+	seeder Seeder // nil: only what is held is served
+	log    *slog.Logger
+
+	load                    atomic.Int32
+	served, missed, seeded  atomic.Int64
+	servedBytes, seedErrors atomic.Int64
+}
+
+// NewServer serves st; seeder, if not nil, is asked for ranges st lacks.
+func NewServer(st *Store, seeder Seeder, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{store: st, seeder: seeder, log: log}
+}
+
+// Load is the number of requests being served, which peers announce so
+// the scheduler can spread readers.
+func (s *Server) Load() int { return int(s.load.Load()) }
+
+// ServerStats counts a Server's requests.
+type ServerStats struct {
+	Served      int64 `json:"served"`      // requests answered with data
+	ServedBytes int64 `json:"servedBytes"` // bytes sent
+	Missed      int64 `json:"missed"`      // requests for ranges not held (404)
+	Seeded      int64 `json:"seeded"`      // requests answered after seeding
+	SeedErrors  int64 `json:"seedErrors"`  // seeding failures (502)
+}
+
+// Stats returns current counters.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{Served: s.served.Load(), ServedBytes: s.servedBytes.Load(), Missed: s.missed.Load(), Seeded: s.seeded.Load(), SeedErrors: s.seedErrors.Load()}
+}
+
+// ServeHTTP answers GET Path<blob hex>?offset=&size= with exactly size
+// bytes, 404 when the range is not held (and cannot be seeded).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.load.Add(1)
+	defer s.load.Add(-1)
+	if r.Method != http.MethodGet {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	blob, off, size, err := parseRequest(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ctx, span := telemetry.Tracer("skiff/piece").Start(telemetry.ExtractHTTP(r.Context(), r.Header), "piece.serve")
+	defer span.End()
+	span.SetAttributes(attribute.String("skiff.blob", blob.String()), attribute.Int64("skiff.offset", off), attribute.Int64("skiff.size", size))
+	data, err := s.store.Read(blob, off, size)
+	if errors.Is(err, ErrNotHeld) && s.seeder != nil {
+		if serr := s.seeder.Seed(ctx, blob, off, size); serr != nil {
+			s.seedErrors.Add(1)
+			span.RecordError(serr)
+			span.SetStatus(codes.Error, "seed failed")
+			s.log.Warn("piece: seed failed", "blob", blob, "offset", off, "size", size, "err", serr)
+			http.Error(w, serr.Error(), http.StatusBadGateway)
+			return
+		}
+		s.seeded.Add(1)
+		data, err = s.store.Read(blob, off, size)
+	}
+	switch {
+	case errors.Is(err, ErrNotHeld):
+		s.missed.Add(1)
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	case err != nil:
+		span.RecordError(err)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	s.served.Add(1)
+	s.servedBytes.Add(int64(len(data)))
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	w.Write(data)
+}
+
+func parseRequest(r *http.Request) (blob bootstrap.Digest, off, size int64, err error) {
+	hex, ok := strings.CutPrefix(r.URL.Path, Path)
+	if !ok {
+		return blob, 0, 0, fmt.Errorf("path %q is not under %s", r.URL.Path, Path)
+	}
+	blob, err = bootstrap.ParseDigest("sha256:" + hex)
+	if err != nil {
+		return blob, 0, 0, fmt.Errorf("blob: %w", err)
+	}
+	q := r.URL.Query()
+	off, err = strconv.ParseInt(q.Get("offset"), 10, 64)
+	if err != nil || off < 0 {
+		return blob, 0, 0, fmt.Errorf("bad offset %q", q.Get("offset"))
+	}
+	size, err = strconv.ParseInt(q.Get("size"), 10, 64)
+	if err != nil || size <= 0 || size > MaxSize {
+		return blob, 0, 0, fmt.Errorf("bad size %q", q.Get("size"))
+	}
+	return blob, off, size, nil
+}
+
+// MaxSize bounds one piece request; the Fetcher's merged requests stay
+// well below it.
+const MaxSize = 64 << 20

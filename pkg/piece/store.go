@@ -1,0 +1,268 @@
+package piece
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// ErrNotHeld is returned (wrapped) for a range the store does not hold
+// entirely.
+var ErrNotHeld = errors.New("piece not held")
+
+// Store keeps frames as stored in blobs, one file per frame under
+// dir/<blob hex>/<offset>, and forgets the oldest frames when it grows
+// past its limit. It is a fetch.FrameSink: a Fetcher hands it every frame
+// it verified. Safe for concurrent use.
+type Store struct {
+	dir string
+	max int64 // bytes; 0 = unlimited
+	log *slog.Logger
+
+	mu     sync.Mutex
+	frames map[bootstrap.Digest]map[int64]int64 // blob → offset → size
+	queue  []frameKey                           // insertion order, for eviction
+	size   int64
+	gen    atomic.Uint64 // bumped on every change of holdings
+}
+
+type frameKey struct {
+	blob bootstrap.Digest
+	off  int64
+}
+
+// Holding is what the store holds of one blob.
+type Holding struct {
+	Blob   bootstrap.Digest
+	Ranges Ranges
+}
+
+// Open opens (creating it if needed) the store in dir, keeping at most
+// maxBytes (0: no limit). Frames left by an earlier process are served
+// again: they were verified when they were written.
+func Open(dir string, maxBytes int64) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open piece store: %w", err)
+	}
+	s := &Store{dir: dir, max: maxBytes, log: slog.Default(), frames: map[bootstrap.Digest]map[int64]int64{}}
+	type found struct {
+		k    frameKey
+		size int64
+		mod  int64
+	}
+	var all []found
+	blobs, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open piece store: %w", err)
+	}
+	for _, bd := range blobs {
+		blob, err := bootstrap.ParseDigest("sha256:" + bd.Name())
+		if err != nil || !bd.IsDir() {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(dir, bd.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("open piece store: %w", err)
+		}
+		for _, e := range ents {
+			off, err := strconv.ParseInt(e.Name(), 10, 64)
+			if err != nil || off < 0 {
+				continue // a temporary file of a crashed write
+			}
+			info, err := e.Info()
+			if err != nil || !info.Mode().IsRegular() || info.Size() == 0 {
+				continue
+			}
+			all = append(all, found{frameKey{blob, off}, info.Size(), info.ModTime().UnixNano()})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].mod < all[j].mod })
+	for _, f := range all {
+		s.add(f.k, f.size)
+	}
+	s.evict()
+	return s, nil
+}
+
+func (s *Store) path(k frameKey) string {
+	return filepath.Join(s.dir, k.blob.Hex(), strconv.FormatInt(k.off, 10))
+}
+
+// add records a frame; s.mu must be held (or s not yet shared).
+func (s *Store) add(k frameKey, size int64) {
+	m := s.frames[k.blob]
+	if m == nil {
+		m = map[int64]int64{}
+		s.frames[k.blob] = m
+	}
+	m[k.off] = size
+	s.queue = append(s.queue, k)
+	s.size += size
+	s.gen.Add(1)
+}
+
+// evict drops the oldest frames until the store fits its limit.
+func (s *Store) evict() {
+	for s.max > 0 && s.size > s.max && len(s.queue) > 0 {
+		k := s.queue[0]
+		s.queue = s.queue[1:]
+		size, ok := s.frames[k.blob][k.off]
+		if !ok {
+			continue
+		}
+		delete(s.frames[k.blob], k.off)
+		if len(s.frames[k.blob]) == 0 {
+			delete(s.frames, k.blob)
+		}
+		s.size -= size
+		s.gen.Add(1)
+		if err := os.Remove(s.path(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("piece: evict frame", "blob", k.blob, "offset", k.off, "err", err)
+		}
+	}
+}
+
+// KeepFrame stores one verified frame; it implements fetch.FrameSink.
+// Failures are logged: a frame not kept is only a frame not shared.
+func (s *Store) KeepFrame(blob bootstrap.Digest, off int64, raw []byte) {
+	if err := s.Put(blob, off, raw); err != nil {
+		s.log.Warn("piece: keep frame", "blob", blob, "offset", off, "err", err)
+	}
+}
+
+// Put stores the frame of blob at off.
+func (s *Store) Put(blob bootstrap.Digest, off int64, raw []byte) error {
+	if off < 0 || len(raw) == 0 {
+		return fmt.Errorf("put piece %s@%d: empty or negative range", blob, off)
+	}
+	k := frameKey{blob, off}
+	s.mu.Lock()
+	_, held := s.frames[blob][off]
+	s.mu.Unlock()
+	if held {
+		return nil
+	}
+	p := s.path(k)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return fmt.Errorf("put piece %s@%d: %w", blob, off, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("put piece %s@%d: %w", blob, off, err)
+	}
+	_, err = tmp.Write(raw)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), p)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("put piece %s@%d: %w", blob, off, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, held := s.frames[blob][off]; !held {
+		s.add(k, int64(len(raw)))
+		s.evict()
+	}
+	return nil
+}
+
+// frames lists the frames making up exactly [off, off+size) of blob, or
+// nil when the store does not hold all of them.
+func (s *Store) span(blob bootstrap.Digest, off, size int64) []frameKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.frames[blob]
+	var ks []frameKey
+	for pos, end := off, off+size; pos < end; {
+		n, ok := m[pos]
+		if !ok || pos+n > end {
+			return nil
+		}
+		ks = append(ks, frameKey{blob, pos})
+		pos += n
+	}
+	return ks
+}
+
+// Has reports whether the store holds [off, off+size) of blob as whole
+// frames.
+func (s *Store) Has(blob bootstrap.Digest, off, size int64) bool {
+	return size > 0 && s.span(blob, off, size) != nil
+}
+
+// Read returns [off, off+size) of blob, which must be made of whole held
+// frames; otherwise the error wraps ErrNotHeld.
+func (s *Store) Read(blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	if off < 0 || size <= 0 {
+		return nil, fmt.Errorf("read piece %s [%d,+%d): bad range", blob, off, size)
+	}
+	ks := s.span(blob, off, size)
+	if ks == nil {
+		return nil, fmt.Errorf("read piece %s [%d,+%d): %w", blob, off, size, ErrNotHeld)
+	}
+	buf := make([]byte, 0, size)
+	for _, k := range ks {
+		data, err := os.ReadFile(s.path(k))
+		if errors.Is(err, fs.ErrNotExist) {
+			// Evicted between span and here.
+			return nil, fmt.Errorf("read piece %s [%d,+%d): %w", blob, off, size, ErrNotHeld)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read piece %s [%d,+%d): %w", blob, off, size, err)
+		}
+		buf = append(buf, data...)
+	}
+	if int64(len(buf)) != size {
+		return nil, fmt.Errorf("read piece %s [%d,+%d): frame files changed size: %w", blob, off, size, ErrNotHeld)
+	}
+	return buf, nil
+}
+
+// Holdings lists what the store holds, by blob, as merged ranges.
+func (s *Store) Holdings() []Holding {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Holding, 0, len(s.frames))
+	for blob, m := range s.frames {
+		rs := make([]Range, 0, len(m))
+		for off, n := range m {
+			rs = append(rs, Range{off, off + n})
+		}
+		out = append(out, Holding{Blob: blob, Ranges: Normalize(rs)})
+	}
+	sort.Slice(out, func(i, j int) bool { return string(out[i].Blob[:]) < string(out[j].Blob[:]) })
+	return out
+}
+
+// Generation changes whenever the holdings do, so an announcer can tell
+// whether there is news without comparing holdings.
+func (s *Store) Generation() uint64 { return s.gen.Load() }
+
+// Size returns the bytes held.
+func (s *Store) Size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size
+}
+
+// Free returns the bytes the store can take before it evicts, or -1 when
+// it has no limit.
+func (s *Store) Free() int64 {
+	if s.max <= 0 {
+		return -1
+	}
+	return max(s.max-s.Size(), 0)
+}
