@@ -1,0 +1,208 @@
+package schedule
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/piece"
+)
+
+var (
+	t0    = time.Unix(1700000000, 0)
+	blobX = bootstrap.Sum([]byte("x"))
+)
+
+func holds(rs ...piece.Range) map[bootstrap.Digest]piece.Ranges {
+	return map[bootstrap.Digest]piece.Ranges{blobX: piece.Normalize(rs)}
+}
+
+func ids(ps []Parent) string {
+	var s []string
+	for _, p := range ps {
+		id := p.ID
+		if p.Seeds {
+			id += "(seeds)"
+		}
+		s = append(s, id)
+	}
+	return strings.Join(s, ",")
+}
+
+func TestParentsRanking(t *testing.T) {
+	full := holds(piece.Range{Off: 0, End: 100})
+	part := holds(piece.Range{Off: 0, End: 50})
+	tests := []struct {
+		name      string
+		peers     []Peer
+		asker     string
+		off, size int64
+		want      string
+	}{
+		{"nobody", nil, "a", 0, 10, ""},
+		{"never the asker", []Peer{{ID: "a", Role: RolePeer, Holdings: full}}, "a", 0, 10, ""},
+		{"whole range only", []Peer{
+			{ID: "p1", Role: RolePeer, Holdings: part},
+			{ID: "p2", Role: RolePeer, Holdings: full},
+		}, "a", 40, 20, "p2"},
+		{"by load", []Peer{
+			{ID: "busy", Role: RolePeer, Holdings: full, Load: 5},
+			{ID: "idle", Role: RolePeer, Holdings: full, Load: 0},
+		}, "a", 0, 100, "idle,busy"},
+		{"peers before seeders", []Peer{
+			{ID: "s1", Role: RoleSeeder, Holdings: full},
+			{ID: "p1", Role: RolePeer, Holdings: full, Load: 9},
+		}, "a", 0, 100, "p1,s1"},
+		{"seeder seeds a miss", []Peer{
+			{ID: "s1", Role: RoleSeeder},
+			{ID: "p1", Role: RolePeer, Holdings: part},
+		}, "a", 0, 100, "s1(seeds)"},
+		{"seeder after holders", []Peer{
+			{ID: "s1", Role: RoleSeeder},
+			{ID: "p1", Role: RolePeer, Holdings: full},
+		}, "a", 0, 100, "p1,s1(seeds)"},
+		{"at most MaxParents holders plus the seeder", []Peer{
+			{ID: "p1", Role: RolePeer, Holdings: full, Load: 1},
+			{ID: "p2", Role: RolePeer, Holdings: full, Load: 2},
+			{ID: "p3", Role: RolePeer, Holdings: full, Load: 3},
+			{ID: "s1", Role: RoleSeeder},
+		}, "a", 0, 100, "p1,p2,s1(seeds)"},
+		{"other blob", []Peer{{ID: "p1", Role: RolePeer, Holdings: map[bootstrap.Digest]piece.Ranges{bootstrap.Sum([]byte("y")): {{Off: 0, End: 100}}}}}, "a", 0, 10, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(Options{MaxParents: 2})
+			for _, p := range tt.peers {
+				tab.Announce(p, t0)
+			}
+			if got := ids(tab.Parents(tt.asker, blobX, tt.off, tt.size, t0.Add(time.Second))); got != tt.want {
+				t.Errorf("parents %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTiesSpreadOverAskers(t *testing.T) {
+	tab := NewTable(Options{})
+	for i := range 4 {
+		tab.Announce(Peer{ID: fmt.Sprintf("p%d", i), Role: RolePeer, Holdings: holds(piece.Range{Off: 0, End: 10})}, t0)
+	}
+	first := map[string]int{}
+	for i := range 200 {
+		ps := tab.Parents(fmt.Sprintf("asker%d", i), blobX, 0, 10, t0)
+		first[ps[0].ID]++
+		if again := tab.Parents(fmt.Sprintf("asker%d", i), blobX, 0, 10, t0); ids(again) != ids(ps) {
+			t.Fatal("ranking of one asker is not stable")
+		}
+	}
+	for id, n := range first {
+		if n < 20 {
+			t.Errorf("peer %s ranked first for %d of 200 askers: ties are not spread (%v)", id, n, first)
+		}
+	}
+}
+
+func TestExpiryAndQuarantine(t *testing.T) {
+	full := holds(piece.Range{Off: 0, End: 10})
+	tests := []struct {
+		name  string
+		setup func(tab *Table)
+		at    time.Duration
+		want  string
+		gone  string
+	}{
+		{"fresh", func(tab *Table) {}, 10 * time.Second, "p1,p2", ""},
+		{"silent peer expires", func(tab *Table) {}, 31 * time.Second, "p2", "p1"},
+		{"leaving peer goes at once", func(tab *Table) { tab.Leave("p2") }, time.Second, "p1", ""},
+		{"reported peer is set aside", func(tab *Table) { tab.Report("p1", t0) }, 10 * time.Second, "p2", ""},
+		{"quarantine ends", func(tab *Table) { tab.Report("p1", t0.Add(-6*time.Minute)) }, 10 * time.Second, "p1,p2", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tab := NewTable(Options{TTL: 30 * time.Second})
+			tab.Announce(Peer{ID: "p1", Role: RolePeer, Holdings: full}, t0)
+			// p2 keeps announcing.
+			tab.Announce(Peer{ID: "p2", Role: RolePeer, Holdings: full, Load: 1}, t0.Add(tt.at))
+			tt.setup(tab)
+			now := t0.Add(tt.at)
+			if got := ids(tab.Parents("a", blobX, 0, 10, now)); got != tt.want {
+				t.Errorf("parents %q, want %q", got, tt.want)
+			}
+			if gone := strings.Join(tab.Expire(now), ","); gone != tt.gone {
+				t.Errorf("expired %q, want %q", gone, tt.gone)
+			}
+		})
+	}
+}
+
+func TestSeederChoice(t *testing.T) {
+	tab := NewTable(Options{})
+	if _, ok := tab.Seeder(blobX, t0); ok {
+		t.Fatal("seeder chosen from an empty table")
+	}
+	seeders := []string{"s1", "s2", "s3"}
+	for _, id := range seeders {
+		tab.Announce(Peer{ID: id, Addr: id + ":1", Role: RoleSeeder}, t0)
+	}
+	tab.Announce(Peer{ID: "p1", Role: RolePeer}, t0)
+	blobs := make([]bootstrap.Digest, 300)
+	owner := map[bootstrap.Digest]string{}
+	count := map[string]int{}
+	for i := range blobs {
+		blobs[i] = bootstrap.Sum(fmt.Appendf(nil, "blob%d", i))
+		s, ok := tab.Seeder(blobs[i], t0)
+		if !ok || s.Role != RoleSeeder {
+			t.Fatalf("no seeder for blob %d", i)
+		}
+		owner[blobs[i]] = s.ID
+		count[s.ID]++
+		// Any scheduler with the same table picks the same seeder.
+		other := NewTable(Options{})
+		for _, id := range []string{"s3", "s1", "s2"} {
+			other.Announce(Peer{ID: id, Role: RoleSeeder}, t0)
+		}
+		if o, _ := other.Seeder(blobs[i], t0); o.ID != s.ID {
+			t.Fatalf("blob %d: seeder %s in one table, %s in another", i, s.ID, o.ID)
+		}
+	}
+	for _, id := range seeders {
+		if count[id] < 60 {
+			t.Errorf("seeder %s owns %d of 300 blobs: %v", id, count[id], count)
+		}
+	}
+	// A new seeder takes blobs only from the others; no blob moves
+	// between the old ones.
+	tab.Announce(Peer{ID: "s4", Role: RoleSeeder}, t0)
+	moved := 0
+	for _, b := range blobs {
+		s, _ := tab.Seeder(b, t0)
+		if s.ID != owner[b] {
+			if s.ID != "s4" {
+				t.Fatalf("blob moved from %s to %s", owner[b], s.ID)
+			}
+			moved++
+		}
+	}
+	if moved < 40 || moved > 110 {
+		t.Errorf("%d of 300 blobs moved to the new seeder, want about a quarter", moved)
+	}
+	// A dead seeder's blobs go to the others.
+	tab.Report("s4", t0)
+	for _, b := range blobs {
+		if s, _ := tab.Seeder(b, t0); s.ID != owner[b] {
+			t.Fatalf("with s4 quarantined, blob owned by %s, want %s", s.ID, owner[b])
+		}
+	}
+}
+
+func TestStats(t *testing.T) {
+	tab := NewTable(Options{})
+	tab.Announce(Peer{ID: "p1", Role: RolePeer, Holdings: holds(piece.Range{Off: 0, End: 10})}, t0)
+	tab.Announce(Peer{ID: "s1", Role: RoleSeeder, Holdings: holds(piece.Range{Off: 0, End: 30})}, t0)
+	tab.Report("p1", t0)
+	if s := tab.Stats(t0); s != (Stats{Peers: 1, Seeders: 1, Quarantined: 1, Blobs: 1, HeldBytes: 40}) {
+		t.Errorf("stats %+v", s)
+	}
+}
