@@ -1,0 +1,130 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/skiff-dev/skiff/pkg/telemetry"
+)
+
+// Subjects of peer-to-peer distribution. They are core NATS subjects, not
+// JetStream: announcements are soft state that is re-sent and expires,
+// and requests want an answer now or never.
+const (
+	// SubjectPeerAnnounce carries skiffv1.PeerAnnounce from every peer
+	// and seeder to every scheduler.
+	SubjectPeerAnnounce = "skiff.p2p.announce"
+	// SubjectParents carries skiffv1.ParentsRequest to one scheduler of
+	// QueueSchedulers, which answers skiffv1.ParentsReply.
+	SubjectParents = "skiff.p2p.parents"
+	// SubjectPeerReport carries skiffv1.PeerReport to every scheduler.
+	SubjectPeerReport = "skiff.p2p.report"
+	// QueueSchedulers is the queue group schedulers answer parent
+	// requests in, so any number of them can run.
+	QueueSchedulers = "skiff-scheduler"
+	// ConsumerSeeder is the durable consumer of conversion.completed
+	// events that seeders share, so each image is preheated by one.
+	ConsumerSeeder = "seeder"
+)
+
+// SubjectSeed is where seeder id answers skiffv1.SeedRequest with
+// skiffv1.SeedReply.
+func SubjectSeed(id string) string { return "skiff.p2p.seed." + id }
+
+// Send publishes m on a core NATS subject with its type and the trace
+// context of ctx in the headers.
+func Send(ctx context.Context, nc *nats.Conn, subject string, m proto.Message) error {
+	msg, err := newMsg(ctx, subject, m)
+	if err != nil {
+		return err
+	}
+	if err := nc.PublishMsg(msg); err != nil {
+		return fmt.Errorf("send %s: %w", subject, err)
+	}
+	return nil
+}
+
+// Request sends req on subject and decodes the answer into reply. ctx
+// bounds the wait.
+func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply proto.Message) error {
+	msg, err := newMsg(ctx, subject, req)
+	if err != nil {
+		return err
+	}
+	resp, err := nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	if _, err := DecodeMsg(ctx, resp, reply); err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	return nil
+}
+
+// Respond answers a request message with m.
+func Respond(ctx context.Context, req *nats.Msg, m proto.Message) error {
+	if req.Reply == "" {
+		return errors.New("respond: message has no reply subject")
+	}
+	msg, err := newMsg(ctx, req.Reply, m)
+	if err != nil {
+		return err
+	}
+	if err := req.RespondMsg(msg); err != nil {
+		return fmt.Errorf("respond on %s: %w", req.Subject, err)
+	}
+	return nil
+}
+
+// DecodeMsg is Decode for core NATS messages.
+func DecodeMsg(ctx context.Context, msg *nats.Msg, m proto.Message) (context.Context, error) {
+	want := m.ProtoReflect().Descriptor().FullName()
+	if got := protoreflect.FullName(msg.Header.Get(HeaderType)); got != want {
+		return ctx, fmt.Errorf("decode %s: message type is %q, want %q", msg.Subject, got, want)
+	}
+	if err := proto.Unmarshal(msg.Data, m); err != nil {
+		return ctx, fmt.Errorf("decode %s: %w", msg.Subject, err)
+	}
+	return telemetry.Extract(ctx, msg.Header), nil
+}
+
+func newMsg(ctx context.Context, subject string, m proto.Message) (*nats.Msg, error) {
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode for %s: %w", subject, err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
+	telemetry.Inject(ctx, msg.Header)
+	return msg, nil
+}
+
+// SeederConsumer creates or updates the durable consumer seeders share
+// over conversion.completed events, so each image is preheated by one
+// seeder. Only conversions after its creation are delivered: a seeder
+// cluster starting next to a week-old stream does not pull every image
+// ever converted. A preheat not acked within ackWait goes to another
+// seeder.
+func (b *Bus) SeederConsumer(ctx context.Context, ackWait time.Duration) (jetstream.Consumer, error) {
+	c, err := b.js.CreateOrUpdateConsumer(ctx, StreamConversions, jetstream.ConsumerConfig{
+		Durable:       ConsumerSeeder,
+		Description:   "skiff seeders preheating converted images",
+		FilterSubject: SubjectCompleted,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    5,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("set up consumer %s: %w", ConsumerSeeder, err)
+	}
+	return c, nil
+}
