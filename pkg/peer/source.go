@@ -1,0 +1,254 @@
+// Package peer is a node's side of peer-to-peer distribution: a
+// fetch.Source named "peer" that asks a scheduler where a piece is and
+// reads it from other nodes or seeders, and an Announcer that tells the
+// schedulers what this node holds. A node that also serves pieces runs a
+// piece.Server over the piece.Store its Fetcher fills.
+//
+// Peers are never trusted and never waited on for long: a dead peer costs
+// one short timeout and the next parent is tried; when none delivers, or
+// no scheduler answers, the Source fails at once so the Fetcher moves on
+// to the next source (the store). Bytes that fail the Fetcher's
+// verification get the peer that sent them banned here and reported to
+// the schedulers.
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/piece"
+	"github.com/skiff-dev/skiff/pkg/schedule"
+	"github.com/skiff-dev/skiff/pkg/telemetry"
+	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
+)
+
+// Name is the Source's name in fetch statistics.
+const Name = "peer"
+
+// SourceOptions tune a Source. Zero values select the defaults.
+type SourceOptions struct {
+	// SchedulerTimeout bounds the wait for a parents reply; default 500ms.
+	SchedulerTimeout time.Duration
+	// PieceTimeout bounds one read from a parent that holds the piece;
+	// default 2s.
+	PieceTimeout time.Duration
+	// SeedTimeout bounds one read from a seeder that fetches the piece
+	// from the store first; default 15s.
+	SeedTimeout time.Duration
+	// BanFor is how long a parent that sent bad bytes is skipped; default
+	// 10m.
+	BanFor time.Duration
+	Logger *slog.Logger
+}
+
+// Source is a fetch.Source reading pieces from other nodes.
+type Source struct {
+	nc     *nats.Conn
+	id     string
+	client *piece.Client
+	opts   SourceOptions
+
+	mu     sync.Mutex
+	banned map[string]time.Time // parent id → end of ban
+	served map[servedKey]string // recent range → parent id that sent it
+
+	stats sourceCounters
+}
+
+type servedKey struct {
+	blob      bootstrap.Digest
+	off, size int64
+}
+
+// maxServed bounds the memory of who sent what: a rejection arrives right
+// after the read, so only the latest reads matter.
+const maxServed = 4096
+
+type sourceCounters struct {
+	requests, noScheduler, noParents, fromPeers, fromSeeders, parentErrors, failures, rejected atomic.Int64
+}
+
+var (
+	_ fetch.Source   = (*Source)(nil)
+	_ fetch.Rejecter = (*Source)(nil)
+)
+
+// NewSource returns a Source for the node id asking schedulers over nc.
+func NewSource(nc *nats.Conn, id string, client *piece.Client, opts SourceOptions) *Source {
+	if opts.SchedulerTimeout <= 0 {
+		opts.SchedulerTimeout = 500 * time.Millisecond
+	}
+	if opts.PieceTimeout <= 0 {
+		opts.PieceTimeout = 2 * time.Second
+	}
+	if opts.SeedTimeout <= 0 {
+		opts.SeedTimeout = 15 * time.Second
+	}
+	if opts.BanFor <= 0 {
+		opts.BanFor = 10 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if client == nil {
+		client = piece.NewClient(nil)
+	}
+	return &Source{nc: nc, id: id, client: client, opts: opts, banned: map[string]time.Time{}, served: map[servedKey]string{}}
+}
+
+// Name implements fetch.Source.
+func (s *Source) Name() string { return Name }
+
+// errNoScheduler: NATS is down or no scheduler runs; the store it is.
+var errNoScheduler = errors.New("no scheduler reachable")
+
+// FetchFrame implements fetch.Source.
+func (s *Source) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	s.stats.requests.Add(1)
+	ctx, span := telemetry.Tracer("skiff/peer").Start(ctx, "peer.fetch")
+	defer span.End()
+	span.SetAttributes(attribute.String("skiff.blob", blob.String()), attribute.Int64("skiff.offset", off), attribute.Int64("skiff.size", size))
+	parents, err := s.parents(ctx, blob, off, size)
+	if err != nil {
+		s.stats.noScheduler.Add(1)
+		return nil, fmt.Errorf("peer fetch %s [%d,+%d): %w", blob, off, size, err)
+	}
+	if len(parents) == 0 {
+		s.stats.noParents.Add(1)
+		return nil, fmt.Errorf("peer fetch %s [%d,+%d): no peer holds it", blob, off, size)
+	}
+	var errs []error
+	for _, p := range parents {
+		if s.isBanned(p.ID) {
+			continue
+		}
+		timeout := s.opts.PieceTimeout
+		if p.Seeds {
+			timeout = s.opts.SeedTimeout
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		data, err := s.client.Get(pctx, p.Addr, blob, off, size)
+		cancel()
+		if err == nil {
+			s.remember(servedKey{blob, off, size}, p.ID)
+			if p.Role == schedule.RoleSeeder {
+				s.stats.fromSeeders.Add(1)
+			} else {
+				s.stats.fromPeers.Add(1)
+			}
+			span.SetAttributes(attribute.String("skiff.parent", p.ID))
+			return data, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		s.stats.parentErrors.Add(1)
+		s.opts.Logger.Debug("peer: parent failed", "parent", p.ID, "addr", p.Addr, "blob", blob, "offset", off, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", p.ID, err))
+	}
+	s.stats.failures.Add(1)
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("peer fetch %s [%d,+%d): every parent is banned", blob, off, size)
+	}
+	return nil, fmt.Errorf("peer fetch %s [%d,+%d): %w", blob, off, size, errors.Join(errs...))
+}
+
+// parents asks a scheduler, failing at once when NATS is not connected
+// so an outage costs nothing per read.
+func (s *Source) parents(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]schedule.Parent, error) {
+	if !s.nc.IsConnected() {
+		return nil, errNoScheduler
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.opts.SchedulerTimeout)
+	defer cancel()
+	var reply skiffv1.ParentsReply
+	req := &skiffv1.ParentsRequest{PeerId: s.id, Blob: blob[:], Offset: uint64(off), Size: uint64(size)}
+	if err := bus.Request(rctx, s.nc, bus.SubjectParents, req, &reply); err != nil {
+		return nil, fmt.Errorf("%w: %w", errNoScheduler, err)
+	}
+	return schedule.ParentsFromMessage(&reply), nil
+}
+
+func (s *Source) isBanned(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	until, ok := s.banned[id]
+	if ok && time.Now().After(until) {
+		delete(s.banned, id)
+		return false
+	}
+	return ok
+}
+
+func (s *Source) remember(k servedKey, id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.served) >= maxServed {
+		clear(s.served)
+	}
+	s.served[k] = id
+}
+
+// Reject implements fetch.Rejecter: the parent that sent the range is
+// banned here and reported to the schedulers.
+func (s *Source) Reject(blob bootstrap.Digest, off, size int64, err error) {
+	k := servedKey{blob, off, size}
+	s.mu.Lock()
+	id, ok := s.served[k]
+	if ok {
+		delete(s.served, k)
+		s.banned[id] = time.Now().Add(s.opts.BanFor)
+	}
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	s.stats.rejected.Add(1)
+	s.opts.Logger.Warn("peer: parent sent bad data, banned", "parent", id, "blob", blob, "offset", off, "size", size, "for", s.opts.BanFor, "err", err)
+	report := &skiffv1.PeerReport{ReporterId: s.id, PeerId: id, Blob: blob[:], Offset: uint64(off), Size: uint64(size), Reason: err.Error()}
+	if serr := bus.Send(context.Background(), s.nc, bus.SubjectPeerReport, report); serr != nil {
+		s.opts.Logger.Warn("peer: report bad parent", "parent", id, "err", serr)
+	}
+}
+
+// SourceStats counts a Source's work.
+type SourceStats struct {
+	Requests     int64    `json:"requests"`
+	NoScheduler  int64    `json:"noScheduler"`  // no scheduler answered: fell through
+	NoParents    int64    `json:"noParents"`    // nobody to ask: fell through
+	FromPeers    int64    `json:"fromPeers"`    // ranges read from peers
+	FromSeeders  int64    `json:"fromSeeders"`  // ranges read from seeders
+	ParentErrors int64    `json:"parentErrors"` // reads from a parent that failed (then the next was tried)
+	Failures     int64    `json:"failures"`     // requests no parent delivered
+	Rejected     int64    `json:"rejected"`     // ranges that failed verification
+	Banned       []string `json:"banned"`       // parents banned now
+}
+
+// Stats returns current counters.
+func (s *Source) Stats() SourceStats {
+	st := SourceStats{
+		Requests: s.stats.requests.Load(), NoScheduler: s.stats.noScheduler.Load(), NoParents: s.stats.noParents.Load(),
+		FromPeers: s.stats.fromPeers.Load(), FromSeeders: s.stats.fromSeeders.Load(), ParentErrors: s.stats.parentErrors.Load(),
+		Failures: s.stats.failures.Load(), Rejected: s.stats.rejected.Load(), Banned: []string{},
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for id, until := range s.banned {
+		if now.Before(until) {
+			st.Banned = append(st.Banned, id)
+		}
+	}
+	return st
+}

@@ -1,0 +1,148 @@
+package schedule
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/telemetry"
+	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
+)
+
+// Server puts a Table on NATS: it takes every announcement and report
+// (each scheduler keeps the whole table) and answers parent requests in
+// the schedulers' queue group (one scheduler answers each).
+type Server struct {
+	nc    *nats.Conn
+	table *Table
+	log   *slog.Logger
+	now   func() time.Time
+
+	announces, requests, reports, misses atomic.Int64
+}
+
+// NewServer returns a Server for table on nc.
+func NewServer(nc *nats.Conn, table *Table, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{nc: nc, table: table, log: log, now: time.Now}
+}
+
+// Run serves until ctx ends, expiring silent peers every interval.
+func (s *Server) Run(ctx context.Context, expireEvery time.Duration) error {
+	subs := make([]*nats.Subscription, 0, 3)
+	defer func() {
+		for _, sub := range subs {
+			sub.Unsubscribe()
+		}
+	}()
+	for _, h := range []struct {
+		subject, queue string
+		fn             nats.MsgHandler
+	}{
+		{bus.SubjectPeerAnnounce, "", s.onAnnounce},
+		{bus.SubjectPeerReport, "", s.onReport},
+		{bus.SubjectParents, bus.QueueSchedulers, s.onParents},
+	} {
+		sub, err := s.nc.QueueSubscribe(h.subject, h.queue, h.fn)
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", h.subject, err)
+		}
+		subs = append(subs, sub)
+	}
+	if err := s.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	if expireEvery <= 0 {
+		expireEvery = 5 * time.Second
+	}
+	t := time.NewTicker(expireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			for _, id := range s.table.Expire(s.now()) {
+				s.log.Info("schedule: peer expired", "peer", id)
+			}
+		}
+	}
+}
+
+func (s *Server) onAnnounce(m *nats.Msg) {
+	var a skiffv1.PeerAnnounce
+	if _, err := bus.DecodeMsg(context.Background(), m, &a); err != nil {
+		s.log.Warn("schedule: bad announcement", "err", err)
+		return
+	}
+	s.announces.Add(1)
+	if a.GetLeaving() {
+		s.table.Leave(a.GetPeerId())
+		s.log.Info("schedule: peer left", "peer", a.GetPeerId())
+		return
+	}
+	p, err := PeerFromMessage(&a)
+	if err != nil {
+		s.log.Warn("schedule: bad announcement", "err", err)
+		return
+	}
+	s.table.Announce(p, s.now())
+}
+
+func (s *Server) onReport(m *nats.Msg) {
+	var r skiffv1.PeerReport
+	if _, err := bus.DecodeMsg(context.Background(), m, &r); err != nil {
+		s.log.Warn("schedule: bad report", "err", err)
+		return
+	}
+	s.reports.Add(1)
+	s.table.Report(r.GetPeerId(), s.now())
+	s.log.Warn("schedule: peer reported for bad data, set aside", "peer", r.GetPeerId(), "reporter", r.GetReporterId(), "reason", r.GetReason())
+}
+
+func (s *Server) onParents(m *nats.Msg) {
+	var req skiffv1.ParentsRequest
+	ctx, err := bus.DecodeMsg(context.Background(), m, &req)
+	if err != nil {
+		s.log.Warn("schedule: bad parents request", "err", err)
+		bus.Respond(ctx, m, &skiffv1.ParentsReply{})
+		return
+	}
+	ctx, span := telemetry.Tracer("skiff/schedule").Start(ctx, "schedule.parents")
+	defer span.End()
+	s.requests.Add(1)
+	var ps []Parent
+	blob, err := digest(req.GetBlob())
+	if err == nil && req.GetSize() > 0 {
+		ps = s.table.Parents(req.GetPeerId(), blob, int64(req.GetOffset()), int64(req.GetSize()), s.now())
+		span.SetAttributes(attribute.String("skiff.blob", blob.String()), attribute.Int("skiff.parents", len(ps)))
+	}
+	if len(ps) == 0 {
+		s.misses.Add(1)
+	}
+	if err := bus.Respond(ctx, m, ParentsMessage(ps)); err != nil {
+		s.log.Warn("schedule: answer parents request", "err", err)
+	}
+}
+
+// ServerStats counts a Server's traffic.
+type ServerStats struct {
+	Table     Stats `json:"table"`
+	Announces int64 `json:"announces"`
+	Requests  int64 `json:"requests"`
+	Misses    int64 `json:"misses"` // requests answered with no parent at all
+	Reports   int64 `json:"reports"`
+}
+
+// Stats returns current counters.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{Table: s.table.Stats(s.now()), Announces: s.announces.Load(), Requests: s.requests.Load(), Misses: s.misses.Load(), Reports: s.reports.Load()}
+}

@@ -1,0 +1,58 @@
+package schedule
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/piece"
+	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
+)
+
+func TestAnnounceRoundTrip(t *testing.T) {
+	p := Peer{ID: "n1", Addr: "10.0.0.1:8093", Role: RoleSeeder, Load: 3, Free: 1 << 30}
+	holdings := []piece.Holding{{Blob: blobX, Ranges: piece.Ranges{{Off: 0, End: 100}, {Off: 200, End: 300}}}}
+	got, err := PeerFromMessage(AnnounceMessage(p, holdings, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != p.ID || got.Addr != p.Addr || got.Role != p.Role || got.Load != 3 || got.Free != 1<<30 ||
+		fmt.Sprint(got.Holdings[blobX]) != fmt.Sprint(holdings[0].Ranges) {
+		t.Errorf("round trip: %+v", got)
+	}
+}
+
+func TestPeerFromMessageRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		m    *skiffv1.PeerAnnounce
+	}{
+		{"no id", &skiffv1.PeerAnnounce{Role: skiffv1.PeerRole_PEER_ROLE_PEER}},
+		{"no role", &skiffv1.PeerAnnounce{PeerId: "a"}},
+		{"short digest", &skiffv1.PeerAnnounce{PeerId: "a", Role: skiffv1.PeerRole_PEER_ROLE_PEER, Blobs: []*skiffv1.BlobHoldings{{Blob: []byte{1}}}}},
+		{"odd ranges", &skiffv1.PeerAnnounce{PeerId: "a", Role: skiffv1.PeerRole_PEER_ROLE_PEER, Blobs: []*skiffv1.BlobHoldings{{Blob: blobX[:], Ranges: []uint64{1}}}}},
+		{"overflow", &skiffv1.PeerAnnounce{PeerId: "a", Role: skiffv1.PeerRole_PEER_ROLE_PEER, Blobs: []*skiffv1.BlobHoldings{{Blob: blobX[:], Ranges: []uint64{1 << 63, 1}}}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := PeerFromMessage(tt.m); err == nil {
+				t.Error("accepted")
+			}
+		})
+	}
+}
+
+func TestParentsRoundTrip(t *testing.T) {
+	ps := []Parent{{ID: "p1", Addr: "a:1", Role: RolePeer}, {ID: "s1", Addr: "b:2", Role: RoleSeeder, Seeds: true}}
+	m := ParentsMessage(ps)
+	m.Parents = append(m.Parents, &skiffv1.Parent{PeerId: "noaddr", Role: skiffv1.PeerRole_PEER_ROLE_PEER})
+	if got := ParentsFromMessage(m); fmt.Sprint(got) != fmt.Sprint(ps) {
+		t.Errorf("round trip %+v, want %+v", got, ps)
+	}
+	if _, err := Digest(make([]byte, 31)); err == nil {
+		t.Error("short digest accepted")
+	}
+	if d, err := Digest(blobX[:]); err != nil || d != bootstrap.Digest(blobX) {
+		t.Error("digest round trip")
+	}
+}
