@@ -231,7 +231,22 @@ func (s *S3) Get(ctx context.Context, key string, off, length int64) (io.ReadClo
 		total := objectSize(hdr.Get("Content-Range"), off+info.Size)
 		return nil, fmt.Errorf("s3 store: get %s: %w", key, store.CheckRange(off, length, total))
 	}
-	return body, nil
+	return &ctxBody{ctx: ctx, ReadCloser: body}, nil
+}
+
+// ctxBody ends a Get's stream as soon as its context does. The HTTP
+// transport notices a cancellation asynchronously and may still hand out
+// bytes it had buffered; a caller that gave up must not be fed more.
+type ctxBody struct {
+	ctx context.Context
+	io.ReadCloser
+}
+
+func (b *ctxBody) Read(p []byte) (int, error) {
+	if err := b.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return b.ReadCloser.Read(p)
 }
 
 // emptyAt returns an empty reader if [off, off+length) is a valid range of
