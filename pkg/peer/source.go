@@ -252,3 +252,7 @@ func (s *Source) Stats() SourceStats {
 	}
 	return st
 }
+
+// Connected reports whether the Source can reach NATS now; while it
+// cannot, every FetchFrame fails at once.
+func (s *Source) Connected() bool { return s.nc.IsConnected() }

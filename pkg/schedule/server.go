@@ -57,8 +57,11 @@ func (s *Server) Run(ctx context.Context, expireEvery time.Duration) error {
 		}
 		subs = append(subs, sub)
 	}
-	if err := s.nc.FlushWithContext(ctx); err != nil {
-		return fmt.Errorf("subscribe: %w", err)
+	// Flush so the subscriptions are in place when Run is known to run;
+	// a NATS that is down now is not an error (the client resubscribes
+	// when it reconnects).
+	if err := s.nc.FlushTimeout(5 * time.Second); err != nil {
+		s.log.Warn("schedule: subscriptions not confirmed yet", "err", err)
 	}
 	if expireEvery <= 0 {
 		expireEvery = 5 * time.Second

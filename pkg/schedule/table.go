@@ -276,3 +276,14 @@ func (t *Table) Stats(now time.Time) Stats {
 	s.Blobs = len(blobs)
 	return s
 }
+
+// Peer returns what peer id last announced, if it is alive at now.
+func (t *Table) Peer(id string, now time.Time) (Peer, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.peers[id]
+	if !ok || now.Sub(e.seen) > t.opts.TTL {
+		return Peer{}, false
+	}
+	return e.Peer, true
+}

@@ -1,0 +1,66 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	if c.Concurrency != 2 || c.Interval != 10*time.Second || c.Listen != ":8092" || c.ID != host || c.Advertise != host+":8092" {
+		t.Errorf("defaults: %+v", c)
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	tests := []struct {
+		name, key, value, want string
+	}{
+		{"zero concurrency", "SKIFF_SEEDER_PREHEAT_CONCURRENCY", "0", "CONCURRENCY"},
+		{"not a number", "SKIFF_SEEDER_CACHE_SIZE", "big", "CACHESIZE"},
+		{"negative cache", "SKIFF_SEEDER_CACHE_SIZE", "-1", "CACHE_SIZE"},
+		{"fast announce", "SKIFF_SEEDER_ANNOUNCE_INTERVAL", "1ms", "ANNOUNCE_INTERVAL"},
+		{"short ack wait", "SKIFF_SEEDER_ACK_WAIT", "1ms", "ACK_WAIT"},
+		{"bad advertise", "SKIFF_SEEDER_ADVERTISE", "nohostport", "ADVERTISE"},
+		{"bad listen", "SKIFF_SEEDER_LISTEN", "nohostport", "LISTEN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(tt.key, tt.value)
+			_, err := Load()
+			if err == nil || !strings.Contains(strings.ToUpper(err.Error()), tt.want) {
+				t.Fatalf("Load with %s=%q: error %v, want one naming %s", tt.key, tt.value, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestAdvertiseFollowsListen(t *testing.T) {
+	t.Setenv("SKIFF_SEEDER_LISTEN", "10.1.2.3:9000")
+	t.Setenv("SKIFF_SEEDER_ID", "s1")
+	c, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Advertise != "10.1.2.3:9000" || c.ID != "s1" {
+		t.Errorf("advertise %q id %q", c.Advertise, c.ID)
+	}
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	var b strings.Builder
+	if err := Help(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"SKIFF_NATS_URL", "SKIFF_STORE", "SKIFF_SEEDER_DIR", "SKIFF_SEEDER_CACHE_SIZE", "53687091200", "SKIFF_SEEDER_LISTEN", "SKIFF_SEEDER_ADVERTISE", "SKIFF_SEEDER_ID", "SKIFF_SEEDER_PREHEAT_CONCURRENCY", "SKIFF_SEEDER_ANNOUNCE_INTERVAL"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("help lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -1,0 +1,502 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/skiff-dev/skiff/internal/fixture"
+	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/peer"
+	"github.com/skiff-dev/skiff/pkg/piece"
+	"github.com/skiff-dev/skiff/pkg/schedule"
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
+	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
+	"github.com/skiff-dev/skiff/services/seeder/internal/config"
+)
+
+// cluster is a P2P cluster in process against real servers: nats-server,
+// MinIO behind a proxy that counts the chunk-data bytes it serves, the
+// seeder service and a scheduler (schedule.Server on a Table, as
+// skiff-scheduler composes it), plus agents made of the same parts as
+// skiff-agent mountd with P2P on.
+type cluster struct {
+	t         *testing.T
+	nats      testenv.NATS
+	storeURL  string       // through the counting proxy
+	direct    store.Store  // MinIO without the proxy, for the converter
+	blobBytes atomic.Int64 // chunk-data bytes MinIO served through the proxy
+	blobGets  atomic.Int64 // chunk-data GETs
+	table     *schedule.Table
+	scheduler *schedule.Server
+	seederURL string
+	bus       *bus.Bus
+	nc        *nats.Conn
+}
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	c := &cluster{t: t}
+	c.nats = testenv.StartNATS(t, testenv.NATSOptions{})
+	m := testenv.StartMinIO(t)
+	bucket := m.Bucket(t, "skiff")
+	t.Setenv(storeurl.EnvAccessKey, m.AccessKey)
+	t.Setenv(storeurl.EnvSecretKey, m.SecretKey)
+	ctx := context.Background()
+	var err error
+	if c.direct, err = storeurl.Open(ctx, "s3://"+bucket+"?endpoint="+m.Endpoint+"&insecure=true"); err != nil {
+		t.Fatal(err)
+	}
+	// The proxy keeps the Host header, so S3 signatures made for the
+	// proxy's address still match.
+	target, _ := url.Parse("http://" + m.Endpoint)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/"+store.BlobPrefix) {
+			c.blobGets.Add(1)
+			w = &countingWriter{ResponseWriter: w, n: &c.blobBytes}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+	c.storeURL = "s3://" + bucket + "?endpoint=" + strings.TrimPrefix(proxy.URL, "http://") + "&insecure=true"
+
+	if c.nc, err = bus.Connect(c.nats.URL, "test"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.nc.Close)
+	if c.bus, err = bus.New(c.nc); err != nil {
+		t.Fatal(err)
+	}
+
+	// The scheduler, on its own connection, as skiff-scheduler runs it.
+	snc, err := bus.Connect(c.nats.URL, "scheduler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(snc.Close)
+	c.table = schedule.NewTable(schedule.Options{TTL: 3 * time.Second})
+	c.scheduler = schedule.NewServer(snc, c.table, slog.Default())
+	c.run(func(ctx context.Context) error { return c.scheduler.Run(ctx, 250*time.Millisecond) })
+
+	// The seeder service.
+	listen := freeAddr(t)
+	cfg := config.Config{
+		NATS: c.nats.URL, Store: c.storeURL, Dir: t.TempDir(), CacheSize: 1 << 30, Listen: listen, Advertise: listen,
+		ID: "seeder-1", Concurrency: 1, Interval: 300 * time.Millisecond, AckWait: 10 * time.Second,
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	died := c.run(func(ctx context.Context) error { return Run(ctx, cfg) })
+	c.seederURL = "http://" + listen
+	waitHTTP(t, c.seederURL+"/healthz", died)
+	eventually(t, "the seeder is announced", func() bool { return c.table.Stats(time.Now()).Seeders == 1 })
+	return c
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(b)
+	w.n.Add(int64(n))
+	return n, err
+}
+
+// run runs fn until the test ends; the returned channel yields its error
+// if it stops early.
+func (c *cluster) run(fn func(ctx context.Context) error) <-chan error {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	early := make(chan error, 1)
+	go func() {
+		err := fn(ctx)
+		done <- err
+		early <- err
+	}()
+	c.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			c.t.Errorf("stopped with: %v", err)
+		}
+	})
+	return early
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (c *cluster) seederStats(t *testing.T) Stats {
+	t.Helper()
+	resp, err := http.Get(c.seederURL + "/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s Stats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// convert converts a generated image into MinIO (directly, not counted)
+// and returns its bootstrap and the total stored size of its frames.
+func (c *cluster) convert(t *testing.T, seed uint64) (*bootstrap.Bootstrap, bootstrap.Digest, int64) {
+	t.Helper()
+	var entries []fixture.Entry
+	entries = append(entries, fixture.Dir("data", 0o755))
+	for i := range 6 {
+		entries = append(entries, fixture.Entry{Header: fixture.File(fmt.Sprintf("data/r%d", i), 0o644, "").Header, Data: fixture.Random(seed*100+uint64(i), 90<<10+i*1000)})
+	}
+	for i := range 20 {
+		entries = append(entries, fixture.File(fmt.Sprintf("data/small%02d", i), 0o644, string(fixture.Text(seed*1000+uint64(i), 3000))))
+	}
+	l, err := fixture.Layer(fixture.Gzip, entries)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := fixture.Image(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := convert.New(c.direct, convert.Options{ChunkSize: 32 << 10, BatchSize: 16 << 10, WorkDir: c.t.TempDir()}).Convert(context.Background(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.direct.Get(context.Background(), store.BootstrapKey(res.Bootstrap.Hex()), 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	buf.ReadFrom(rc)
+	rc.Close()
+	b, err := bootstrap.Decode(buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, fr := range b.Frames {
+		total += int64(fr.CompressedSize)
+	}
+	return b, res.Bootstrap, total
+}
+
+// agent is a node: its Fetcher reads cache → peer source → store, keeps
+// the pieces it receives, serves them and announces them, like
+// skiff-agent mountd with P2P on.
+type agent struct {
+	id     string
+	f      *fetch.Fetcher
+	src    *peer.Source
+	pieces *piece.Store
+	srv    *http.Server
+}
+
+// agent starts a node; t is the (sub)test that may fail, the node runs
+// until the whole test ends.
+func (c *cluster) agent(t *testing.T, id string) *agent {
+	t.Helper()
+	st, err := storeurl.Open(context.Background(), c.storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := cache.Open(filepath.Join(c.t.TempDir(), "cache"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pieces, err := piece.Open(filepath.Join(c.t.TempDir(), "pieces"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := bus.Connect(c.nats.URL, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.t.Cleanup(nc.Close)
+	a := &agent{id: id, pieces: pieces}
+	a.src = peer.NewSource(nc, id, nil, peer.SourceOptions{PieceTimeout: time.Second})
+	a.f = fetch.New(ch, a.src, fetch.NewStoreSource("store", st))
+	a.f.SetFrameSink(pieces)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := piece.NewServer(pieces, nil, nil)
+	a.srv = &http.Server{Handler: server}
+	go a.srv.Serve(ln)
+	c.t.Cleanup(func() { a.srv.Close() })
+	ann := &peer.Announcer{NC: nc, ID: id, Addr: ln.Addr().String(), Role: schedule.RolePeer, Store: pieces, Load: server.Load, Interval: 300 * time.Millisecond}
+	c.run(ann.Run)
+	eventually(t, id+" is announced", func() bool {
+		_, ok := c.table.Peer(id, time.Now())
+		return ok
+	})
+	return a
+}
+
+// readAll reads every stored chunk of b and checks it.
+func (a *agent) readAll(t *testing.T, b *bootstrap.Bootstrap) {
+	t.Helper()
+	for i, ch := range b.Chunks {
+		data, err := a.f.ReadChunk(context.Background(), b, uint32(i))
+		if err != nil {
+			t.Fatalf("%s: chunk %d: %v", a.id, i, err)
+		}
+		if bootstrap.Sum(data) != ch.Digest {
+			t.Fatalf("%s: chunk %d: wrong content", a.id, i)
+		}
+	}
+}
+
+// source returns the named source's fetch statistics.
+func (a *agent) source(name string) fetch.SourceStats {
+	for _, s := range a.f.Stats().Sources {
+		if s.Name == name {
+			return s
+		}
+	}
+	return fetch.SourceStats{}
+}
+
+// holdsAll reports whether the table lists id as holding every frame of b.
+func (c *cluster) holdsAll(id string, b *bootstrap.Bootstrap) bool {
+	p, ok := c.table.Peer(id, time.Now())
+	if !ok {
+		return false
+	}
+	for _, fr := range b.Frames {
+		if !p.Holdings[b.Blobs[fr.Blob]].Covers(fr.Offset, fr.Offset+int64(fr.CompressedSize)) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestPiecesLeaveTheStoreOncePerCluster(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+
+	// A conversion completes: the seeder preheats it, reading each frame
+	// from the store once.
+	b, digest, total := c.convert(t, 1)
+	if _, err := c.bus.Publish(ctx, bus.SubjectCompleted, "", &skiffv1.ConversionCompleted{Target: "test/app:v1-skiff", BootstrapDigest: digest.String()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the seeder preheated the image", func() bool { return c.seederStats(t).Preheats == 1 })
+	eventually(t, "the seeder is known to hold the image", func() bool { return c.holdsAll("seeder-1", b) })
+	preheated := c.blobBytes.Load()
+	if preheated < total || preheated > total+total/10 {
+		t.Fatalf("preheat read %d bytes of chunk data from the store, want about %d (each frame once)", preheated, total)
+	}
+	t.Logf("preheat: %d frames, %d bytes from the store in %d GETs", len(b.Frames), preheated, c.blobGets.Load())
+
+	t.Run("first agent reads from the seeder", func(t *testing.T) {
+		a := c.agent(t, "agent-a")
+		a.readAll(t, b)
+		if got := c.blobBytes.Load(); got != preheated {
+			t.Errorf("store served %d more bytes", got-preheated)
+		}
+		if s := a.src.Stats(); s.FromSeeders == 0 || a.source("store").Requests != 0 {
+			t.Errorf("agent-a: peer %+v, store %+v", s, a.source("store"))
+		}
+		eventually(t, "agent-a is known to hold the image", func() bool { return c.holdsAll("agent-a", b) })
+	})
+
+	t.Run("second agent reads from the first", func(t *testing.T) {
+		bAgent := c.agent(t, "agent-b")
+		bAgent.readAll(t, b)
+		if got := c.blobBytes.Load(); got != preheated {
+			t.Errorf("store served %d more bytes", got-preheated)
+		}
+		s := bAgent.src.Stats()
+		if s.FromPeers == 0 || s.FromPeers != s.Requests || bAgent.source("store").Requests != 0 {
+			t.Errorf("agent-b should read everything from agent-a: peer %+v, store %+v", s, bAgent.source("store"))
+		}
+	})
+
+	t.Run("a piece nobody holds is seeded once", func(t *testing.T) {
+		// No completed event: nobody preheats this one.
+		b2, _, total2 := c.convert(t, 2)
+		before := c.blobBytes.Load()
+		x := c.agent(t, "agent-x")
+		x.readAll(t, b2)
+		seeded := c.blobBytes.Load() - before
+		if seeded < total2 || seeded > total2+total2/10 {
+			t.Errorf("on-demand seeding read %d bytes from the store, want about %d", seeded, total2)
+		}
+		if x.source("store").Requests != 0 || c.seederStats(t).Seeds == 0 {
+			t.Errorf("agent-x should read through the seeder: store %+v, seeder %+v", x.source("store"), c.seederStats(t))
+		}
+		y := c.agent(t, "agent-y")
+		y.readAll(t, b2)
+		if got := c.blobBytes.Load() - before; got != seeded {
+			t.Errorf("second reader made the store serve %d more bytes", got-seeded)
+		}
+	})
+
+	t.Run("dead peer costs a retry, not a read", func(t *testing.T) {
+		dead := c.agent(t, "agent-dead")
+		dead.readAll(t, b)
+		eventually(t, "agent-dead is known to hold the image", func() bool { return c.holdsAll("agent-dead", b) })
+		// Its server dies; it keeps being announced (the worst case: a
+		// zombie the scheduler still believes in).
+		dead.srv.Close()
+		before := c.blobBytes.Load()
+		for i := range 3 {
+			r := c.agent(t, fmt.Sprintf("agent-after-death-%d", i))
+			r.readAll(t, b)
+			if r.source("store").Requests != 0 {
+				t.Errorf("%s went to the store: %+v", r.id, r.source("store"))
+			}
+		}
+		if got := c.blobBytes.Load(); got != before {
+			t.Errorf("store served %d more bytes", got-before)
+		}
+	})
+
+	t.Run("hostile peer is rejected and reported", func(t *testing.T) {
+		// A peer holding every frame, each with one byte flipped.
+		bad := c.agent(t, "agent-hostile")
+		for _, fr := range b.Frames {
+			raw, err := c.storeRange(b.Blobs[fr.Blob], fr.Offset, int64(fr.CompressedSize))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw[len(raw)/2] ^= 0xff
+			if err := bad.pieces.Put(b.Blobs[fr.Blob], fr.Offset, raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, "agent-hostile is known to hold the image", func() bool { return c.holdsAll("agent-hostile", b) })
+		// A victim the scheduler ranks the hostile peer first for (ties
+		// between idle holders are spread by hashing the asker).
+		victim := ""
+		for i := 0; victim == ""; i++ {
+			name := fmt.Sprintf("agent-victim-%d", i)
+			if ps := c.table.Parents(name, b.Blobs[0], b.Frames[0].Offset, int64(b.Frames[0].CompressedSize), time.Now()); len(ps) > 0 && ps[0].ID == "agent-hostile" {
+				victim = name
+			}
+		}
+		v := c.agent(t, victim)
+		v.readAll(t, b)
+		s := v.src.Stats()
+		if s.Rejected == 0 || !strings.Contains(strings.Join(s.Banned, ","), "agent-hostile") {
+			t.Errorf("victim did not ban the hostile peer: %+v", s)
+		}
+		eventually(t, "the scheduler set the hostile peer aside", func() bool { return c.table.Stats(time.Now()).Quarantined >= 1 })
+		for _, p := range c.table.Parents("someone", b.Blobs[0], b.Frames[0].Offset, int64(b.Frames[0].CompressedSize), time.Now()) {
+			if p.ID == "agent-hostile" {
+				t.Error("hostile peer still offered as a parent")
+			}
+		}
+	})
+
+	t.Run("seed request", func(t *testing.T) {
+		var reply skiffv1.SeedReply
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := bus.Request(rctx, c.nc, bus.SubjectSeed("seeder-1"), &skiffv1.SeedRequest{BootstrapDigest: digest.String()}, &reply); err != nil {
+			t.Fatal(err)
+		}
+		if reply.GetError() != "" || reply.GetFrames() != 0 {
+			t.Errorf("seeding a preheated image: %+v", &reply)
+		}
+		if err := bus.Request(rctx, c.nc, bus.SubjectSeed("seeder-1"), &skiffv1.SeedRequest{Blob: b.Blobs[0][:], Offset: 1, Size: 10}, &reply); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(reply.GetError(), "whole frames") {
+			t.Errorf("seeding a misaligned range: %+v", &reply)
+		}
+	})
+
+	t.Run("NATS down falls back to the store", func(t *testing.T) {
+		late := c.agent(t, "agent-late")
+		c.nats.Stop()
+		defer c.nats.Start()
+		eventually(t, "agent-late notices", func() bool { return !late.src.Connected() })
+		start := time.Now()
+		late.readAll(t, b)
+		s := late.src.Stats()
+		if s.NoScheduler == 0 || late.source("store").Frames == 0 {
+			t.Errorf("without NATS: peer %+v, store %+v", s, late.source("store"))
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("reading without NATS took %s", d)
+		}
+	})
+}
+
+// storeRange reads bytes of a blob from MinIO directly.
+func (c *cluster) storeRange(blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	rc, err := c.direct.Get(context.Background(), store.BlobKey(blob.Hex()), off, size)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	_, err = buf.ReadFrom(rc)
+	return buf.Bytes(), err
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitHTTP(t *testing.T, u string, died <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-died:
+			t.Fatalf("service exited before serving: %v", err)
+		default:
+		}
+		if resp, err := http.Get(u); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s did not answer within 60s", u)
+}
