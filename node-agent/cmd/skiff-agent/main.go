@@ -35,7 +35,6 @@ import (
 	"github.com/skiff-dev/skiff/node-agent/internal/referrer"
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
 	"github.com/skiff-dev/skiff/pkg/cache"
-	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
 
@@ -49,18 +48,29 @@ type config struct {
 	PrefetchAll  bool          `env:"PREFETCH_ALL" envDefault:"false"`
 	Passthrough  bool          `env:"PASSTHROUGH" envDefault:"true"`
 	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
+	// Peer-to-peer distribution, off unless NATS_URL is set.
+	NATSURL       string `env:"NATS_URL"`
+	PeerListen    string `env:"PEER_LISTEN" envDefault:":8094"`
+	PeerAdvertise string `env:"PEER_ADVERTISE"`
+	PeerID        string `env:"PEER_ID"`
+	PeerCacheSize int64  `env:"PEER_CACHE_SIZE" envDefault:"10737418240"`
 }
 
 // help describes each setting for --help, by variable suffix.
 var help = map[string]string{
-	"ROOT":          "state directory: snapshots, chunk cache, bootstraps, mountpoints",
-	"SOCKET":        "unix socket containerd's proxy plugin connects to",
-	"STORE":         "blob store URL: file:///path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
-	"CACHE_SIZE":    "chunk cache size limit in bytes (least recently used chunks are evicted)",
-	"RECORD_WINDOW": "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
-	"PREFETCH_ALL":  "after the startup set, prefetch the rest of each image",
-	"PASSTHROUGH":   "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+)",
-	"LOG_LEVEL":     "debug, info, warn or error",
+	"ROOT":            "state directory: snapshots, chunk cache, bootstraps, mountpoints",
+	"SOCKET":          "unix socket containerd's proxy plugin connects to",
+	"STORE":           "blob store URL: file:///path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+	"CACHE_SIZE":      "chunk cache size limit in bytes (least recently used chunks are evicted)",
+	"RECORD_WINDOW":   "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
+	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
+	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+)",
+	"LOG_LEVEL":       "debug, info, warn or error",
+	"NATS_URL":        "NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them",
+	"PEER_LISTEN":     "address this node serves pieces to peers on (with NATS_URL)",
+	"PEER_ADVERTISE":  "host:port other nodes reach PEER_LISTEN at (default: host name and the listen port)",
+	"PEER_ID":         "id of this node among peers, unique in the cluster (default: host name)",
+	"PEER_CACHE_SIZE": "bytes of pieces (chunk data as stored, for peers) kept besides the chunk cache",
 }
 
 const envPrefix = "SKIFF_AGENT_"
@@ -216,7 +226,10 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	f, runP2P, err := newFetcher(cfg, c, st, log)
+	if err != nil {
+		return err
+	}
 	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, Passthrough: cfg.Passthrough, Logger: log})
 	if err != nil {
 		return err
@@ -245,6 +258,9 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		<-ctx.Done()
 		return srv.Shutdown(context.Background())
 	})
+	if runP2P != nil {
+		g.Go(func() error { return runP2P(ctx) })
+	}
 	log.Info("skiff-agent mountd: serving lazy mounts", "socket", sock, "store", cfg.Store)
 	return g.Wait()
 }

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/peer"
+	"github.com/skiff-dev/skiff/pkg/piece"
+	"github.com/skiff-dev/skiff/pkg/schedule"
+	"github.com/skiff-dev/skiff/pkg/store"
+)
+
+// newFetcher builds mountd's Fetcher: cache → store, or with P2P on
+// (SKIFF_AGENT_NATS_URL set) cache → peers → store, in which case run
+// serves this node's pieces to other nodes and announces them until ctx
+// ends. run is nil when P2P is off.
+func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f *fetch.Fetcher, run func(context.Context) error, err error) {
+	storeSrc := fetch.NewStoreSource("store", st)
+	if cfg.NATSURL == "" {
+		return fetch.New(c, storeSrc), nil, nil
+	}
+	id, addr, err := peerIdentity(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	pieces, err := piece.Open(filepath.Join(cfg.Root, "pieces"), cfg.PeerCacheSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The store keeps working without NATS: the peer source fails at
+	// once while disconnected, so reads go straight to the store.
+	nc, err := bus.Connect(cfg.NATSURL, "skiff-agent "+id, nats.RetryOnFailedConnect(true))
+	if err != nil {
+		return nil, nil, err
+	}
+	src := peer.NewSource(nc, id, nil, peer.SourceOptions{Logger: log})
+	f = fetch.New(c, src, storeSrc)
+	f.SetFrameSink(pieces)
+	ln, err := net.Listen("tcp", cfg.PeerListen)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("listen for peers on %s: %w", cfg.PeerListen, err)
+	}
+	server := piece.NewServer(pieces, nil, log)
+	ann := &peer.Announcer{NC: nc, ID: id, Addr: addr, Role: schedule.RolePeer, Store: pieces, Load: server.Load, Logger: log}
+	run = func(ctx context.Context) error {
+		defer nc.Close()
+		mux := http.NewServeMux()
+		mux.Handle(piece.Path, server)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			<-ctx.Done()
+			srv.Close()
+		}()
+		go ann.Run(ctx)
+		log.Info("skiff-agent mountd: sharing pieces with peers", "id", id, "listen", ln.Addr().String(), "advertise", addr, "nats", cfg.NATSURL)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("piece server: %w", err)
+		}
+		return nil
+	}
+	return f, run, nil
+}
+
+// peerIdentity fills in the peer id and advertised address from the host
+// name when they are not set.
+func peerIdentity(cfg config) (id, addr string, err error) {
+	id, addr = cfg.PeerID, cfg.PeerAdvertise
+	host, err := os.Hostname()
+	if err != nil && (id == "" || addr == "") {
+		return "", "", fmt.Errorf("host name for %sPEER_ID/PEER_ADVERTISE: %w", envPrefix, err)
+	}
+	if id == "" {
+		id = host
+	}
+	if addr == "" {
+		h, port, err := net.SplitHostPort(cfg.PeerListen)
+		if err != nil {
+			return "", "", fmt.Errorf("%sPEER_LISTEN: %w", envPrefix, err)
+		}
+		if ip := net.ParseIP(h); h == "" || (ip != nil && ip.IsUnspecified()) {
+			h = host
+		}
+		addr = net.JoinHostPort(h, port)
+	}
+	return id, addr, nil
+}
