@@ -87,7 +87,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 // the disk cache through a fresh mount, with and without passthrough, and
 // the same bytes from a plain local file, each with its page cache
 // dropped first, and reports the mount's throughput against the local
-// file's.
+// file's (best of three reads each).
 func BenchmarkSequentialReadCached(b *testing.B) {
 	requireFUSE(b)
 	if os.Geteuid() != 0 {
@@ -160,16 +160,20 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 		dropPages(cacheDir)
 		return read(filepath.Join(mnt, "f"))
 	}
-	var native, pass, nopass time.Duration
+	// The machine is shared: each way is read several times, interleaved,
+	// and the fastest read of each counts, so that a burst of other work
+	// does not decide the ratio.
+	const rounds = 3
+	native, pass, nopass := time.Duration(1<<62), time.Duration(1<<62), time.Duration(1<<62)
 	b.SetBytes(size)
 	b.ResetTimer()
-	for range b.N {
+	for range b.N * rounds {
 		dropPages(filepath.Dir(local))
-		native += read(local)
-		pass += mountRead(true)
-		nopass += mountRead(false)
+		native = min(native, read(local))
+		pass = min(pass, mountRead(true))
+		nopass = min(nopass, mountRead(false))
 	}
-	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / (1 << 20) }
+	mbps := func(d time.Duration) float64 { return float64(size) / d.Seconds() / (1 << 20) }
 	b.ReportMetric(mbps(native), "native-MiB/s")
 	b.ReportMetric(mbps(pass), "passthrough-MiB/s")
 	b.ReportMetric(mbps(nopass), "nopassthrough-MiB/s")
