@@ -77,7 +77,12 @@ test: tools
 	done; \
 	exit $$status
 
+# TestComposeStack also needs `docker compose` and bin/jaeger (for its Jaeger
+# stand-in image). Their first build takes many minutes, so it happens here
+# rather than inside the test's timeout; without a Docker engine the test
+# skips and neither is built.
 e2e: tools
+	@if docker info >/dev/null 2>&1; then $(MAKE) -s compose-v2 bin/jaeger; fi
 	@if [ -d e2e ]; then \
 		$(GO) test -count=1 -timeout 30m -tags e2e $(TESTFLAGS) ./e2e/... ; \
 	else \

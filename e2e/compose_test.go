@@ -1,0 +1,246 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/image"
+)
+
+// composeStack is one `docker compose` project of docker-compose.yaml,
+// named uniquely and published on free host ports so it cannot clash with
+// a stack a user (or another test) runs.
+type composeStack struct {
+	t       *testing.T
+	project string
+	env     []string
+	ports   map[string]int // compose port variable -> host port
+}
+
+// composePorts are the host port variables of docker-compose.yaml.
+var composePorts = []string{
+	"SKIFF_NATS_PORT", "SKIFF_NATS_MONITOR_PORT", "SKIFF_MINIO_PORT", "SKIFF_MINIO_CONSOLE_PORT",
+	"SKIFF_REGISTRY_PORT", "SKIFF_CONVERTER_PORT", "SKIFF_JAEGER_UI_PORT", "SKIFF_OTLP_PORT",
+}
+
+// startCompose builds the images the stack needs (local stand-ins for the
+// third-party ones, which cannot be pulled here) and brings the stack up.
+// It is taken down, volumes included, when the test ends, pass or fail.
+func startCompose(t *testing.T) *composeStack {
+	t.Helper()
+	if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		t.Skipf("no Docker engine to run the compose stack on: %v\n%s", err, out)
+	}
+	root := testenv.RepoRoot()
+	if exec.Command("docker", "compose", "version").Run() != nil {
+		mustRun(t, root, "make", "-s", "compose-v2")
+	}
+	mustRun(t, root, filepath.Join(root, "e2e", "compose", "standins.sh"))
+	mustRun(t, root, "make", "-s", "images")
+	reapStaleStacks(t)
+
+	s := &composeStack{t: t, project: fmt.Sprintf("%s%d-%d", composeProjectPrefix, os.Getpid(), time.Now().UnixNano()%1e6), ports: map[string]int{}}
+	s.env = os.Environ()
+	for _, v := range composePorts {
+		_, port, _ := net.SplitHostPort(freeLoopback(t))
+		s.ports[v], _ = strconv.Atoi(port)
+		s.env = append(s.env, v+"="+port)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if out, err := s.compose("logs", "--no-color", "--tail", "60"); err == nil || out != "" {
+				t.Logf("docker compose logs:\n%s", out)
+			}
+		}
+		if out, err := s.compose("down", "--volumes", "--remove-orphans", "--timeout", "5"); err != nil {
+			t.Errorf("docker compose down: %v\n%s", err, out)
+		}
+	})
+	// As a user would (make compose-up): --wait fails on a container that
+	// exits or a healthcheck that does not pass.
+	if out, err := s.compose("up", "--detach", "--wait", "--wait-timeout", "180"); err != nil {
+		t.Fatalf("docker compose up: %v\n%s", err, out)
+	}
+	return s
+}
+
+// composeProjectPrefix starts the project name of every stack this test
+// brings up; the test process id follows it.
+const composeProjectPrefix = "skiff-e2e-"
+
+// reapStaleStacks takes down the stacks of earlier runs whose test process
+// is gone: a run stopped by -timeout or a signal never gets to its
+// cleanup, and its containers, network and volumes would stay behind.
+func reapStaleStacks(t *testing.T) {
+	t.Helper()
+	out, err := exec.Command("docker", "compose", "ls", "--all", "--quiet", "--filter", "name="+composeProjectPrefix).Output()
+	if err != nil {
+		t.Logf("list compose projects: %v", err)
+		return
+	}
+	for _, project := range strings.Fields(string(out)) {
+		var pid int
+		if _, err := fmt.Sscanf(strings.TrimPrefix(project, composeProjectPrefix), "%d-", &pid); err != nil || processAlive(pid) {
+			continue
+		}
+		cmd := exec.Command("docker", "compose", "--project-name", project, "--file", "docker-compose.yaml",
+			"down", "--volumes", "--remove-orphans", "--timeout", "5")
+		cmd.Dir = testenv.RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Logf("take down stale stack %s: %v\n%s", project, err, out)
+		} else {
+			t.Logf("took down stale stack %s", project)
+		}
+	}
+}
+
+// processAlive reports whether a process with this id exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// mustRun runs a build step in dir, failing the test with its output.
+func mustRun(t *testing.T, dir, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// compose runs docker compose on the stack's project.
+func (s *composeStack) compose(args ...string) (string, error) {
+	cmd := exec.Command("docker", append([]string{"compose", "--project-name", s.project, "--file", "docker-compose.yaml"}, args...)...)
+	cmd.Dir, cmd.Env = testenv.RepoRoot(), s.env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// url is the host address of a published port.
+func (s *composeStack) url(portVar, path string) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%s", s.ports[portVar], path)
+}
+
+// poll calls ok until it reports true, failing the test with what after
+// limit. ok also describes what it saw, for the failure message.
+func poll(t *testing.T, what string, limit time.Duration, ok func() (bool, string)) {
+	t.Helper()
+	var seen string
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		var done bool
+		if done, seen = ok(); done {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached in %s; last saw: %s", what, limit, seen)
+}
+
+// httpOK reports whether GET url answers 200, decoding a JSON body into v
+// when v is not nil.
+func httpOK(url string, v any) (bool, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, resp.Status
+	}
+	if v != nil {
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+			return false, err.Error()
+		}
+	}
+	return true, resp.Status
+}
+
+// jaegerTraces is the part of Jaeger's query API answers the test reads.
+type jaegerTraces struct {
+	Data []struct {
+		Spans []struct {
+			OperationName string `json:"operationName"`
+		} `json:"spans"`
+	} `json:"data"`
+}
+
+// TestComposeStack brings up docker-compose.yaml as a user would, pushes
+// an image to its registry from the host, and checks the converter
+// published <tag>-skiff with every chunk in MinIO (`skiffctl check` run in
+// the stack), recorded it as done on NATS, and traced the conversion in
+// Jaeger.
+func TestComposeStack(t *testing.T) {
+	s := startCompose(t)
+	poll(t, "converter ready", 2*time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_CONVERTER_PORT", "/healthz"), nil) })
+	poll(t, "registry ready", time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_REGISTRY_PORT", "/v2/"), nil) })
+	poll(t, "jaeger ready", time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_JAEGER_UI_PORT", "/api/services"), nil) })
+
+	ref := fmt.Sprintf("127.0.0.1:%d/compose/app:v1", s.ports["SKIFF_REGISTRY_PORT"])
+	pushImage(t, ref, convImage(t, 11, 1))
+	poll(t, "converted image "+ref+image.TagSuffix, 3*time.Minute, func() (bool, string) {
+		return hasTag(ref + image.TagSuffix), "no such tag"
+	})
+
+	// Inside the stack the registry is registry.localhost:5000, as the
+	// converter reached it.
+	inStack := "registry.localhost:5000/compose/app:v1"
+	out, err := s.compose("run", "--rm", "skiffctl", "check", inStack+image.TagSuffix)
+	if err != nil {
+		t.Fatalf("skiffctl check in the stack: %v\n%s", err, out)
+	}
+	t.Logf("skiffctl check:\n%s", out)
+	// The record names the image as the pusher did.
+	out, err = s.compose("run", "--rm", "skiffctl", "status")
+	if err != nil || !regexp.MustCompile(`(?m)^done +`+regexp.QuoteMeta(ref)+` `).MatchString(out) {
+		t.Errorf("skiffctl status in the stack: %v\n%s", err, out)
+	}
+	t.Logf("skiffctl status:\n%s", out)
+	if out, err := s.compose("run", "--rm", "skiffctl", "check", "registry.localhost:5000/compose/none:v1"+image.TagSuffix); err == nil {
+		t.Errorf("skiffctl check of an image that does not exist succeeded:\n%s", out)
+	}
+
+	// Spans are exported in batches: wait for the conversion's to land,
+	// and for the registry's, which the compose file sends there too.
+	poll(t, "conversion trace in jaeger", time.Minute, func() (bool, string) {
+		var services struct{ Data []string }
+		if ok, seen := httpOK(s.url("SKIFF_JAEGER_UI_PORT", "/api/services"), &services); !ok {
+			return false, seen
+		}
+		if !slices.Contains(services.Data, "distribution") {
+			return false, fmt.Sprintf("services %v: no registry (distribution)", services.Data)
+		}
+		var traces jaegerTraces
+		if ok, seen := httpOK(s.url("SKIFF_JAEGER_UI_PORT", "/api/traces?service=skiff-converter&limit=20"), &traces); !ok {
+			return false, fmt.Sprintf("services %v; traces: %s", services.Data, seen)
+		}
+		var ops []string
+		for _, tr := range traces.Data {
+			for _, sp := range tr.Spans {
+				if strings.HasPrefix(sp.OperationName, "convert ") && strings.Contains(sp.OperationName, "compose/app") {
+					return true, ""
+				}
+				ops = append(ops, sp.OperationName)
+			}
+		}
+		return false, fmt.Sprintf("services %v, operations %v", services.Data, ops)
+	})
+}
