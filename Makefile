@@ -213,11 +213,17 @@ images:
 	@rm -rf $(IMAGE_CONTEXT); mkdir -p $(IMAGE_CONTEXT)/rootfs/tmp $(IMAGE_CONTEXT)/rootfs/var/lib/skiff/work $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs
 	@chmod 1777 $(IMAGE_CONTEXT)/rootfs/tmp
 	@cp /etc/ssl/certs/ca-certificates.crt $(IMAGE_CONTEXT)/rootfs/etc/ssl/certs/
-	CGO_ENABLED=0 $(GO) -C services/converter/cmd/skiff-converter build -trimpath \
-		-ldflags '-s -w -X github.com/skiff-dev/skiff/services/converter/internal/service.Version=$(SKIFF_VERSION)' -o $(IMAGE_CONTEXT)/ .
+	@mkdir -p $(IMAGE_CONTEXT)/seeder-rootfs/var/lib/skiff-seeder/pieces
+	@for s in converter scheduler seeder; do \
+		echo "go build skiff-$$s"; \
+		CGO_ENABLED=0 $(GO) -C services/$$s/cmd/skiff-$$s build -trimpath \
+			-ldflags "-s -w -X github.com/skiff-dev/skiff/services/$$s/internal/service.Version=$(SKIFF_VERSION)" -o $(IMAGE_CONTEXT)/ .; \
+	done
 	CGO_ENABLED=0 $(GO) -C cmd/skiffctl build -trimpath -ldflags '-s -w' -o $(IMAGE_CONTEXT)/ .
-	docker build -q -f deploy/docker/Dockerfile --target converter -t skiff/converter:$(IMAGE_TAG) $(IMAGE_CONTEXT)
-	docker build -q -f deploy/docker/Dockerfile --target skiffctl -t skiff/skiffctl:$(IMAGE_TAG) $(IMAGE_CONTEXT)
+	@for target in converter scheduler seeder skiffctl; do \
+		echo "docker build skiff/$$target:$(IMAGE_TAG)"; \
+		docker build -q -f deploy/docker/Dockerfile --target $$target -t skiff/$$target:$(IMAGE_TAG) $(IMAGE_CONTEXT) >/dev/null; \
+	done
 
 compose-up: images compose-v2
 	docker compose up -d --wait

@@ -3,9 +3,11 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,7 +22,11 @@ import (
 	"time"
 
 	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/piece"
+	"github.com/skiff-dev/skiff/pkg/schedule"
+	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
 )
 
 // composeStack is one `docker compose` project of docker-compose.yaml,
@@ -37,6 +43,7 @@ type composeStack struct {
 var composePorts = []string{
 	"SKIFF_NATS_PORT", "SKIFF_NATS_MONITOR_PORT", "SKIFF_MINIO_PORT", "SKIFF_MINIO_CONSOLE_PORT",
 	"SKIFF_REGISTRY_PORT", "SKIFF_CONVERTER_PORT", "SKIFF_JAEGER_UI_PORT", "SKIFF_OTLP_PORT",
+	"SKIFF_SCHEDULER_PORT", "SKIFF_SEEDER_PORT",
 }
 
 // startCompose builds the images the stack needs (local stand-ins for the
@@ -179,20 +186,51 @@ type jaegerTraces struct {
 	Data []struct {
 		Spans []struct {
 			OperationName string `json:"operationName"`
+			ProcessID     string `json:"processID"`
+			Tags          []struct {
+				Key   string `json:"key"`
+				Value any    `json:"value"`
+			} `json:"tags"`
 		} `json:"spans"`
+		Processes map[string]struct {
+			ServiceName string `json:"serviceName"`
+		} `json:"processes"`
 	} `json:"data"`
+}
+
+// seederStats is the part of the seeder's /stats the test reads.
+type seederStats struct {
+	ID              string `json:"id"`
+	Preheats        int64  `json:"preheats"`
+	PreheatFailures int64  `json:"preheatFailures"`
+	Seeds           int64  `json:"seeds"`
+	PieceBytes      int64  `json:"pieceBytes"`
+}
+
+// schedulerStats is the part of the scheduler's /stats the test reads.
+type schedulerStats struct {
+	Table struct {
+		Seeders   int   `json:"seeders"`
+		Blobs     int   `json:"blobs"`
+		HeldBytes int64 `json:"heldBytes"`
+	} `json:"table"`
 }
 
 // TestComposeStack brings up docker-compose.yaml as a user would, pushes
 // an image to its registry from the host, and checks the converter
 // published <tag>-skiff with every chunk in MinIO (`skiffctl check` run in
 // the stack), recorded it as done on NATS, and traced the conversion in
-// Jaeger.
+// Jaeger; and that the seeder preheated the converted image, the
+// scheduler offers it as the holder of every frame, and the preheat is
+// traced too.
 func TestComposeStack(t *testing.T) {
 	s := startCompose(t)
 	poll(t, "converter ready", 2*time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_CONVERTER_PORT", "/healthz"), nil) })
 	poll(t, "registry ready", time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_REGISTRY_PORT", "/v2/"), nil) })
 	poll(t, "jaeger ready", time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_JAEGER_UI_PORT", "/api/services"), nil) })
+	// The seeder only preheats conversions completed after it is ready.
+	poll(t, "scheduler ready", time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_SCHEDULER_PORT", "/healthz"), nil) })
+	poll(t, "seeder ready", time.Minute, func() (bool, string) { return httpOK(s.url("SKIFF_SEEDER_PORT", "/healthz"), nil) })
 
 	ref := fmt.Sprintf("127.0.0.1:%d/compose/app:v1", s.ports["SKIFF_REGISTRY_PORT"])
 	pushImage(t, ref, convImage(t, 11, 1))
@@ -242,5 +280,118 @@ func TestComposeStack(t *testing.T) {
 			}
 		}
 		return false, fmt.Sprintf("services %v, operations %v", services.Data, ops)
+	})
+
+	checkPreheated(t, s, ref+image.TagSuffix)
+}
+
+// checkPreheated checks the P2P side of the stack saw the conversion of
+// ref (the converted image, as the host reaches it): the seeder preheated
+// it, the scheduler knows the seeder at its in-stack address as a holder
+// of every frame of the image, the seeder serves a frame from what it
+// holds, and its preheat is traced in Jaeger.
+func checkPreheated(t *testing.T, s *composeStack, ref string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	b, _, err := image.LoadBootstrap(ctx, ref)
+	if err != nil {
+		t.Fatalf("bootstrap of %s: %v", ref, err)
+	}
+	var stored int64
+	for _, fr := range b.Frames {
+		stored += int64(fr.CompressedSize)
+	}
+	if len(b.Frames) == 0 {
+		t.Fatalf("%s has no frames to preheat", ref)
+	}
+
+	var ss seederStats
+	poll(t, "seeder preheated "+ref, 2*time.Minute, func() (bool, string) {
+		if ok, seen := httpOK(s.url("SKIFF_SEEDER_PORT", "/stats"), &ss); !ok {
+			return false, seen
+		}
+		return ss.Preheats == 1 && ss.PieceBytes >= stored, fmt.Sprintf("%+v (image: %d bytes in %d frames)", ss, stored, len(b.Frames))
+	})
+	if ss.PreheatFailures != 0 || ss.ID != "seeder" {
+		t.Errorf("seeder stats %+v", ss)
+	}
+	var sched schedulerStats
+	poll(t, "scheduler knows the seeder's holdings", time.Minute, func() (bool, string) {
+		if ok, seen := httpOK(s.url("SKIFF_SCHEDULER_PORT", "/stats"), &sched); !ok {
+			return false, seen
+		}
+		tb := sched.Table
+		return tb.Seeders == 1 && tb.Blobs >= len(b.Blobs) && tb.HeldBytes >= stored, fmt.Sprintf("%+v", tb)
+	})
+
+	// Ask the schedulers for the parents of every frame, as an agent
+	// would over the stack's NATS: the seeder is named, at the address
+	// peers in the stack dial, as holding it (not as the one to seed it).
+	nc, err := bus.Connect(fmt.Sprintf("nats://127.0.0.1:%d", s.ports["SKIFF_NATS_PORT"]), "compose-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for i, fr := range b.Frames {
+		blob := b.Blobs[fr.Blob]
+		var reply skiffv1.ParentsReply
+		req := &skiffv1.ParentsRequest{PeerId: "compose-test", Blob: blob[:], Offset: uint64(fr.Offset), Size: uint64(fr.CompressedSize)}
+		if err := bus.Request(ctx, nc, bus.SubjectParents, req, &reply); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		parents := schedule.ParentsFromMessage(&reply)
+		if len(parents) != 1 || parents[0].ID != "seeder" || parents[0].Addr != "seeder:8092" ||
+			parents[0].Role != schedule.RoleSeeder || parents[0].Seeds {
+			t.Fatalf("frame %d (blob %s at %d): parents %+v, want the seeder holding it", i, blob, fr.Offset, parents)
+		}
+	}
+
+	// The seeder serves a frame from its holdings, without seeding it.
+	fr := b.Frames[len(b.Frames)-1]
+	blob := b.Blobs[fr.Blob]
+	url := s.url("SKIFF_SEEDER_PORT", fmt.Sprintf("%s%s?offset=%d&size=%d", piece.Path, blob.Hex(), fr.Offset, fr.CompressedSize))
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || len(body) != int(fr.CompressedSize) {
+		t.Fatalf("GET %s: %s, %d bytes (want %d), %v", url, resp.Status, len(body), fr.CompressedSize, err)
+	}
+	if ok, seen := httpOK(s.url("SKIFF_SEEDER_PORT", "/stats"), &ss); !ok || ss.Seeds != 0 {
+		t.Errorf("seeder stats after serving a held frame: %s %+v", seen, ss)
+	}
+
+	// The preheat is traced, in the trace of the conversion that
+	// triggered it.
+	poll(t, "preheat trace in jaeger", time.Minute, func() (bool, string) {
+		var traces jaegerTraces
+		if ok, seen := httpOK(s.url("SKIFF_JAEGER_UI_PORT", "/api/traces?service=skiff-seeder&operation=seeder.preheat&limit=20"), &traces); !ok {
+			return false, seen
+		}
+		var seen []string
+		for _, tr := range traces.Data {
+			convert := false
+			var preheat bool
+			for _, sp := range tr.Spans {
+				svc := tr.Processes[sp.ProcessID].ServiceName
+				seen = append(seen, svc+":"+sp.OperationName)
+				convert = convert || (svc == "skiff-converter" && strings.HasPrefix(sp.OperationName, "convert "))
+				if svc != "skiff-seeder" || sp.OperationName != "seeder.preheat" {
+					continue
+				}
+				for _, tag := range sp.Tags {
+					if v, ok := tag.Value.(string); ok && tag.Key == "skiff.target" && strings.Contains(v, "compose/app") {
+						preheat = true
+					}
+				}
+			}
+			if preheat && convert {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("spans %v", seen)
 	})
 }
