@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -259,6 +260,22 @@ func (e *agentEnv) startAgent() {
 			e.t.Fatalf("agent did not listen on %s:\n%s", e.socket, e.logs())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitSnapshotter waits until containerd reaches the agent again after a
+// restart: containerd redials a proxy plugin with a backoff of up to a few
+// seconds and fails calls meanwhile. Listing snapshots is no test of that,
+// since containerd answers it from its own metadata; preparing one is.
+func (e *agentEnv) waitSnapshotter(ctx context.Context) {
+	e.t.Helper()
+	key := fmt.Sprintf("skiff-e2e-probe-%d", time.Now().UnixNano())
+	waitFor(e.t, ctx, func() error {
+		_, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "prepare", key)
+		return err
+	})
+	if out, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "rm", key); err != nil {
+		e.t.Fatalf("remove probe snapshot: %v\n%s", err, out)
 	}
 }
 

@@ -115,12 +115,7 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions) {
 		}
 		e.killAgent()
 		e.startAgent()
-		// containerd redials the proxy plugin with a backoff of up to a
-		// few seconds; until then it reports the snapshotter unavailable.
-		waitFor(t, ctx, func() error {
-			_, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
-			return err
-		})
+		e.waitSnapshotter(ctx)
 		out, err := e.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "after", "long", "/bin/probe", "cat", "/data/later.txt")
 		if err != nil {
 			t.Fatalf("read in running container after agent restart: %v\n%s", err, e.logs())

@@ -100,6 +100,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case <-unmounted:
 		// Unmounted from outside (umount, fusermount -u).
 	}
+	f.Flush() // what was fetched stays in --cache for the next mount
 	line, err := json.Marshal(mountReport{Image: ref, Bootstrap: d.String(), Mountpoint: mountpoint, Stats: f.Stats()})
 	if err != nil {
 		return err

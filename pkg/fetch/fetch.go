@@ -45,7 +45,18 @@ type Fetcher struct {
 
 	// sink, when set, sees the stored bytes of every verified frame.
 	sink FrameSink
+
+	// Verified chunks reach the disk cache behind the reader's back: a
+	// frame of packed small files is thousands of files to create, which
+	// must not stand between a reader and the bytes it waits for. The
+	// memory tier holds them meanwhile. writeSlots bounds the frames
+	// being written; past it, the fetching reader writes itself.
+	writeSlots chan struct{}
+	writes     sync.WaitGroup
 }
+
+// maxPendingWrites bounds the frames on their way to the disk cache.
+const maxPendingWrites = 32
 
 // FrameSink receives the stored (compressed) bytes of each frame the
 // Fetcher verified after reading it from a source. The chunk caches hold
@@ -115,6 +126,7 @@ func New(c *cache.Cache, sources ...Source) *Fetcher {
 
 		assembling: map[bootstrap.Digest]bool{},
 		assembly:   make(chan struct{}, 1),
+		writeSlots: make(chan struct{}, maxPendingWrites),
 	}
 	for _, s := range sources {
 		f.sources = append(f.sources, &source{Source: s})
@@ -234,25 +246,48 @@ func (f *Fetcher) finish(k frameKey, cl *call, data []byte, err error) {
 }
 
 // keep caches every chunk of a verified frame: packed small files are
-// usually read together, so the neighbours are wanted soon.
+// usually read together, so the neighbours are wanted soon. The chunks are
+// in memory when keep returns; the disk copy follows (see writeSlots).
 func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
-	chunks := f.frameIndex(b).of(fi)
-	for _, ci := range chunks {
+	idx := f.frameIndex(b).of(fi)
+	chunks := make([][]byte, len(idx))
+	for i, ci := range idx {
 		c := b.Chunks[ci]
 		chunk := data[c.Offset : c.Offset+c.Size]
-		if len(chunks) > 1 {
+		if len(idx) > 1 {
 			// A small chunk must not pin its whole packed frame in memory
 			// long after its neighbours were evicted.
 			chunk = bytes.Clone(chunk)
 		}
 		f.mem.Put(c.Digest, chunk)
-		if f.cache != nil {
-			if err := f.cache.Put(c.Digest, chunk); err != nil {
-				f.log.Warn("fetch: cache chunk", "chunk", c.Digest, "err", err)
+		chunks[i] = chunk
+	}
+	if f.cache == nil {
+		return
+	}
+	persist := func() {
+		for i, ci := range idx {
+			if err := f.cache.Put(b.Chunks[ci].Digest, chunks[i]); err != nil {
+				f.log.Warn("fetch: cache chunk", "chunk", b.Chunks[ci].Digest, "err", err)
 			}
 		}
 	}
+	select {
+	case f.writeSlots <- struct{}{}:
+		f.writes.Add(1)
+		go func() {
+			defer f.writes.Done()
+			defer func() { <-f.writeSlots }()
+			persist()
+		}()
+	default:
+		persist()
+	}
 }
+
+// Flush waits until every chunk fetched so far is in the disk cache. A
+// process calls it before exiting, so that what it fetched survives it.
+func (f *Fetcher) Flush() { f.writes.Wait() }
 
 // fetchFrame tries every source in turn for frame fi.
 func (f *Fetcher) fetchFrame(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest) ([]byte, error) {

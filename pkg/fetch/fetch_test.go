@@ -109,6 +109,7 @@ func TestReadChunk(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := New(c, NewStoreSource("store", upload(t, img)))
+			t.Cleanup(f.Flush)
 			checkFiles(t, f, img.Bootstrap, files)
 			s := f.Stats()
 			if s.ZeroChunks == 0 {
@@ -192,6 +193,7 @@ func TestAllSourcesFail(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := New(c, NewStoreSource("corrupt", bad), NewStoreSource("empty", newStore(t)))
+	t.Cleanup(f.Flush)
 	got, err := readFile(ctx, f, img.Bootstrap, "/random")
 	if err == nil || got != nil {
 		t.Fatalf("read of a corrupt file: %d bytes, err %v", len(got), err)
@@ -217,7 +219,9 @@ func TestCachePersistsAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkFiles(t, New(c1, NewStoreSource("store", upload(t, img))), img.Bootstrap, files)
+	f1 := New(c1, NewStoreSource("store", upload(t, img)))
+	checkFiles(t, f1, img.Bootstrap, files)
+	f1.Flush()
 
 	c2, err := cache.Open(dirPath, 0)
 	if err != nil {
@@ -237,6 +241,7 @@ func TestCacheEvictionRefetches(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := New(c, NewStoreSource("store", upload(t, img)))
+	t.Cleanup(f.Flush)
 	checkFiles(t, f, img.Bootstrap, files)
 	if s := c.Stats(); s.Bytes > 40<<10 || s.Evictions == 0 {
 		t.Fatalf("cache %+v: want evictions and at most 40 KiB", s)
@@ -371,6 +376,7 @@ func TestPrefetchMergesRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := New(c, NewStoreSource("store", upload(t, img)))
+	t.Cleanup(f.Flush)
 	var inodes []uint32
 	blobs := map[uint32]bool{}
 	for i := range 20 {
@@ -416,6 +422,7 @@ func TestPrefetchFallsBackPerFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := New(c, NewStoreSource("corrupt", bad), NewStoreSource("good", upload(t, img)))
+	t.Cleanup(f.Flush)
 	var inodes []uint32
 	for i := range 20 {
 		ino, _ := b.LookupPath(fmt.Sprintf("/plain/f%02d", i))

@@ -27,6 +27,7 @@ func TestBackingFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := New(c, NewStoreSource("store", st))
+			t.Cleanup(f.Flush)
 			ino, _ := b.LookupPath(p)
 			if p != "/zeros" { // nothing to fetch for an all-zero file
 				if file, ok := f.BackingFile(ctx, b, ino); ok {
@@ -56,11 +57,13 @@ func TestBackingFile(t *testing.T) {
 			if err := os.WriteFile(backing, bad, 0o644); err != nil {
 				t.Fatal(err)
 			}
+			f.Flush()
 			c2, err := cache.Open(dir, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			f2 := New(c2, NewStoreSource("store", st))
+			t.Cleanup(f2.Flush)
 			if fl, ok := f2.BackingFile(ctx, b, ino); ok {
 				fl.Close()
 				t.Fatal("corrupt backing file served")

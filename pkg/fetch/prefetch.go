@@ -16,8 +16,10 @@ const prefetchConcurrency = 8
 // Prefetch warms the caches with every chunk of the given inodes (regular
 // files; others are ignored), reading nearby frames of a blob with one
 // request each. It returns an error naming every chunk it could not fetch;
-// the chunks it did fetch stay cached either way.
+// the chunks it did fetch stay cached either way, and are on disk when it
+// returns.
 func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes []uint32) error {
+	defer f.Flush()
 	seen := map[uint32]bool{}
 	var frames []uint32
 	for _, ino := range inodes {

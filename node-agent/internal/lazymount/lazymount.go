@@ -205,6 +205,7 @@ func (m *Manager) Close() error {
 	for _, d := range m.Mounted() {
 		errs = append(errs, m.Unmount(context.Background(), d))
 	}
+	m.fetch.Flush()
 	return errors.Join(errs...)
 }
 
