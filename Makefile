@@ -202,9 +202,10 @@ bin/jaeger:
 	cp -r $$src/. $$tmp; chmod -R u+w $$tmp; \
 	cd $$tmp && GOWORK=off GOFLAGS= CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/jaeger ./cmd/jaeger
 
-# Skiff's images for docker-compose.yaml, FROM scratch: the binaries are
-# built static on the host (no Go base image is needed), the Dockerfile only
-# copies them. IMAGE_TAG matches the compose file's default.
+# Skiff's images for docker-compose.yaml and deploy/kubernetes, FROM scratch:
+# the binaries are built static on the host (no Go base image is needed),
+# the Dockerfile only copies them. IMAGE_TAG matches the compose file's and
+# the manifests' default.
 .PHONY: images compose-up compose-down
 IMAGE_TAG     ?= dev
 IMAGE_CONTEXT := $(BIN)/docker-context
@@ -220,7 +221,8 @@ images:
 			-ldflags "-s -w -X github.com/skiff-dev/skiff/services/$$s/internal/service.Version=$(SKIFF_VERSION)" -o $(IMAGE_CONTEXT)/ .; \
 	done
 	CGO_ENABLED=0 $(GO) -C cmd/skiffctl build -trimpath -ldflags '-s -w' -o $(IMAGE_CONTEXT)/ .
-	@for target in converter scheduler seeder skiffctl; do \
+	CGO_ENABLED=0 $(GO) -C node-agent/cmd/skiff-agent build -trimpath -ldflags '-s -w' -o $(IMAGE_CONTEXT)/ .
+	@for target in converter scheduler seeder skiffctl agent; do \
 		echo "docker build skiff/$$target:$(IMAGE_TAG)"; \
 		docker build -q -f deploy/docker/Dockerfile --target $$target -t skiff/$$target:$(IMAGE_TAG) $(IMAGE_CONTEXT) >/dev/null; \
 	done
