@@ -6,12 +6,11 @@ package config
 import (
 	"fmt"
 	"io"
-	"reflect"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/skiff-dev/skiff/pkg/envdoc"
 )
 
 // Config configures skiff-converter. Each field's help tag is what --help
@@ -63,24 +62,4 @@ func (c Config) Validate() error {
 }
 
 // Help writes every variable with its default and meaning.
-func Help(w io.Writer) error {
-	params, err := env.GetFieldParams(&Config{})
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	help := map[string]string{}
-	for f := range reflect.TypeFor[Config]().Fields() {
-		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-		help[key] = f.Tag.Get("help")
-	}
-	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tMEANING")
-	for _, p := range params {
-		def := p.DefaultValue
-		if def == "" {
-			def = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Key, def, help[p.OwnKey])
-	}
-	return tw.Flush()
-}
+func Help(w io.Writer) error { return envdoc.Write[Config](w) }

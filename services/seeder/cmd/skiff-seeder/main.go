@@ -7,49 +7,19 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"io"
-	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/skiff-dev/skiff/pkg/daemon"
 	"github.com/skiff-dev/skiff/services/seeder/internal/config"
 	"github.com/skiff-dev/skiff/services/seeder/internal/service"
 )
 
 func main() {
-	for _, a := range os.Args[1:] {
-		if a == "-h" || a == "-help" || a == "--help" || a == "help" {
-			usage(os.Stdout)
-			return
-		}
-	}
-	if len(os.Args) > 1 {
-		fmt.Fprintf(os.Stderr, "skiff-seeder takes no arguments, only environment variables\n\n")
-		usage(os.Stderr)
-		os.Exit(2)
-	}
-	cfg, err := config.Load()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "skiff-seeder:", err)
-		os.Exit(2)
-	}
-	level := slog.LevelInfo
-	if cfg.Debug {
-		level = slog.LevelDebug
-	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := service.Run(ctx, cfg); err != nil {
-		slog.Error("skiff-seeder stopped", "err", err)
-		os.Exit(1)
-	}
-}
-
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: skiff-seeder\n\nPreheats converted images from the blob store and serves their pieces to\nSkiff node agents; run skiff-scheduler next to it.\n\nEnvironment:")
-	config.Help(w)
+	os.Exit(daemon.Main(os.Args[1:], os.Stdout, os.Stderr, daemon.Service[config.Config]{
+		Name:    "skiff-seeder",
+		Summary: "Preheats converted images from the blob store and serves their pieces to\nSkiff node agents; run skiff-scheduler next to it.",
+		Load:    config.Load,
+		Debug:   func(c config.Config) bool { return c.Debug },
+		Run:     service.Run,
+	}))
 }

@@ -1,0 +1,66 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+type testConfig struct {
+	Addr  string `env:"SKIFF_TEST_ADDR" envDefault:":1234" help:"where to listen"`
+	Debug bool   `env:"SKIFF_TEST_DEBUG" help:"log debug messages"`
+}
+
+func TestMain_(t *testing.T) {
+	errLoad := errors.New("SKIFF_TEST_ADDR: bad address")
+	errRun := errors.New("store unreachable")
+	for _, tt := range []struct {
+		name      string
+		args      []string
+		load, run error
+		code      int
+		ran       bool
+		stdout    []string
+		stderr    []string
+	}{
+		{name: "help", args: []string{"--help"}, code: 0, stdout: []string{"usage: skiff-test", "Tests things.", "SKIFF_TEST_ADDR", ":1234", "where to listen", "SKIFF_TEST_DEBUG"}},
+		{name: "short help", args: []string{"-h"}, code: 0, stdout: []string{"SKIFF_TEST_ADDR"}},
+		{name: "argument", args: []string{"serve"}, code: 2, stderr: []string{"skiff-test takes no arguments", "SKIFF_TEST_ADDR"}},
+		{name: "bad config", load: errLoad, code: 2, stderr: []string{"skiff-test: SKIFF_TEST_ADDR: bad address"}},
+		{name: "clean stop", code: 0, ran: true},
+		{name: "failure", run: errRun, code: 1, ran: true, stderr: []string{"skiff-test stopped", "store unreachable"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			ran := false
+			code := Main(tt.args, &stdout, &stderr, Service[testConfig]{
+				Name:    "skiff-test",
+				Summary: "Tests things.",
+				Load:    func() (testConfig, error) { return testConfig{Addr: ":1"}, tt.load },
+				Debug:   func(c testConfig) bool { return c.Debug },
+				Run: func(ctx context.Context, c testConfig) error {
+					ran = true
+					if c.Addr != ":1" || ctx.Err() != nil {
+						t.Errorf("run got config %+v, ctx err %v", c, ctx.Err())
+					}
+					return tt.run
+				},
+			})
+			if code != tt.code || ran != tt.ran {
+				t.Errorf("exit %d, ran %v; want %d, %v\nstdout:\n%s\nstderr:\n%s", code, ran, tt.code, tt.ran, &stdout, &stderr)
+			}
+			for _, want := range tt.stdout {
+				if !strings.Contains(stdout.String(), want) {
+					t.Errorf("stdout lacks %q:\n%s", want, &stdout)
+				}
+			}
+			for _, want := range tt.stderr {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr lacks %q:\n%s", want, &stderr)
+				}
+			}
+		})
+	}
+}
