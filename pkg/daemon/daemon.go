@@ -6,11 +6,15 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/envdoc"
 )
@@ -64,4 +68,49 @@ func usage[C any](w io.Writer, s Service[C]) {
 	if err := envdoc.Write[C](w); err != nil {
 		fmt.Fprintln(w, err)
 	}
+}
+
+// Retry calls fn until it succeeds or ctx ends, backing off from 100 ms up
+// to 5 s: a service started before its NATS or store is up waits for them
+// instead of exiting.
+func Retry(ctx context.Context, what string, fn func() error) error {
+	delay := 100 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		slog.Warn(what+" failed, retrying", "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// ShutdownTimeout is how long requests in progress get to finish when a
+// service stops.
+const ShutdownTimeout = 10 * time.Second
+
+// Serve serves srv on ln until ctx ends, then shuts it down gracefully. It
+// returns nil after a clean stop.
+func Serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http server on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("http server on %s: shutdown: %w", ln.Addr(), err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("http server on %s: %w", ln.Addr(), err)
+	}
+	return nil
 }

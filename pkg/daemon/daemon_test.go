@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 type testConfig struct {
@@ -62,5 +66,62 @@ func TestMain_(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestServeStopsWithContext(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, srv, ln) }()
+	resp, err := http.Get("http://" + ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "ok" {
+		t.Fatalf("served %q", body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("clean stop returned %v", err)
+	}
+	if _, err := http.Get("http://" + ln.Addr().String()); err == nil {
+		t.Fatal("still serving after stop")
+	}
+}
+
+func TestServeReportsDeadListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	if err := Serve(context.Background(), &http.Server{}, ln); err == nil {
+		t.Fatal("serving on a closed listener succeeded")
+	}
+}
+
+func TestRetry(t *testing.T) {
+	calls := 0
+	err := Retry(context.Background(), "flaky", func() error {
+		if calls++; calls < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Fatalf("Retry: %v after %d calls, want success after 3", err, calls)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = Retry(ctx, "set up jetstream", func() error { return errors.New("nats down") })
+	if err == nil || !strings.Contains(err.Error(), "set up jetstream: nats down") {
+		t.Fatalf("Retry after ctx end: %v", err)
 	}
 }

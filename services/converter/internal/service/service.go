@@ -18,6 +18,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/daemon"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 	"github.com/skiff-dev/skiff/pkg/telemetry"
 	"github.com/skiff-dev/skiff/services/converter/internal/config"
@@ -55,7 +56,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	// NATS may come up after us (one compose file, one demo): wait for it.
-	if err := retry(ctx, "set up jetstream", func() error { return b.Setup(ctx) }); err != nil {
+	if err := daemon.Retry(ctx, "set up jetstream", func() error { return b.Setup(ctx) }); err != nil {
 		return err
 	}
 	kv, err := b.Records(ctx)
@@ -80,18 +81,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 	slog.Info("skiff-converter ready", "listen", ln.Addr().String(), "nats", cfg.NATS, "store", cfg.Store, "concurrency", cfg.Concurrency)
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("webhook server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
+	g.Go(func() error { return daemon.Serve(ctx, srv, ln) })
 	g.Go(func() error {
 		err := bus.Consume(ctx, cons, cfg.Concurrency, w.Handle)
 		if errors.Is(err, context.Canceled) {
@@ -100,22 +90,4 @@ func Run(ctx context.Context, cfg config.Config) error {
 		return err
 	})
 	return g.Wait()
-}
-
-// retry calls fn until it succeeds or ctx ends, backing off up to 5 s.
-func retry(ctx context.Context, what string, fn func() error) error {
-	delay := 100 * time.Millisecond
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		slog.Warn(what+" failed, retrying", "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, err)
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
 }

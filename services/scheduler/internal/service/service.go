@@ -8,7 +8,6 @@ package service
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/daemon"
 	"github.com/skiff-dev/skiff/pkg/schedule"
 	"github.com/skiff-dev/skiff/pkg/telemetry"
 	"github.com/skiff-dev/skiff/services/scheduler/internal/config"
@@ -63,18 +63,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 	slog.Info("skiff-scheduler ready", "listen", ln.Addr().String(), "nats", cfg.NATS, "ttl", cfg.TTL)
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
+	g.Go(func() error { return daemon.Serve(ctx, srv, ln) })
 	// Expire often relative to the TTL, so a dead peer is dropped soon
 	// after it is due.
 	g.Go(func() error { return sched.Run(ctx, max(cfg.TTL/4, 250*time.Millisecond)) })

@@ -25,6 +25,7 @@ import (
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/daemon"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/peer"
 	"github.com/skiff-dev/skiff/pkg/piece"
@@ -86,7 +87,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	// NATS may come up after us: wait for it.
-	if err := retry(ctx, "set up jetstream", func() error { return b.Setup(ctx) }); err != nil {
+	if err := daemon.Retry(ctx, "set up jetstream", func() error { return b.Setup(ctx) }); err != nil {
 		return err
 	}
 	cons, err := b.SeederConsumer(ctx, cfg.AckWait)
@@ -108,18 +109,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 	slog.Info("skiff-seeder ready", "id", cfg.ID, "listen", ln.Addr().String(), "advertise", cfg.Advertise, "nats", cfg.NATS, "store", cfg.Store, "pieces", pieces.Size())
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("piece server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
+	g.Go(func() error { return daemon.Serve(ctx, srv, ln) })
 	g.Go(func() error { return s.announce.Run(ctx) })
 	g.Go(func() error {
 		err := bus.Consume(ctx, cons, cfg.Concurrency, s.handleCompleted)
@@ -250,22 +240,4 @@ func (s *service) seed(ctx context.Context, req *skiffv1.SeedRequest) (seed.Resu
 	}
 	s.seeds.Add(1)
 	return s.seeder.SeedRange(ctx, blob, int64(req.GetOffset()), int64(req.GetSize()))
-}
-
-// retry calls fn until it succeeds or ctx ends, backing off up to 5 s.
-func retry(ctx context.Context, what string, fn func() error) error {
-	delay := 100 * time.Millisecond
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		slog.Warn(what+" failed, retrying", "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, err)
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
 }
