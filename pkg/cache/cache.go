@@ -44,7 +44,7 @@ type Cache struct {
 	mu       sync.Mutex
 	idx      *lru[kind]
 	stats    Stats
-	verified map[bootstrap.Digest]bool // whole files checked by this process
+	verified map[bootstrap.Digest]bool // chunks and whole files checked by this process
 }
 
 // kind tells what an index entry is: chunks and whole files share one
@@ -155,31 +155,39 @@ func (c *Cache) Has(d bootstrap.Digest) bool {
 	return c.idx.has(d)
 }
 
-// Get returns the chunk with digest d. The bytes are verified against d;
-// a file that fails is deleted and the call reports a miss.
+// Get returns the chunk with digest d. Its length is checked on every
+// read and its bytes against d the first time this process reads it (or
+// wrote it, from verified data): hashing every read would cap a cached
+// sequential read at the speed of SHA-256, and a file that was sound an
+// instant ago changes only if someone with the agent's own privileges
+// writes to the cache. A file that fails is deleted and the call reports
+// a miss.
 func (c *Cache) Get(d bootstrap.Digest) ([]byte, bool) {
 	c.mu.Lock()
-	_, ok := c.idx.get(d)
+	e, ok := c.idx.use(d)
 	if !ok {
 		c.stats.Misses++
 		c.mu.Unlock()
 		return nil, false
 	}
+	checked := c.verified[d]
 	c.mu.Unlock()
 
 	p := c.path(d)
 	data, err := os.ReadFile(p)
-	if err == nil && bootstrap.Sum(data) == d {
+	if err == nil && int64(len(data)) == e.size && (checked || bootstrap.Sum(data) == d) {
 		now := time.Now()
 		// Recency for the next Open; losing a touch only ages the entry.
 		_ = os.Chtimes(p, now, now)
 		c.mu.Lock()
 		c.stats.Hits++
+		c.verified[d] = true
 		c.mu.Unlock()
 		return data, true
 	}
 	c.mu.Lock()
 	c.idx.remove(d)
+	delete(c.verified, d)
 	c.stats.Misses++
 	if err == nil {
 		c.stats.Corrupt++
@@ -208,6 +216,7 @@ func (c *Cache) Put(d bootstrap.Digest, data []byte) error {
 	}
 	c.mu.Lock()
 	evicted := c.idx.add(d, int64(len(data)), chunkEntry)
+	c.verified[d] = true
 	c.mu.Unlock()
 	c.removeFiles(evicted)
 	return nil

@@ -132,11 +132,15 @@ func TestReopenOrderAndLowerLimit(t *testing.T) {
 }
 
 func TestCorruptFileIsMissAndDeleted(t *testing.T) {
+	// A process checks a chunk's bytes the first time it reads it, and
+	// its length on every read: a flipped byte is caught by the next
+	// process (reopen), a truncation by this one too.
 	tests := []struct {
 		name   string
+		reopen bool
 		damage func(p string) error
 	}{
-		{"flipped byte", func(p string) error {
+		{"flipped byte", true, func(p string) error {
 			b, err := os.ReadFile(p)
 			if err != nil {
 				return err
@@ -144,18 +148,23 @@ func TestCorruptFileIsMissAndDeleted(t *testing.T) {
 			b[len(b)/2] ^= 1
 			return os.WriteFile(p, b, 0o644)
 		}},
-		{"truncated", func(p string) error { return os.Truncate(p, 10) }},
-		{"emptied", func(p string) error { return os.Truncate(p, 0) }},
+		{"truncated", false, func(p string) error { return os.Truncate(p, 10) }},
+		{"emptied", false, func(p string) error { return os.Truncate(p, 0) }},
+		{"truncated, next process", true, func(p string) error { return os.Truncate(p, 10) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := mustOpen(t, t.TempDir(), 0)
+			dir := t.TempDir()
+			c := mustOpen(t, dir, 0)
 			data, d := chunk(7, 5000)
 			if err := c.Put(d, data); err != nil {
 				t.Fatal(err)
 			}
 			if err := tt.damage(c.path(d)); err != nil {
 				t.Fatal(err)
+			}
+			if tt.reopen {
+				c = mustOpen(t, dir, 0)
 			}
 			if got, ok := c.Get(d); ok {
 				t.Fatalf("corrupt chunk served (%d bytes)", len(got))

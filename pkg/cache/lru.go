@@ -27,13 +27,18 @@ func newLRU[V any](max int64) *lru[V] {
 
 // get returns the value of d and marks it most recently used.
 func (l *lru[V]) get(d bootstrap.Digest) (V, bool) {
+	e, ok := l.use(d)
+	return e.val, ok
+}
+
+// use returns d's entry and marks it most recently used.
+func (l *lru[V]) use(d bootstrap.Digest) (lruEntry[V], bool) {
 	e, ok := l.items[d]
 	if !ok {
-		var zero V
-		return zero, false
+		return lruEntry[V]{}, false
 	}
 	l.order.MoveToFront(e)
-	return e.Value.(*lruEntry[V]).val, true
+	return *e.Value.(*lruEntry[V]), true
 }
 
 func (l *lru[V]) has(d bootstrap.Digest) bool {

@@ -53,6 +53,11 @@ type Fetcher struct {
 	// being written; past it, the fetching reader writes itself.
 	writeSlots chan struct{}
 	writes     sync.WaitGroup
+
+	// warming holds the chunks being loaded into memory by Warm, and
+	// warmSlots bounds how many load at once.
+	warming   sync.Map // bootstrap.Digest → struct{}
+	warmSlots chan struct{}
 }
 
 // maxPendingWrites bounds the frames on their way to the disk cache.
@@ -127,6 +132,7 @@ func New(c *cache.Cache, sources ...Source) *Fetcher {
 		assembling: map[bootstrap.Digest]bool{},
 		assembly:   make(chan struct{}, 1),
 		writeSlots: make(chan struct{}, maxPendingWrites),
+		warmSlots:  make(chan struct{}, maxWarming),
 	}
 	for _, s := range sources {
 		f.sources = append(f.sources, &source{Source: s})
@@ -282,6 +288,46 @@ func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
 		}()
 	default:
 		persist()
+	}
+}
+
+// maxWarming bounds the chunks Warm loads at once.
+const maxWarming = 8
+
+// Warm loads the given chunks of b from the disk cache into memory in the
+// background, for a reader that is about to want them; a reader that gets
+// there first simply reads them itself. Chunks not on disk are left to
+// the sources' own readahead (fetchAhead).
+func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
+	if f.cache == nil {
+		return
+	}
+	for _, ci := range chunks {
+		if int(ci) >= len(b.Chunks) {
+			return
+		}
+		c := b.Chunks[ci]
+		if c.Zero() || f.mem.Has(c.Digest) || !f.cache.Has(c.Digest) {
+			continue
+		}
+		if _, busy := f.warming.LoadOrStore(c.Digest, struct{}{}); busy {
+			continue
+		}
+		select {
+		case f.warmSlots <- struct{}{}:
+		default:
+			f.warming.Delete(c.Digest)
+			return
+		}
+		go func() {
+			defer func() {
+				f.warming.Delete(c.Digest)
+				<-f.warmSlots
+			}()
+			if data, ok := f.cache.Get(c.Digest); ok {
+				f.mem.Put(c.Digest, data)
+			}
+		}()
 	}
 }
 

@@ -595,3 +595,58 @@ func TestPrefetchWithConcurrentReads(t *testing.T) {
 		t.Fatalf("%d frames fetched for %d in the image: %+v", s.Frames, len(b.Frames), s)
 	}
 }
+
+// TestWarm: chunks on disk are brought into memory for a reader about to
+// want them; chunks not on disk are left alone (no source is asked).
+func TestWarm(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	dir := t.TempDir()
+	c, err := cache.Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f1 := New(c, NewStoreSource("store", upload(t, img)))
+	if _, err := readFile(context.Background(), f1, b, "/big"); err != nil {
+		t.Fatal(err)
+	}
+	f1.Flush()
+
+	c2, err := cache.Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(c2, NewStoreSource("store", upload(t, img)))
+	big, _ := b.LookupPath("/big")
+	var absent []uint32 // chunks the first reader did not bring to disk
+	for ci, c := range b.Chunks {
+		if !c.Zero() && !c2.Has(c.Digest) {
+			absent = append(absent, uint32(ci))
+		}
+	}
+	if len(absent) == 0 {
+		t.Fatal("test image: every chunk is on disk")
+	}
+	ahead := b.FileChunks(big)[:4]
+	f.Warm(b, ahead)
+	f.Warm(b, absent[:1]) // not on disk: nothing happens
+	deadline := time.Now().Add(10 * time.Second)
+	for _, ci := range ahead {
+		for d := b.Chunks[ci].Digest; !b.Chunks[ci].Zero() && !f.mem.Has(d); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("chunk %s not warmed", d)
+			}
+		}
+	}
+	got, err := readFile(context.Background(), f, b, "/big")
+	if err != nil || !bytes.Equal(got, files["/big"]) {
+		t.Fatalf("/big after warm: %d bytes, %v", len(got), err)
+	}
+	s := f.Stats()
+	if s.MemoryHits != int64(len(ahead)) || s.Sources[0].Requests != 0 {
+		t.Errorf("stats after warm %+v: want %d memory hits and no requests", s, len(ahead))
+	}
+	if f.mem.Has(b.Chunks[absent[0]].Digest) {
+		t.Error("a chunk not on disk was warmed")
+	}
+}

@@ -32,6 +32,17 @@ type ChunkReader interface {
 	ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error)
 }
 
+// Warmer is implemented by chunk readers that can bring chunks into
+// memory ahead of a sequential reader, so the next read does not wait for
+// the disk. *fetch.Fetcher implements it.
+type Warmer interface {
+	Warm(b *bootstrap.Bootstrap, chunks []uint32)
+}
+
+// warmAhead is how many chunks past the one a sequential read enters are
+// warmed.
+const warmAhead = 4
+
 // BackingFiler provides files on local disk holding the whole content of
 // an image file, which the kernel then reads directly (FUSE passthrough)
 // instead of asking the mount for every page. *fetch.Fetcher implements
@@ -487,6 +498,11 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 	refs := n.fs.b.FileChunks(n.ino)
 	// The chunk holding off is the last one starting at or before it.
 	i := sort.Search(len(refs), func(i int) bool { return offs[i+1] > off })
+	if w, ok := n.fs.r.(Warmer); ok && off == offs[i] && i+1 < len(refs) {
+		// A read entering a chunk at its start is how a sequential
+		// reader moves on: have the chunks after it ready.
+		w.Warm(n.fs.b, refs[i+1:min(i+1+warmAhead, len(refs))])
+	}
 	if end <= offs[i+1] {
 		data, errno := n.chunk(ctx, refs[i])
 		if errno != 0 {
