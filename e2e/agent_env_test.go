@@ -74,6 +74,7 @@ func main() {
 			os.Exit(1)
 		}
 		var files, bytes int
+		start := time.Now()
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			if sc.Text() == "-" {
@@ -88,7 +89,7 @@ func main() {
 			files++
 			bytes += len(b)
 		}
-		fmt.Printf("read %d files, %d bytes\n", files, bytes)
+		fmt.Printf("read %d files, %d bytes in %dms\n", files, bytes, time.Since(start).Milliseconds())
 	}
 }
 `

@@ -421,6 +421,15 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 // content behind an inode never changes. A large file that is entirely
 // local is opened in passthrough mode when the mount allows it.
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if n.fs.backing == nil {
+		// Without passthrough there is nothing to decide at open time.
+		// ENOSYS makes the kernel stop sending OPEN and RELEASE for the
+		// rest of the connection and keep pages cached (FUSE no-open):
+		// opening a file then costs no round trip, which is most of the
+		// cost of a program reading many small cached files. Write opens
+		// never get here: the mount is read-only.
+		return nil, 0, syscall.ENOSYS
+	}
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, syscall.EROFS
 	}
