@@ -386,6 +386,15 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // Getxattr implements fs.NodeGetxattrer. A buffer too small for the value
 // gets ERANGE with the needed size, as getxattr(2) requires.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if len(n.fs.b.Xattrs) == 0 {
+		// An image without any xattrs says so once: after ENOSYS the
+		// kernel answers every getxattr itself (EOPNOTSUPP, which the
+		// kernel's capability check and overlayfs read as "none"). An
+		// overlay on the mount asks for its own trusted.overlay.* names
+		// on every file a new container looks up; that is a round trip
+		// per file otherwise, since FUSE caches no xattrs.
+		return 0, syscall.ENOSYS
+	}
 	xs := n.fs.b.InodeXattrs(n.ino)
 	i := sort.Search(len(xs), func(i int) bool { return xs[i].Name >= attr })
 	if i == len(xs) || xs[i].Name != attr {
