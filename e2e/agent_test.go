@@ -32,15 +32,24 @@ func TestAgentRunsSkiffImages(t *testing.T) {
 	testAgent(t, testenv.ContainerdOptions{})
 }
 
-// TestAgentContainerd2 runs the same flows on containerd 2.x.
+// TestAgentContainerd2 runs the same flows on containerd 2.x, with FUSE
+// passthrough on (it is off by default), so both ways of serving files
+// run real containers.
 func TestAgentContainerd2(t *testing.T) {
-	testAgent(t, testenv.Containerd2(t))
+	testAgent(t, testenv.Containerd2(t), "SKIFF_AGENT_PASSTHROUGH=true")
 }
 
-func testAgent(t *testing.T, ctrd testenv.ContainerdOptions) {
+// testAgent runs the flows on containerd ctrd, with extra agent settings.
+func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	e := startAgentEnv(t, ctrd)
+	if len(settings) > 0 {
+		e.stopAll()
+		e.agentEnv = append(e.agentEnv, settings...)
+		e.startAgent()
+		e.waitSnapshotter(ctx)
+	}
 	probe, err := os.ReadFile(e.bin.probe)
 	if err != nil {
 		t.Fatal(err)

@@ -46,7 +46,7 @@ type config struct {
 	CacheSize    int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
 	RecordWindow time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
 	PrefetchAll  bool          `env:"PREFETCH_ALL" envDefault:"false"`
-	Passthrough  bool          `env:"PASSTHROUGH" envDefault:"true"`
+	Passthrough  bool          `env:"PASSTHROUGH" envDefault:"false"`
 	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
 	// Peer-to-peer distribution, off unless NATS_URL is set.
 	NATSURL       string `env:"NATS_URL"`
@@ -64,7 +64,7 @@ var help = map[string]string{
 	"CACHE_SIZE":      "chunk cache size limit in bytes (least recently used chunks are evicted)",
 	"RECORD_WINDOW":   "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
 	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
-	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+)",
+	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free",
 	"LOG_LEVEL":       "debug, info, warn or error",
 	"NATS_URL":        "NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them",
 	"PEER_LISTEN":     "address this node serves pieces to peers on (with NATS_URL)",
