@@ -65,7 +65,7 @@ func startCompose(t *testing.T) *composeStack {
 	s := &composeStack{t: t, project: fmt.Sprintf("%s%d-%d", composeProjectPrefix, os.Getpid(), time.Now().UnixNano()%1e6), ports: map[string]int{}}
 	s.env = os.Environ()
 	for _, v := range composePorts {
-		_, port, _ := net.SplitHostPort(freeLoopback(t))
+		_, port, _ := net.SplitHostPort(testenv.FreeAddr(t))
 		s.ports[v], _ = strconv.Atoi(port)
 		s.env = append(s.env, v+"="+port)
 	}

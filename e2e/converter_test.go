@@ -70,7 +70,7 @@ func startConvEnv(t *testing.T) *convEnv {
 	minio := testenv.StartMinIO(t)
 	bucket := minio.Bucket(t, "skiff")
 	e.storeURL = "s3://" + bucket + "?endpoint=" + minio.Endpoint + "&insecure=true"
-	e.listen = freeLoopback(t)
+	e.listen = testenv.FreeAddr(t)
 	e.registry = testenv.StartRegistry(t, testenv.RegistryOptions{NotifyURL: "http://" + e.listen + "/notify", NotifyIgnoredActions: []string{"pull"}})
 
 	// The proxy keeps the client's Host header, so the registry names the
@@ -127,14 +127,6 @@ func (t *throttled) Read(p []byte) (int, error) {
 }
 
 func (t *throttled) Close() error { return t.r.Close() }
-
-func freeLoopback(t *testing.T) string {
-	t.Helper()
-	srv := httptest.NewServer(http.NotFoundHandler())
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	srv.Close()
-	return addr
-}
 
 // startConverter runs a converter process named name.
 func (e *convEnv) startConverter(name string) {

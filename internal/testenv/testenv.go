@@ -305,3 +305,33 @@ func httpReady(url string) func(ctx context.Context) error {
 		return nil
 	}
 }
+
+// FreeAddr returns a loopback host:port that was free a moment ago, for a
+// server under test to listen on.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	return hostPort(freePort(t))
+}
+
+// WaitHTTP waits up to a minute for GET url to answer 200, failing the test
+// otherwise, or at once if the server reports on died (which may be nil)
+// that it exited.
+func WaitHTTP(t testing.TB, url string, died <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-died:
+			t.Fatalf("%s: server exited before serving: %v", url, err)
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s did not answer within a minute", url)
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -78,7 +77,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	t.Setenv(storeurl.EnvSecretKey, h.minio.SecretKey)
 	h.storeURL = "s3://" + bucket + "?endpoint=" + h.minio.Endpoint + "&insecure=true"
 
-	listen := freeAddr(t)
+	listen := testenv.FreeAddr(t)
 	h.webhook = "http://" + listen
 	h.registry = testenv.StartRegistry(t, testenv.RegistryOptions{
 		NotifyURL: h.webhook + "/notify", NotifyIgnoredActions: []string{"pull"},
@@ -113,7 +112,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 			t.Errorf("service stopped with: %v", err)
 		}
 	})
-	waitHTTP(t, h.webhook+"/healthz", done)
+	testenv.WaitHTTP(t, h.webhook+"/healthz", done)
 
 	nc, err := bus.Connect(h.nats.URL, "harness")
 	if err != nil {
@@ -135,36 +134,6 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		}
 	}()
 	return h
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitHTTP(t *testing.T, u string, died <-chan error) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-died:
-			t.Fatalf("service exited before serving: %v", err)
-		default:
-		}
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s did not answer within 60s", u)
 }
 
 // sampleImage is a two-layer image whose content depends on seed: a few

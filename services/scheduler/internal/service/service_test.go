@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -25,7 +24,7 @@ func TestSchedulerService(t *testing.T) {
 	n := testenv.StartNATS(t, testenv.NATSOptions{})
 	var listens []string
 	for range 2 {
-		listen := freeAddr(t)
+		listen := testenv.FreeAddr(t)
 		listens = append(listens, listen)
 		cfg := config.Config{NATS: n.URL, Listen: listen, TTL: time.Second, Quarantine: time.Minute, MaxParents: 4}
 		if err := cfg.Validate(); err != nil {
@@ -40,7 +39,7 @@ func TestSchedulerService(t *testing.T) {
 				t.Errorf("scheduler stopped with: %v", err)
 			}
 		})
-		waitHTTP(t, "http://"+listen+"/healthz")
+		testenv.WaitHTTP(t, "http://"+listen+"/healthz", nil)
 	}
 	nc, err := bus.Connect(n.URL, "test")
 	if err != nil {
@@ -129,29 +128,4 @@ func stats(t *testing.T, listen string) schedule.ServerStats {
 		t.Fatal(err)
 	}
 	return s
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitHTTP(t *testing.T, u string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s did not answer", u)
 }

@@ -101,7 +101,7 @@ func newCluster(t *testing.T) *cluster {
 	c.run(func(ctx context.Context) error { return c.scheduler.Run(ctx, 250*time.Millisecond) })
 
 	// The seeder service.
-	listen := freeAddr(t)
+	listen := testenv.FreeAddr(t)
 	cfg := config.Config{
 		NATS: c.nats.URL, Store: c.storeURL, Dir: t.TempDir(), CacheSize: 1 << 30, Listen: listen, Advertise: listen,
 		ID: "seeder-1", Concurrency: 1, Interval: 300 * time.Millisecond, AckWait: 10 * time.Second,
@@ -111,7 +111,7 @@ func newCluster(t *testing.T) *cluster {
 	}
 	died := c.run(func(ctx context.Context) error { return Run(ctx, cfg) })
 	c.seederURL = "http://" + listen
-	waitHTTP(t, c.seederURL+"/healthz", died)
+	testenv.WaitHTTP(t, c.seederURL+"/healthz", died)
 	eventually(t, "the seeder is announced", func() bool { return c.table.Stats(time.Now()).Seeders == 1 })
 	return c
 }
@@ -469,34 +469,4 @@ func (c *cluster) storeRange(blob bootstrap.Digest, off, size int64) ([]byte, er
 	var buf bytes.Buffer
 	_, err = buf.ReadFrom(rc)
 	return buf.Bytes(), err
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitHTTP(t *testing.T, u string, died <-chan error) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-died:
-			t.Fatalf("service exited before serving: %v", err)
-		default:
-		}
-		if resp, err := http.Get(u); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s did not answer within 60s", u)
 }
