@@ -31,8 +31,9 @@ type Stats struct {
 	Corrupt   int64 `json:"corrupt"` // files deleted because their content did not match
 }
 
-// Cache is an on-disk chunk cache laid out as DIR/chunks/ab/<hex> (and
-// whole files assembled from chunks, see OpenFile), bounded
+// Cache is an on-disk chunk cache laid out as DIR/chunks/ab/<hex> (with
+// packs of small chunks, see PutPack, and whole files assembled from
+// chunks, see OpenFile), bounded
 // by total chunk bytes with least-recently-used eviction. File modification
 // times carry the recency across restarts: Open orders by them, and a hit
 // touches the file. It is safe for concurrent use, including by several
@@ -45,21 +46,31 @@ type Cache struct {
 	idx      *lru[kind]
 	stats    Stats
 	verified map[bootstrap.Digest]bool // chunks and whole files checked by this process
+	// packed finds the chunks stored in packs (see PutPack); packs lists
+	// each pack's chunks.
+	packed map[bootstrap.Digest]packRef
+	packs  map[bootstrap.Digest][]bootstrap.Digest
 }
 
-// kind tells what an index entry is: chunks and whole files share one
-// size limit and one recency order.
-type kind bool
+// kind tells what an index entry is: chunks, packs of small chunks and
+// whole files share one size limit and one recency order.
+type kind uint8
 
 const (
-	chunkEntry kind = false
-	fileEntry  kind = true
+	chunkEntry kind = iota
+	fileEntry
+	packEntry
 )
+
+var kinds = []kind{chunkEntry, fileEntry, packEntry}
 
 // subdir is where entries of each kind live under the cache directory.
 func (k kind) subdir() string {
-	if k == fileEntry {
+	switch k {
+	case fileEntry:
 		return "files"
+	case packEntry:
+		return "packs"
 	}
 	return "chunks"
 }
@@ -78,9 +89,10 @@ func Open(dir string, maxBytes int64) (*Cache, error) {
 		k     kind
 		size  int64
 		mtime time.Time
+		refs  map[bootstrap.Digest]packRef // of a pack
 	}
 	var files []found
-	for _, k := range []kind{chunkEntry, fileEntry} {
+	for _, k := range kinds {
 		root := filepath.Join(dir, k.subdir())
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			return nil, fmt.Errorf("open cache: %w", err)
@@ -101,7 +113,17 @@ func Open(dir string, maxBytes int64) (*Cache, error) {
 				}
 				return nil
 			}
-			files = append(files, found{d, k, info.Size(), info.ModTime()})
+			var refs map[bootstrap.Digest]packRef
+			if k == packEntry {
+				if refs, ierr = readPackHeader(p, d, info.Size()); ierr != nil {
+					// Damaged: none of its chunks can be found.
+					if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+						return rerr
+					}
+					return nil
+				}
+			}
+			files = append(files, found{d, k, info.Size(), info.ModTime(), refs})
 			return nil
 		})
 		if err != nil {
@@ -109,13 +131,22 @@ func Open(dir string, maxBytes int64) (*Cache, error) {
 		}
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].mtime.Before(files[j].mtime) })
-	c := &Cache{dir: dir, idx: newLRU[kind](maxBytes), verified: map[bootstrap.Digest]bool{}}
+	c := &Cache{
+		dir:      dir,
+		idx:      newLRU[kind](maxBytes),
+		verified: map[bootstrap.Digest]bool{},
+		packed:   map[bootstrap.Digest]packRef{},
+		packs:    map[bootstrap.Digest][]bootstrap.Digest{},
+	}
 	c.stats.MaxBytes = maxBytes
 	var evicted []lruEntry[kind]
 	for _, f := range files {
 		// Oldest first, so the newest end up most recent and a limit
 		// lowered since the last run trims the oldest.
 		evicted = append(evicted, c.idx.add(f.d, f.size, f.k)...)
+		if f.k == packEntry {
+			c.addPack(f.d, f.refs)
+		}
 	}
 	c.removeFiles(evicted)
 	return c, nil
@@ -148,11 +179,13 @@ func (c *Cache) pathOf(d bootstrap.Digest, k kind) string {
 // Dir returns the directory the cache lives in.
 func (c *Cache) Dir() string { return c.dir }
 
-// Has reports whether d is indexed, without reading or verifying it.
+// Has reports whether chunk d is indexed, on its own or in a pack, without
+// reading or verifying it.
 func (c *Cache) Has(d bootstrap.Digest) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.idx.has(d)
+	_, packed := c.packed[d]
+	return packed || c.idx.has(d)
 }
 
 // Get returns the chunk with digest d. Its length is checked on every
@@ -165,7 +198,10 @@ func (c *Cache) Has(d bootstrap.Digest) bool {
 func (c *Cache) Get(d bootstrap.Digest) ([]byte, bool) {
 	c.mu.Lock()
 	e, ok := c.idx.use(d)
-	if !ok {
+	if !ok || e.val != chunkEntry {
+		if r, ok := c.packed[d]; ok {
+			return c.getPacked(d, r)
+		}
 		c.stats.Misses++
 		c.mu.Unlock()
 		return nil, false
@@ -176,13 +212,7 @@ func (c *Cache) Get(d bootstrap.Digest) ([]byte, bool) {
 	p := c.path(d)
 	data, err := os.ReadFile(p)
 	if err == nil && int64(len(data)) == e.size && (checked || bootstrap.Sum(data) == d) {
-		now := time.Now()
-		// Recency for the next Open; losing a touch only ages the entry.
-		_ = os.Chtimes(p, now, now)
-		c.mu.Lock()
-		c.stats.Hits++
-		c.verified[d] = true
-		c.mu.Unlock()
+		c.hit(p, d)
 		return data, true
 	}
 	c.mu.Lock()
@@ -197,6 +227,17 @@ func (c *Cache) Get(d bootstrap.Digest) ([]byte, bool) {
 		_ = os.Remove(p)
 	}
 	return nil, false
+}
+
+// hit records a sound read of chunk d from file p.
+func (c *Cache) hit(p string, d bootstrap.Digest) {
+	now := time.Now()
+	// Recency for the next Open; losing a touch only ages the entry.
+	_ = os.Chtimes(p, now, now)
+	c.mu.Lock()
+	c.stats.Hits++
+	c.verified[d] = true
+	c.mu.Unlock()
 }
 
 // Put stores data, which the caller has verified to hash to d. A chunk
@@ -222,7 +263,9 @@ func (c *Cache) Put(d bootstrap.Digest, data []byte) error {
 	return nil
 }
 
-func writeAtomic(p string, data []byte) error {
+// writeAtomic writes the concatenation of parts to p, which appears only
+// once it is complete.
+func writeAtomic(p string, parts ...[]byte) error {
 	dir := filepath.Dir(p)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -231,7 +274,11 @@ func writeAtomic(p string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	for _, data := range parts {
+		if err == nil {
+			_, err = f.Write(data)
+		}
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -248,15 +295,19 @@ func (c *Cache) removeFiles(evicted []lruEntry[kind]) {
 	if len(evicted) == 0 {
 		return
 	}
-	for _, e := range evicted {
-		_ = os.Remove(c.pathOf(e.key, e.val))
-	}
+	// Unindexed first: nobody looks for a file about to go.
 	c.mu.Lock()
 	c.stats.Evictions += int64(len(evicted))
 	for _, e := range evicted {
 		delete(c.verified, e.key)
+		if e.val == packEntry {
+			c.forgetPack(e.key)
+		}
 	}
 	c.mu.Unlock()
+	for _, e := range evicted {
+		_ = os.Remove(c.pathOf(e.key, e.val))
+	}
 }
 
 // Stats returns current counters.

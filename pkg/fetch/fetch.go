@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"weak"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -42,6 +43,7 @@ type Fetcher struct {
 	assembly   chan struct{}
 
 	memHits, cacheHits, misses, zeros atomic.Int64
+	missWait                          atomic.Int64 // nanoseconds readers spent on misses
 
 	// sink, when set, sees the stored bytes of every verified frame.
 	sink FrameSink
@@ -53,6 +55,9 @@ type Fetcher struct {
 	// being written; past it, the fetching reader writes itself.
 	writeSlots chan struct{}
 	writes     sync.WaitGroup
+	// streams counts merged requests still delivering frames read ahead
+	// (see streamAhead), which end up in the caches too.
+	streams sync.WaitGroup
 
 	// warming holds the chunks being loaded into memory by Warm, and
 	// warmSlots bounds how many load at once.
@@ -155,6 +160,7 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 		return nil, fmt.Errorf("read chunk %s: frame %d out of range", c.Digest, c.Frame)
 	}
 	counted := false
+	var missed time.Time
 	for {
 		if data, ok := f.mem.Get(c.Digest); ok {
 			f.memHits.Add(1)
@@ -170,8 +176,10 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 		if !counted {
 			f.misses.Add(1)
 			counted = true
+			missed = time.Now()
 		}
 		frame, err := f.frame(ctx, b, c.Frame, c.Digest)
+		f.missWait.Add(int64(time.Since(missed)))
 		if errors.Is(err, errCached) {
 			continue
 		}
@@ -272,10 +280,20 @@ func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
 		return
 	}
 	persist := func() {
-		for i, ci := range idx {
-			if err := f.cache.Put(b.Chunks[ci].Digest, chunks[i]); err != nil {
-				f.log.Warn("fetch: cache chunk", "chunk", b.Chunks[ci].Digest, "err", err)
+		if len(idx) == 1 {
+			if err := f.cache.Put(b.Chunks[idx[0]].Digest, chunks[0]); err != nil {
+				f.log.Warn("fetch: cache chunk", "chunk", b.Chunks[idx[0]].Digest, "err", err)
 			}
+			return
+		}
+		// A packed frame stays one file on disk too: creating a file per
+		// small chunk costs more than fetching it did.
+		pack := make([]cache.PackedChunk, len(idx))
+		for i, ci := range idx {
+			pack[i] = cache.PackedChunk{Digest: b.Chunks[ci].Digest, Data: chunks[i]}
+		}
+		if err := f.cache.PutPack(pack); err != nil {
+			f.log.Warn("fetch: cache frame", "frame", fi, "chunks", len(idx), "err", err)
 		}
 	}
 	select {
@@ -331,12 +349,21 @@ func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 	}
 }
 
-// Flush waits until every chunk fetched so far is in the disk cache. A
-// process calls it before exiting, so that what it fetched survives it.
-func (f *Fetcher) Flush() { f.writes.Wait() }
+// Flush waits until every chunk fetched so far, including those still
+// arriving from a request that read ahead, is in the disk cache. A process
+// calls it before exiting, so that what it fetched survives it.
+func (f *Fetcher) Flush() {
+	f.streams.Wait()
+	f.writes.Wait()
+}
 
 // fetchFrame tries every source in turn for frame fi.
 func (f *Fetcher) fetchFrame(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest) ([]byte, error) {
+	return f.fetchFrameFrom(ctx, b, fi, want, f.sources)
+}
+
+// fetchFrameFrom tries the given sources in turn for frame fi.
+func (f *Fetcher) fetchFrameFrom(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest, sources []*source) ([]byte, error) {
 	fr := b.Frames[fi]
 	if int(fr.Blob) >= len(b.Blobs) {
 		return nil, fmt.Errorf("frame %d: blob %d out of range", fi, fr.Blob)
@@ -344,7 +371,7 @@ func (f *Fetcher) fetchFrame(ctx context.Context, b *bootstrap.Bootstrap, fi uin
 	blob := b.Blobs[fr.Blob]
 	ix := f.frameIndex(b)
 	var errs []error
-	for _, s := range f.sources {
+	for _, s := range sources {
 		s.requests.Add(1)
 		raw, err := s.FetchFrame(ctx, blob, fr.Offset, int64(fr.CompressedSize))
 		var data []byte
@@ -388,12 +415,14 @@ func zeros(n int) []byte {
 
 // Stats counts where chunks came from.
 type Stats struct {
-	MemoryHits  int64         `json:"memoryHits"`
-	CacheHits   int64         `json:"cacheHits"`
-	CacheMisses int64         `json:"cacheMisses"` // chunk reads that went to the sources
-	ZeroChunks  int64         `json:"zeroChunks"`  // reads of all-zero chunks, which need no I/O
-	Sources     []SourceStats `json:"sources"`
-	Cache       *cache.Stats  `json:"cache,omitempty"`
+	MemoryHits  int64 `json:"memoryHits"`
+	CacheHits   int64 `json:"cacheHits"`
+	CacheMisses int64 `json:"cacheMisses"` // chunk reads that went to the sources
+	// MissWait is the time readers spent waiting on those, summed.
+	MissWait   time.Duration `json:"missWaitNanos"`
+	ZeroChunks int64         `json:"zeroChunks"` // reads of all-zero chunks, which need no I/O
+	Sources    []SourceStats `json:"sources"`
+	Cache      *cache.Stats  `json:"cache,omitempty"`
 }
 
 // SourceStats counts one source's traffic.
@@ -412,6 +441,7 @@ func (f *Fetcher) Stats() Stats {
 		MemoryHits:  f.memHits.Load(),
 		CacheHits:   f.cacheHits.Load(),
 		CacheMisses: f.misses.Load(),
+		MissWait:    time.Duration(f.missWait.Load()),
 		ZeroChunks:  f.zeros.Load(),
 		Sources:     []SourceStats{},
 	}

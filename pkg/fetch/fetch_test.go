@@ -154,7 +154,8 @@ func TestSourceFallthrough(t *testing.T) {
 	ctx := context.Background()
 	good := upload(t, img)
 	bad := upload(t, img)
-	for _, p := range []string{"/big", "/small/f03", "/plain/f07"} {
+	damaged := []string{"/big", "/small/f03", "/plain/f07"} // one frame each
+	for _, p := range damaged {
 		if _, err := img.Corrupt(ctx, bad, p); err != nil {
 			t.Fatal(err)
 		}
@@ -175,8 +176,11 @@ func TestSourceFallthrough(t *testing.T) {
 	if c := byName["corrupt"]; c.Errors == 0 || c.Chunks == 0 {
 		t.Errorf("corrupt source should serve the intact frames and fail the damaged ones: %+v", c)
 	}
-	if g := byName["good"]; g.Frames != byName["corrupt"].Errors || g.Errors != 0 {
-		t.Errorf("good source should serve exactly the frames the corrupt one failed: good %+v corrupt %+v", g, byName["corrupt"])
+	// A damaged frame read ahead in a merged request fails there and
+	// again when its reader asks for it alone, so the corrupt source may
+	// count more errors than there are damaged frames.
+	if g, c := byName["good"], byName["corrupt"]; g.Frames != int64(len(damaged)) || c.Errors < g.Frames || g.Errors != 0 {
+		t.Errorf("good source should serve exactly the %d frames the corrupt one damaged: good %+v corrupt %+v", len(damaged), g, c)
 	}
 }
 

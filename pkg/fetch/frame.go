@@ -70,6 +70,12 @@ func (ix *frameIndex) of(frame uint32) []uint32 {
 	return ix.chunks[ix.start[frame]:ix.start[frame+1]]
 }
 
+// packed reports whether frame holds several (small) chunks rather than
+// one large one.
+func (ix *frameIndex) packed(frame uint32) bool {
+	return ix.start[frame+1]-ix.start[frame] > 1
+}
+
 // open decompresses the stored bytes of frame fi and checks every chunk in
 // it against its digest. bad lists the chunks that fail; err is set when the
 // frame as a whole is unusable, in which case no chunk could be checked.

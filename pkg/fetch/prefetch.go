@@ -114,38 +114,21 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 		mine = append(mine, fi)
 	}
 	for _, sub := range planRuns(b, mine) {
-		blob := b.Blobs[sub.blob]
 		for _, s := range f.sources {
 			if len(claimed) == 0 || ctx.Err() != nil {
 				break
 			}
-			s.requests.Add(1)
-			raw, err := s.FetchFrame(ctx, blob, sub.off, sub.end-sub.off)
-			if err != nil {
-				s.errors.Add(1)
-				f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", sub.off, "size", sub.end-sub.off, "err", err)
-				continue
-			}
-			s.bytes.Add(int64(len(raw)))
-			for _, fi := range sub.frames {
-				cl, ok := claimed[fi]
-				if !ok {
-					continue
+			err := f.readRun(ctx, s, b, ix, sub, func(fi uint32, data []byte, err error) {
+				// A frame that did not arrive intact is left to the
+				// per-frame path below, which tries every source.
+				if cl, ok := claimed[fi]; ok && err == nil {
+					f.finish(frameKey{b, fi}, cl, data, nil)
+					delete(claimed, fi)
 				}
-				data, err := ix.verified(b, fi, sub.frameBytes(b, raw, fi))
-				if err != nil {
-					s.errors.Add(1)
-					reject(s, blob, sub.off, sub.end-sub.off, err)
-					f.log.Warn("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", b.Frames[fi].Offset, "chunk", firstChunk(b, ix, fi), "err", err)
-					continue
-				}
-				s.frames.Add(1)
-				s.chunks.Add(int64(len(ix.of(fi))))
-				f.sinkFrame(b, fi, sub.frameBytes(b, raw, fi))
-				f.finish(frameKey{b, fi}, cl, data, nil)
-				delete(claimed, fi)
+			})
+			if err == nil {
+				break
 			}
-			break
 		}
 	}
 	for _, fi := range mine {

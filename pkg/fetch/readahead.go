@@ -24,6 +24,9 @@ const (
 	// reads the small files and passes over a large one).
 	raSlack = 4
 	raSkip  = maxReadahead
+	// aheadGap is how many bytes of frames it passes over a readahead
+	// request reads rather than end; see claimAhead.
+	aheadGap = 2 << 20
 )
 
 // readahead is the sequential-reader state of one bootstrap.
@@ -63,7 +66,13 @@ func (ra *readahead) advance(end uint32, endOff int64) {
 
 // claimAhead claims the frames stored right after fi that are neither
 // cached nor being fetched, up to the readahead window, and returns them
-// in storage order with their calls.
+// in storage order with their calls. After a miss in a packed frame of
+// small chunks, frames holding one large chunk are passed over: a program
+// walking a tree of small files (a compiler, an interpreter loading its
+// modules) skips the large ones, and a frame not wanted costs its
+// decompression, its digests and a disk write. Their bytes still come in
+// the same request when the gap is small (aheadGap), which costs less
+// than a request of its own.
 func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) ([]uint32, []*call) {
 	rank := ix.rank[fi]
 	first := b.Frames[fi]
@@ -71,17 +80,26 @@ func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) 
 	if window == 0 {
 		return nil, nil
 	}
+	packed := ix.packed(fi)
+	gap := int64(mergeGap)
+	if packed {
+		gap = aheadGap
+	}
 	end := first.Offset + int64(first.CompressedSize)
+	last := rank
 	var frames []uint32
 	var calls []*call
 	for r := rank + 1; int(r) < len(ix.order); r++ {
 		fj := ix.order[r]
 		fr := b.Frames[fj]
 		fend := fr.Offset + int64(fr.CompressedSize)
-		if fr.Blob != first.Blob || fr.Offset < end || fr.Offset-end > mergeGap || fend-first.Offset > window+int64(first.CompressedSize) {
+		if fr.Blob != first.Blob || fr.Offset < end || fend-first.Offset > window+int64(first.CompressedSize) {
 			break
 		}
-		if f.frameCached(b, ix, fj) {
+		if packed && !ix.packed(fj) {
+			continue
+		}
+		if fr.Offset-end > gap || f.frameCached(b, ix, fj) {
 			break
 		}
 		cl, leader := f.claim(frameKey{b, fj})
@@ -90,18 +108,18 @@ func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) 
 		}
 		frames = append(frames, fj)
 		calls = append(calls, cl)
-		end = fend
+		end, last = fend, r
 	}
-	ix.ra.advance(rank+1+uint32(len(frames)), end)
+	ix.ra.advance(last+1, end)
 	return frames, calls
 }
 
 // fetchAhead fetches frame fi, which the caller has claimed, together with
-// the frames a sequential reader will want next, in one request. Only fi
-// is checked before the reader gets it; the frames read ahead are verified
-// and cached like any other while the reader goes on (readers that want
-// one meanwhile wait for it). If the merged request fails, fi alone goes
-// the usual way.
+// the frames a sequential reader will want next, in one request. The
+// reader gets fi as soon as its bytes are in and verified; the frames
+// read ahead are verified and published to their waiters one by one as
+// they arrive, while the reader goes on (see streamAhead). If the merged
+// request fails, fi alone goes the usual way.
 func (f *Fetcher) fetchAhead(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest) ([]byte, error) {
 	ix := f.frameIndex(b)
 	ahead, calls := f.claimAhead(b, ix, fi)
@@ -111,70 +129,26 @@ func (f *Fetcher) fetchAhead(ctx context.Context, b *bootstrap.Bootstrap, fi uin
 	fr := b.Frames[fi]
 	last := b.Frames[ahead[len(ahead)-1]]
 	r := run{blob: fr.Blob, off: fr.Offset, end: last.Offset + int64(last.CompressedSize), frames: append([]uint32{fi}, ahead...)}
-	var (
-		raw  []byte
-		from *source
-	)
-	if int(fr.Blob) < len(b.Blobs) {
-		blob := b.Blobs[fr.Blob]
-		for _, s := range f.sources {
-			s.requests.Add(1)
-			got, err := s.FetchFrame(ctx, blob, r.off, r.end-r.off)
-			if err == nil {
-				s.bytes.Add(int64(len(got)))
-				raw, from = got, s
-				break
-			}
-			s.errors.Add(1)
-			f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", r.end-r.off, "chunk", want, "err", err)
-			if ctx.Err() != nil {
-				break
-			}
-		}
+	claimed := make(map[uint32]*call, len(ahead))
+	for i, fj := range ahead {
+		claimed[fj] = calls[i]
 	}
-	if raw == nil {
-		// Frames read ahead that did not arrive are left to whoever
-		// wants them: their waiters retry from the start.
-		for i, fj := range ahead {
-			f.finish(frameKey{b, fj}, calls[i], nil, errCached)
+	mine := make(chan frameResult, 1)
+	f.streams.Go(func() { f.streamAhead(ctx, b, ix, r, fi, claimed, mine) })
+	var res frameResult
+	select {
+	case res = <-mine:
+		if res.err == nil {
+			return res.data, nil
 		}
-	} else {
-		go f.publishAhead(b, ix, from, r, raw, ahead, calls)
-		if data, err := f.accept(b, ix, from, r, raw, fi); err == nil {
-			return data, nil
-		}
+	case <-ctx.Done():
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("frame %d: %w", fi, err)
 	}
-	return f.fetchFrame(ctx, b, fi, want)
-}
-
-// accept verifies frame fj within the bytes of run r that source s
-// returned, and counts it.
-func (f *Fetcher) accept(b *bootstrap.Bootstrap, ix *frameIndex, s *source, r run, raw []byte, fj uint32) ([]byte, error) {
-	blob := b.Blobs[r.blob]
-	d, err := ix.verified(b, fj, r.frameBytes(b, raw, fj))
-	if err != nil {
-		reject(s, blob, r.off, r.end-r.off, err)
-		f.log.Debug("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", b.Frames[fj].Offset, "chunk", firstChunk(b, ix, fj), "err", err)
-		return nil, err
+	if res.next >= len(f.sources) {
+		return nil, fmt.Errorf("frame %d: %w", fi, res.err)
 	}
-	s.frames.Add(1)
-	s.chunks.Add(int64(len(ix.of(fj))))
-	f.sinkFrame(b, fj, r.frameBytes(b, raw, fj))
-	return d, nil
-}
-
-// publishAhead verifies and publishes the frames read ahead. One that
-// fails is counted when it is fetched on its own: its waiters retry.
-func (f *Fetcher) publishAhead(b *bootstrap.Bootstrap, ix *frameIndex, s *source, r run, raw []byte, ahead []uint32, calls []*call) {
-	for i, fj := range ahead {
-		d, err := f.accept(b, ix, s, r, raw, fj)
-		if err != nil {
-			f.finish(frameKey{b, fj}, calls[i], nil, errCached)
-			continue
-		}
-		f.finish(frameKey{b, fj}, calls[i], d, nil)
-	}
+	// The sources that already failed it are not asked again.
+	return f.fetchFrameFrom(ctx, b, fi, want, f.sources[res.next:])
 }

@@ -21,6 +21,16 @@ type Source interface {
 	FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error)
 }
 
+// RangeOpener is implemented by sources that can stream a range of a blob.
+// A merged request of many frames then hands each frame to its readers as
+// soon as its own bytes have arrived, instead of after the whole range:
+// the reader that missed waits for one frame, not for the readahead.
+type RangeOpener interface {
+	// OpenRange returns a stream of exactly size bytes of blob from off.
+	// The stream ends early, with an error, when ctx is done.
+	OpenRange(ctx context.Context, blob bootstrap.Digest, off, size int64) (io.ReadCloser, error)
+}
+
 // StoreSource reads frames from chunk-data blobs in a store.Store with
 // ranged reads.
 type StoreSource struct {
@@ -28,7 +38,10 @@ type StoreSource struct {
 	store store.Store
 }
 
-var _ Source = (*StoreSource)(nil)
+var (
+	_ Source      = (*StoreSource)(nil)
+	_ RangeOpener = (*StoreSource)(nil)
+)
 
 // NewStoreSource returns a source named name reading from st.
 func NewStoreSource(name string, st store.Store) *StoreSource {
@@ -38,14 +51,23 @@ func NewStoreSource(name string, st store.Store) *StoreSource {
 // Name implements Source.
 func (s *StoreSource) Name() string { return s.name }
 
-// FetchFrame implements Source.
-func (s *StoreSource) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+// OpenRange implements RangeOpener.
+func (s *StoreSource) OpenRange(ctx context.Context, blob bootstrap.Digest, off, size int64) (io.ReadCloser, error) {
 	if off < 0 || size <= 0 || size > maxRequest {
 		return nil, fmt.Errorf("fetch %s [%d,+%d): bad range", blob, off, size)
 	}
 	rc, err := s.store.Get(ctx, store.BlobKey(blob.Hex()), off, size)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s [%d,+%d): %w", blob, off, size, err)
+	}
+	return rc, nil
+}
+
+// FetchFrame implements Source.
+func (s *StoreSource) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	rc, err := s.OpenRange(ctx, blob, off, size)
+	if err != nil {
+		return nil, err
 	}
 	defer rc.Close()
 	buf := make([]byte, size)

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -174,9 +175,9 @@ func allowOther(log *slog.Logger) bool {
 
 // readaheadKB is the kernel readahead window asked for. The kernel starts
 // FUSE mounts at 128 KiB, which makes a sequential read a stream of small
-// synchronous requests; a window of a whole default chunk keeps several in
-// flight.
-const readaheadKB = 1024
+// synchronous requests; a window of four default chunks keeps several
+// 1 MiB requests in flight, each served while the next is on its way.
+const readaheadKB = 4096
 
 // raiseReadahead widens the mount's readahead window through sysfs. It
 // needs root; without it reads still work, only with more round trips.
@@ -242,6 +243,9 @@ type node struct {
 
 	offsOnce sync.Once
 	offs     []int64 // file offset of each chunk, plus the size
+
+	// next is where the furthest read so far ended; see sequential.
+	next atomic.Int64
 
 	// cachedOpens counts open handles served through the mount: the
 	// kernel refuses (EIO) a passthrough open while an inode has any.
@@ -498,8 +502,21 @@ func (n *node) offsets() []int64 {
 	return n.offs
 }
 
-// Read implements fs.NodeReader. A read inside one chunk is answered from
-// the chunk without copying; one spanning chunks is assembled in dest.
+// sequential records a read of [off, end) and reports whether it
+// continues the reads before it: it starts the file, or starts at most a
+// readahead window behind the furthest read so far. The kernel has several
+// readahead requests in flight at once, and they may arrive in any order.
+func (n *node) sequential(off, end int64) bool {
+	for {
+		furthest := n.next.Load()
+		if end <= furthest || n.next.CompareAndSwap(furthest, end) {
+			return off == 0 || (off <= furthest && furthest-off <= readaheadKB<<10)
+		}
+	}
+}
+
+// Read implements fs.NodeReader. The reply is written from the chunks
+// themselves, never copied in this process.
 func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	in := n.inode()
 	if in.Type() != bootstrap.ModeRegular {
@@ -516,10 +533,15 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 	refs := n.fs.b.FileChunks(n.ino)
 	// The chunk holding off is the last one starting at or before it.
 	i := sort.Search(len(refs), func(i int) bool { return offs[i+1] > off })
-	if w, ok := n.fs.r.(Warmer); ok && off == offs[i] && i+1 < len(refs) {
-		// A read entering a chunk at its start is how a sequential
-		// reader moves on: have the chunks after it ready.
-		w.Warm(n.fs.b, refs[i+1:min(i+1+warmAhead, len(refs))])
+	if w, ok := n.fs.r.(Warmer); ok && n.sequential(off, end) {
+		// Have the chunks after this read ready for a sequential
+		// reader. Kernel readahead requests need not start on chunk
+		// boundaries, so every sequential read asks; chunks already
+		// in memory or on their way cost nothing.
+		last := sort.Search(len(refs), func(j int) bool { return offs[j+1] >= end })
+		if last+1 < len(refs) {
+			w.Warm(n.fs.b, refs[last+1:min(last+1+warmAhead, len(refs))])
+		}
 	}
 	if end <= offs[i+1] {
 		data, errno := n.chunk(ctx, refs[i])
@@ -528,16 +550,19 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 		}
 		return fuse.ReadResultData(data[off-offs[i] : end-offs[i]]), 0
 	}
+	// Spanning chunks: the reply is written straight from the chunks
+	// (writev), without assembling it in dest.
+	var vecs [][]byte
 	for pos := off; pos < end; i++ {
 		data, errno := n.chunk(ctx, refs[i])
 		if errno != 0 {
 			return nil, errno
 		}
 		stop := min(end, offs[i+1])
-		copy(dest[pos-off:], data[pos-offs[i]:stop-offs[i]])
+		vecs = append(vecs, data[pos-offs[i]:stop-offs[i]])
 		pos = stop
 	}
-	return fuse.ReadResultData(dest[:end-off]), 0
+	return fuse.ReadResultVector(vecs), 0
 }
 
 // chunk reads one chunk of the file, mapping failure to EIO (or EINTR when

@@ -595,3 +595,89 @@ func TestImageWithoutXattrs(t *testing.T) {
 		t.Fatalf("read: %q, %v", got, err)
 	}
 }
+
+// warmRecorder records the chunks a mount asks to warm.
+type warmRecorder struct {
+	ChunkReader
+	mu     sync.Mutex
+	warmed map[uint32]bool
+}
+
+func (w *warmRecorder) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, ci := range chunks {
+		w.warmed[ci] = true
+	}
+}
+
+// TestSequentialReadWarmsAhead: a sequential reader has the chunks after
+// each read warmed, whether or not the kernel's requests start on chunk
+// boundaries, and reads spanning chunks return the right bytes.
+func TestSequentialReadWarmsAhead(t *testing.T) {
+	requireFUSE(t)
+	// Chunks a fraction of the kernel's 1 MiB requests, as with default
+	// chunks and larger requests.
+	const cs = 256 << 10
+	data := fixture.Random(9, 20*cs+123)
+	img, st := uploaded(t, []fetchtest.Entry{{Path: "/f", Mode: bootstrap.ModeRegular | 0o644, Data: data}},
+		fetchtest.Options{ChunkSize: cs, Compression: bootstrap.Zstd})
+	wr := &warmRecorder{ChunkReader: fetch.New(nil, fetch.NewStoreSource("store", st)), warmed: map[uint32]bool{}}
+	mnt := t.TempDir()
+	srv, err := Mount(context.Background(), mnt, img.Bootstrap, wr, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		srv.Unmount()
+		srv.Wait()
+	}()
+	f, err := os.Open(filepath.Join(mnt, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Reads of an odd size, so requests straddle chunks.
+	var got []byte
+	buf := make([]byte, cs/3+7)
+	for {
+		n, err := f.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, content differs", len(got))
+	}
+	refs := img.Bootstrap.FileChunks(mustLookup(t, img.Bootstrap, "/f"))
+	wr.mu.Lock()
+	defer wr.mu.Unlock()
+	if !wr.warmed[refs[len(refs)-1]] || wr.warmed[refs[0]] {
+		t.Fatalf("warmed %v of chunks %v: want the later chunks, not the first", wr.warmed, refs)
+	}
+}
+
+func TestSequential(t *testing.T) {
+	n := &node{}
+	for _, tt := range []struct {
+		off, end int64
+		want     bool
+	}{
+		{0, 100, true}, // the start of the file
+		{100, 300, true},
+		{500, 600, false}, // a jump ahead
+		{300, 500, true},  // the request before it, late
+		{600, 700, true},
+		{10 << 20, 11 << 20, false},
+		{5 << 20, 6 << 20, false}, // far behind
+		{0, 10, true},             // the start again
+	} {
+		if got := n.sequential(tt.off, tt.end); got != tt.want {
+			t.Errorf("read [%d,%d): sequential %v, want %v", tt.off, tt.end, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package fetch
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// runTimeout bounds a merged request that outlives the reader who caused
+// it (see fetchAhead): the frames read ahead have waiters of their own,
+// who must not wait forever on a stalled source.
+const runTimeout = 2 * time.Minute
+
+// readRun reads run r from source s and passes each of its frames to
+// deliver, in storage order, as soon as that frame's bytes have arrived
+// and been verified: from a RangeOpener while the rest of the range is
+// still on its way, from other sources once the whole range has arrived.
+// A frame that fails verification is passed with its error, and the source
+// is told (Rejecter); if the stream breaks, every frame not yet passed is
+// passed with the error. readRun returns an error, having passed nothing,
+// only when the source could not be read at all. Failures are logged here.
+func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap, ix *frameIndex, r run, deliver func(fi uint32, data []byte, err error)) error {
+	blob := b.Blobs[r.blob]
+	size := r.end - r.off
+	s.requests.Add(1)
+	var rd io.Reader
+	if o, ok := s.Source.(RangeOpener); ok {
+		rc, err := o.OpenRange(ctx, blob, r.off, size)
+		if err != nil {
+			s.errors.Add(1)
+			f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
+			return err
+		}
+		defer rc.Close()
+		rd = rc
+	} else {
+		raw, err := s.FetchFrame(ctx, blob, r.off, size)
+		if err == nil && int64(len(raw)) != size {
+			err = fmt.Errorf("fetch %s [%d,+%d): got %d bytes", blob, r.off, size, len(raw))
+		}
+		if err != nil {
+			s.errors.Add(1)
+			f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
+			return err
+		}
+		rd = bytes.NewReader(raw)
+	}
+	frames := append([]uint32(nil), r.frames...)
+	sort.Slice(frames, func(i, j int) bool { return b.Frames[frames[i]].Offset < b.Frames[frames[j]].Offset })
+	// The whole range lands in one buffer, so frames may overlap or leave
+	// gaps between them; got is how much of it has arrived.
+	buf := make([]byte, size)
+	var got int64
+	for i, fi := range frames {
+		fr := b.Frames[fi]
+		lo := fr.Offset - r.off
+		hi := lo + int64(fr.CompressedSize)
+		if hi > got {
+			n, err := io.ReadFull(rd, buf[got:hi])
+			got += int64(n)
+			s.bytes.Add(int64(n))
+			if err != nil {
+				s.errors.Add(1)
+				err = fmt.Errorf("fetch %s [%d,+%d): after %d bytes: %w", blob, r.off, size, got, err)
+				f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
+				for _, fj := range frames[i:] {
+					deliver(fj, nil, err)
+				}
+				return nil
+			}
+		}
+		raw := buf[lo:hi]
+		data, err := ix.verified(b, fi, raw)
+		if err != nil {
+			s.errors.Add(1)
+			reject(s, blob, r.off, size, err)
+			f.log.Warn("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", fr.Offset, "chunk", firstChunk(b, ix, fi), "err", err)
+			deliver(fi, nil, err)
+			continue
+		}
+		s.frames.Add(1)
+		s.chunks.Add(int64(len(ix.of(fi))))
+		f.sinkFrame(b, fi, raw)
+		deliver(fi, data, nil)
+	}
+	return nil
+}
+
+// frameResult is one frame's outcome, passed from a stream to its reader.
+type frameResult struct {
+	data []byte
+	err  error
+	// next is the first source not yet tried for the frame.
+	next int
+}
+
+// streamAhead reads run r, whose first frame fi is the one a reader
+// missed and whose other frames, claimed with calls, are read ahead, and
+// sends fi's outcome to mine the moment it is known. The request is not
+// bound to the reader's ctx: the frames read ahead have waiters of their
+// own. Frames it cannot deliver are left to whoever wants them: their
+// waiters retry from the start.
+func (f *Fetcher) streamAhead(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, r run, fi uint32, ahead map[uint32]*call, mine chan<- frameResult) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
+	defer cancel()
+	sent := false
+	next := 0
+	deliver := func(fj uint32, data []byte, err error) {
+		if fj == fi {
+			if !sent {
+				mine <- frameResult{data, err, next}
+				sent = true
+			}
+			return
+		}
+		if cl, ok := ahead[fj]; ok {
+			delete(ahead, fj)
+			if err != nil {
+				data, err = nil, errCached
+			}
+			f.finish(frameKey{b, fj}, cl, data, err)
+		}
+	}
+	var err error
+	for i, s := range f.sources {
+		next = i + 1
+		if err = f.readRun(ctx, s, b, ix, r, deliver); err == nil {
+			break
+		}
+	}
+	if !sent {
+		if err == nil {
+			err = fmt.Errorf("frame %d: no sources", fi)
+		}
+		mine <- frameResult{err: err, next: next}
+	}
+	for fj, cl := range ahead {
+		f.finish(frameKey{b, fj}, cl, nil, errCached)
+	}
+}
