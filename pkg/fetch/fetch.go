@@ -247,22 +247,44 @@ func (f *Fetcher) claim(k frameKey) (*call, bool) {
 	return cl, true
 }
 
-// finish publishes the result of a claimed call.
+// finish publishes the result of a claimed call, with the frame's chunks
+// in memory, then has them written to the disk cache behind the readers'
+// backs.
 func (f *Fetcher) finish(k frameKey, cl *call, data []byte, err error) {
+	var persist func()
 	if err == nil {
-		f.keep(k.b, k.frame, data)
+		persist = f.keep(k.b, k.frame, data)
 	}
 	cl.data, cl.err = data, err
 	f.mu.Lock()
 	delete(f.flight, k)
 	f.mu.Unlock()
 	close(cl.done)
+	if persist != nil {
+		f.persistAsync(persist)
+	}
 }
 
-// keep caches every chunk of a verified frame: packed small files are
-// usually read together, so the neighbours are wanted soon. The chunks are
-// in memory when keep returns; the disk copy follows (see writeSlots).
-func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
+// persistAsync runs a disk write in the background; past writeSlots
+// pending writes, the caller writes itself.
+func (f *Fetcher) persistAsync(persist func()) {
+	select {
+	case f.writeSlots <- struct{}{}:
+		f.writes.Add(1)
+		go func() {
+			defer f.writes.Done()
+			defer func() { <-f.writeSlots }()
+			persist()
+		}()
+	default:
+		persist()
+	}
+}
+
+// keep caches every chunk of a verified frame in memory: packed small
+// files are usually read together, so the neighbours are wanted soon. It
+// returns the write of the chunks to the disk cache, nil without one.
+func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) func() {
 	idx := f.frameIndex(b).of(fi)
 	chunks := make([][]byte, len(idx))
 	for i, ci := range idx {
@@ -277,9 +299,9 @@ func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
 		chunks[i] = chunk
 	}
 	if f.cache == nil {
-		return
+		return nil
 	}
-	persist := func() {
+	return func() {
 		if len(idx) == 1 {
 			if err := f.cache.Put(b.Chunks[idx[0]].Digest, chunks[0]); err != nil {
 				f.log.Warn("fetch: cache chunk", "chunk", b.Chunks[idx[0]].Digest, "err", err)
@@ -295,17 +317,6 @@ func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
 		if err := f.cache.PutPack(pack); err != nil {
 			f.log.Warn("fetch: cache frame", "frame", fi, "chunks", len(idx), "err", err)
 		}
-	}
-	select {
-	case f.writeSlots <- struct{}{}:
-		f.writes.Add(1)
-		go func() {
-			defer f.writes.Done()
-			defer func() { <-f.writeSlots }()
-			persist()
-		}()
-	default:
-		persist()
 	}
 }
 

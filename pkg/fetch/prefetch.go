@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -113,6 +114,7 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 		claimed[fi] = cl
 		mine = append(mine, fi)
 	}
+	var mu sync.Mutex // guards claimed while a run delivers
 	for _, sub := range planRuns(b, mine) {
 		for _, s := range f.sources {
 			if len(claimed) == 0 || ctx.Err() != nil {
@@ -121,9 +123,15 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 			err := f.readRun(ctx, s, b, ix, sub, func(fi uint32, data []byte, err error) {
 				// A frame that did not arrive intact is left to the
 				// per-frame path below, which tries every source.
-				if cl, ok := claimed[fi]; ok && err == nil {
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				cl, ok := claimed[fi]
+				delete(claimed, fi)
+				mu.Unlock()
+				if ok {
 					f.finish(frameKey{b, fi}, cl, data, nil)
-					delete(claimed, fi)
 				}
 			})
 			if err == nil {

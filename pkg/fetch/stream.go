@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -22,7 +23,8 @@ const runTimeout = 2 * time.Minute
 // still on its way, from other sources once the whole range has arrived.
 // A frame that fails verification is passed with its error, and the source
 // is told (Rejecter); if the stream breaks, every frame not yet passed is
-// passed with the error. readRun returns an error, having passed nothing,
+// passed with the error. deliver may be called from several goroutines
+// at once, and every call has returned when readRun does. readRun returns an error, having passed nothing,
 // only when the source could not be read at all. Failures are logged here.
 func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap, ix *frameIndex, r run, deliver func(fi uint32, data []byte, err error)) error {
 	blob := b.Blobs[r.blob]
@@ -53,9 +55,14 @@ func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap
 	frames := append([]uint32(nil), r.frames...)
 	sort.Slice(frames, func(i, j int) bool { return b.Frames[frames[i]].Offset < b.Frames[frames[j]].Offset })
 	// The whole range lands in one buffer, so frames may overlap or leave
-	// gaps between them; got is how much of it has arrived.
+	// gaps between them; got is how much of it has arrived. Frames are
+	// decompressed and checked by up to streamWorkers goroutines while
+	// the next ones arrive.
 	buf := make([]byte, size)
 	var got int64
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, streamWorkers)
 	for i, fi := range frames {
 		fr := b.Frames[fi]
 		lo := fr.Offset - r.off
@@ -75,21 +82,29 @@ func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap
 			}
 		}
 		raw := buf[lo:hi]
-		data, err := ix.verified(b, fi, raw)
-		if err != nil {
-			s.errors.Add(1)
-			reject(s, blob, r.off, size, err)
-			f.log.Warn("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", fr.Offset, "chunk", firstChunk(b, ix, fi), "err", err)
-			deliver(fi, nil, err)
-			continue
-		}
-		s.frames.Add(1)
-		s.chunks.Add(int64(len(ix.of(fi))))
-		f.sinkFrame(b, fi, raw)
-		deliver(fi, data, nil)
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			data, err := ix.verified(b, fi, raw)
+			if err != nil {
+				s.errors.Add(1)
+				reject(s, blob, r.off, size, err)
+				f.log.Warn("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", fr.Offset, "chunk", firstChunk(b, ix, fi), "err", err)
+				deliver(fi, nil, err)
+				return
+			}
+			s.frames.Add(1)
+			s.chunks.Add(int64(len(ix.of(fi))))
+			f.sinkFrame(b, fi, raw)
+			deliver(fi, data, nil)
+		})
 	}
 	return nil
 }
+
+// streamWorkers bounds the frames of one request being decompressed and
+// checked at once.
+const streamWorkers = 2
 
 // frameResult is one frame's outcome, passed from a stream to its reader.
 type frameResult struct {
@@ -108,18 +123,23 @@ type frameResult struct {
 func (f *Fetcher) streamAhead(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, r run, fi uint32, ahead map[uint32]*call, mine chan<- frameResult) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
 	defer cancel()
+	var mu sync.Mutex // guards sent and ahead
 	sent := false
 	next := 0
 	deliver := func(fj uint32, data []byte, err error) {
+		mu.Lock()
 		if fj == fi {
 			if !sent {
 				mine <- frameResult{data, err, next}
 				sent = true
 			}
+			mu.Unlock()
 			return
 		}
-		if cl, ok := ahead[fj]; ok {
-			delete(ahead, fj)
+		cl, ok := ahead[fj]
+		delete(ahead, fj)
+		mu.Unlock()
+		if ok {
 			if err != nil {
 				data, err = nil, errCached
 			}
