@@ -32,6 +32,12 @@ func TestAgentRunsSkiffImages(t *testing.T) {
 	testAgent(t, testenv.ContainerdOptions{})
 }
 
+// TestAgentContainerd17 runs the same flows on containerd 1.7, which
+// unlike 1.6 passes the namespace to proxy plugins.
+func TestAgentContainerd17(t *testing.T) {
+	testAgent(t, testenv.Containerd17(t))
+}
+
 // TestAgentContainerd2 runs the same flows on containerd 2.x, with FUSE
 // passthrough on (it is off by default), so both ways of serving files
 // run real containers.

@@ -164,38 +164,59 @@ func (c Containerd) cleanupTasks(t testing.TB) {
 // Log returns the end of containerd's log, for failure messages.
 func (c Containerd) Log() string { return c.proc.tail() }
 
-// Containerd2Version is the containerd 2.x release Containerd2 builds.
-const Containerd2Version = "v2.1.4"
+// The containerd releases built for the e2e suite, beside the 1.6 of the
+// Debian package.
+const (
+	Containerd17Version = "v1.7.35"
+	Containerd2Version  = "v2.1.4"
+)
 
-// Containerd2 returns ContainerdOptions for containerd 2.x, building
-// containerd, ctr and the runc shim into bin/containerd-VERSION/ once per
-// machine. `go install` refuses containerd 2.x for the exclude directives
-// in its go.mod, so the module is downloaded and built in place.
+// Containerd17 returns ContainerdOptions for containerd 1.7; see
+// ContainerdRelease.
+func Containerd17(t testing.TB) ContainerdOptions {
+	return ContainerdRelease(t, Containerd17Version)
+}
+
+// Containerd2 returns ContainerdOptions for containerd 2.x; see
+// ContainerdRelease.
 func Containerd2(t testing.TB) ContainerdOptions {
+	return ContainerdRelease(t, Containerd2Version)
+}
+
+// ContainerdRelease returns ContainerdOptions for containerd release
+// version (v1.x or v2.x), building containerd, ctr and the runc shim into
+// bin/containerd-VERSION/ once per machine. `go install` refuses
+// containerd 2.x for the exclude directives in its go.mod, so the module
+// is downloaded and built in place.
+func ContainerdRelease(t testing.TB, version string) ContainerdOptions {
 	t.Helper()
-	dir := filepath.Join(RepoRoot(), "bin", "containerd-"+strings.TrimPrefix(Containerd2Version, "v"))
+	dir := filepath.Join(RepoRoot(), "bin", "containerd-"+strings.TrimPrefix(version, "v"))
 	opts := ContainerdOptions{Binary: filepath.Join(dir, "containerd"), Ctr: filepath.Join(dir, "ctr")}
 	if isExecutable(opts.Binary) && isExecutable(opts.Ctr) && isExecutable(filepath.Join(dir, "containerd-shim-runc-v2")) {
 		return opts
 	}
+	module := "github.com/containerd/containerd"
+	if major, _, _ := strings.Cut(version, "."); major != "v1" && major != "v0" {
+		module += "/" + major
+	}
 	toolMu.Lock()
 	defer toolMu.Unlock()
-	t.Logf("testenv: building containerd %s into %s (once per machine; this takes minutes)", Containerd2Version, dir)
-	dl := exec.Command("go", "mod", "download", "-json", "github.com/containerd/containerd/v2@"+Containerd2Version)
+	t.Logf("testenv: building containerd %s into %s (once per machine; this takes minutes)", version, dir)
+	dl := exec.Command("go", "mod", "download", "-json", module+"@"+version)
 	dl.Env = append(os.Environ(), "GOFLAGS=", "GOWORK=off")
 	out, err := dl.Output()
 	if err != nil {
-		t.Fatalf("testenv: download containerd %s: %v", Containerd2Version, err)
+		t.Fatalf("testenv: download containerd %s: %v", version, err)
 	}
 	var mod struct{ Dir string }
 	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
-		t.Fatalf("testenv: download containerd %s: %v: %s", Containerd2Version, err, out)
+		t.Fatalf("testenv: download containerd %s: %v: %s", version, err, out)
 	}
 	build := exec.Command("go", "build", "-o", dir+"/", "./cmd/containerd", "./cmd/ctr", "./cmd/containerd-shim-runc-v2")
 	build.Dir = mod.Dir
 	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("testenv: build containerd %s: %v\n%s", Containerd2Version, err, out)
+		t.Fatalf("testenv: build containerd %s: %v\n%s", version, err, out)
 	}
 	return opts
 }
