@@ -24,8 +24,9 @@ const runTimeout = 2 * time.Minute
 // A frame that fails verification is passed with its error, and the source
 // is told (Rejecter); if the stream breaks, every frame not yet passed is
 // passed with the error. deliver may be called from several goroutines
-// at once, and every call has returned when readRun does. readRun returns an error, having passed nothing,
-// only when the source could not be read at all. Failures are logged here.
+// at once, and every call has returned when readRun does. readRun returns
+// an error, having passed nothing, only when the source could not be read
+// at all. Failures are logged here.
 func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap, ix *frameIndex, r run, deliver func(fi uint32, data []byte, err error)) error {
 	blob := b.Blobs[r.blob]
 	size := r.end - r.off
