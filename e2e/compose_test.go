@@ -64,8 +64,9 @@ func startCompose(t *testing.T) *composeStack {
 
 	s := &composeStack{t: t, project: fmt.Sprintf("%s%d-%d", composeProjectPrefix, os.Getpid(), time.Now().UnixNano()%1e6), ports: map[string]int{}}
 	s.env = os.Environ()
-	for _, v := range composePorts {
-		_, port, _ := net.SplitHostPort(testenv.FreeAddr(t))
+	addrs := testenv.FreeAddrs(t, len(composePorts))
+	for i, v := range composePorts {
+		_, port, _ := net.SplitHostPort(addrs[i])
 		s.ports[v], _ = strconv.Atoi(port)
 		s.env = append(s.env, v+"="+port)
 	}

@@ -313,6 +313,23 @@ func FreeAddr(t testing.TB) string {
 	return hostPort(freePort(t))
 }
 
+// FreeAddrs returns n distinct loopback host:ports that were free a moment
+// ago. Each is held until all are chosen: ports found one after another
+// may repeat, since a port is free again once found.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("testenv: find a free port: %v", err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
+	}
+	return addrs
+}
+
 // WaitHTTP waits up to a minute for GET url to answer 200, failing the test
 // otherwise, or at once if the server reports on died (which may be nil)
 // that it exited.
