@@ -223,3 +223,48 @@ func FuzzPackHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestOpenChunk: a chunk this process has checked is handed out as a file
+// and offset, alone or in a pack; one it has not checked is not.
+func TestOpenChunk(t *testing.T) {
+	dir := t.TempDir()
+	c := mustOpen(t, dir, 0)
+	single, d := chunk(1, 3000)
+	if err := c.Put(d, single); err != nil {
+		t.Fatal(err)
+	}
+	pack := testPack(10, 4)
+	if err := c.PutPack(pack); err != nil {
+		t.Fatal(err)
+	}
+	check := func(c *Cache, d bootstrap.Digest, want []byte, ok bool) {
+		t.Helper()
+		f, off, size, got := c.OpenChunk(d)
+		if got != ok {
+			t.Fatalf("OpenChunk(%s): ok=%v, want %v", d, got, ok)
+		}
+		if wn := c.WillNeed(d); wn != ok {
+			t.Fatalf("WillNeed(%s) = %v, want %v", d, wn, ok)
+		}
+		if !ok {
+			return
+		}
+		defer f.Close()
+		buf := make([]byte, size)
+		if _, err := f.ReadAt(buf, off); err != nil || !bytes.Equal(buf, want) {
+			t.Fatalf("chunk %s at [%d,+%d): %v", d, off, size, err)
+		}
+	}
+	check(c, d, single, true)
+	check(c, pack[2].Digest, pack[2].Data, true)
+	absent, da := chunk(2, 100)
+	check(c, da, absent, false)
+
+	// A new process has checked nothing yet; reading a chunk checks it.
+	c2 := mustOpen(t, dir, 0)
+	check(c2, pack[1].Digest, pack[1].Data, false)
+	if _, ok := c2.Get(pack[1].Digest); !ok {
+		t.Fatal("packed chunk not served after reopen")
+	}
+	check(c2, pack[1].Digest, pack[1].Data, true)
+}

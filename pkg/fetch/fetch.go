@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -42,8 +43,8 @@ type Fetcher struct {
 	assembling map[bootstrap.Digest]bool
 	assembly   chan struct{}
 
-	memHits, cacheHits, misses, zeros atomic.Int64
-	missWait                          atomic.Int64 // nanoseconds readers spent on misses
+	memHits, cacheHits, fileHits, misses, zeros atomic.Int64
+	missWait                                    atomic.Int64 // nanoseconds readers spent on misses
 
 	// sink, when set, sees the stored bytes of every verified frame.
 	sink FrameSink
@@ -320,6 +321,29 @@ func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) func() {
 	}
 }
 
+// ChunkFile returns an open file holding chunk idx of b at the returned
+// offset, when the chunk is in the disk cache, checked, and not in memory:
+// a reader that only passes the bytes on (to the kernel) can then have
+// the kernel move them without copying them through this process.
+func (f *Fetcher) ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, int64, bool) {
+	if f.cache == nil || int(idx) >= len(b.Chunks) {
+		return nil, 0, false
+	}
+	c := b.Chunks[idx]
+	if c.Zero() || f.mem.Has(c.Digest) {
+		return nil, 0, false
+	}
+	file, off, size, ok := f.cache.OpenChunk(c.Digest)
+	if ok && size != int64(c.Size) {
+		file.Close()
+		return nil, 0, false
+	}
+	if ok {
+		f.fileHits.Add(1)
+	}
+	return file, off, ok
+}
+
 // maxWarming bounds the chunks Warm loads at once.
 const maxWarming = 8
 
@@ -336,7 +360,7 @@ func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 			return
 		}
 		c := b.Chunks[ci]
-		if c.Zero() || f.mem.Has(c.Digest) || !f.cache.Has(c.Digest) {
+		if c.Zero() || f.mem.Has(c.Digest) || !f.cache.Has(c.Digest) || f.cache.WillNeed(c.Digest) {
 			continue
 		}
 		if _, busy := f.warming.LoadOrStore(c.Digest, struct{}{}); busy {
@@ -426,8 +450,11 @@ func zeros(n int) []byte {
 
 // Stats counts where chunks came from.
 type Stats struct {
-	MemoryHits  int64 `json:"memoryHits"`
-	CacheHits   int64 `json:"cacheHits"`
+	MemoryHits int64 `json:"memoryHits"`
+	CacheHits  int64 `json:"cacheHits"`
+	// FileHits counts chunks handed out as a cache file (ChunkFile), whose
+	// bytes the kernel moved without this process reading them.
+	FileHits    int64 `json:"fileHits"`
 	CacheMisses int64 `json:"cacheMisses"` // chunk reads that went to the sources
 	// MissWait is the time readers spent waiting on those, summed.
 	MissWait   time.Duration `json:"missWaitNanos"`
@@ -451,6 +478,7 @@ func (f *Fetcher) Stats() Stats {
 	s := Stats{
 		MemoryHits:  f.memHits.Load(),
 		CacheHits:   f.cacheHits.Load(),
+		FileHits:    f.fileHits.Load(),
 		CacheMisses: f.misses.Load(),
 		MissWait:    time.Duration(f.missWait.Load()),
 		ZeroChunks:  f.zeros.Load(),

@@ -22,6 +22,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
 	"golang.org/x/sys/unix"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -38,6 +39,16 @@ type ChunkReader interface {
 // the disk. *fetch.Fetcher implements it.
 type Warmer interface {
 	Warm(b *bootstrap.Bootstrap, chunks []uint32)
+}
+
+// ChunkFiler is implemented by chunk readers that can point at a local
+// file holding a chunk's content, so a read is answered by splicing the
+// bytes from that file to the kernel instead of copying them through this
+// process. *fetch.Fetcher implements it.
+type ChunkFiler interface {
+	// ChunkFile returns an open file holding chunk idx of b from the
+	// returned offset, or false. The caller closes the file.
+	ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, int64, bool)
 }
 
 // warmAhead is how many chunks past the one a sequential read enters are
@@ -102,7 +113,7 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	if opts.CacheTimeout <= 0 {
 		opts.CacheTimeout = 24 * time.Hour
 	}
-	fsys := &fileSystem{b: b, r: r, log: opts.Logger, ready: make(chan struct{})}
+	fsys := &fileSystem{b: b, r: r, log: opts.Logger, ready: make(chan struct{}), splice: os.Geteuid() == 0}
 	var disabled int64
 	if bf, ok := r.(BackingFiler); ok && opts.Passthrough {
 		fsys.backing = bf
@@ -127,12 +138,14 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 			Options:          []string{"ro", "default_permissions"},
 			DirectMount:      true,
 			DirectMountFlags: unix.MS_RDONLY | unix.MS_NODEV,
-			// 1 MiB requests: a whole default chunk per round trip.
-			MaxWrite:      1 << 20,
-			MaxReadAhead:  1 << 20,
+			// Requests of almost a whole default chunk (see maxRequest).
+			MaxWrite:      maxRequest,
+			MaxReadAhead:  maxRequest,
 			MaxBackground: 64,
-			// A 1 MiB read plus its header does not fit a default pipe.
-			DisableSplice: true,
+			// Large reads of cached chunks are spliced (see
+			// node.splice). Pipes of 1 MiB are only certain for root:
+			// other users' pipes count against per-user limits.
+			DisableSplice: os.Geteuid() != 0,
 			Debug:         opts.Debug,
 			Logger:        slog.NewLogLogger(opts.Logger.Handler(), fuseLevel),
 			// Backing files live on an ordinary filesystem; the mount
@@ -172,6 +185,11 @@ func allowOther(log *slog.Logger) bool {
 	log.Warn("lazyfs: mounting for this user only; set user_allow_other in /etc/fuse.conf to share it")
 	return false
 }
+
+// maxRequest is the largest read the kernel asks for at once. It stays
+// under 1 MiB so that a reply and its header fit an unprivileged pipe's
+// limit (fs.pipe-max-size, 1 MiB by default) and can be spliced.
+const maxRequest = 1<<20 - 64<<10
 
 // readaheadKB is the kernel readahead window asked for. The kernel starts
 // FUSE mounts at 128 KiB, which makes a sequential read a stream of small
@@ -217,6 +235,7 @@ type fileSystem struct {
 	b       *bootstrap.Bootstrap
 	r       ChunkReader
 	backing BackingFiler // nil: no passthrough
+	splice  bool         // cached chunks may be spliced to the kernel
 	log     *slog.Logger
 	// ready is closed once go-fuse has taught the kernel that this
 	// filesystem does not implement poll. Until then, opening a file from
@@ -543,6 +562,9 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 			w.Warm(n.fs.b, refs[last+1:min(last+1+warmAhead, len(refs))])
 		}
 	}
+	if res, ok := n.splice(refs, offs, i, off, end); ok {
+		return res, 0
+	}
 	if end <= offs[i+1] {
 		data, errno := n.chunk(ctx, refs[i])
 		if errno != 0 {
@@ -563,6 +585,58 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 		pos = stop
 	}
 	return fuse.ReadResultVector(vecs), 0
+}
+
+// spliceMin is the smallest read worth splicing: opening a cache file costs
+// more than copying a few KiB of a chunk that is in memory anyway.
+const spliceMin = 256 << 10
+
+// splice answers a read of [off, end), starting in chunk i, by splicing
+// the bytes from the chunk files into a pipe, when every chunk involved
+// is in a local file (see ChunkFiler); the kernel then moves them to the
+// reader without a copy in this process.
+func (n *node) splice(refs []uint32, offs []int64, i int, off, end int64) (fuse.ReadResult, bool) {
+	cf, ok := n.fs.r.(ChunkFiler)
+	if !ok || !n.fs.splice || end-off < spliceMin {
+		return nil, false
+	}
+	var files []*os.File
+	var at []int64
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for j := i; j < len(refs) && offs[j] < end; j++ {
+		f, base, ok := cf.ChunkFile(n.fs.b, refs[j])
+		if !ok {
+			return nil, false
+		}
+		files = append(files, f)
+		at = append(at, base)
+	}
+	pair, err := splice.Get()
+	if err != nil {
+		return nil, false
+	}
+	size := int(end - off)
+	if err := pair.Grow(size); err != nil {
+		splice.Done(pair)
+		return nil, false
+	}
+	pos := off
+	for k, f := range files {
+		j := i + k
+		stop := min(end, offs[j+1])
+		want := int(stop - pos)
+		if got, err := pair.LoadFromAt(f.Fd(), want, at[k]+pos-offs[j]); err != nil || got != want {
+			// A short file: let the ordinary path find out and report it.
+			splice.Drop(pair)
+			return nil, false
+		}
+		pos = stop
+	}
+	return fuse.ReadResultPipe(pair, size), true
 }
 
 // chunk reads one chunk of the file, mapping failure to EIO (or EINTR when

@@ -21,6 +21,7 @@ import (
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/cache"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
@@ -679,5 +680,55 @@ func TestSequential(t *testing.T) {
 		if got := n.sequential(tt.off, tt.end); got != tt.want {
 			t.Errorf("read [%d,%d): sequential %v, want %v", tt.off, tt.end, got, tt.want)
 		}
+	}
+}
+
+// TestSplicedReadsFromCache: large reads of chunks already in the disk
+// cache, checked by this process, are spliced from the cache files (the
+// bytes never enter the mount process) and return the right bytes; every
+// other read still does too.
+func TestSplicedReadsFromCache(t *testing.T) {
+	requireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("splicing 1 MiB replies needs root (pipe size)")
+	}
+	entries := richEntries()
+	img, st := uploaded(t, entries, fetchtest.Options{ChunkSize: chunkSize, Compression: bootstrap.Zstd, PackSize: 4 << 10})
+	c, err := cache.Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll := func(f *fetch.Fetcher) {
+		t.Helper()
+		mnt := t.TempDir()
+		srv, err := Mount(context.Background(), mnt, img.Bootstrap, f, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			srv.Unmount()
+			srv.Wait()
+		}()
+		for _, e := range entries {
+			if e.Mode&bootstrap.ModeType != bootstrap.ModeRegular {
+				continue
+			}
+			got, err := os.ReadFile(filepath.Join(mnt, e.Path))
+			if err != nil || !bytes.Equal(got, e.Data) {
+				t.Fatalf("%s: %d bytes, %v", e.Path, len(got), err)
+			}
+		}
+	}
+	first := fetch.New(c, fetch.NewStoreSource("store", st))
+	readAll(first) // fetches, checks and caches every chunk
+	first.Flush()
+	// A fresh fetcher over the same cache: nothing in memory.
+	second := fetch.New(c, fetch.NewStoreSource("store", st))
+	readAll(second)
+	s := second.Stats()
+	// Small reads, and reads that also span an all-zero chunk (sparse
+	// files), go the ordinary way.
+	if s.FileHits == 0 || s.CacheMisses != 0 || s.Sources[0].Requests != 0 {
+		t.Fatalf("stats %+v: want the large reads spliced from the cache", s)
 	}
 }
