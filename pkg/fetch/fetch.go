@@ -347,10 +347,12 @@ func (f *Fetcher) ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, int64
 // maxWarming bounds the chunks Warm loads at once.
 const maxWarming = 8
 
-// Warm loads the given chunks of b from the disk cache into memory in the
-// background, for a reader that is about to want them; a reader that gets
-// there first simply reads them itself. Chunks not on disk are left to
-// the sources' own readahead (fetchAhead).
+// Warm brings the given chunks of b off the disk in the background, for a
+// reader that is about to want them: chunks this process has checked are
+// read into the page cache by the kernel (see ChunkFile), others are
+// loaded and checked into memory. A reader that gets there first simply
+// reads them itself. Chunks not on disk are left to the sources' own
+// readahead (fetchAhead).
 func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 	if f.cache == nil {
 		return

@@ -34,9 +34,9 @@ type ChunkReader interface {
 	ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error)
 }
 
-// Warmer is implemented by chunk readers that can bring chunks into
-// memory ahead of a sequential reader, so the next read does not wait for
-// the disk. *fetch.Fetcher implements it.
+// Warmer is implemented by chunk readers that can bring chunks off the
+// disk ahead of a sequential reader, so the next read does not wait for
+// it. *fetch.Fetcher implements it.
 type Warmer interface {
 	Warm(b *bootstrap.Bootstrap, chunks []uint32)
 }
@@ -534,8 +534,9 @@ func (n *node) sequential(off, end int64) bool {
 	}
 }
 
-// Read implements fs.NodeReader. The reply is written from the chunks
-// themselves, never copied in this process.
+// Read implements fs.NodeReader. The reply never passes through a buffer
+// of this process: a large read of cached chunks is spliced from the
+// cache files, any other is written from the chunks themselves.
 func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	in := n.inode()
 	if in.Type() != bootstrap.ModeRegular {
