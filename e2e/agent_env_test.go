@@ -305,6 +305,32 @@ func (e *agentEnv) stopAll() {
 	_ = exec.Command("umount", "-R", "-l", filepath.Join(e.root, "mnt")).Run()
 }
 
+// mountdPID is the process ID of the mount process, from its pid file.
+func (e *agentEnv) mountdPID() int {
+	e.t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.root, "mountd.pid"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		e.t.Fatalf("mountd.pid: %v", err)
+	}
+	return pid
+}
+
+// exited reports whether process pid has ended: it is gone, or a zombie
+// nobody reaped (the agent that started it was killed).
+func exited(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name, which is in parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
+}
+
 func (e *agentEnv) logs() string {
 	a, _ := os.ReadFile(e.agentLog)
 	m, _ := os.ReadFile(filepath.Join(e.root, "mountd.log"))

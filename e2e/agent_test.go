@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -62,10 +63,11 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 	}
 	msg := []byte("hello from a lazily served image\n")
 	later := []byte("read after the agent restarted\n")
+	upgraded := []byte("read after the mount process was upgraded\n")
 	big := randomBytes(t, 3<<20)
 	victim := randomBytes(t, 1<<20)
 	base := tarLayer(t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755})
-	data := tarLayer(t, map[string][]byte{"data/msg.txt": msg, "data/later.txt": later, "data/big": big, "data/victim": victim}, nil)
+	data := tarLayer(t, map[string][]byte{"data/msg.txt": msg, "data/later.txt": later, "data/upgraded.txt": upgraded, "data/big": big, "data/victim": victim}, nil)
 	ref, res := e.push(ctx, "app", base, data)
 	skiffRef := ref + "-skiff"
 
@@ -148,6 +150,50 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		out, err = e.run(ctx, ref, "new-after-restart", "cat", "/data/msg.txt")
 		if err != nil || out != string(msg) {
 			t.Fatalf("new container after restart: %q, %v\n%s", out, err, e.logs())
+		}
+	})
+
+	t.Run("mount process upgrade under a running container", func(t *testing.T) {
+		oldPID := e.mountdPID()
+		before, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Another build of the agent: the same program with bytes
+		// appended, which the agent tells from the running mount process
+		// by content and so replaces it.
+		prog, err := os.ReadFile(e.bin.agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.bin.agent = filepath.Join(t.TempDir(), "skiff-agent")
+		if err := os.WriteFile(e.bin.agent, append(prog, "another build"...), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		e.killAgent()
+		e.startAgent()
+		e.waitSnapshotter(ctx)
+		newPID := e.mountdPID()
+		if newPID == oldPID {
+			t.Fatalf("mount process %d was not replaced\n%s", oldPID, e.logs())
+		}
+		if !exited(oldPID) {
+			t.Fatalf("old mount process %d still running after handing over\n%s", oldPID, e.logs())
+		}
+		out, err := e.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "after-upgrade", "long", "/bin/probe", "cat", "/data/upgraded.txt")
+		if err != nil || out != string(upgraded) {
+			t.Fatalf("read in running container after the mount process upgrade: %q, %v\n%s", out, err, e.logs())
+		}
+		after, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if before != after {
+			t.Errorf("snapshots changed across the upgrade:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		out, err = e.run(ctx, ref, "new-after-upgrade", "cat", "/data/msg.txt")
+		if err != nil || out != string(msg) {
+			t.Fatalf("new container after the upgrade: %q, %v\n%s", out, err, e.logs())
 		}
 	})
 

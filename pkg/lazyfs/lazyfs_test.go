@@ -663,7 +663,7 @@ func TestSequentialReadWarmsAhead(t *testing.T) {
 }
 
 func TestSequential(t *testing.T) {
-	n := &node{}
+	n := &fileState{}
 	for _, tt := range []struct {
 		off, end int64
 		want     bool

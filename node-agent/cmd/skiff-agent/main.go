@@ -10,6 +10,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -123,7 +125,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: skiff-agent          run the snapshotter (foreground)")
-	fmt.Fprintln(w, "       skiff-agent mountd   run the lazy mount process (the agent starts it when needed)")
+	fmt.Fprintln(w, "       skiff-agent mountd   run the lazy mount process (the agent starts it when needed);")
+	fmt.Fprintln(w, "                            one already running hands its mounts over to it and exits")
 	fmt.Fprintln(w, "\nsettings (environment):")
 	params, err := env.GetFieldParamsWithOptions(&config{}, env.Options{Prefix: envPrefix})
 	if err != nil {
@@ -175,18 +178,30 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 }
 
 // ensureMountd connects to the mount process, starting one when none
-// answers. It is started in its own session so that it survives the agent.
+// answers, or when the one answering is another build of skiff-agent:
+// the new one takes the mounts over from it (an upgrade that leaves
+// running containers reading). It is started in its own session so that
+// it survives the agent.
 func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
-	if c.Ping(ctx) == nil {
-		log.Info("skiff-agent: reusing running mount process", "socket", mountdSocket(cfg))
-		return nil
-	}
-	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("start mount process: %w", err)
+	}
+	version, err := buildVersion(self)
+	if err != nil {
+		return fmt.Errorf("start mount process: %w", err)
+	}
+	running := c.Ping(ctx) == nil
+	if running {
+		v, pid, err := c.Version(ctx)
+		if err == nil && v == version {
+			log.Info("skiff-agent: reusing running mount process", "socket", mountdSocket(cfg), "pid", pid)
+			return nil
+		}
+		log.Info("skiff-agent: upgrading the running mount process", "pid", pid, "version", v, "to", version)
+	}
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
 	}
 	logf, err := os.OpenFile(filepath.Join(cfg.Root, "mountd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -202,12 +217,16 @@ func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slo
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	for {
-		if c.Ping(ctx) == nil {
+		if v, _, err := c.Version(ctx); err == nil && v == version {
 			log.Info("skiff-agent: started mount process", "pid", cmd.Process.Pid, "log", logf.Name())
 			return nil
 		}
 		select {
 		case err := <-exited:
+			if running && c.Ping(ctx) == nil {
+				log.Warn("skiff-agent: the new mount process did not take over; keeping the running one", "exit", err, "log", logf.Name())
+				return nil
+			}
 			return fmt.Errorf("mount process exited at startup (%v); see %s", err, logf.Name())
 		case <-ctx.Done():
 			return ctx.Err()
@@ -216,8 +235,38 @@ func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slo
 	}
 }
 
-// runMountd serves the lazy mounts until stopped, then unmounts them.
+// buildVersion identifies the build of the executable at path by its
+// content, so that a replaced binary is told from the running one.
+func buildVersion(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("build version: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("build version: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// handoverGrace is how long a mount process that handed its mounts over
+// has to exit before its successor kills it.
+const handoverGrace = 10 * time.Second
+
+// runMountd serves the lazy mounts until stopped, then unmounts them. If a
+// mount process is running already, it takes that one's mounts over
+// first; when a successor takes them from this one, it exits and leaves
+// them mounted.
 func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	version, err := buildVersion(self)
+	if err != nil {
+		return err
+	}
 	st, err := storeurl.Open(ctx, cfg.Store)
 	if err != nil {
 		return err
@@ -234,33 +283,102 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer m.Close()
 	sock := mountdSocket(cfg)
-	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+	takeover, err := takeOver(ctx, sock, m, log)
+	if err != nil {
+		m.Close()
+		return err
+	}
+	// The socket is made beside its place and moved there, so that a
+	// client never finds no mount process during a takeover.
+	next := sock + ".next"
+	if err := os.Remove(next); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket: %w", err)
 	}
-	l, err := net.Listen("unix", sock)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: next, Net: "unix"})
+	if err == nil {
+		l.SetUnlinkOnClose(false)
+		err = os.Rename(next, sock)
+	}
 	if err != nil {
+		if takeover != nil {
+			takeover.Abort()
+			m.DropResumed()
+		}
+		m.Close()
 		return fmt.Errorf("listen: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(cfg.Root, "mountd.pid"), []byte(fmt.Sprint(os.Getpid())), 0o600); err != nil {
-		return fmt.Errorf("write pid file: %w", err)
+	if takeover != nil {
+		if err := takeover.Commit(ctx, handoverGrace); err != nil {
+			log.Error("skiff-agent mountd: the old mount process did not confirm its exit", "err", err)
+		}
+		if err := m.StartResumed(); err != nil {
+			log.Warn("skiff-agent mountd: requests the old mount process read and did not answer stay unanswered", "err", err)
+		}
+		log.Info("skiff-agent mountd: took over the mounts", "mounts", len(takeover.Mounts))
 	}
-	srv := &http.Server{Handler: lazymount.Handler(m)}
-	g, ctx := errgroup.WithContext(ctx)
+	if err := os.WriteFile(filepath.Join(cfg.Root, "mountd.pid"), []byte(fmt.Sprint(os.Getpid())), 0o600); err != nil {
+		log.Warn("skiff-agent mountd: write pid file", "err", err)
+	}
+	handedOver := make(chan net.Conn, 1)
+	srv := &http.Server{Handler: lazymount.Handler(m, lazymount.HandlerOptions{
+		Version:    version,
+		HandedOver: func(conn net.Conn) { handedOver <- conn },
+	})}
+	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
+	var successor net.Conn
 	g.Go(func() error {
-		<-ctx.Done()
+		select {
+		case <-gctx.Done():
+		case successor = <-handedOver:
+		}
 		return srv.Shutdown(context.Background())
 	})
 	if runP2P != nil {
-		g.Go(func() error { return runP2P(ctx) })
+		g.Go(func() error { return runP2P(gctx) })
 	}
-	log.Info("skiff-agent mountd: serving lazy mounts", "socket", sock, "store", cfg.Store)
-	return g.Wait()
+	log.Info("skiff-agent mountd: serving lazy mounts", "socket", sock, "store", cfg.Store, "version", version)
+	err = g.Wait()
+	if successor == nil {
+		os.Remove(sock)
+	}
+	if cerr := m.Close(); err == nil {
+		err = cerr
+	}
+	if successor != nil {
+		// The successor learns that this process has stopped reading the
+		// FUSE devices when the connection closes, which must be when the
+		// process ends, not before.
+		log.Info("skiff-agent mountd: exiting after handing the mounts over")
+		os.Exit(0)
+	}
+	return err
+}
+
+// takeOver takes the mounts of the mount process answering on sock, if
+// there is one, into m; nil if there is none.
+func takeOver(ctx context.Context, sock string, m *lazymount.Manager, log *slog.Logger) (*lazymount.Takeover, error) {
+	if lazymount.NewClient(sock).Ping(ctx) != nil {
+		return nil, nil
+	}
+	t, err := lazymount.TakeOver(ctx, sock)
+	if err != nil {
+		return nil, fmt.Errorf("a mount process is running on %s: %w", sock, err)
+	}
+	for _, h := range t.Mounts {
+		if err := m.Resume(ctx, h); err != nil {
+			// All or nothing: the old process keeps every mount.
+			t.Abort()
+			m.DropResumed()
+			return nil, fmt.Errorf("take over %s: %w", h.Mountpoint, err)
+		}
+	}
+	log.Info("skiff-agent mountd: taking over the mounts of the running mount process", "mounts", len(t.Mounts))
+	return t, nil
 }

@@ -48,15 +48,17 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 	src := peer.NewSource(nc, id, nil, peer.SourceOptions{Logger: log})
 	f = fetch.New(c, src, storeSrc)
 	f.SetFrameSink(pieces)
-	ln, err := net.Listen("tcp", cfg.PeerListen)
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("listen for peers on %s: %w", cfg.PeerListen, err)
-	}
 	server := piece.NewServer(pieces, nil, log)
 	ann := &peer.Announcer{NC: nc, ID: id, Addr: addr, Role: schedule.RolePeer, Store: pieces, Load: server.Load, Logger: log}
 	run = func(ctx context.Context) error {
 		defer nc.Close()
+		// Listening starts here, not when the fetcher is made: a mount
+		// process taking over from another gets the port once that one
+		// has exited.
+		ln, err := net.Listen("tcp", cfg.PeerListen)
+		if err != nil {
+			return fmt.Errorf("listen for peers on %s: %w", cfg.PeerListen, err)
+		}
 		mux := http.NewServeMux()
 		mux.Handle(piece.Path, server)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -56,7 +56,11 @@ type Manager struct {
 
 	mu     sync.Mutex
 	mounts map[bootstrap.Digest]*mounted
-	wg     sync.WaitGroup
+	// handingOver refuses mount requests while a successor takes over;
+	// resumed are mounts taken over and not yet served.
+	handingOver bool
+	resumed     []*lazyfs.Server
+	wg          sync.WaitGroup
 }
 
 var _ snapshot.Mounter = (*Manager)(nil)
@@ -138,6 +142,9 @@ func (m *Manager) load(ctx context.Context, d bootstrap.Digest) (*bootstrap.Boot
 func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.handingOver {
+		return "", errHandingOver
+	}
 	mp := m.Mountpoint(d)
 	if _, ok := m.mounts[d]; ok {
 		return mp, nil
@@ -172,6 +179,10 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 // Unmount implements snapshot.Mounter.
 func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	m.mu.Lock()
+	if m.handingOver {
+		m.mu.Unlock()
+		return errHandingOver
+	}
 	mt, ok := m.mounts[d]
 	delete(m.mounts, d)
 	m.mu.Unlock()

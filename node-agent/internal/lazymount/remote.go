@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -20,8 +21,19 @@ import (
 // takes the FUSE connections of running containers with it: the
 // snapshotter is a client of the mount process over a unix socket.
 
+// HandlerOptions tune Handler.
+type HandlerOptions struct {
+	// Version identifies this process' build (see Client.Version).
+	Version string
+	// HandedOver, if set, lets a successor take the mounts over (see
+	// TakeOver); it is called with the connection once the successor
+	// serves them, and must end this process without unmounting them,
+	// keeping the connection open until it exits.
+	HandedOver func(net.Conn)
+}
+
 // Handler serves m over HTTP.
-func Handler(m *Manager) http.Handler {
+func Handler(m *Manager, opts HandlerOptions) http.Handler {
 	mux := http.NewServeMux()
 	with := func(fn func(ctx context.Context, d bootstrap.Digest) (any, error)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -53,7 +65,17 @@ func Handler(m *Manager) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(m.fetch.Stats())
 	})
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(versionReply{Version: opts.Version, PID: os.Getpid()})
+	})
+	mux.Handle("POST /handover", serveHandover(m, m.log, opts.HandedOver))
 	return mux
+}
+
+type versionReply struct {
+	Version string `json:"version"`
+	PID     int    `json:"pid"`
 }
 
 type mountReply struct {
@@ -93,6 +115,28 @@ func (c *Client) Ping(ctx context.Context) error {
 		return fmt.Errorf("mount process: %s", resp.Status)
 	}
 	return nil
+}
+
+// Version returns the build and process ID of the mount process.
+func (c *Client) Version(ctx context.Context) (version string, pid int, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mountd/version", nil)
+	if err != nil {
+		return "", 0, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", 0, fmt.Errorf("mount process: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// Mount processes from before versions were reported.
+		return "", 0, nil
+	}
+	var v versionReply
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&v); err != nil {
+		return "", 0, fmt.Errorf("mount process version: %w", err)
+	}
+	return v.Version, v.PID, nil
 }
 
 func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out any) error {

@@ -109,6 +109,28 @@ func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, in
 	return f, ok
 }
 
+// Warm implements lazyfs.Warmer when the reader does.
+func (rec *recorder) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
+	if w, ok := rec.r.(lazyfs.Warmer); ok {
+		w.Warm(b, chunks)
+	}
+}
+
+// ChunkFile implements lazyfs.ChunkFiler when the reader does. A chunk
+// spliced from its file never reaches ReadChunk, so this is where it is
+// noted.
+func (rec *recorder) ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, int64, bool) {
+	cf, ok := rec.r.(lazyfs.ChunkFiler)
+	if !ok {
+		return nil, 0, false
+	}
+	f, off, ok := cf.ChunkFile(b, idx)
+	if ok {
+		rec.note(idx)
+	}
+	return f, off, ok
+}
+
 func (rec *recorder) note(idx uint32) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()

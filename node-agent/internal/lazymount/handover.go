@@ -1,0 +1,125 @@
+package lazymount
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/lazyfs"
+)
+
+// A mount process is replaced (upgraded) without unmounting anything: the
+// new process asks the old one for its mounts, the old one passes each
+// FUSE connection over (see lazyfs.Resume) and exits, and the new one
+// serves the connections from there, having the kernel send again what
+// the old one read and never answered. Containers only see a pause.
+
+// HandedMount is one mount passed from a mount process to its successor.
+type HandedMount struct {
+	Bootstrap  bootstrap.Digest `json:"bootstrap"`
+	Mountpoint string           `json:"mountpoint"`
+	// Settings are what the kernel negotiated with the FUSE server.
+	Settings []byte `json:"settings"`
+	// Dev is the FUSE device; it travels beside the JSON.
+	Dev *os.File `json:"-"`
+}
+
+// errHandingOver fails mount requests while the process hands its mounts
+// to a successor, which will take them in a moment.
+var errHandingOver = errors.New("the mount process is being replaced; retry")
+
+// Handover stops m taking mount and unmount requests and returns every
+// mount for a successor. m keeps serving them meanwhile. EndHandover
+// settles it.
+func (m *Manager) Handover() ([]HandedMount, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.handingOver {
+		return nil, errHandingOver
+	}
+	hs := make([]HandedMount, 0, len(m.mounts))
+	for d, mt := range m.mounts {
+		dev, settings, err := mt.srv.Handover()
+		if err != nil {
+			return nil, err
+		}
+		hs = append(hs, HandedMount{Bootstrap: d, Mountpoint: mt.srv.Mountpoint(), Settings: settings, Dev: dev})
+	}
+	m.handingOver = true
+	return hs, nil
+}
+
+// EndHandover settles a Handover. When the successor took the mounts
+// (done), m forgets them, so that Close leaves them mounted, and keeps
+// refusing requests until the process exits; otherwise m goes on as if
+// nothing happened.
+func (m *Manager) EndHandover(done bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !done {
+		m.handingOver = false
+		return
+	}
+	for d, mt := range m.mounts {
+		// What was recorded so far still counts.
+		m.saveStartupSet(context.Background(), d, mt.rec)
+	}
+	m.mounts = map[bootstrap.Digest]*mounted{}
+}
+
+// Resume serves a mount handed over by the previous mount process. The
+// mount's files were being recorded, if ever, by that process.
+func (m *Manager) Resume(ctx context.Context, h HandedMount) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if want := m.Mountpoint(h.Bootstrap); h.Mountpoint != want {
+		return fmt.Errorf("resume %s: mounted at %s, not at %s", h.Bootstrap, h.Mountpoint, want)
+	}
+	if _, ok := m.mounts[h.Bootstrap]; ok {
+		return fmt.Errorf("resume %s: already mounted", h.Bootstrap)
+	}
+	b, err := m.load(ctx, h.Bootstrap)
+	if err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	rec := newRecorder(b, m.fetch, 0)
+	srv, err := lazyfs.Resume(ctx, h.Mountpoint, h.Dev, h.Settings, b, rec, lazyfs.Options{Logger: m.log})
+	if err != nil {
+		return err
+	}
+	m.mounts[h.Bootstrap] = &mounted{srv: srv, rec: rec}
+	m.resumed = append(m.resumed, srv)
+	m.log.Info("lazymount: took over image", "bootstrap", h.Bootstrap, "mountpoint", h.Mountpoint)
+	return nil
+}
+
+// DropResumed forgets the mounts taken over by Resume and not yet served,
+// without unmounting them: the old process keeps them when a takeover is
+// abandoned.
+func (m *Manager) DropResumed() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for d, mt := range m.mounts {
+		for _, srv := range m.resumed {
+			if mt.srv == srv {
+				delete(m.mounts, d)
+			}
+		}
+	}
+	m.resumed = nil
+}
+
+// StartResumed serves the mounts taken over by Resume, once the previous
+// mount process has exited (see lazyfs.Server.Start).
+func (m *Manager) StartResumed() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var errs []error
+	for _, srv := range m.resumed {
+		errs = append(errs, srv.Start())
+	}
+	m.resumed = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,320 @@
+package lazymount
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The handover runs on the mount process' own socket, as an HTTP upgrade
+// to a small protocol, because FUSE devices can only travel as unix
+// socket rights:
+//
+//	new → old  POST /handover (Upgrade: skiff-handover)
+//	old → new  101 Switching Protocols, then a 4-byte length and the JSON
+//	           list of mounts
+//	new → old  'R': ready for the devices (nothing else may be buffered
+//	           when rights arrive, or the kernel drops them)
+//	old → new  one byte per batch of devices, with the devices as rights
+//	new → old  'A': the new process serves them from now on
+//
+// after which the old process exits; its end of the connection closing
+// tells the new one that it has stopped reading from the devices. Without
+// the 'A', the old process keeps its mounts.
+const (
+	upgradeProto = "skiff-handover"
+	readyByte    = 'R'
+	ackByte      = 'A'
+	// maxRights is how many descriptors go in one message (the kernel
+	// takes at most 253).
+	maxRights = 200
+	// maxHandoverJSON bounds the list of mounts.
+	maxHandoverJSON = 16 << 20
+	// handoverTimeout bounds each step of the exchange.
+	handoverTimeout = 30 * time.Second
+)
+
+// serveHandover answers POST /handover. handedOver is called once the
+// successor has the mounts, with the connection, which must stay open
+// until this process exits.
+func serveHandover(m *Manager, log *slog.Logger, handedOver func(net.Conn)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != upgradeProto {
+			http.Error(w, "handover needs Upgrade: "+upgradeProto, http.StatusBadRequest)
+			return
+		}
+		if handedOver == nil {
+			http.Error(w, "this mount process does not hand over its mounts", http.StatusNotImplemented)
+			return
+		}
+		hj, ok := w.(http.Hijacker)
+		if !ok {
+			http.Error(w, "connection cannot be taken over", http.StatusInternalServerError)
+			return
+		}
+		hs, err := m.Handover()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		conn, _, err := hj.Hijack()
+		if err != nil {
+			m.EndHandover(false)
+			log.Warn("lazymount: handover", "err", err)
+			return
+		}
+		if err := sendMounts(conn, hs); err != nil {
+			m.EndHandover(false)
+			conn.Close()
+			log.Warn("lazymount: handover failed; keeping the mounts", "err", err)
+			return
+		}
+		m.EndHandover(true)
+		log.Info("lazymount: handed the mounts over to a new mount process", "mounts", len(hs))
+		handedOver(conn)
+	}
+}
+
+func sendMounts(conn net.Conn, hs []HandedMount) error {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("handover needs a unix socket")
+	}
+	uc.SetDeadline(time.Now().Add(handoverTimeout))
+	defer uc.SetDeadline(time.Time{})
+	list, err := json.Marshal(hs)
+	if err != nil {
+		return err
+	}
+	msg := []byte("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto + "\r\n\r\n")
+	msg = binary.BigEndian.AppendUint32(msg, uint32(len(list)))
+	if _, err := uc.Write(append(msg, list...)); err != nil {
+		return fmt.Errorf("send mounts: %w", err)
+	}
+	if err := expectByte(uc, readyByte); err != nil {
+		return err
+	}
+	for i := 0; i < len(hs); i += maxRights {
+		var fds []int
+		for _, h := range hs[i:min(i+maxRights, len(hs))] {
+			fds = append(fds, int(h.Dev.Fd()))
+		}
+		if _, _, err := uc.WriteMsgUnix([]byte{'F'}, unix.UnixRights(fds...), nil); err != nil {
+			return fmt.Errorf("send FUSE devices: %w", err)
+		}
+	}
+	return expectByte(uc, ackByte)
+}
+
+func expectByte(r io.Reader, want byte) error {
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return fmt.Errorf("handover: waiting for %q: %w", want, err)
+	}
+	if b[0] != want {
+		return fmt.Errorf("handover: got %q, want %q", b[0], want)
+	}
+	return nil
+}
+
+// Takeover is a handover in progress, seen from the new mount process.
+type Takeover struct {
+	// Mounts are the old process' mounts, each with its FUSE device.
+	Mounts []HandedMount
+	conn   *net.UnixConn
+}
+
+// ErrNoHandover is returned by TakeOver when the running mount process
+// cannot hand its mounts over (a version before handovers).
+var ErrNoHandover = errors.New("the running mount process cannot hand over its mounts")
+
+// TakeOver asks the mount process listening on socket for its mounts.
+// The old process keeps serving them until Commit; Abort, or this
+// process dying first, leaves them with it.
+func TakeOver(ctx context.Context, socket string) (*Takeover, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("take over: %w", err)
+	}
+	conn := c.(*net.UnixConn)
+	t, err := takeOver(conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("take over: %w", err)
+	}
+	return t, nil
+}
+
+func takeOver(conn *net.UnixConn) (*Takeover, error) {
+	conn.SetDeadline(time.Now().Add(handoverTimeout))
+	req := "POST /handover HTTP/1.1\r\nHost: mountd\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto + "\r\nContent-Length: 0\r\n\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		return nil, err
+	}
+	// The old process sends nothing past the list until told to, so the
+	// reader buffers nothing that comes with rights.
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusNotImplemented {
+			return nil, ErrNoHandover
+		}
+		return nil, fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	var n uint32
+	if err := binary.Read(br, binary.BigEndian, &n); err != nil {
+		return nil, err
+	}
+	if n > maxHandoverJSON {
+		return nil, fmt.Errorf("list of %d bytes", n)
+	}
+	list := make([]byte, n)
+	if _, err := io.ReadFull(br, list); err != nil {
+		return nil, err
+	}
+	if br.Buffered() != 0 {
+		return nil, errors.New("old mount process sent more than the list")
+	}
+	t := &Takeover{conn: conn}
+	if err := json.Unmarshal(list, &t.Mounts); err != nil {
+		return nil, fmt.Errorf("list of mounts: %w", err)
+	}
+	if _, err := conn.Write([]byte{readyByte}); err != nil {
+		return nil, err
+	}
+	oob := make([]byte, unix.CmsgSpace(4*maxRights))
+	for got := 0; got < len(t.Mounts); {
+		var b [1]byte
+		_, oobn, _, _, err := conn.ReadMsgUnix(b[:], oob)
+		if err != nil {
+			t.closeDevs()
+			return nil, fmt.Errorf("receive FUSE devices: %w", err)
+		}
+		fds, err := rights(oob[:oobn])
+		if err == nil && got+len(fds) > len(t.Mounts) {
+			err = fmt.Errorf("got %d devices for %d mounts", got+len(fds), len(t.Mounts))
+		}
+		for _, fd := range fds {
+			f := os.NewFile(uintptr(fd), "/dev/fuse")
+			if err != nil {
+				f.Close()
+				continue
+			}
+			t.Mounts[got].Dev = f
+			got++
+		}
+		if err != nil {
+			t.closeDevs()
+			return nil, fmt.Errorf("receive FUSE devices: %w", err)
+		}
+	}
+	return t, nil
+}
+
+func rights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	for i := range msgs {
+		fs, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			return nil, err
+		}
+		for _, fd := range fs {
+			unix.CloseOnExec(fd)
+		}
+		fds = append(fds, fs...)
+	}
+	if len(fds) == 0 {
+		return nil, errors.New("message without devices")
+	}
+	return fds, nil
+}
+
+func (t *Takeover) closeDevs() {
+	for _, h := range t.Mounts {
+		if h.Dev != nil {
+			h.Dev.Close()
+		}
+	}
+}
+
+// Abort leaves the mounts with the old process, which goes on as before.
+// Devices not passed to Manager.Resume are closed.
+func (t *Takeover) Abort() {
+	t.conn.Close()
+}
+
+// Commit tells the old process that this one serves the mounts now, and
+// waits until it has exited: only then may this one have the kernel send
+// the requests the old one read and did not answer (Manager.StartResumed).
+// An old process still there after grace is killed.
+func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
+	defer t.conn.Close()
+	t.conn.SetDeadline(time.Time{})
+	pid := peerPID(t.conn)
+	if _, err := t.conn.Write([]byte{ackByte}); err != nil {
+		return fmt.Errorf("commit takeover: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, t.conn)
+		close(exited)
+	}()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-exited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+	}
+	if pid <= 0 {
+		return fmt.Errorf("commit takeover: old mount process still running after %s, and its pid is unknown", grace)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("commit takeover: kill old mount process %d: %w", pid, err)
+	}
+	select {
+	case <-exited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// peerPID is the process at the other end of conn, or 0.
+func peerPID(conn *net.UnixConn) int {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
+}

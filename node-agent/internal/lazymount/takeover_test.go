@@ -1,0 +1,198 @@
+package lazymount
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/dir"
+)
+
+// takeoverEnv is an image in a directory store and a Manager of a state
+// directory serving it over a unix socket, as skiff-agent mountd does.
+type takeoverEnv struct {
+	root, sock string
+	st         store.Store
+	d          bootstrap.Digest
+	data       []byte
+	old        *Manager
+	handedOver chan net.Conn
+}
+
+func newTakeoverEnv(t *testing.T, handover bool) *takeoverEnv {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		t.Skip("mounts are handed over only for root, with /dev/fuse")
+	}
+	data := bytes.Repeat([]byte("lazy mounts change hands\n"), 5000)
+	img, err := fetchtest.Build([]fetchtest.Entry{
+		{Path: "/", Mode: bootstrap.ModeDir | 0o755},
+		{Path: "/data", Mode: bootstrap.ModeRegular | 0o644, Data: data},
+	}, fetchtest.Options{ChunkSize: 16 << 10, Compression: bootstrap.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := dir.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := img.Upload(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := bootstrap.Encode(img.Bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := bootstrap.Sum(blob)
+	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	e := &takeoverEnv{root: t.TempDir(), st: st, d: d, data: data, handedOver: make(chan net.Conn, 1)}
+	e.sock = filepath.Join(e.root, "mountd.sock")
+	e.old = e.manager(t)
+	opts := HandlerOptions{Version: "old"}
+	if handover {
+		opts.HandedOver = func(c net.Conn) { e.handedOver <- c }
+	}
+	l, err := net.Listen("unix", e.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: Handler(e.old, opts)}
+	go srv.Serve(l)
+	t.Cleanup(func() {
+		srv.Close()
+		e.old.Close()
+		unix.Unmount(e.old.Mountpoint(d), unix.MNT_DETACH)
+	})
+	return e
+}
+
+func (e *takeoverEnv) manager(t *testing.T) *Manager {
+	m, err := New(e.root, e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestTakeover: a new Manager takes the mounts of one serving on a
+// socket; the old one then refuses requests and leaves the mount in place
+// when closed, and the new one serves it.
+func TestTakeover(t *testing.T) {
+	e := newTakeoverEnv(t, true)
+	ctx := context.Background()
+	client := NewClient(e.sock)
+	mp, err := client.Mount(ctx, e.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, pid, err := client.Version(ctx); err != nil || v != "old" || pid != os.Getpid() {
+		t.Fatalf("version: %q %d %v", v, pid, err)
+	}
+	f, err := os.Open(filepath.Join(mp, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	tk, err := TakeOver(ctx, e.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tk.Mounts) != 1 || tk.Mounts[0].Bootstrap != e.d || tk.Mounts[0].Mountpoint != mp || tk.Mounts[0].Dev == nil {
+		t.Fatalf("handed mounts: %+v", tk.Mounts)
+	}
+	if _, err := client.Mount(ctx, e.d); err == nil || !strings.Contains(err.Error(), "being replaced") {
+		t.Fatalf("mount while handing over: %v", err)
+	}
+	next := e.manager(t)
+	defer next.Close()
+	if err := next.Resume(ctx, tk.Mounts[0]); err != nil {
+		t.Fatal(err)
+	}
+	// The old process exits once it has heard the new one took over; here
+	// it closes its end instead.
+	go func() {
+		conn := <-e.handedOver
+		e.old.Close()
+		conn.Close()
+	}()
+	if err := tk.Commit(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.StartResumed(); err != nil {
+		t.Fatal(err)
+	}
+	if got := next.Mounted(); len(got) != 1 || got[0] != e.d {
+		t.Fatalf("new manager serves %v", got)
+	}
+	// The old manager let go without unmounting.
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read after the takeover: %d bytes, %v", len(got), err)
+	}
+	if err := next.Unmount(ctx, e.d); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+}
+
+// TestTakeoverAbort: a successor that goes away before committing leaves
+// the mounts with the old Manager, which takes requests again.
+func TestTakeoverAbort(t *testing.T) {
+	e := newTakeoverEnv(t, true)
+	ctx := context.Background()
+	client := NewClient(e.sock)
+	mp, err := client.Mount(ctx, e.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, err := TakeOver(ctx, e.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.Abort()
+	for _, h := range tk.Mounts {
+		h.Dev.Close()
+	}
+	var mounted error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, mounted = client.Mount(ctx, e.d); mounted == nil {
+			break
+		}
+	}
+	if mounted != nil {
+		t.Fatalf("old manager after an abandoned takeover: %v", mounted)
+	}
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read after an abandoned takeover: %d bytes, %v", len(got), err)
+	}
+	select {
+	case <-e.handedOver:
+		t.Fatal("old manager handed over without the successor's word")
+	default:
+	}
+}
+
+// TestTakeoverRefused: a mount process that does not hand over says so.
+func TestTakeoverRefused(t *testing.T) {
+	e := newTakeoverEnv(t, false)
+	if _, err := TakeOver(context.Background(), e.sock); !errors.Is(err, ErrNoHandover) {
+		t.Fatalf("err = %v, want ErrNoHandover", err)
+	}
+}

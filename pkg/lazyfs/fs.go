@@ -1,0 +1,635 @@
+package lazyfs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/hanwen/go-fuse/v2/splice"
+	"golang.org/x/sys/unix"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+)
+
+// The filesystem speaks go-fuse's raw protocol interface rather than its
+// node tree: the tree is the bootstrap, so a FUSE node ID is simply the
+// inode index plus one and a handle carries no state. Nothing the kernel
+// holds (node IDs, lookup counts, handles) lives only in this process,
+// which is what lets another process take the connection over (see
+// Resume) and answer for every node the kernel knows.
+
+// fileSystem serves one bootstrap. It implements fuse.RawFileSystem.
+type fileSystem struct {
+	fuse.RawFileSystem // ENOSYS for everything not served here
+
+	b       *bootstrap.Bootstrap
+	r       ChunkReader
+	backing BackingFiler // nil: no passthrough
+	splice  bool         // cached chunks may be spliced to the kernel
+	log     *slog.Logger
+	timeout time.Duration
+	server  *fuse.Server // set by Init, before any request
+	// ready is closed once the kernel knows that this filesystem does not
+	// implement poll. Until then, opening a file from this very process
+	// could deadlock it: the Go runtime adds every opened file to its
+	// epoll set while holding a scheduler slot, and the kernel would ask
+	// this server to poll the file. Holding back lookups until then keeps
+	// every file unopenable (lookups block like ordinary system calls and
+	// hold no slot).
+	ready chan struct{}
+
+	files []atomic.Pointer[fileState] // by inode index, made on first use
+
+	parentsOnce sync.Once
+	parents     []uint32 // parent of each directory
+
+	totalOnce  sync.Once
+	totalBytes int64
+}
+
+// fileState is what reading one regular file needs beyond the bootstrap.
+type fileState struct {
+	offs []int64 // file offset of each chunk, plus the size
+	// next is where the furthest read so far ended; see sequential.
+	next atomic.Int64
+
+	mu sync.Mutex
+	// cachedOpens counts open handles served through the mount: the
+	// kernel refuses (EIO) a passthrough open while an inode has any.
+	cachedOpens int
+	backingID   int32 // registered backing file, 0: none
+	backingRefs int   // passthrough handles using backingID
+}
+
+// Handle values tell Release what an open was. Only passthrough mounts
+// hand them out; other mounts never see OPEN (see Open).
+const (
+	fhCached      = 1
+	fhPassthrough = 2
+)
+
+func newFileSystem(b *bootstrap.Bootstrap, r ChunkReader, opts Options) *fileSystem {
+	fsys := &fileSystem{
+		RawFileSystem: fuse.NewDefaultRawFileSystem(),
+		b:             b,
+		r:             r,
+		log:           opts.Logger,
+		timeout:       opts.CacheTimeout,
+		ready:         make(chan struct{}),
+		splice:        os.Geteuid() == 0,
+		files:         make([]atomic.Pointer[fileState], len(b.Inodes)),
+	}
+	if bf, ok := r.(BackingFiler); ok && opts.Passthrough {
+		fsys.backing = bf
+	}
+	return fsys
+}
+
+// inoOf maps an inode index to st_ino and the FUSE node ID. Hard links
+// share the index and so one kernel inode; +1 keeps 0, which FUSE
+// reserves, unused, and makes the root FUSE_ROOT_ID.
+func inoOf(ino uint32) uint64 { return uint64(ino) + 1 }
+
+// inode maps a node ID from the kernel back to an inode index.
+func (fsys *fileSystem) inode(id uint64) (uint32, bool) {
+	if id == 0 || id > uint64(len(fsys.b.Inodes)) {
+		return 0, false
+	}
+	return uint32(id - 1), true
+}
+
+func (fsys *fileSystem) file(ino uint32) *fileState {
+	p := &fsys.files[ino]
+	if st := p.Load(); st != nil {
+		return st
+	}
+	st := &fileState{offs: fsys.b.ChunkOffsets(ino)}
+	if !p.CompareAndSwap(nil, st) {
+		return p.Load()
+	}
+	return st
+}
+
+// status maps an errno to a FUSE status.
+func status(errno syscall.Errno) fuse.Status { return fuse.Status(errno) }
+
+// errStale answers a node ID this image does not have: only a kernel
+// confused about which filesystem it talks to sends one.
+const errStale = fuse.Status(syscall.ESTALE)
+
+func (fsys *fileSystem) String() string { return "skiff" }
+
+// Init implements fuse.RawFileSystem.
+func (fsys *fileSystem) Init(s *fuse.Server) { fsys.server = s }
+
+// Forget implements fuse.RawFileSystem. Nodes are the bootstrap's inodes,
+// which live as long as the mount: there is nothing to let go of.
+func (fsys *fileSystem) Forget(nodeid, nlookup uint64) {}
+
+// entry fills out for inode ino.
+func (fsys *fileSystem) entry(ino uint32, out *fuse.EntryOut) {
+	out.NodeId = inoOf(ino)
+	fsys.fill(&out.Attr, ino)
+	out.SetEntryTimeout(fsys.timeout)
+	out.SetAttrTimeout(fsys.timeout)
+}
+
+// Lookup implements fuse.RawFileSystem. Names that do not exist are
+// cached by the kernel too (a zero node ID with a timeout), since they
+// never will.
+func (fsys *fileSystem) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	select {
+	case <-fsys.ready:
+	case <-cancel:
+		return fuse.EINTR
+	}
+	dir, ok := fsys.inode(h.NodeId)
+	if !ok {
+		return errStale
+	}
+	if !fsys.b.Inodes[dir].IsDir() {
+		return status(syscall.ENOTDIR)
+	}
+	child, ok := fsys.b.Lookup(dir, name)
+	if !ok {
+		*out = fuse.EntryOut{}
+		out.SetEntryTimeout(fsys.timeout)
+		return fuse.OK
+	}
+	fsys.entry(child, out)
+	return fuse.OK
+}
+
+// GetAttr implements fuse.RawFileSystem.
+func (fsys *fileSystem) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	ino, ok := fsys.inode(in.NodeId)
+	if !ok {
+		return errStale
+	}
+	fsys.fill(&out.Attr, ino)
+	out.SetTimeout(fsys.timeout)
+	return fuse.OK
+}
+
+func (fsys *fileSystem) fill(a *fuse.Attr, ino uint32) {
+	in := &fsys.b.Inodes[ino]
+	a.Ino = inoOf(ino)
+	a.Mode = in.Mode
+	a.Nlink = in.Nlink
+	a.Owner = fuse.Owner{Uid: in.UID, Gid: in.GID}
+	a.Size = uint64(in.Size)
+	a.Blocks = (uint64(in.Size) + 511) / 512
+	a.Blksize = blockSize
+	if t := in.Type(); t == bootstrap.ModeChar || t == bootstrap.ModeBlock {
+		// FUSE carries the kernel's 32-bit new_encode_dev form, which is
+		// the low half of glibc's makedev.
+		a.Rdev = uint32(unix.Mkdev(in.DevMajor, in.DevMinor))
+	}
+	sec, nsec := uint64(in.MtimeSec), in.MtimeNsec
+	a.Mtime, a.Mtimensec = sec, nsec
+	a.Atime, a.Atimensec = sec, nsec
+	a.Ctime, a.Ctimensec = sec, nsec
+}
+
+// OpenDir implements fuse.RawFileSystem. Listings never change, so the
+// kernel may cache them (FOPEN_CACHE_DIR).
+func (fsys *fileSystem) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	ino, ok := fsys.inode(in.NodeId)
+	if !ok {
+		return errStale
+	}
+	if !fsys.b.Inodes[ino].IsDir() {
+		return status(syscall.ENOTDIR)
+	}
+	out.OpenFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	return fuse.OK
+}
+
+// ReleaseDir implements fuse.RawFileSystem.
+func (fsys *fileSystem) ReleaseDir(in *fuse.ReleaseIn) {}
+
+// ReadDir implements fuse.RawFileSystem.
+func (fsys *fileSystem) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return fsys.readDir(in, out, false)
+}
+
+// ReadDirPlus implements fuse.RawFileSystem.
+func (fsys *fileSystem) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return fsys.readDir(in, out, true)
+}
+
+// readDir lists a directory straight from the bootstrap, "." and ".."
+// first, then the entries in their stored (name) order. The offset after
+// the i-th entry is i, so any offset the kernel passes back is exact.
+func (fsys *fileSystem) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
+	dir, ok := fsys.inode(in.NodeId)
+	if !ok {
+		return errStale
+	}
+	if !fsys.b.Inodes[dir].IsDir() {
+		return status(syscall.ENOTDIR)
+	}
+	ents := fsys.b.Children(dir)
+	for pos := in.Offset; pos < uint64(len(ents))+2; pos++ {
+		e := fuse.DirEntry{Off: pos + 1, Mode: fuse.S_IFDIR}
+		child := uint32(0)
+		switch pos {
+		case 0:
+			e.Name, e.Ino = ".", inoOf(dir)
+		case 1:
+			e.Name, e.Ino = "..", inoOf(fsys.parent(dir))
+		default:
+			de := ents[pos-2]
+			child = de.Inode
+			e.Name, e.Mode, e.Ino = de.Name, fsys.b.Inodes[child].Mode, inoOf(child)
+		}
+		if !plus {
+			if !out.AddDirEntry(e) {
+				break
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			break
+		}
+		// A zero node ID gives the kernel a name without a lookup, which
+		// is all "." and ".." may be.
+		*eo = fuse.EntryOut{}
+		if pos >= 2 {
+			fsys.entry(child, eo)
+		}
+	}
+	return fuse.OK
+}
+
+// parent returns the directory holding directory dir (the root for the
+// root). Directories have exactly one name, so this is well defined.
+func (fsys *fileSystem) parent(dir uint32) uint32 {
+	fsys.parentsOnce.Do(func() {
+		fsys.parents = make([]uint32, len(fsys.b.Inodes))
+		for i := range fsys.b.Inodes {
+			if !fsys.b.Inodes[i].IsDir() {
+				continue
+			}
+			for _, e := range fsys.b.Children(uint32(i)) {
+				if fsys.b.Inodes[e.Inode].IsDir() {
+					fsys.parents[e.Inode] = uint32(i)
+				}
+			}
+		}
+	})
+	return fsys.parents[dir]
+}
+
+// path names inode ino for logs: one of its names, found through the
+// parents of directories.
+func (fsys *fileSystem) path(ino uint32) string {
+	for dir := range fsys.b.Inodes {
+		if !fsys.b.Inodes[dir].IsDir() {
+			continue
+		}
+		for _, e := range fsys.b.Children(uint32(dir)) {
+			if e.Inode != ino {
+				continue
+			}
+			if dir == bootstrap.RootInode {
+				return "/" + e.Name
+			}
+			return path.Join(fsys.path(uint32(dir)), e.Name)
+		}
+	}
+	return "/"
+}
+
+// Readlink implements fuse.RawFileSystem.
+func (fsys *fileSystem) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	ino, ok := fsys.inode(h.NodeId)
+	if !ok {
+		return nil, errStale
+	}
+	in := &fsys.b.Inodes[ino]
+	if in.Type() != bootstrap.ModeSymlink {
+		return nil, fuse.EINVAL
+	}
+	return []byte(in.Target), fuse.OK
+}
+
+// GetXAttr implements fuse.RawFileSystem. A buffer too small for the value
+// gets ERANGE with the needed size, as getxattr(2) requires.
+func (fsys *fileSystem) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	if len(fsys.b.Xattrs) == 0 {
+		// An image without any xattrs says so once: after ENOSYS the
+		// kernel answers every getxattr itself (EOPNOTSUPP, which the
+		// kernel's capability check and overlayfs read as "none"). An
+		// overlay on the mount asks for its own trusted.overlay.* names
+		// on every file a new container looks up; that is a round trip
+		// per file otherwise, since FUSE caches no xattrs.
+		return 0, fuse.ENOSYS
+	}
+	ino, ok := fsys.inode(h.NodeId)
+	if !ok {
+		return 0, errStale
+	}
+	xs := fsys.b.InodeXattrs(ino)
+	i := sort.Search(len(xs), func(i int) bool { return xs[i].Name >= attr })
+	if i == len(xs) || xs[i].Name != attr {
+		return 0, status(syscall.ENODATA)
+	}
+	v := xs[i].Value
+	if len(dest) < len(v) {
+		return uint32(len(v)), fuse.ERANGE
+	}
+	return uint32(copy(dest, v)), fuse.OK
+}
+
+// ListXAttr implements fuse.RawFileSystem.
+func (fsys *fileSystem) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	ino, ok := fsys.inode(h.NodeId)
+	if !ok {
+		return 0, errStale
+	}
+	xs := fsys.b.InodeXattrs(ino)
+	size := 0
+	for _, x := range xs {
+		size += len(x.Name) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), fuse.ERANGE
+	}
+	pos := 0
+	for _, x := range xs {
+		pos += copy(dest[pos:], x.Name)
+		dest[pos] = 0
+		pos++
+	}
+	return uint32(size), fuse.OK
+}
+
+// Flush implements fuse.RawFileSystem. Nothing is ever written, and
+// ENOSYS tells the kernel to stop sending flushes, sparing every close(2)
+// a round trip to this process.
+func (fsys *fileSystem) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
+	return fuse.ENOSYS
+}
+
+// Open implements fuse.RawFileSystem. Pages stay cached across opens: the
+// content behind an inode never changes. A large file that is entirely
+// local is opened in passthrough mode when the mount allows it.
+func (fsys *fileSystem) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if fsys.backing == nil {
+		// Without passthrough there is nothing to decide at open time.
+		// ENOSYS makes the kernel stop sending OPEN and RELEASE for the
+		// rest of the connection and keep pages cached (FUSE no-open):
+		// opening a file then costs no round trip, which is most of the
+		// cost of a program reading many small cached files. Write opens
+		// never get here: the mount is read-only.
+		return fuse.ENOSYS
+	}
+	ino, ok := fsys.inode(in.NodeId)
+	if !ok {
+		return errStale
+	}
+	if in.Flags&syscall.O_ACCMODE != syscall.O_RDONLY || in.Flags&syscall.O_TRUNC != 0 {
+		return fuse.EROFS
+	}
+	node := &fsys.b.Inodes[ino]
+	if node.Type() != bootstrap.ModeRegular {
+		return fuse.EINVAL
+	}
+	if node.Size < PassthroughMinSize {
+		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+		return fuse.OK
+	}
+	st := fsys.file(ino)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.cachedOpens == 0 && fsys.passthrough(&fuse.Context{Caller: in.Caller, Cancel: cancel}, ino, st) {
+		st.backingRefs++
+		out.Fh = fhPassthrough
+		out.BackingID = st.backingID
+		out.OpenFlags = fuse.FOPEN_PASSTHROUGH
+		return fuse.OK
+	}
+	st.cachedOpens++
+	out.Fh = fhCached
+	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	return fuse.OK
+}
+
+// passthrough makes sure st has a backing file registered with the
+// kernel, which then holds it: one registration serves every passthrough
+// open of the inode until the last is released. st.mu is held.
+func (fsys *fileSystem) passthrough(ctx context.Context, ino uint32, st *fileState) bool {
+	if st.backingID != 0 {
+		return true
+	}
+	if st.backingRefs != 0 {
+		return false
+	}
+	f, ok := fsys.backing.BackingFile(ctx, fsys.b, ino)
+	if !ok {
+		return false
+	}
+	defer f.Close()
+	id, errno := fsys.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	if errno != 0 {
+		fsys.log.Warn("lazyfs: register passthrough file", "path", fsys.path(ino), "err", errno)
+		return false
+	}
+	st.backingID = id
+	return true
+}
+
+// Release implements fuse.RawFileSystem. A handle this process never
+// handed out (one from before a takeover) holds nothing here.
+func (fsys *fileSystem) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	ino, ok := fsys.inode(in.NodeId)
+	if !ok || (in.Fh != fhCached && in.Fh != fhPassthrough) {
+		return
+	}
+	st := fsys.file(ino)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	switch {
+	case in.Fh == fhCached && st.cachedOpens > 0:
+		st.cachedOpens--
+	case in.Fh == fhPassthrough && st.backingRefs > 0:
+		st.backingRefs--
+		if st.backingRefs == 0 && st.backingID != 0 {
+			if errno := fsys.server.UnregisterBackingFd(st.backingID); errno != 0 {
+				fsys.log.Warn("lazyfs: unregister passthrough file", "path", fsys.path(ino), "err", errno)
+			}
+			st.backingID = 0
+		}
+	}
+}
+
+// sequential records a read of [off, end) and reports whether it
+// continues the reads before it: it starts the file, or starts at most a
+// readahead window behind the furthest read so far. The kernel has several
+// readahead requests in flight at once, and they may arrive in any order.
+func (st *fileState) sequential(off, end int64) bool {
+	for {
+		furthest := st.next.Load()
+		if end <= furthest || st.next.CompareAndSwap(furthest, end) {
+			return off == 0 || (off <= furthest && furthest-off <= readaheadKB<<10)
+		}
+	}
+}
+
+// Read implements fuse.RawFileSystem. The reply never passes through a
+// buffer of this process: a large read of cached chunks is spliced from
+// the cache files, any other is written from the chunks themselves.
+func (fsys *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	ino, ok := fsys.inode(in.NodeId)
+	if !ok {
+		return nil, errStale
+	}
+	node := &fsys.b.Inodes[ino]
+	if node.Type() != bootstrap.ModeRegular {
+		return nil, fuse.EINVAL
+	}
+	off := int64(in.Offset)
+	if off < 0 {
+		return nil, fuse.EINVAL
+	}
+	if off >= node.Size || len(buf) == 0 {
+		return fuse.ReadResultData(nil), fuse.OK
+	}
+	ctx := &fuse.Context{Caller: in.Caller, Cancel: cancel}
+	end := min(off+int64(len(buf)), node.Size)
+	st := fsys.file(ino)
+	offs := st.offs
+	refs := fsys.b.FileChunks(ino)
+	// The chunk holding off is the last one starting at or before it.
+	i := sort.Search(len(refs), func(i int) bool { return offs[i+1] > off })
+	if w, ok := fsys.r.(Warmer); ok && st.sequential(off, end) {
+		// Have the chunks after this read ready for a sequential
+		// reader. Kernel readahead requests need not start on chunk
+		// boundaries, so every sequential read asks; chunks already
+		// in memory or on their way cost nothing.
+		last := sort.Search(len(refs), func(j int) bool { return offs[j+1] >= end })
+		if last+1 < len(refs) {
+			w.Warm(fsys.b, refs[last+1:min(last+1+warmAhead, len(refs))])
+		}
+	}
+	if res, ok := fsys.spliced(refs, offs, i, off, end); ok {
+		return res, fuse.OK
+	}
+	if end <= offs[i+1] {
+		data, errno := fsys.chunk(ctx, ino, refs[i])
+		if errno != 0 {
+			return nil, status(errno)
+		}
+		return fuse.ReadResultData(data[off-offs[i] : end-offs[i]]), fuse.OK
+	}
+	// Spanning chunks: the reply is written straight from the chunks
+	// (writev), without assembling it in buf.
+	var vecs [][]byte
+	for pos := off; pos < end; i++ {
+		data, errno := fsys.chunk(ctx, ino, refs[i])
+		if errno != 0 {
+			return nil, status(errno)
+		}
+		stop := min(end, offs[i+1])
+		vecs = append(vecs, data[pos-offs[i]:stop-offs[i]])
+		pos = stop
+	}
+	return fuse.ReadResultVector(vecs), fuse.OK
+}
+
+// spliceMin is the smallest read worth splicing: opening a cache file costs
+// more than copying a few KiB of a chunk that is in memory anyway.
+const spliceMin = 256 << 10
+
+// spliced answers a read of [off, end), starting in chunk i, by splicing
+// the bytes from the chunk files into a pipe, when every chunk involved
+// is in a local file (see ChunkFiler); the kernel then moves them to the
+// reader without a copy in this process.
+func (fsys *fileSystem) spliced(refs []uint32, offs []int64, i int, off, end int64) (fuse.ReadResult, bool) {
+	cf, ok := fsys.r.(ChunkFiler)
+	if !ok || !fsys.splice || end-off < spliceMin {
+		return nil, false
+	}
+	var files []*os.File
+	var at []int64
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for j := i; j < len(refs) && offs[j] < end; j++ {
+		f, base, ok := cf.ChunkFile(fsys.b, refs[j])
+		if !ok {
+			return nil, false
+		}
+		files = append(files, f)
+		at = append(at, base)
+	}
+	pair, err := splice.Get()
+	if err != nil {
+		return nil, false
+	}
+	size := int(end - off)
+	if err := pair.Grow(size); err != nil {
+		splice.Done(pair)
+		return nil, false
+	}
+	pos := off
+	for k, f := range files {
+		j := i + k
+		stop := min(end, offs[j+1])
+		want := int(stop - pos)
+		if got, err := pair.LoadFromAt(f.Fd(), want, at[k]+pos-offs[j]); err != nil || got != want {
+			// A short file: let the ordinary path find out and report it.
+			splice.Drop(pair)
+			return nil, false
+		}
+		pos = stop
+	}
+	return fuse.ReadResultPipe(pair, size), true
+}
+
+// chunk reads chunk ci of file ino, mapping failure to EIO (or EINTR when
+// the reader gave up).
+func (fsys *fileSystem) chunk(ctx context.Context, ino, ci uint32) ([]byte, syscall.Errno) {
+	c := fsys.b.Chunks[ci]
+	data, err := fsys.r.ReadChunk(ctx, fsys.b, ci)
+	if err == nil && len(data) != int(c.Size) {
+		err = fmt.Errorf("chunk reader returned %d bytes, want %d", len(data), c.Size)
+	}
+	if err == nil {
+		return data, 0
+	}
+	if ctx.Err() != nil {
+		return nil, syscall.EINTR
+	}
+	fsys.log.Error("lazyfs: read failed", "path", fsys.path(ino), "ino", inoOf(ino), "chunk", c.Digest, "err", err)
+	return nil, syscall.EIO
+}
+
+// StatFs implements fuse.RawFileSystem with the image's totals, so df
+// shows something meaningful; there is never free space.
+func (fsys *fileSystem) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
+	fsys.totalOnce.Do(func() {
+		for i := range fsys.b.Inodes {
+			fsys.totalBytes += fsys.b.Inodes[i].Size
+		}
+	})
+	bytes := fsys.totalBytes
+	out.Bsize = blockSize
+	out.Frsize = blockSize
+	out.Blocks = uint64(bytes+blockSize-1) / blockSize
+	out.Files = uint64(len(fsys.b.Inodes))
+	out.NameLen = bootstrap.MaxNameLen
+	return fuse.OK
+}

@@ -1,0 +1,348 @@
+package lazyfs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skiff-dev/skiff/internal/fixture"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
+	"github.com/skiff-dev/skiff/pkg/store/dir"
+)
+
+// The old server of TestHandover is another process: this test binary,
+// run again with oldServerEnv naming its mountpoint.
+const oldServerEnv = "LAZYFS_TEST_OLD_SERVER"
+
+func TestMain(m *testing.M) {
+	if mp := os.Getenv(oldServerEnv); mp != "" {
+		if err := runOldServer(mp); err != nil {
+			fmt.Fprintln(os.Stderr, "old server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// oldServer files, beside the mountpoint: the image, its store, the
+// socket the connection is handed over on, and the marker the old server
+// leaves when it holds a read it will never answer.
+func oldServerFiles(mp string) (boot, store, sock, stalled string) {
+	base := filepath.Dir(mp)
+	return filepath.Join(base, "bootstrap"), filepath.Join(base, "store"), filepath.Join(base, "handover.sock"), filepath.Join(base, "stalled")
+}
+
+// stallFile is read by the old server, which never answers: the reader
+// must get its bytes from the new server once the old one is gone.
+const stallFile = "/stall"
+
+// runOldServer mounts the image, hands the connection to the test over
+// the socket, and serves until killed; reads of stallFile hang.
+func runOldServer(mp string) error {
+	boot, storeDir, sock, stalled := oldServerFiles(mp)
+	blob, err := os.ReadFile(boot)
+	if err != nil {
+		return err
+	}
+	b, err := bootstrap.Decode(blob)
+	if err != nil {
+		return err
+	}
+	st, err := dir.New(storeDir)
+	if err != nil {
+		return err
+	}
+	stall, ok := b.LookupPath(stallFile)
+	if !ok {
+		return errors.New("no stall file")
+	}
+	r := &stallingReader{ChunkReader: fetch.New(nil, fetch.NewStoreSource("store", st)), stall: b.FileChunks(stall)[0], marker: stalled}
+	srv, err := Mount(context.Background(), mp, b, r, Options{})
+	if err != nil {
+		return err
+	}
+	dev, settings, err := srv.Handover()
+	if err != nil {
+		return err
+	}
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	if _, _, err := conn.WriteMsgUnix(settings, unix.UnixRights(int(dev.Fd())), nil); err != nil {
+		return err
+	}
+	srv.Wait()
+	return nil
+}
+
+type stallingReader struct {
+	ChunkReader
+	stall  uint32
+	marker string
+}
+
+func (s *stallingReader) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error) {
+	if idx == s.stall {
+		os.WriteFile(s.marker, nil, 0o600)
+		select {}
+	}
+	return s.ChunkReader.ReadChunk(ctx, b, idx)
+}
+
+// TestHandover: a mount served by one process is taken over by another
+// after the first dies (SIGKILL) in the middle of a read. Files and
+// directories opened before go on reading, names looked up before and
+// new ones resolve, and the read the dead server took is answered by the
+// new one with the right bytes.
+func TestHandover(t *testing.T) {
+	requireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("the connection can only be handed over for mounts root made itself")
+	}
+	entries := []fetchtest.Entry{
+		{Path: "/", Mode: bootstrap.ModeDir | 0o755},
+		{Path: "/big", Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(1, 10*chunkSize+17)},
+		{Path: stallFile, Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(2, 3000)},
+		{Path: "/link", Mode: bootstrap.ModeSymlink | 0o777, Target: "big"},
+	}
+	for i := range 50 {
+		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/d/f%02d", i), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(uint64(10+i), 100+i), Pack: true})
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: chunkSize, Compression: bootstrap.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	mp := filepath.Join(base, "mnt")
+	boot, storeDir, sock, stalled := oldServerFiles(mp)
+	blob, err := bootstrap.Encode(img.Bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{mp, storeDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(boot, blob, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := dir.New(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Upload(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var stderr bytes.Buffer
+	old := exec.Command(os.Args[0])
+	old.Env = append(os.Environ(), oldServerEnv+"="+mp)
+	old.Stderr = &stderr
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	oldDone := make(chan struct{})
+	go func() {
+		old.Wait()
+		close(oldDone)
+	}()
+	defer func() {
+		old.Process.Kill()
+		<-oldDone
+		unix.Unmount(mp, unix.MNT_DETACH)
+	}()
+	l.SetDeadline(time.Now().Add(30 * time.Second))
+	conn, err := l.AcceptUnix()
+	if err != nil {
+		t.Fatalf("old server did not hand over (%v): %s", err, stderr.String())
+	}
+	settings := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(settings, oob)
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings = settings[:n]
+	dev := receivedFile(t, oob[:oobn])
+
+	// Through the old server: open files and a directory, look names up.
+	want := map[string][]byte{}
+	for _, e := range entries {
+		want[e.Path] = e.Data
+	}
+	bigF, err := os.Open(filepath.Join(mp, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bigF.Close()
+	head := make([]byte, 3*chunkSize)
+	if _, err := io.ReadFull(bigF, head); err != nil || !bytes.Equal(head, want["/big"][:len(head)]) {
+		t.Fatalf("read /big through the old server: %v", err)
+	}
+	dirF, err := os.Open(filepath.Join(mp, "d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dirF.Close()
+	// A small buffer takes a few entries per call, so the listing goes
+	// on through the new server.
+	names := readDirents(t, dirF, 3)
+	if len(names) == 0 || len(names) >= 52 {
+		t.Fatalf("readdir through the old server: %v", names)
+	}
+	for _, p := range []string{"/d/f00", "/d/f01"} {
+		if got, err := os.ReadFile(filepath.Join(mp, p)); err != nil || !bytes.Equal(got, want[p]) {
+			t.Fatalf("read %s through the old server: %v", p, err)
+		}
+	}
+	type result struct {
+		data []byte
+		err  error
+	}
+	stalledRead := make(chan result, 1)
+	go func() {
+		data, err := os.ReadFile(filepath.Join(mp, stallFile))
+		stalledRead <- result{data, err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(stalled); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the old server never got the read of %s: %s", stallFile, stderr.String())
+		}
+	}
+
+	// The old server dies holding the read; the new one takes over.
+	old.Process.Kill()
+	<-oldDone
+	srv, err := Resume(context.Background(), mp, dev, settings, img.Bootstrap, fetch.New(nil, fetch.NewStoreSource("store", st)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+		srv.Wait()
+	}()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-stalledRead:
+		if res.err != nil || !bytes.Equal(res.data, want[stallFile]) {
+			t.Fatalf("the read held by the dead server: %d bytes, %v", len(res.data), res.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the read held by the dead server was never answered")
+	}
+	rest, err := io.ReadAll(bigF)
+	if err != nil || !bytes.Equal(append(head, rest...), want["/big"]) {
+		t.Fatalf("read on through a handle opened before: %d bytes, %v", len(head)+len(rest), err)
+	}
+	bigF.Close()
+	names = append(names, readDirents(t, dirF, -1)...)
+	names = slices.DeleteFunc(names, func(n string) bool { return n == "." || n == ".." })
+	if len(names) != 50 || names[0] != "f00" || names[49] != "f49" {
+		t.Fatalf("readdir on through a handle opened before: %v", names)
+	}
+	dirF.Close()
+	if target, err := os.Readlink(filepath.Join(mp, "link")); err != nil || target != "big" {
+		t.Fatalf("readlink: %q, %v", target, err)
+	}
+	for _, e := range entries {
+		if e.Mode&bootstrap.ModeType != bootstrap.ModeRegular {
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(mp, e.Path))
+		if err != nil || !bytes.Equal(got, e.Data) {
+			t.Fatalf("read %s after the handover: %d bytes, %v", e.Path, len(got), err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(mp, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat of a missing name: %v", err)
+	}
+}
+
+// readDirents lists up to calls getdents(2) calls' worth of f with a
+// buffer of a few entries (all of it for calls < 0), names in order.
+func readDirents(t *testing.T, f *os.File, calls int) []string {
+	t.Helper()
+	var names []string
+	buf := make([]byte, 96)
+	for i := 0; calls < 0 || i < calls; i++ {
+		n, err := unix.Getdents(int(f.Fd()), buf)
+		if err != nil {
+			t.Fatalf("getdents: %v", err)
+		}
+		if n == 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+	return names
+}
+
+func receivedFile(t *testing.T, oob []byte) *os.File {
+	t.Helper()
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("control messages: %v %v", msgs, err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("passed descriptors: %v %v", fds, err)
+	}
+	return os.NewFile(uintptr(fds[0]), "/dev/fuse")
+}
+
+func TestResumeRejectsBadSettings(t *testing.T) {
+	img, err := fetchtest.Build([]fetchtest.Entry{{Path: "/", Mode: bootstrap.ModeDir | 0o755}}, fetchtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name     string
+		settings []byte
+		want     string
+	}{
+		{"empty", nil, "connection settings of 0 bytes"},
+		{"short", make([]byte, 40), "connection settings of 40 bytes"},
+		{"not FUSE 7", make([]byte, 104), "replay INIT"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dev, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			_, err = Resume(context.Background(), t.TempDir(), dev, tt.settings, img.Bootstrap, nil, Options{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
