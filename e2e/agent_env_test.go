@@ -192,6 +192,7 @@ type agentEnv struct {
 	agentEnv []string
 	agent    *exec.Cmd
 	agentLog string
+	builds   int // see anotherBuild
 }
 
 func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
@@ -303,6 +304,22 @@ func (e *agentEnv) stopAll() {
 		}
 	}
 	_ = exec.Command("umount", "-R", "-l", filepath.Join(e.root, "mnt")).Run()
+}
+
+// anotherBuild has the agent started from now on be another build: the
+// same program with bytes appended, which the agent tells from the
+// running mount process by content, and so replaces it.
+func (e *agentEnv) anotherBuild() {
+	e.t.Helper()
+	prog, err := os.ReadFile(e.bin.agent)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.builds++
+	e.bin.agent = filepath.Join(e.t.TempDir(), "skiff-agent")
+	if err := os.WriteFile(e.bin.agent, append(prog, fmt.Sprintf("build %d", e.builds)...), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // mountdPID is the process ID of the mount process, from its pid file.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -159,17 +158,7 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Another build of the agent: the same program with bytes
-		// appended, which the agent tells from the running mount process
-		// by content and so replaces it.
-		prog, err := os.ReadFile(e.bin.agent)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.bin.agent = filepath.Join(t.TempDir(), "skiff-agent")
-		if err := os.WriteFile(e.bin.agent, append(prog, "another build"...), 0o755); err != nil {
-			t.Fatal(err)
-		}
+		e.anotherBuild()
 		e.killAgent()
 		e.startAgent()
 		e.waitSnapshotter(ctx)
@@ -194,6 +183,40 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		out, err = e.run(ctx, ref, "new-after-upgrade", "cat", "/data/msg.txt")
 		if err != nil || out != string(msg) {
 			t.Fatalf("new container after the upgrade: %q, %v\n%s", out, err, e.logs())
+		}
+	})
+
+	t.Run("agent upgrade overlapping the old agent", func(t *testing.T) {
+		// A DaemonSet rolling update with surge: the new agent starts
+		// while the old one runs, takes the mount process over, and
+		// serves once the old one is stopped.
+		old := e.agent
+		oldPID := e.mountdPID()
+		e.anotherBuild()
+		e.startAgent()
+		waitFor(t, ctx, func() error {
+			if pid := e.mountdPID(); pid == oldPID || !exited(oldPID) {
+				return fmt.Errorf("mount process %d not replaced yet", oldPID)
+			}
+			return nil
+		})
+		if err := old.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		if err := old.Wait(); err != nil {
+			t.Fatalf("old agent: %v\n%s", err, e.logs())
+		}
+		e.waitSnapshotter(ctx)
+		if _, err := os.Stat(e.socket); err != nil {
+			t.Fatalf("the old agent took the new one's socket with it: %v", err)
+		}
+		out, err := e.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "after-overlap", "long", "/bin/probe", "cat", "/data/later.txt")
+		if err != nil || out != string(later) {
+			t.Fatalf("read in running container after the overlapping upgrade: %q, %v\n%s", out, err, e.logs())
+		}
+		out, err = e.run(ctx, ref, "new-after-overlap", "cat", "/data/msg.txt")
+		if err != nil || out != string(msg) {
+			t.Fatalf("new container after the overlapping upgrade: %q, %v\n%s", out, err, e.logs())
 		}
 	})
 

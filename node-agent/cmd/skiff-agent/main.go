@@ -154,16 +154,13 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 	sn := snapshot.New(base, res, mounts, res, log)
 	defer sn.Close()
 
-	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
-		return fmt.Errorf("socket directory: %w", err)
-	}
-	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	l, err := net.Listen("unix", cfg.Socket)
+	// A new agent may start before the old one stops (a rolling update
+	// with surge): it takes the socket over, and the old one leaves it.
+	l, remove, err := listenUnix(cfg.Socket)
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
+	defer remove()
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 	g, ctx := errgroup.WithContext(ctx)
@@ -289,24 +286,16 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		m.Close()
 		return err
 	}
-	// The socket is made beside its place and moved there, so that a
-	// client never finds no mount process during a takeover.
-	next := sock + ".next"
-	if err := os.Remove(next); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: next, Net: "unix"})
-	if err == nil {
-		l.SetUnlinkOnClose(false)
-		err = os.Rename(next, sock)
-	}
+	// The agent finds this process on the socket the moment the old one
+	// stops answering; the old one, exiting, leaves it.
+	l, removeSock, err := listenUnix(sock)
 	if err != nil {
 		if takeover != nil {
 			takeover.Abort()
 			m.DropResumed()
 		}
 		m.Close()
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
 	if takeover != nil {
 		if err := takeover.Commit(ctx, handoverGrace); err != nil {
@@ -345,9 +334,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 	}
 	log.Info("skiff-agent mountd: serving lazy mounts", "socket", sock, "store", cfg.Store, "version", version)
 	err = g.Wait()
-	if successor == nil {
-		os.Remove(sock)
-	}
+	removeSock()
 	if cerr := m.Close(); err == nil {
 		err = cerr
 	}
