@@ -348,6 +348,18 @@ func exited(pid int) bool {
 	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
 }
 
+// fuseDevices counts the FUSE devices process pid holds open.
+func fuseDevices(pid int) int {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	n := 0
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && target == "/dev/fuse" {
+			n++
+		}
+	}
+	return n
+}
+
 func (e *agentEnv) logs() string {
 	a, _ := os.ReadFile(e.agentLog)
 	m, _ := os.ReadFile(filepath.Join(e.root, "mountd.log"))

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -63,10 +64,11 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 	msg := []byte("hello from a lazily served image\n")
 	later := []byte("read after the agent restarted\n")
 	upgraded := []byte("read after the mount process was upgraded\n")
+	crashed := []byte("read after the mount process was killed\n")
 	big := randomBytes(t, 3<<20)
 	victim := randomBytes(t, 1<<20)
 	base := tarLayer(t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755})
-	data := tarLayer(t, map[string][]byte{"data/msg.txt": msg, "data/later.txt": later, "data/upgraded.txt": upgraded, "data/big": big, "data/victim": victim}, nil)
+	data := tarLayer(t, map[string][]byte{"data/msg.txt": msg, "data/later.txt": later, "data/upgraded.txt": upgraded, "data/crashed.txt": crashed, "data/big": big, "data/victim": victim}, nil)
 	ref, res := e.push(ctx, "app", base, data)
 	skiffRef := ref + "-skiff"
 
@@ -217,6 +219,36 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		out, err = e.run(ctx, ref, "new-after-overlap", "cat", "/data/msg.txt")
 		if err != nil || out != string(msg) {
 			t.Fatalf("new container after the overlapping upgrade: %q, %v\n%s", out, err, e.logs())
+		}
+	})
+
+	t.Run("mount process killed under a running container", func(t *testing.T) {
+		// The agent keeps copies of the FUSE devices, so the connections
+		// outlive the mount process, and starts one that takes them over.
+		agent := e.agent.Process.Pid
+		waitFor(t, ctx, func() error {
+			if n := fuseDevices(agent); n == 0 {
+				return fmt.Errorf("agent %d holds no FUSE device yet", agent)
+			}
+			return nil
+		})
+		oldPID := e.mountdPID()
+		if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, ctx, func() error {
+			if pid := e.mountdPID(); pid == oldPID || exited(pid) {
+				return fmt.Errorf("no new mount process yet")
+			}
+			return nil
+		})
+		out, err := e.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "after-crash", "long", "/bin/probe", "cat", "/data/crashed.txt")
+		if err != nil || out != string(crashed) {
+			t.Fatalf("read in running container after the mount process was killed: %q, %v\n%s", out, err, e.logs())
+		}
+		out, err = e.run(ctx, ref, "new-after-crash", "cat", "/data/msg.txt")
+		if err != nil || out != string(msg) {
+			t.Fatalf("new container after the mount process was killed: %q, %v\n%s", out, err, e.logs())
 		}
 	})
 

@@ -2,6 +2,7 @@ package lazyfs
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -53,6 +54,20 @@ type fileSystem struct {
 
 	totalOnce  sync.Once
 	totalBytes int64
+
+	// opens mirrors the open counts of every file open through a
+	// passthrough mount, written to stateFile on each change.
+	stateFile string
+	stateMu   sync.Mutex
+	opens     map[uint32]openRecord
+}
+
+// openRecord is how the kernel has one inode open.
+type openRecord struct {
+	Ino     uint32 `json:"ino"`
+	Cached  int    `json:"cached,omitempty"`
+	Backing int32  `json:"backing,omitempty"`
+	Refs    int    `json:"refs,omitempty"`
 }
 
 // fileState is what reading one regular file needs beyond the bootstrap.
@@ -89,6 +104,8 @@ func newFileSystem(b *bootstrap.Bootstrap, r ChunkReader, opts Options) *fileSys
 	}
 	if bf, ok := r.(BackingFiler); ok && opts.Passthrough {
 		fsys.backing = bf
+		fsys.stateFile = opts.OpenState
+		fsys.opens = map[uint32]openRecord{}
 	}
 	return fsys
 }
@@ -417,11 +434,14 @@ func (fsys *fileSystem) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.
 		out.Fh = fhPassthrough
 		out.BackingID = st.backingID
 		out.OpenFlags = fuse.FOPEN_PASSTHROUGH
-		return fuse.OK
+	} else {
+		st.cachedOpens++
+		out.Fh = fhCached
+		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 	}
-	st.cachedOpens++
-	out.Fh = fhCached
-	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	// Recorded before the kernel hears of the open: a successor must not
+	// know less than the kernel.
+	fsys.saveOpens(ino, st)
 	return fuse.OK
 }
 
@@ -470,7 +490,66 @@ func (fsys *fileSystem) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 			}
 			st.backingID = 0
 		}
+	default:
+		return
 	}
+	fsys.saveOpens(ino, st)
+}
+
+// saveOpens records st, the state of inode ino, whose lock the caller
+// holds, and writes every record to the state file.
+func (fsys *fileSystem) saveOpens(ino uint32, st *fileState) {
+	if fsys.stateFile == "" {
+		return
+	}
+	fsys.stateMu.Lock()
+	defer fsys.stateMu.Unlock()
+	if st.cachedOpens == 0 && st.backingRefs == 0 {
+		delete(fsys.opens, ino)
+	} else {
+		fsys.opens[ino] = openRecord{Ino: ino, Cached: st.cachedOpens, Backing: st.backingID, Refs: st.backingRefs}
+	}
+	recs := make([]openRecord, 0, len(fsys.opens))
+	for _, r := range fsys.opens {
+		recs = append(recs, r)
+	}
+	data, err := json.Marshal(recs)
+	if err == nil {
+		tmp := fsys.stateFile + ".tmp"
+		if err = os.WriteFile(tmp, data, 0o600); err == nil {
+			err = os.Rename(tmp, fsys.stateFile)
+		}
+	}
+	if err != nil {
+		fsys.log.Warn("lazyfs: record open files", "file", fsys.stateFile, "err", err)
+	}
+}
+
+// loadOpens takes the records a previous server of the mount kept.
+func (fsys *fileSystem) loadOpens() error {
+	data, err := os.ReadFile(fsys.stateFile)
+	if err != nil {
+		return err
+	}
+	var recs []openRecord
+	if err := json.Unmarshal(data, &recs); err != nil {
+		return fmt.Errorf("%s: %w", fsys.stateFile, err)
+	}
+	for _, r := range recs {
+		if int(r.Ino) >= len(fsys.b.Inodes) || r.Cached < 0 || r.Refs < 0 || (r.Refs > 0) != (r.Backing != 0) {
+			return fmt.Errorf("%s: bad record %+v", fsys.stateFile, r)
+		}
+	}
+	fsys.stateMu.Lock()
+	defer fsys.stateMu.Unlock()
+	for _, r := range recs {
+		st := fsys.file(r.Ino)
+		st.mu.Lock()
+		st.cachedOpens, st.backingID, st.backingRefs = r.Cached, r.Backing, r.Refs
+		st.mu.Unlock()
+		fsys.opens[r.Ino] = r
+	}
+	return nil
 }
 
 // sequential records a read of [off, end) and reports whether it

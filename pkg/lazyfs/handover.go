@@ -54,9 +54,9 @@ func (m *Server) Handover() (*os.File, []byte, error) {
 // Resume prepares to serve the FUSE connection dev, mounted at mountpoint
 // and with the settings from Handover, for image b, in place of the
 // process that mounted it; serving starts with Start, once that process
-// has stopped. dev belongs to the returned Server. Passthrough stays off:
-// which inodes the kernel has open through the mount (which excludes
-// passthrough for them) died with the old process.
+// has stopped. dev belongs to the returned Server. A mount that used
+// passthrough must be resumed with it and the same Options.OpenState: the
+// kernel fails an open that conflicts with how the file is open already.
 func Resume(ctx context.Context, mountpoint string, dev *os.File, settings []byte, b *bootstrap.Bootstrap, r ChunkReader, opts Options) (*Server, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("resume %s: %w", mountpoint, err)
@@ -73,18 +73,17 @@ func Resume(ctx context.Context, mountpoint string, dev *os.File, settings []byt
 	}
 	init.Length, init.Opcode, init.Unique, init.NodeId = uint32(len(settings)), opInit, 1, 0
 	opts = opts.withDefaults()
-	opts.Passthrough = false
 	fsys := newFileSystem(b, r, opts)
 	// The kernel keeps what it negotiated with the old server; go-fuse's
 	// answer to the replayed INIT only sets go-fuse's own view of it,
 	// which the same kernel request and options make the same.
-	mo := mountOptions(opts, false)
+	mo := mountOptions(opts, fsys.backing != nil)
 	server, err := serveResumed(fsys, dev, &init, &mo)
 	if err != nil {
 		return nil, fmt.Errorf("resume %s: %w", mountpoint, err)
 	}
 	close(fsys.ready)
-	return &Server{mountpoint: mountpoint, server: server, dev: dev, resumed: true}, nil
+	return &Server{mountpoint: mountpoint, server: server, dev: dev, resumed: true, fs: fsys}, nil
 }
 
 // serveResumed brings a go-fuse server up on a socket that hands it init,
@@ -142,6 +141,13 @@ func (m *Server) Start() error {
 		return errors.New("start: not a resumed mount, or started already")
 	}
 	m.started = true
+	// The records are complete now that the previous server is gone.
+	var errs []error
+	if m.fs.stateFile != "" {
+		if err := m.fs.loadOpens(); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("start %s: open files: %w", m.mountpoint, err))
+		}
+	}
 	go m.server.Serve()
 	hdr := fuse.OutHeader{Length: uint32(unsafe.Sizeof(fuse.OutHeader{})), Status: notifyResend}
 	var buf bytes.Buffer
@@ -149,7 +155,7 @@ func (m *Server) Start() error {
 		return err
 	}
 	if _, err := m.dev.Write(buf.Bytes()); err != nil {
-		return fmt.Errorf("start %s: ask the kernel to resend what the previous server did not answer: %w", m.mountpoint, err)
+		errs = append(errs, fmt.Errorf("start %s: ask the kernel to resend what the previous server did not answer: %w", m.mountpoint, err))
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/cache"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
@@ -71,8 +72,12 @@ func runOldServer(mp string) error {
 	if !ok {
 		return errors.New("no stall file")
 	}
-	r := &stallingReader{ChunkReader: fetch.New(nil, fetch.NewStoreSource("store", st)), stall: b.FileChunks(stall)[0], marker: stalled}
-	srv, err := Mount(context.Background(), mp, b, r, Options{})
+	f, opts, err := handoverFetcher(mp, b, st)
+	if err != nil {
+		return err
+	}
+	r := &stallingReader{Fetcher: f, stall: b.FileChunks(stall)[0], marker: stalled}
+	srv, err := Mount(context.Background(), mp, b, r, opts)
 	if err != nil {
 		return err
 	}
@@ -91,8 +96,34 @@ func runOldServer(mp string) error {
 	return nil
 }
 
+// passthroughEnv, set, has both servers of TestHandoverPassthrough serve
+// large local files by passthrough.
+const passthroughEnv = "LAZYFS_TEST_PASSTHROUGH"
+
+// handoverFetcher is what each server of a handover test reads through,
+// with the mount options: with passthrough, a disk cache holding /big
+// entirely (so it is opened by passthrough) and the open-state file.
+func handoverFetcher(mp string, b *bootstrap.Bootstrap, st *dir.Dir) (*fetch.Fetcher, Options, error) {
+	if os.Getenv(passthroughEnv) == "" {
+		return fetch.New(nil, fetch.NewStoreSource("store", st)), Options{}, nil
+	}
+	c, err := cache.Open(filepath.Join(filepath.Dir(mp), "cache"), 0)
+	if err != nil {
+		return nil, Options{}, err
+	}
+	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	big, _ := b.LookupPath("/big")
+	if err := f.Prefetch(context.Background(), b, []uint32{big}); err != nil {
+		return nil, Options{}, err
+	}
+	if err := f.Materialize(context.Background(), b, big); err != nil {
+		return nil, Options{}, err
+	}
+	return f, Options{Passthrough: true, OpenState: filepath.Join(filepath.Dir(mp), "opens")}, nil
+}
+
 type stallingReader struct {
-	ChunkReader
+	*fetch.Fetcher
 	stall  uint32
 	marker string
 }
@@ -102,40 +133,56 @@ func (s *stallingReader) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, 
 		os.WriteFile(s.marker, nil, 0o600)
 		select {}
 	}
-	return s.ChunkReader.ReadChunk(ctx, b, idx)
+	return s.Fetcher.ReadChunk(ctx, b, idx)
 }
 
-// TestHandover: a mount served by one process is taken over by another
-// after the first dies (SIGKILL) in the middle of a read. Files and
-// directories opened before go on reading, names looked up before and
-// new ones resolve, and the read the dead server took is answered by the
-// new one with the right bytes.
-func TestHandover(t *testing.T) {
-	requireFUSE(t)
-	if os.Geteuid() != 0 {
-		t.Skip("the connection can only be handed over for mounts root made itself")
-	}
+// handoverEntries is the image of the handover tests.
+func handoverEntries() []fetchtest.Entry {
 	entries := []fetchtest.Entry{
 		{Path: "/", Mode: bootstrap.ModeDir | 0o755},
-		{Path: "/big", Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(1, 10*chunkSize+17)},
+		{Path: "/big", Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(1, 80*chunkSize+17)},
 		{Path: stallFile, Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(2, 3000)},
 		{Path: "/link", Mode: bootstrap.ModeSymlink | 0o777, Target: "big"},
 	}
 	for i := range 50 {
 		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/d/f%02d", i), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(uint64(10+i), 100+i), Pack: true})
 	}
+	return entries
+}
+
+// oldServer is the first server of a handover test, in another process.
+type oldServer struct {
+	mp       string
+	img      *fetchtest.Image
+	st       *dir.Dir
+	dev      *os.File
+	settings []byte
+	stalled  string
+	stderr   bytes.Buffer
+	cmd      *exec.Cmd
+	done     chan struct{}
+}
+
+// startOldServer runs the first server of a handover test and takes its
+// FUSE device and settings.
+func startOldServer(t *testing.T, entries []fetchtest.Entry, env ...string) *oldServer {
+	t.Helper()
+	requireFUSE(t)
+	if os.Geteuid() != 0 {
+		t.Skip("the connection can only be handed over for mounts root made itself")
+	}
 	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: chunkSize, Compression: bootstrap.Zstd})
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := t.TempDir()
-	mp := filepath.Join(base, "mnt")
-	boot, storeDir, sock, stalled := oldServerFiles(mp)
+	o := &oldServer{img: img, mp: filepath.Join(t.TempDir(), "mnt"), done: make(chan struct{})}
+	boot, storeDir, sock, stalled := oldServerFiles(o.mp)
+	o.stalled = stalled
 	blob, err := bootstrap.Encode(img.Bootstrap)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{mp, storeDir} {
+	for _, d := range []string{o.mp, storeDir} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -143,11 +190,10 @@ func TestHandover(t *testing.T) {
 	if err := os.WriteFile(boot, blob, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	st, err := dir.New(storeDir)
-	if err != nil {
+	if o.st, err = dir.New(storeDir); err != nil {
 		t.Fatal(err)
 	}
-	if err := img.Upload(context.Background(), st); err != nil {
+	if err := img.Upload(context.Background(), o.st); err != nil {
 		t.Fatal(err)
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -155,27 +201,28 @@ func TestHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	var stderr bytes.Buffer
-	old := exec.Command(os.Args[0])
-	old.Env = append(os.Environ(), oldServerEnv+"="+mp)
-	old.Stderr = &stderr
-	if err := old.Start(); err != nil {
+	o.cmd = exec.Command(os.Args[0])
+	o.cmd.Env = append(append(os.Environ(), oldServerEnv+"="+o.mp), env...)
+	o.cmd.Stderr = &o.stderr
+	if err := o.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	oldDone := make(chan struct{})
 	go func() {
-		old.Wait()
-		close(oldDone)
+		o.cmd.Wait()
+		close(o.done)
 	}()
-	defer func() {
-		old.Process.Kill()
-		<-oldDone
-		unix.Unmount(mp, unix.MNT_DETACH)
+	t.Cleanup(func() {
+		o.kill()
+		unix.Unmount(o.mp, unix.MNT_DETACH)
+	})
+	go func() {
+		<-o.done
+		l.Close() // an old server that failed fails the accept at once
 	}()
 	l.SetDeadline(time.Now().Add(30 * time.Second))
 	conn, err := l.AcceptUnix()
 	if err != nil {
-		t.Fatalf("old server did not hand over (%v): %s", err, stderr.String())
+		t.Fatalf("old server did not hand over (%v): %s", err, o.stderr.String())
 	}
 	settings := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4))
@@ -184,8 +231,40 @@ func TestHandover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	settings = settings[:n]
-	dev := receivedFile(t, oob[:oobn])
+	o.settings = settings[:n]
+	o.dev = receivedFile(t, oob[:oobn])
+	return o
+}
+
+// kill ends the old server without warning and waits until it is gone.
+func (o *oldServer) kill() {
+	o.cmd.Process.Kill()
+	<-o.done
+}
+
+// resume serves the old server's mount from this process.
+func (o *oldServer) resume(t *testing.T) *Server {
+	t.Helper()
+	f, opts, err := handoverFetcher(o.mp, o.img.Bootstrap, o.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Resume(context.Background(), o.mp, o.dev, o.settings, o.img.Bootstrap, f, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+// TestHandover: a mount served by one process is taken over by another
+// after the first dies (SIGKILL) in the middle of a read. Files and
+// directories opened before go on reading, names looked up before and
+// new ones resolve, and the read the dead server took is answered by the
+// new one with the right bytes.
+func TestHandover(t *testing.T) {
+	entries := handoverEntries()
+	o := startOldServer(t, entries)
+	mp := o.mp
 
 	// Through the old server: open files and a directory, look names up.
 	want := map[string][]byte{}
@@ -227,21 +306,17 @@ func TestHandover(t *testing.T) {
 		stalledRead <- result{data, err}
 	}()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(stalled); err == nil {
+		if _, err := os.Stat(o.stalled); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the old server never got the read of %s: %s", stallFile, stderr.String())
+			t.Fatalf("the old server never got the read of %s: %s", stallFile, o.stderr.String())
 		}
 	}
 
 	// The old server dies holding the read; the new one takes over.
-	old.Process.Kill()
-	<-oldDone
-	srv, err := Resume(context.Background(), mp, dev, settings, img.Bootstrap, fetch.New(nil, fetch.NewStoreSource("store", st)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	o.kill()
+	srv := o.resume(t)
 	defer func() {
 		if err := srv.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
@@ -285,6 +360,41 @@ func TestHandover(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(mp, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("stat of a missing name: %v", err)
 	}
+}
+
+// TestHandoverPassthrough: a file the kernel reads by passthrough, open
+// while the mount changes hands, can be opened again through the new
+// server: the kernel fails an open whose mode or backing file differs
+// from the opens before it, so the new server must reuse the old one's.
+func TestHandoverPassthrough(t *testing.T) {
+	entries := handoverEntries()
+	t.Setenv(passthroughEnv, "1")
+	o := startOldServer(t, entries)
+	p := filepath.Join(o.mp, "big")
+	first, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	o.kill()
+	srv := o.resume(t)
+	defer func() {
+		srv.Unmount()
+		srv.Wait()
+	}()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"big", "big"} {
+		got, err := os.ReadFile(filepath.Join(o.mp, f))
+		if err != nil || !bytes.Equal(got, entries[1].Data) {
+			t.Fatalf("open %s beside a passthrough open from before the handover: %d bytes, %v", f, len(got), err)
+		}
+	}
+	if got, err := io.ReadAll(first); err != nil || !bytes.Equal(got, entries[1].Data) {
+		t.Fatalf("read through the passthrough handle from before: %d bytes, %v", len(got), err)
+	}
+	first.Close()
 }
 
 // readDirents lists up to calls getdents(2) calls' worth of f with a

@@ -73,6 +73,12 @@ type Options struct {
 	// that file, at native speed (FUSE passthrough, Linux 6.9, root).
 	// Files not yet entirely local are served through the mount as usual.
 	Passthrough bool
+	// OpenState, with Passthrough, is a file where the mount keeps how
+	// the kernel has its files open, for a process that takes the mount
+	// over (see Resume): the kernel fails an open whose mode (passthrough
+	// with a given backing file, or cached) conflicts with the opens
+	// before it, so a successor must know them.
+	OpenState string
 	// Logger receives read failures; default slog.Default().
 	Logger *slog.Logger
 	// Debug logs every FUSE request to the Logger.
@@ -93,6 +99,7 @@ type Server struct {
 	closeOnce sync.Once
 	// resumed mounts are served from Start on.
 	resumed, started bool
+	fs               *fileSystem
 }
 
 // blockSize is the st_blksize reported for every file and the unit of

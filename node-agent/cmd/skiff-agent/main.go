@@ -9,6 +9,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -165,6 +166,7 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(l) })
+	g.Go(func() error { return superviseMountd(ctx, cfg, mounts, log) })
 	g.Go(func() error {
 		<-ctx.Done()
 		srv.GracefulStop()
@@ -190,12 +192,12 @@ func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slo
 	}
 	running := c.Ping(ctx) == nil
 	if running {
-		v, pid, err := c.Version(ctx)
-		if err == nil && v == version {
-			log.Info("skiff-agent: reusing running mount process", "socket", mountdSocket(cfg), "pid", pid)
+		st, err := c.Status(ctx)
+		if err == nil && st.Version == version {
+			log.Info("skiff-agent: reusing running mount process", "socket", mountdSocket(cfg), "pid", st.PID)
 			return nil
 		}
-		log.Info("skiff-agent: upgrading the running mount process", "pid", pid, "version", v, "to", version)
+		log.Info("skiff-agent: replacing the running mount process", "pid", st.PID, "version", st.Version, "by", version)
 	}
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
@@ -214,7 +216,7 @@ func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slo
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	for {
-		if v, _, err := c.Version(ctx); err == nil && v == version {
+		if st, err := c.Status(ctx); err == nil && st.Version == version {
 			log.Info("skiff-agent: started mount process", "pid", cmd.Process.Pid, "log", logf.Name())
 			return nil
 		}
@@ -230,6 +232,97 @@ func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slo
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// superviseMountd keeps copies of the mount process' FUSE devices, so
+// that its connections outlive it, and replaces it when it dies: the new
+// mount process takes the connections over from the copies, and the
+// kernel resends what the dead one read and never answered. Without the
+// copies, a dead mount process would take every mount with it (ENOTCONN
+// for every container of a Skiff image on the node).
+func superviseMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
+	var (
+		held []lazymount.HandedMount
+		pid  int
+		gen  uint64
+	)
+	release := func() {
+		for _, h := range held {
+			h.Dev.Close()
+		}
+		held, pid = nil, 0
+	}
+	defer release()
+	tick := time.NewTicker(superviseEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		st, err := c.Status(ctx)
+		if err == nil {
+			if st.PID == pid && st.Generation == gen {
+				continue
+			}
+			hs, err := c.Devices(ctx)
+			if err != nil {
+				log.Warn("skiff-agent: copy the mount process' FUSE devices", "err", err)
+				continue
+			}
+			release()
+			held, pid, gen = hs, st.PID, st.Generation
+			continue
+		}
+		if pid == 0 || !processExited(pid) {
+			continue
+		}
+		log.Error("skiff-agent: the mount process died; starting one that takes its mounts over", "pid", pid, "mounts", len(held))
+		if err := replaceDeadMountd(ctx, cfg, c, held, log); err != nil {
+			log.Error("skiff-agent: replace the mount process", "err", err)
+			continue
+		}
+		release()
+	}
+}
+
+// superviseEvery is how often the agent checks on the mount process.
+const superviseEvery = time.Second
+
+// replaceDeadMountd stands in for a dead mount process on its socket with
+// the devices held, and starts a new one, which takes them over from
+// there as from a live one.
+func replaceDeadMountd(ctx context.Context, cfg config, c *lazymount.Client, held []lazymount.HandedMount, log *slog.Logger) error {
+	l, remove, err := listenUnix(mountdSocket(cfg))
+	if err != nil {
+		return err
+	}
+	defer remove()
+	defer l.Close()
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go lazymount.ServeHeld(hctx, l, held, log)
+	if err := ensureMountd(ctx, cfg, c, log); err != nil {
+		return err
+	}
+	// Only a mount process reports its build: not the stand-in.
+	if st, err := c.Status(ctx); err != nil || st.Version == "" {
+		return fmt.Errorf("no mount process took the mounts over (%v)", err)
+	}
+	return nil
+}
+
+// processExited reports whether process pid has ended: it is gone, or a
+// zombie not reaped yet.
+func processExited(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name, which is in parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
 }
 
 // buildVersion identifies the build of the executable at path by its

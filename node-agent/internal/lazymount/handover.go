@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 )
@@ -51,6 +53,34 @@ func (m *Manager) Handover() ([]HandedMount, error) {
 	return hs, nil
 }
 
+// Devices returns every mount with a duplicate of its FUSE device, which
+// the caller closes: duplicated under m's lock, it cannot be some other
+// file by the time it is used, whatever happens to the mount meanwhile.
+func (m *Manager) Devices() []HandedMount {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	hs := make([]HandedMount, 0, len(m.mounts))
+	for d, mt := range m.mounts {
+		dev, settings, err := mt.srv.Handover()
+		if err != nil {
+			continue
+		}
+		fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		hs = append(hs, HandedMount{Bootstrap: d, Mountpoint: mt.srv.Mountpoint(), Settings: settings, Dev: os.NewFile(uintptr(fd), dev.Name())})
+	}
+	return hs
+}
+
+// Generation changes whenever the set of mounts does.
+func (m *Manager) Generation() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.gen
+}
+
 // EndHandover settles a Handover. When the successor took the mounts
 // (done), m forgets them, so that Close leaves them mounted, and keeps
 // refusing requests until the process exits; otherwise m goes on as if
@@ -67,6 +97,7 @@ func (m *Manager) EndHandover(done bool) {
 		m.saveStartupSet(context.Background(), d, mt.rec)
 	}
 	m.mounts = map[bootstrap.Digest]*mounted{}
+	m.gen++
 }
 
 // Resume serves a mount handed over by the previous mount process. The
@@ -85,12 +116,17 @@ func (m *Manager) Resume(ctx context.Context, h HandedMount) error {
 		return fmt.Errorf("resume: %w", err)
 	}
 	rec := newRecorder(b, m.fetch, 0)
-	srv, err := lazyfs.Resume(ctx, h.Mountpoint, h.Dev, h.Settings, b, rec, lazyfs.Options{Logger: m.log})
+	// A mount that used passthrough goes on with it, whatever this
+	// process was told: its files may be open that way.
+	_, err = os.Stat(m.openState(h.Bootstrap))
+	passthrough := m.opts.Passthrough || err == nil
+	srv, err := lazyfs.Resume(ctx, h.Mountpoint, h.Dev, h.Settings, b, rec, lazyfs.Options{Logger: m.log, Passthrough: passthrough, OpenState: m.openState(h.Bootstrap)})
 	if err != nil {
 		return err
 	}
 	m.mounts[h.Bootstrap] = &mounted{srv: srv, rec: rec}
 	m.resumed = append(m.resumed, srv)
+	m.gen++
 	m.log.Info("lazymount: took over image", "bootstrap", h.Bootstrap, "mountpoint", h.Mountpoint)
 	return nil
 }

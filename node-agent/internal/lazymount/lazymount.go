@@ -60,6 +60,7 @@ type Manager struct {
 	// resumed are mounts taken over and not yet served.
 	handingOver bool
 	resumed     []*lazyfs.Server
+	gen         uint64 // see Generation
 	wg          sync.WaitGroup
 }
 
@@ -88,6 +89,12 @@ func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, 
 // Mountpoint is where the image with bootstrap d is (or will be) mounted.
 func (m *Manager) Mountpoint(d bootstrap.Digest) string {
 	return filepath.Join(m.dir, "mnt", d.Hex())
+}
+
+// openState is where the mount of d keeps how the kernel has its files
+// open, for a successor (see lazyfs.Options.OpenState).
+func (m *Manager) openState(d bootstrap.Digest) string {
+	return m.Mountpoint(d) + ".opens"
 }
 
 func (m *Manager) bootstrapPath(d bootstrap.Digest) string {
@@ -162,11 +169,13 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 		m.log.Info("lazymount: detached stale mount", "mountpoint", mp)
 	}
 	rec := newRecorder(b, m.fetch, m.opts.RecordWindow)
-	srv, err := lazyfs.Mount(ctx, mp, b, rec, lazyfs.Options{Logger: m.log, Passthrough: m.opts.Passthrough})
+	os.Remove(m.openState(d))
+	srv, err := lazyfs.Mount(ctx, mp, b, rec, lazyfs.Options{Logger: m.log, Passthrough: m.opts.Passthrough, OpenState: m.openState(d)})
 	if err != nil {
 		return "", err
 	}
 	m.mounts[d] = &mounted{srv: srv, rec: rec}
+	m.gen++
 	m.log.Info("lazymount: mounted image", "bootstrap", d, "mountpoint", mp, "files", len(b.Dirents))
 	m.wg.Add(1)
 	go func() {
@@ -185,6 +194,7 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	}
 	mt, ok := m.mounts[d]
 	delete(m.mounts, d)
+	m.gen++
 	m.mu.Unlock()
 	if !ok {
 		return nil
@@ -193,6 +203,7 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	if err := mt.srv.Unmount(); err != nil {
 		return err
 	}
+	os.Remove(m.openState(d))
 	m.log.Info("lazymount: unmounted image", "bootstrap", d)
 	return nil
 }

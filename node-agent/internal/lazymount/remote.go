@@ -67,15 +67,18 @@ func Handler(m *Manager, opts HandlerOptions) http.Handler {
 	})
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(versionReply{Version: opts.Version, PID: os.Getpid()})
+		_ = json.NewEncoder(w).Encode(versionReply{Version: opts.Version, PID: os.Getpid(), Generation: m.Generation()})
 	})
-	mux.Handle("POST /handover", serveHandover(m, m.log, opts.HandedOver))
+	mux.Handle("POST /handover", serveHandover(func() mountSource { return m }, m.log, opts.HandedOver))
+	mux.Handle("POST /devices", serveHandover(func() mountSource { return &copies{m: m} }, m.log, func(conn net.Conn) { conn.Close() }))
 	return mux
 }
 
 type versionReply struct {
 	Version string `json:"version"`
 	PID     int    `json:"pid"`
+	// Generation changes whenever the set of mounts does.
+	Generation uint64 `json:"generation"`
 }
 
 type mountReply struct {
@@ -84,7 +87,8 @@ type mountReply struct {
 
 // Client talks to a mount process on a unix socket.
 type Client struct {
-	http *http.Client
+	http   *http.Client
+	socket string
 }
 
 var _ snapshot.Mounter = (*Client)(nil)
@@ -95,7 +99,7 @@ func NewClient(socket string) *Client {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", socket)
 	}}
-	return &Client{http: &http.Client{Transport: tr}}
+	return &Client{http: &http.Client{Transport: tr}, socket: socket}
 }
 
 // Ping reports whether the mount process answers.
@@ -117,26 +121,35 @@ func (c *Client) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Version returns the build and process ID of the mount process.
-func (c *Client) Version(ctx context.Context) (version string, pid int, err error) {
+// Status is what a mount process says about itself.
+type Status struct {
+	// Version identifies its build; empty for builds before versions.
+	Version string
+	PID     int
+	// Generation changes whenever the set of mounts does.
+	Generation uint64
+}
+
+// Status asks the mount process about itself.
+func (c *Client) Status(ctx context.Context) (Status, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mountd/version", nil)
 	if err != nil {
-		return "", 0, err
+		return Status{}, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return "", 0, fmt.Errorf("mount process: %w", err)
+		return Status{}, fmt.Errorf("mount process: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		// Mount processes from before versions were reported.
-		return "", 0, nil
+		return Status{}, nil
 	}
 	var v versionReply
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&v); err != nil {
-		return "", 0, fmt.Errorf("mount process version: %w", err)
+		return Status{}, fmt.Errorf("mount process status: %w", err)
 	}
-	return v.Version, v.PID, nil
+	return Status{Version: v.Version, PID: v.PID, Generation: v.Generation}, nil
 }
 
 func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out any) error {

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,10 +47,17 @@ const (
 	handoverTimeout = 30 * time.Second
 )
 
+// mountSource is what hands mounts over: a Manager, or the devices an
+// agent kept of a mount process that died (see ServeHeld).
+type mountSource interface {
+	Handover() ([]HandedMount, error)
+	EndHandover(done bool)
+}
+
 // serveHandover answers POST /handover. handedOver is called once the
 // successor has the mounts, with the connection, which must stay open
-// until this process exits.
-func serveHandover(m *Manager, log *slog.Logger, handedOver func(net.Conn)) http.HandlerFunc {
+// until this process stops reading the FUSE devices.
+func serveHandover(source func() mountSource, log *slog.Logger, handedOver func(net.Conn)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != upgradeProto {
 			http.Error(w, "handover needs Upgrade: "+upgradeProto, http.StatusBadRequest)
@@ -64,6 +72,7 @@ func serveHandover(m *Manager, log *slog.Logger, handedOver func(net.Conn)) http
 			http.Error(w, "connection cannot be taken over", http.StatusInternalServerError)
 			return
 		}
+		m := source()
 		hs, err := m.Handover()
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusConflict)
@@ -82,7 +91,6 @@ func serveHandover(m *Manager, log *slog.Logger, handedOver func(net.Conn)) http
 			return
 		}
 		m.EndHandover(true)
-		log.Info("lazymount: handed the mounts over to a new mount process", "mounts", len(hs))
 		handedOver(conn)
 	}
 }
@@ -150,7 +158,7 @@ func TakeOver(ctx context.Context, socket string) (*Takeover, error) {
 		return nil, fmt.Errorf("take over: %w", err)
 	}
 	conn := c.(*net.UnixConn)
-	t, err := takeOver(conn)
+	t, err := takeOver(conn, "/handover")
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("take over: %w", err)
@@ -158,9 +166,9 @@ func TakeOver(ctx context.Context, socket string) (*Takeover, error) {
 	return t, nil
 }
 
-func takeOver(conn *net.UnixConn) (*Takeover, error) {
+func takeOver(conn *net.UnixConn, path string) (*Takeover, error) {
 	conn.SetDeadline(time.Now().Add(handoverTimeout))
-	req := "POST /handover HTTP/1.1\r\nHost: mountd\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto + "\r\nContent-Length: 0\r\n\r\n"
+	req := "POST " + path + " HTTP/1.1\r\nHost: mountd\r\nConnection: Upgrade\r\nUpgrade: " + upgradeProto + "\r\nContent-Length: 0\r\n\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
 		return nil, err
 	}
@@ -317,4 +325,95 @@ func peerPID(conn *net.UnixConn) int {
 		}
 	})
 	return pid
+}
+
+// copies serves POST /devices: the mounts with copies of their FUSE
+// devices, for an agent to keep (see Client.Devices). Nothing changes
+// hands.
+type copies struct {
+	m  *Manager
+	hs []HandedMount
+}
+
+func (c *copies) Handover() ([]HandedMount, error) {
+	c.hs = c.m.Devices()
+	return c.hs, nil
+}
+
+func (c *copies) EndHandover(bool) {
+	for _, h := range c.hs {
+		h.Dev.Close()
+	}
+}
+
+// Devices returns every mount with a copy of its FUSE device, which keeps
+// the connection alive should the mount process die: whoever holds the
+// copies can hand them to a new mount process (ServeHeld).
+func (c *Client) Devices(ctx context.Context) ([]HandedMount, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.socket)
+	if err != nil {
+		return nil, fmt.Errorf("copy FUSE devices: %w", err)
+	}
+	defer conn.Close()
+	t, err := takeOver(conn.(*net.UnixConn), "/devices")
+	if err != nil {
+		return nil, fmt.Errorf("copy FUSE devices: %w", err)
+	}
+	if _, err := conn.Write([]byte{ackByte}); err != nil {
+		t.closeDevs()
+		return nil, fmt.Errorf("copy FUSE devices: %w", err)
+	}
+	return t.Mounts, nil
+}
+
+// held are FUSE devices kept by an agent, handed to one successor.
+type held struct {
+	mu     sync.Mutex
+	mounts []HandedMount
+	busy   bool
+}
+
+func (h *held) Handover() ([]HandedMount, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.busy {
+		return nil, errHandingOver
+	}
+	h.busy = true
+	return h.mounts, nil
+}
+
+func (h *held) EndHandover(done bool) {
+	h.mu.Lock()
+	h.busy = done
+	h.mu.Unlock()
+}
+
+// ServeHeld stands in for a mount process that died, on l: it answers
+// pings, and hands mounts (the copies an agent kept, see Client.Devices)
+// over to the first mount process that asks, then returns. The devices
+// stay open; the caller closes them.
+func ServeHeld(ctx context.Context, l net.Listener, mounts []HandedMount, log *slog.Logger) error {
+	done := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, "{}\n")
+	})
+	h := &held{mounts: mounts}
+	mux.Handle("POST /handover", serveHandover(func() mountSource { return h }, log, func(conn net.Conn) {
+		// Nothing here reads the devices: the successor may go on.
+		conn.Close()
+		close(done)
+	}))
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	defer srv.Close()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -102,8 +102,8 @@ func TestTakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v, pid, err := client.Version(ctx); err != nil || v != "old" || pid != os.Getpid() {
-		t.Fatalf("version: %q %d %v", v, pid, err)
+	if st, err := client.Status(ctx); err != nil || st.Version != "old" || st.PID != os.Getpid() || st.Generation == 0 {
+		t.Fatalf("status: %+v %v", st, err)
 	}
 	f, err := os.Open(filepath.Join(mp, "data"))
 	if err != nil {
@@ -194,5 +194,61 @@ func TestTakeoverRefused(t *testing.T) {
 	e := newTakeoverEnv(t, false)
 	if _, err := TakeOver(context.Background(), e.sock); !errors.Is(err, ErrNoHandover) {
 		t.Fatalf("err = %v, want ErrNoHandover", err)
+	}
+}
+
+// TestTakeoverFromHeldDevices: copies of the FUSE devices, as an agent
+// keeps them, are handed to a new Manager by a stand-in for a dead mount
+// process, the same way a live one hands them over.
+func TestTakeoverFromHeldDevices(t *testing.T) {
+	e := newTakeoverEnv(t, true)
+	ctx := context.Background()
+	client := NewClient(e.sock)
+	mp, err := client.Mount(ctx, e.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := client.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(held) != 1 || held[0].Bootstrap != e.d || held[0].Dev == nil {
+		t.Fatalf("copies: %+v", held)
+	}
+	defer held[0].Dev.Close()
+	// Copies leave the old Manager as it was.
+	if got := e.old.Mounted(); len(got) != 1 {
+		t.Fatalf("old manager after copying: %v", got)
+	}
+	standIn := filepath.Join(t.TempDir(), "mountd.sock")
+	l, err := net.Listen("unix", standIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- ServeHeld(ctx, l, held, slog.Default()) }()
+	if err := NewClient(standIn).Ping(ctx); err != nil {
+		t.Fatalf("stand-in does not answer pings: %v", err)
+	}
+	tk, err := TakeOver(ctx, standIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := e.manager(t)
+	defer next.Close()
+	if err := next.Resume(ctx, tk.Mounts[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := tk.Commit(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if err := next.StartResumed(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read after the takeover: %d bytes, %v", len(got), err)
 	}
 }
