@@ -149,7 +149,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&v); err != nil {
 		return Status{}, fmt.Errorf("mount process status: %w", err)
 	}
-	return Status{Version: v.Version, PID: v.PID, Generation: v.Generation}, nil
+	return Status(v), nil
 }
 
 func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out any) error {
