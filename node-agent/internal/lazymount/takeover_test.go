@@ -83,6 +83,17 @@ func newTakeoverEnv(t *testing.T, handover bool) *takeoverEnv {
 	return e
 }
 
+// mount has the old Manager mount the image, through its socket.
+func (e *takeoverEnv) mount(t *testing.T) (*Client, string) {
+	t.Helper()
+	client := NewClient(e.sock)
+	mp, err := client.Mount(context.Background(), e.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, mp
+}
+
 func (e *takeoverEnv) manager(t *testing.T) *Manager {
 	m, err := New(e.root, e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
@@ -97,11 +108,7 @@ func (e *takeoverEnv) manager(t *testing.T) *Manager {
 func TestTakeover(t *testing.T) {
 	e := newTakeoverEnv(t, true)
 	ctx := context.Background()
-	client := NewClient(e.sock)
-	mp, err := client.Mount(ctx, e.d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, mp := e.mount(t)
 	if st, err := client.Status(ctx); err != nil || st.Version != "old" || st.PID != os.Getpid() || st.Generation == 0 {
 		t.Fatalf("status: %+v %v", st, err)
 	}
@@ -157,11 +164,7 @@ func TestTakeover(t *testing.T) {
 func TestTakeoverAbort(t *testing.T) {
 	e := newTakeoverEnv(t, true)
 	ctx := context.Background()
-	client := NewClient(e.sock)
-	mp, err := client.Mount(ctx, e.d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, mp := e.mount(t)
 	tk, err := TakeOver(ctx, e.sock)
 	if err != nil {
 		t.Fatal(err)
@@ -203,11 +206,7 @@ func TestTakeoverRefused(t *testing.T) {
 func TestTakeoverFromHeldDevices(t *testing.T) {
 	e := newTakeoverEnv(t, true)
 	ctx := context.Background()
-	client := NewClient(e.sock)
-	mp, err := client.Mount(ctx, e.d)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, mp := e.mount(t)
 	held, err := client.Devices(ctx)
 	if err != nil {
 		t.Fatal(err)
