@@ -456,3 +456,38 @@ func TestResumeRejectsBadSettings(t *testing.T) {
 		})
 	}
 }
+
+// FuzzOpenState: whatever a state file holds, loading it either fails
+// or leaves only counts that make sense for the image.
+func FuzzOpenState(f *testing.F) {
+	f.Add([]byte(`[{"ino":1,"backing":3,"refs":2},{"ino":2,"cached":1}]`))
+	f.Add([]byte(`[]`))
+	f.Add([]byte(`[{"ino":9}]`))
+	f.Add([]byte(`[{"ino":1,"refs":1}]`))
+	img, err := fetchtest.Build([]fetchtest.Entry{
+		{Path: "/a", Mode: bootstrap.ModeRegular | 0o644, Data: []byte("a")},
+		{Path: "/b", Mode: bootstrap.ModeRegular | 0o644, Data: []byte("b")},
+	}, fetchtest.Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		state := filepath.Join(t.TempDir(), "opens")
+		if err := os.WriteFile(state, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fsys := newFileSystem(img.Bootstrap, &fetch.Fetcher{}, Options{Passthrough: true, OpenState: state}.withDefaults())
+		if fsys.stateFile == "" {
+			t.Fatal("passthrough mount without a state file")
+		}
+		if err := fsys.loadOpens(); err != nil {
+			return
+		}
+		for ino, r := range fsys.opens {
+			st := fsys.file(ino)
+			if int(ino) >= len(img.Bootstrap.Inodes) || st.cachedOpens < 0 || st.backingRefs < 0 || (st.backingRefs > 0) != (st.backingID != 0) || r.Ino != ino {
+				t.Fatalf("loaded %+v as %+v", r, st)
+			}
+		}
+	})
+}
