@@ -252,6 +252,25 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		}
 	})
 
+	t.Run("mount process stopped: the agent starts a new one", func(t *testing.T) {
+		// Stopped on purpose, it unmounts everything; new containers
+		// must still start.
+		oldPID := e.mountdPID()
+		if err := syscall.Kill(oldPID, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, ctx, func() error {
+			if pid := e.mountdPID(); pid == oldPID || exited(pid) {
+				return fmt.Errorf("no new mount process yet")
+			}
+			return nil
+		})
+		out, err := e.run(ctx, ref, "new-after-stop", "cat", "/data/msg.txt")
+		if err != nil || out != string(msg) {
+			t.Fatalf("new container after the mount process was stopped: %q, %v\n%s", out, err, e.logs())
+		}
+	})
+
 	t.Run("startup set recorded beside the bootstrap", func(t *testing.T) {
 		key := store.BootstrapKey(res.Bootstrap.Hex()) + ".startup"
 		waitFor(t, ctx, func() error {

@@ -9,7 +9,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -275,7 +274,20 @@ func superviseMountd(ctx context.Context, cfg config, c *lazymount.Client, log *
 			held, pid, gen = hs, st.PID, st.Generation
 			continue
 		}
-		if pid == 0 || !processExited(pid) {
+		state := mountdState(mountdSocket(cfg))
+		if state == mountdAlive {
+			continue
+		}
+		if state == mountdStopped {
+			// It unmounted everything and removed its socket, as asked:
+			// the devices kept are of connections that are gone.
+			release()
+		}
+		if len(held) == 0 {
+			log.Warn("skiff-agent: no mount process; starting one", "stopped", state == mountdStopped)
+			if err := ensureMountd(ctx, cfg, c, log); err != nil {
+				log.Error("skiff-agent: start the mount process", "err", err)
+			}
 			continue
 		}
 		log.Error("skiff-agent: the mount process died; starting one that takes its mounts over", "pid", pid, "mounts", len(held))
@@ -313,16 +325,30 @@ func replaceDeadMountd(ctx context.Context, cfg config, c *lazymount.Client, hel
 	return nil
 }
 
-// processExited reports whether process pid has ended: it is gone, or a
-// zombie not reaped yet.
-func processExited(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
+// What the mount process' socket says about the process.
+const (
+	mountdAlive   = iota // something accepts connections, maybe slowly
+	mountdDied           // the socket is there and nothing listens: it ended without cleaning up
+	mountdStopped        // the socket is gone: it was stopped and unmounted everything
+)
+
+// mountdState tells from the mount process' socket whether the process
+// is there: the kernel refuses connections to a unix socket whose
+// listener has closed, which happens when its process ends however it
+// ends, while a process that is alive but slow has them queued. Process
+// IDs would not do: in a pod, the mount process may be another pod's.
+func mountdState(sock string) int {
+	c, err := net.DialTimeout("unix", sock, time.Second)
+	switch {
+	case err == nil:
+		c.Close()
+		return mountdAlive
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return mountdDied
+	case errors.Is(err, os.ErrNotExist):
+		return mountdStopped
 	}
-	// The state follows the command name, which is in parentheses.
-	i := bytes.LastIndexByte(stat, ')')
-	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
+	return mountdAlive
 }
 
 // buildVersion identifies the build of the executable at path by its
