@@ -83,7 +83,7 @@ func Resume(ctx context.Context, mountpoint string, dev *os.File, settings []byt
 		return nil, fmt.Errorf("resume %s: %w", mountpoint, err)
 	}
 	close(fsys.ready)
-	return &Server{mountpoint: mountpoint, server: server, dev: dev, resumed: true, fs: fsys}, nil
+	return &Server{mountpoint: mountpoint, server: server, dev: dev, resumed: fsys}, nil
 }
 
 // serveResumed brings a go-fuse server up on a socket that hands it init,
@@ -137,14 +137,14 @@ func serveResumed(fsys *fileSystem, dev *os.File, init *fuse.InitIn, mo *fuse.Mo
 // 6.9; before it, Start still serves and returns an error saying those
 // requests wait until the mount goes.
 func (m *Server) Start() error {
-	if !m.resumed || m.started {
+	if m.resumed == nil || m.started {
 		return errors.New("start: not a resumed mount, or started already")
 	}
 	m.started = true
 	// The records are complete now that the previous server is gone.
 	var errs []error
-	if m.fs.stateFile != "" {
-		if err := m.fs.loadOpens(); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if m.resumed.stateFile != "" {
+		if err := m.resumed.loadOpens(); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("start %s: open files: %w", m.mountpoint, err))
 		}
 	}

@@ -97,9 +97,10 @@ type Server struct {
 	// made by fusermount, which keeps the device to itself.
 	dev       *os.File
 	closeOnce sync.Once
-	// resumed mounts are served from Start on.
-	resumed, started bool
-	fs               *fileSystem
+	// resumed is the filesystem of a mount taken over, served from
+	// Start on; nil for a mount made here.
+	resumed *fileSystem
+	started bool
 }
 
 // blockSize is the st_blksize reported for every file and the unit of
@@ -138,28 +139,37 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	// go-fuse gets its own descriptor of the connection and closes it
-	// when serving ends; dev stays for a handover.
-	fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-	if err == nil {
-		var server *fuse.Server
-		if server, err = fuse.NewServer(fsys, "/dev/fd/"+strconv.Itoa(fd), &mo); err == nil {
-			go server.Serve()
-			s := &Server{mountpoint: mountpoint, server: server, dev: dev}
-			if err = pollHack(mountpoint); err == nil {
-				close(fsys.ready)
-				raiseReadahead(mountpoint, opts.Logger)
-				return s, nil
-			}
-			s.Unmount()
-			s.Wait()
-			return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
-		}
-		unix.Close(fd)
+	s, err := serveMounted(fsys, dev, mountpoint, &mo)
+	if err != nil {
+		unix.Unmount(mountpoint, unix.MNT_DETACH)
+		dev.Close()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	unix.Unmount(mountpoint, unix.MNT_DETACH)
-	dev.Close()
-	return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	raiseReadahead(mountpoint, opts.Logger)
+	return s, nil
+}
+
+// serveMounted serves the connection dev, just mounted at mountpoint.
+// go-fuse gets a descriptor of its own, which it closes when serving
+// ends; dev stays with the Server for a handover.
+func serveMounted(fsys *fileSystem, dev *os.File, mountpoint string, mo *fuse.MountOptions) (*Server, error) {
+	fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	server, err := fuse.NewServer(fsys, "/dev/fd/"+strconv.Itoa(fd), mo)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	go server.Serve()
+	if err := pollHack(mountpoint); err != nil {
+		unix.Unmount(mountpoint, unix.MNT_DETACH)
+		server.Wait()
+		return nil, err
+	}
+	close(fsys.ready)
+	return &Server{mountpoint: mountpoint, server: server, dev: dev}, nil
 }
 
 func (o Options) withDefaults() Options {

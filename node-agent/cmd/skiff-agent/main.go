@@ -185,6 +185,9 @@ func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slo
 	if err != nil {
 		return fmt.Errorf("start mount process: %w", err)
 	}
+	// Hashed at each call, not once: the mount process started below is
+	// the binary on disk now, which an upgrade may have replaced since
+	// this agent started, and it reports that binary's version.
 	version, err := buildVersion(self)
 	if err != nil {
 		return fmt.Errorf("start mount process: %w", err)

@@ -268,7 +268,8 @@ func (t *Takeover) closeDevs() {
 }
 
 // Abort leaves the mounts with the old process, which goes on as before.
-// Devices not passed to Manager.Resume are closed.
+// The devices received stay open in this process; it gives up the
+// takeover only to exit, which closes them.
 func (t *Takeover) Abort() {
 	t.conn.Close()
 }
