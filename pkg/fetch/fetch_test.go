@@ -654,3 +654,36 @@ func TestWarm(t *testing.T) {
 		t.Error("a chunk not on disk was warmed")
 	}
 }
+
+// TestFetchBringsManyChunksInOneRound: the chunks of many adjacent frames
+// come with one request per blob, and reading them then goes to no source.
+func TestFetchBringsManyChunksInOneRound(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	f := New(nil, NewStoreSource("store", upload(t, img)))
+	var chunks []uint32
+	blobs := map[uint32]bool{}
+	want := map[string][]byte{}
+	for i := range 20 {
+		p := fmt.Sprintf("/plain/f%02d", i)
+		ino, _ := b.LookupPath(p)
+		chunks = append(chunks, b.FileChunks(ino)...)
+		blobs[b.Frames[b.Chunks[b.FileChunks(ino)[0]].Frame].Blob] = true
+		want[p] = files[p]
+	}
+	f.Fetch(context.Background(), b, chunks)
+	s := f.Stats().Sources[0]
+	if s.Frames != 20 || s.Requests != int64(len(blobs)) {
+		t.Fatalf("fetch of 20 adjacent frames in %d blobs: %+v", len(blobs), s)
+	}
+	checkFiles(t, f, b, want)
+	if after := f.Stats(); after.Sources[0].Requests != s.Requests || after.CacheMisses != 0 {
+		t.Fatalf("reads after the fetch went to the source: %+v", after)
+	}
+	// One missing frame is left to the read, with its own readahead.
+	f2 := New(nil, NewStoreSource("store", upload(t, img)))
+	f2.Fetch(context.Background(), b, chunks[:1])
+	if n := f2.Stats().Sources[0].Requests; n != 0 {
+		t.Fatalf("fetch of one frame made %d requests", n)
+	}
+}

@@ -168,3 +168,28 @@ func firstChunk(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) bootstrap.Dig
 	}
 	return bootstrap.Digest{}
 }
+
+// Fetch brings the given chunks of b in, when more than one frame holding
+// them is missing: the missing frames are read with one request per run
+// of nearby frames, several runs at a time, and the call returns when
+// they are in memory. A reader about to read many chunks at once (a large
+// read of an image file spanning many small files) calls it first, so
+// that it waits for one round of requests rather than for one per frame.
+// Failures are left to the reads that follow, which report each chunk.
+func (f *Fetcher) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32) {
+	var frames []uint32
+	for _, ci := range chunks {
+		if int(ci) >= len(b.Chunks) {
+			return
+		}
+		c := b.Chunks[ci]
+		if c.Zero() || int(c.Frame) >= len(b.Frames) || (len(frames) > 0 && frames[len(frames)-1] == c.Frame) || f.cached(c.Digest) {
+			continue
+		}
+		frames = append(frames, c.Frame)
+	}
+	if len(frames) < 2 {
+		return
+	}
+	f.fetchRuns(ctx, b, frames, false)
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 )
@@ -87,7 +88,8 @@ func BenchmarkSequentialRead(b *testing.B) {
 // the disk cache through a fresh mount, with and without passthrough, and
 // the same bytes from a plain local file, each with its page cache
 // dropped first, and reports the mount's throughput against the local
-// file's (best of three reads each).
+// file's (best of three reads each). The mount is read three ways: a tree
+// mount with and without passthrough, and an EROFS image-mode mount.
 func BenchmarkSequentialReadCached(b *testing.B) {
 	requireFUSE(b)
 	if os.Geteuid() != 0 {
@@ -146,10 +148,18 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 		}
 		return time.Since(start)
 	}
-	mountRead := func(passthrough bool) time.Duration {
+	layout, err := erofs.Build(img.Bootstrap)
+	if err != nil {
+		b.Fatal(err)
+	}
+	mountRead := func(passthrough, image bool) time.Duration {
 		mnt := b.TempDir()
+		opts := Options{Passthrough: passthrough}
+		if image {
+			opts.Image, opts.ImageDir = layout, b.TempDir()
+		}
 		// A fresh fetcher: nothing of the file is held in memory.
-		srv, err := Mount(ctx, mnt, img.Bootstrap, fetch.New(c, fetch.NewStoreSource("store", st)), Options{Passthrough: passthrough})
+		srv, err := Mount(ctx, mnt, img.Bootstrap, fetch.New(c, fetch.NewStoreSource("store", st)), opts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -164,14 +174,15 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 	// and the fastest read of each counts, so that a burst of other work
 	// does not decide the ratio.
 	const rounds = 3
-	native, pass, nopass := time.Duration(1<<62), time.Duration(1<<62), time.Duration(1<<62)
+	native, pass, nopass, image := time.Duration(1<<62), time.Duration(1<<62), time.Duration(1<<62), time.Duration(1<<62)
 	b.SetBytes(size)
 	b.ResetTimer()
 	for range b.N * rounds {
 		dropPages(filepath.Dir(local))
 		native = min(native, read(local))
-		pass = min(pass, mountRead(true))
-		nopass = min(nopass, mountRead(false))
+		pass = min(pass, mountRead(true, false))
+		nopass = min(nopass, mountRead(false, false))
+		image = min(image, mountRead(false, true))
 	}
 	mbps := func(d time.Duration) float64 { return float64(size) / d.Seconds() / (1 << 20) }
 	b.ReportMetric(mbps(native), "native-MiB/s")
@@ -179,4 +190,5 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 	b.ReportMetric(mbps(nopass), "nopassthrough-MiB/s")
 	b.ReportMetric(float64(native)/float64(pass), "seq-read-passthrough/native")
 	b.ReportMetric(float64(native)/float64(nopass), "seq-read-nopassthrough/native")
+	b.ReportMetric(float64(native)/float64(image), "seq-read-erofs/native")
 }

@@ -585,7 +585,12 @@ func (fsys *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte
 		return fuse.ReadResultData(nil), fuse.OK
 	}
 	ctx := &fuse.Context{Caller: in.Caller, Cancel: cancel}
-	end := min(off+int64(len(buf)), node.Size)
+	return fsys.readFile(ctx, ino, off, min(off+int64(len(buf)), node.Size))
+}
+
+// readFile answers a read of [off, end) of regular file ino, which ends
+// within the file.
+func (fsys *fileSystem) readFile(ctx *fuse.Context, ino uint32, off, end int64) (fuse.ReadResult, fuse.Status) {
 	st := fsys.file(ino)
 	offs := st.offs
 	refs := fsys.b.FileChunks(ino)
@@ -604,26 +609,31 @@ func (fsys *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte
 	if res, ok := fsys.spliced(refs, offs, i, off, end); ok {
 		return res, fuse.OK
 	}
-	if end <= offs[i+1] {
-		data, errno := fsys.chunk(ctx, ino, refs[i])
-		if errno != 0 {
-			return nil, status(errno)
-		}
-		return fuse.ReadResultData(data[off-offs[i] : end-offs[i]]), fuse.OK
+	// The reply is written straight from the chunks (writev), without
+	// assembling it in a buffer.
+	vecs, errno := fsys.fileVecs(ctx, ino, off, end, nil)
+	if errno != 0 {
+		return nil, status(errno)
 	}
-	// Spanning chunks: the reply is written straight from the chunks
-	// (writev), without assembling it in buf.
-	var vecs [][]byte
+	return fuse.ReadResultVector(vecs), fuse.OK
+}
+
+// fileVecs appends to vecs the slices of chunks holding [off, end) of
+// regular file ino.
+func (fsys *fileSystem) fileVecs(ctx context.Context, ino uint32, off, end int64, vecs [][]byte) ([][]byte, syscall.Errno) {
+	offs := fsys.file(ino).offs
+	refs := fsys.b.FileChunks(ino)
+	i := sort.Search(len(refs), func(i int) bool { return offs[i+1] > off })
 	for pos := off; pos < end; i++ {
 		data, errno := fsys.chunk(ctx, ino, refs[i])
 		if errno != 0 {
-			return nil, status(errno)
+			return nil, errno
 		}
 		stop := min(end, offs[i+1])
 		vecs = append(vecs, data[pos-offs[i]:stop-offs[i]])
 		pos = stop
 	}
-	return fuse.ReadResultVector(vecs), fuse.OK
+	return vecs, 0
 }
 
 // spliceMin is the smallest read worth splicing: opening a cache file costs

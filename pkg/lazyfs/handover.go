@@ -73,22 +73,37 @@ func Resume(ctx context.Context, mountpoint string, dev *os.File, settings []byt
 	}
 	init.Length, init.Opcode, init.Unique, init.NodeId = uint32(len(settings)), opInit, 1, 0
 	opts = opts.withDefaults()
+	var raw fuse.RawFileSystem
+	if opts.Image != nil {
+		if err := opts.Image.Check(b); err != nil {
+			return nil, fmt.Errorf("resume %s: %w", mountpoint, err)
+		}
+		opts.Passthrough = false
+	}
 	fsys := newFileSystem(b, r, opts)
+	raw = fsys
+	if opts.Image != nil {
+		raw = &imageFS{fileSystem: fsys, img: opts.Image}
+	}
 	// The kernel keeps what it negotiated with the old server; go-fuse's
 	// answer to the replayed INIT only sets go-fuse's own view of it,
 	// which the same kernel request and options make the same.
 	mo := mountOptions(opts, fsys.backing != nil)
-	server, err := serveResumed(fsys, dev, &init, &mo)
+	server, err := serveResumed(raw, dev, &init, &mo)
 	if err != nil {
 		return nil, fmt.Errorf("resume %s: %w", mountpoint, err)
 	}
 	close(fsys.ready)
-	return &Server{mountpoint: mountpoint, server: server, dev: dev, resumed: fsys}, nil
+	s := &Server{mountpoint: mountpoint, server: server, dev: dev, resumed: fsys}
+	if opts.Image != nil {
+		s.imageDir = opts.ImageDir
+	}
+	return s, nil
 }
 
 // serveResumed brings a go-fuse server up on a socket that hands it init,
 // then swaps the socket for dev.
-func serveResumed(fsys *fileSystem, dev *os.File, init *fuse.InitIn, mo *fuse.MountOptions) (*fuse.Server, error) {
+func serveResumed(raw fuse.RawFileSystem, dev *os.File, init *fuse.InitIn, mo *fuse.MountOptions) (*fuse.Server, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("socketpair: %w", err)
@@ -105,7 +120,7 @@ func serveResumed(fsys *fileSystem, dev *os.File, init *fuse.InitIn, mo *fuse.Mo
 		return nil, fmt.Errorf("replay INIT: %w", err)
 	}
 	// go-fuse owns theirs from here and closes it when serving ends.
-	server, err := fuse.NewServer(fsys, "/dev/fd/"+strconv.Itoa(theirs), mo)
+	server, err := fuse.NewServer(raw, "/dev/fd/"+strconv.Itoa(theirs), mo)
 	if err != nil {
 		return nil, fmt.Errorf("replay INIT: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/erofs"
 )
 
 // ChunkReader returns the verified content of a chunk. *fetch.Fetcher
@@ -45,6 +46,13 @@ type ChunkFiler interface {
 	// ChunkFile returns an open file holding chunk idx of b from the
 	// returned offset, or false. The caller closes the file.
 	ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, int64, bool)
+}
+
+// Fetcher is implemented by chunk readers that can bring many chunks in
+// with few requests, which a read spanning many of them asks for first.
+// *fetch.Fetcher implements it.
+type Fetcher interface {
+	Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32)
 }
 
 // warmAhead is how many chunks past the one a sequential read enters are
@@ -86,12 +94,22 @@ type Options struct {
 	// CacheTimeout is how long the kernel may cache names and attributes;
 	// default 24h, since nothing in an image ever changes.
 	CacheTimeout time.Duration
+	// Image, when set, serves the bootstrap in image mode (see
+	// ImageName): the FUSE connection is mounted at ImageDir and holds
+	// the image file, which the kernel's EROFS mounts where the tree is
+	// wanted. Image must be the bootstrap's layout; Passthrough does not
+	// apply. Root only, Linux 6.12 or later.
+	Image    *erofs.Image
+	ImageDir string
 }
 
 // Server is a mounted image.
 type Server struct {
 	mountpoint string
-	server     *fuse.Server
+	// imageDir is where the FUSE connection of an image-mode mount is
+	// mounted; empty for a tree mount, whose connection is at mountpoint.
+	imageDir string
+	server   *fuse.Server
 	// dev is this process' own descriptor of the FUSE connection, kept to
 	// hand the connection over (see Handover); nil when the mount was
 	// made by fusermount, which keeps the device to itself.
@@ -119,6 +137,9 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 		return nil, fmt.Errorf("mount %s: bootstrap has no root directory", mountpoint)
 	}
 	opts = opts.withDefaults()
+	if opts.Image != nil {
+		return mountImage(mountpoint, b, r, opts)
+	}
 	fsys := newFileSystem(b, r, opts)
 	mo := mountOptions(opts, fsys.backing != nil)
 	if os.Geteuid() != 0 {
@@ -139,7 +160,7 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	s, err := serveMounted(fsys, dev, mountpoint, &mo)
+	s, err := serveMounted(fsys, fsys, dev, mountpoint, &mo)
 	if err != nil {
 		unix.Unmount(mountpoint, unix.MNT_DETACH)
 		dev.Close()
@@ -149,15 +170,49 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	return s, nil
 }
 
-// serveMounted serves the connection dev, just mounted at mountpoint.
-// go-fuse gets a descriptor of its own, which it closes when serving
-// ends; dev stays with the Server for a handover.
-func serveMounted(fsys *fileSystem, dev *os.File, mountpoint string, mo *fuse.MountOptions) (*Server, error) {
+// mountImage mounts b in image mode (see Options.Image).
+func mountImage(mountpoint string, b *bootstrap.Bootstrap, r ChunkReader, opts Options) (*Server, error) {
+	if err := imageModeUser(); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	if err := opts.Image.Check(b); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	opts.Passthrough = false
+	fsys := newFileSystem(b, r, opts)
+	mo := mountOptions(opts, false)
+	dev, err := mountDevice(opts.ImageDir, mo.AllowOther)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", opts.ImageDir, err)
+	}
+	s, err := serveMounted(&imageFS{fileSystem: fsys, img: opts.Image}, fsys, dev, opts.ImageDir, &mo)
+	if err != nil {
+		unix.Unmount(opts.ImageDir, unix.MNT_DETACH)
+		dev.Close()
+		return nil, fmt.Errorf("mount %s: %w", opts.ImageDir, err)
+	}
+	// The kernel reads the image ahead in large requests, which is how
+	// neighbouring small files arrive together.
+	raiseReadahead(opts.ImageDir, opts.Logger)
+	if err := mountEROFS(opts.ImageDir, mountpoint); err != nil {
+		s.Unmount()
+		s.Wait()
+		return nil, err
+	}
+	s.imageDir, s.mountpoint = opts.ImageDir, mountpoint
+	return s, nil
+}
+
+// serveMounted serves the connection dev, just mounted at mountpoint,
+// with raw, which is fsys or serves through it. go-fuse gets a descriptor
+// of its own, which it closes when serving ends; dev stays with the
+// Server for a handover.
+func serveMounted(raw fuse.RawFileSystem, fsys *fileSystem, dev *os.File, mountpoint string, mo *fuse.MountOptions) (*Server, error) {
 	fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	server, err := fuse.NewServer(fsys, "/dev/fd/"+strconv.Itoa(fd), mo)
+	server, err := fuse.NewServer(raw, "/dev/fd/"+strconv.Itoa(fd), mo)
 	if err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -305,6 +360,21 @@ func (m *Server) Mountpoint() string { return m.mountpoint }
 // it disappears from the namespace now and the kernel lets go of it, ending
 // Wait, when the last open file closes.
 func (m *Server) Unmount() error {
+	if m.imageDir != "" {
+		// EROFS first: it holds the image file open.
+		if err := unix.Unmount(m.mountpoint, 0); err != nil {
+			if lerr := unix.Unmount(m.mountpoint, unix.MNT_DETACH); lerr != nil && !errors.Is(lerr, unix.EINVAL) {
+				return fmt.Errorf("unmount %s: %w", m.mountpoint, errors.Join(err, lerr))
+			}
+		}
+		if err := unix.Unmount(m.imageDir, 0); err == nil {
+			return nil
+		}
+		if err := unix.Unmount(m.imageDir, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount %s: %w", m.imageDir, err)
+		}
+		return nil
+	}
 	var err error
 	if m.dev == nil {
 		if err = m.server.Unmount(); err == nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
@@ -78,6 +79,7 @@ type testMount struct {
 	fetch *fetch.Fetcher
 	store *dir.Dir
 	logs  *syncBuffer
+	image bool
 }
 
 type syncBuffer struct {
@@ -110,6 +112,12 @@ func requireFUSE(t testing.TB) {
 // through a Fetcher reading that store.
 func mountEntries(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compression) *testMount {
 	t.Helper()
+	return mountEntriesIn(t, entries, comp, false)
+}
+
+// mountEntriesIn is mountEntries, in image mode if image is set.
+func mountEntriesIn(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compression, image bool) *testMount {
+	t.Helper()
 	requireFUSE(t)
 	img, st := uploaded(t, entries, fetchtest.Options{ChunkSize: chunkSize, Compression: comp, PackSize: 4 << 10})
 	tm := &testMount{dir: t.TempDir(), img: img, files: map[string][]byte{}, store: st, logs: &syncBuffer{}}
@@ -120,10 +128,22 @@ func mountEntries(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compre
 	}
 	tm.fetch = fetch.New(nil, fetch.NewStoreSource("store", st))
 	logger := slog.New(slog.NewTextHandler(tm.logs, nil))
-	srv, err := Mount(context.Background(), tm.dir, img.Bootstrap, tm.fetch, Options{Logger: logger})
+	opts := Options{Logger: logger}
+	if image {
+		if os.Geteuid() != 0 {
+			t.Skip("image mode mounts EROFS, which needs root")
+		}
+		layout, err := erofs.Build(img.Bootstrap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Image, opts.ImageDir = layout, t.TempDir()
+	}
+	srv, err := Mount(context.Background(), tm.dir, img.Bootstrap, tm.fetch, opts)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}
+	tm.image = image
 	t.Cleanup(func() {
 		if err := srv.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
@@ -136,7 +156,12 @@ func mountEntries(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compre
 func (tm *testMount) path(p string) string { return filepath.Join(tm.dir, p) }
 
 func TestAttributes(t *testing.T) {
-	tm := mountEntries(t, richEntries(), bootstrap.Zstd)
+	checkAttributes(t, mountEntries(t, richEntries(), bootstrap.Zstd))
+}
+
+// checkAttributes checks every entry of the mounted tree against the
+// bootstrap.
+func checkAttributes(t *testing.T, tm *testMount) {
 	b := tm.img.Bootstrap
 	seen := 0
 	err := b.Walk(func(p string, ino uint32) error {
@@ -153,13 +178,20 @@ func TestAttributes(t *testing.T) {
 			{"mode", uint64(st.Mode), uint64(in.Mode)},
 			{"uid", uint64(st.Uid), uint64(in.UID)},
 			{"gid", uint64(st.Gid), uint64(in.GID)},
-			{"size", uint64(st.Size), uint64(in.Size)},
 			{"nlink", uint64(st.Nlink), uint64(in.Nlink)},
-			{"ino", st.Ino, uint64(ino) + 1},
 			{"mtime sec", uint64(st.Mtim.Sec), uint64(in.MtimeSec)},
 			{"mtime nsec", uint64(st.Mtim.Nsec), uint64(in.MtimeNsec)},
 			{"major", uint64(unix.Major(st.Rdev)), uint64(in.DevMajor)},
 			{"minor", uint64(unix.Minor(st.Rdev)), uint64(in.DevMinor)},
+		}
+		if (!tm.image || !in.IsDir()) && uint64(st.Size) != uint64(in.Size) {
+			// A directory's size is the filesystem's own: EROFS gives
+			// that of its encoding.
+			t.Errorf("%s: size %d, want %d", p, st.Size, in.Size)
+		}
+		if !tm.image && st.Ino != uint64(ino)+1 {
+			// An image-mode mount numbers inodes by their place in the image.
+			t.Errorf("%s: ino %d, want %d", p, st.Ino, ino+1)
 		}
 		for _, c := range checks {
 			if c.got != c.want {
@@ -219,7 +251,7 @@ func TestAttributes(t *testing.T) {
 		t.Errorf("readlink /link = %q, %v", got, err)
 	}
 	var sfs unix.Statfs_t
-	if err := unix.Statfs(tm.dir, &sfs); err != nil || sfs.Files != uint64(len(b.Inodes)) {
+	if err := unix.Statfs(tm.dir, &sfs); err != nil || sfs.Files-sfs.Ffree != uint64(len(b.Inodes)) {
 		t.Errorf("statfs: %+v, %v", sfs, err)
 	}
 }
@@ -315,55 +347,60 @@ func TestMountOptions(t *testing.T) {
 func TestContent(t *testing.T) {
 	for _, comp := range []bootstrap.Compression{bootstrap.None, bootstrap.Zstd, bootstrap.LZ4} {
 		t.Run(comp.String(), func(t *testing.T) {
-			tm := mountEntries(t, richEntries(), comp)
-			for p, want := range tm.files {
-				if p == "/secret" && os.Geteuid() != 0 {
-					continue // mode 0000 is enforced by the kernel (default_permissions)
-				}
-				got, err := os.ReadFile(tm.path(p))
-				if err != nil {
-					t.Fatalf("%s: %v", p, err)
-				}
-				if !bytes.Equal(got, want) {
-					t.Fatalf("%s: content differs (%d bytes, want %d)", p, len(got), len(want))
-				}
-			}
-			f, err := os.Open(tm.path("/big"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			want := tm.files["/big"]
-			size := int64(len(want))
-			cases := []struct {
-				name string
-				off  int64
-				n    int
-			}{
-				{"across one boundary", chunkSize - 10, 20},
-				{"across several chunks", chunkSize/2 + 1, 3*chunkSize + 17},
-				{"exactly one chunk", 2 * chunkSize, chunkSize},
-				{"ends at EOF", size - 100, 100},
-				{"runs past EOF", size - 50, 4096},
-				{"at EOF", size, 10},
-				{"beyond EOF", size + 1000, 10},
-			}
-			for _, c := range cases {
-				buf := make([]byte, c.n)
-				n, err := f.ReadAt(buf, c.off)
-				wantN := int(max(0, min(int64(c.n), size-c.off)))
-				if n != wantN {
-					t.Errorf("%s: read %d bytes, want %d (err %v)", c.name, n, wantN, err)
-					continue
-				}
-				if wantN < c.n && err != io.EOF {
-					t.Errorf("%s: err %v, want EOF", c.name, err)
-				}
-				if n > 0 && !bytes.Equal(buf[:n], want[c.off:c.off+int64(n)]) {
-					t.Errorf("%s: wrong bytes", c.name)
-				}
-			}
+			checkContent(t, mountEntries(t, richEntries(), comp))
 		})
+	}
+}
+
+// checkContent reads every file of the mounted tree whole, and one in
+// pieces.
+func checkContent(t *testing.T, tm *testMount) {
+	for p, want := range tm.files {
+		if p == "/secret" && os.Geteuid() != 0 {
+			continue // mode 0000 is enforced by the kernel (default_permissions)
+		}
+		got, err := os.ReadFile(tm.path(p))
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: content differs (%d bytes, want %d)", p, len(got), len(want))
+		}
+	}
+	f, err := os.Open(tm.path("/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := tm.files["/big"]
+	size := int64(len(want))
+	cases := []struct {
+		name string
+		off  int64
+		n    int
+	}{
+		{"across one boundary", chunkSize - 10, 20},
+		{"across several chunks", chunkSize/2 + 1, 3*chunkSize + 17},
+		{"exactly one chunk", 2 * chunkSize, chunkSize},
+		{"ends at EOF", size - 100, 100},
+		{"runs past EOF", size - 50, 4096},
+		{"at EOF", size, 10},
+		{"beyond EOF", size + 1000, 10},
+	}
+	for _, c := range cases {
+		buf := make([]byte, c.n)
+		n, err := f.ReadAt(buf, c.off)
+		wantN := int(max(0, min(int64(c.n), size-c.off)))
+		if n != wantN {
+			t.Errorf("%s: read %d bytes, want %d (err %v)", c.name, n, wantN, err)
+			continue
+		}
+		if wantN < c.n && err != io.EOF {
+			t.Errorf("%s: err %v, want EOF", c.name, err)
+		}
+		if n > 0 && !bytes.Equal(buf[:n], want[c.off:c.off+int64(n)]) {
+			t.Errorf("%s: wrong bytes", c.name)
+		}
 	}
 }
 
@@ -730,5 +767,31 @@ func TestSplicedReadsFromCache(t *testing.T) {
 	// files), go the ordinary way.
 	if s.FileHits == 0 || s.CacheMisses != 0 || s.Sources[0].Requests != 0 {
 		t.Fatalf("stats %+v: want the large reads spliced from the cache", s)
+	}
+}
+
+func TestImageMode(t *testing.T) {
+	for _, comp := range []bootstrap.Compression{bootstrap.None, bootstrap.Zstd} {
+		t.Run(comp.String(), func(t *testing.T) {
+			tm := mountEntriesIn(t, richEntries(), comp, true)
+			checkAttributes(t, tm)
+			checkContent(t, tm)
+			info, err := os.ReadFile("/proc/self/mountinfo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, line := range strings.Split(string(info), "\n") {
+				if fields := strings.Fields(line); len(fields) > 8 && fields[4] == tm.dir {
+					found = true
+					if !strings.Contains(line, " - erofs ") || !strings.Contains(fields[5], "nodev") || strings.Contains(fields[5], "nosuid") {
+						t.Errorf("mount of the tree: %s", line)
+					}
+				}
+			}
+			if !found {
+				t.Fatalf("%s not in mountinfo", tm.dir)
+			}
+		})
 	}
 }

@@ -49,6 +49,7 @@ type config struct {
 	RecordWindow time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
 	PrefetchAll  bool          `env:"PREFETCH_ALL" envDefault:"false"`
 	Passthrough  bool          `env:"PASSTHROUGH" envDefault:"false"`
+	EROFS        bool          `env:"EROFS" envDefault:"true"`
 	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
 	// Peer-to-peer distribution, off unless NATS_URL is set.
 	NATSURL       string `env:"NATS_URL"`
@@ -67,6 +68,7 @@ var help = map[string]string{
 	"RECORD_WINDOW":   "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
 	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
 	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free",
+	"EROFS":           "mount images with the kernel's EROFS over one lazily filled image file (Linux 6.12+), so names, attributes and cached pages never reach this process; images are served as FUSE trees where the kernel cannot, and with PASSTHROUGH",
 	"LOG_LEVEL":       "debug, info, warn or error",
 	"NATS_URL":        "NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them",
 	"PEER_LISTEN":     "address this node serves pieces to peers on (with NATS_URL)",
@@ -398,7 +400,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, Passthrough: cfg.Passthrough, Logger: log})
+	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, Passthrough: cfg.Passthrough, EROFS: cfg.EROFS, Logger: log})
 	if err != nil {
 		return err
 	}

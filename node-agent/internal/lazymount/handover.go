@@ -120,7 +120,16 @@ func (m *Manager) Resume(ctx context.Context, h HandedMount) error {
 	// process was told: its files may be open that way.
 	_, err = os.Stat(m.openState(h.Bootstrap))
 	passthrough := m.opts.Passthrough || err == nil
-	srv, err := lazyfs.Resume(ctx, h.Mountpoint, h.Dev, h.Settings, b, rec, lazyfs.Options{Logger: m.log, Passthrough: passthrough, OpenState: m.openState(h.Bootstrap)})
+	opts := lazyfs.Options{Logger: m.log, Passthrough: passthrough, OpenState: m.openState(h.Bootstrap)}
+	// An image-mode mount is served from the layout it was mounted with.
+	layout, err := m.loadLayout(h.Bootstrap)
+	if err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	if layout != nil {
+		opts.Image, opts.ImageDir = layout, m.imageDir(h.Bootstrap)
+	}
+	srv, err := lazyfs.Resume(ctx, h.Mountpoint, h.Dev, h.Settings, b, rec, opts)
 	if err != nil {
 		return err
 	}

@@ -15,12 +15,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 	"github.com/skiff-dev/skiff/pkg/store"
@@ -37,8 +39,15 @@ type Options struct {
 	// PrefetchAll warms the whole image after the startup set.
 	PrefetchAll bool
 	// Passthrough lets the kernel read large files that are entirely in
-	// the local cache straight from disk (FUSE passthrough).
+	// the local cache straight from disk (FUSE passthrough). It needs
+	// tree mounts, so it turns EROFS off.
 	Passthrough bool
+	// EROFS mounts images in image mode (see lazyfs.Options.Image): the
+	// kernel's EROFS answers names, attributes and cached pages, and the
+	// mount process sees only reads of data. Where the kernel cannot
+	// (before Linux 6.12), or an image has what EROFS cannot store, the
+	// image is served as a FUSE tree instead.
+	EROFS bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -62,6 +71,8 @@ type Manager struct {
 	resumed     []*lazyfs.Server
 	gen         uint64 // see Generation
 	wg          sync.WaitGroup
+	// noEROFS is set once the kernel has refused an EROFS mount.
+	noEROFS atomic.Bool
 }
 
 var _ snapshot.Mounter = (*Manager)(nil)
@@ -96,6 +107,12 @@ func (m *Manager) Mountpoint(d bootstrap.Digest) string {
 func (m *Manager) openState(d bootstrap.Digest) string {
 	return m.Mountpoint(d) + ".opens"
 }
+
+// imageDir is where the FUSE connection of an image-mode mount of d is
+// mounted, and layoutPath where its EROFS layout is kept for a successor
+// (see erofs.Image.MarshalBinary).
+func (m *Manager) imageDir(d bootstrap.Digest) string   { return m.Mountpoint(d) + ".image" }
+func (m *Manager) layoutPath(d bootstrap.Digest) string { return m.Mountpoint(d) + ".erofs" }
 
 func (m *Manager) bootstrapPath(d bootstrap.Digest) string {
 	return filepath.Join(m.dir, "bootstraps", d.Hex())
@@ -165,12 +182,13 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	}
 	// A mount left by a process that died is dead (ENOTCONN); it has to
 	// go before a new one can take its place.
-	if err := unix.Unmount(mp, unix.MNT_DETACH); err == nil {
-		m.log.Info("lazymount: detached stale mount", "mountpoint", mp)
+	for _, p := range []string{mp, m.imageDir(d)} {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err == nil {
+			m.log.Info("lazymount: detached stale mount", "mountpoint", p)
+		}
 	}
 	rec := newRecorder(b, m.fetch, m.opts.RecordWindow)
-	os.Remove(m.openState(d))
-	srv, err := lazyfs.Mount(ctx, mp, b, rec, lazyfs.Options{Logger: m.log, Passthrough: m.opts.Passthrough, OpenState: m.openState(d)})
+	srv, err := m.mount(ctx, d, b, rec)
 	if err != nil {
 		return "", err
 	}
@@ -183,6 +201,76 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 		m.warm(m.ctx, d, b, rec)
 	}()
 	return mp, nil
+}
+
+// mount mounts b at its mountpoint, in image mode if it can.
+func (m *Manager) mount(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, rec *recorder) (*lazyfs.Server, error) {
+	mp := m.Mountpoint(d)
+	os.Remove(m.openState(d))
+	os.Remove(m.layoutPath(d))
+	opts := lazyfs.Options{Logger: m.log, Passthrough: m.opts.Passthrough, OpenState: m.openState(d)}
+	if !m.opts.EROFS || m.opts.Passthrough || m.noEROFS.Load() {
+		return lazyfs.Mount(ctx, mp, b, rec, opts)
+	}
+	layout, err := erofs.Build(b)
+	if errors.Is(err, erofs.ErrUnsupported) {
+		m.log.Warn("lazymount: serving image as a FUSE tree", "bootstrap", d, "reason", err)
+		return lazyfs.Mount(ctx, mp, b, rec, opts)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", d, err)
+	}
+	if err := m.saveLayout(d, layout); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(m.imageDir(d), 0o700); err != nil {
+		return nil, fmt.Errorf("mount %s: %w", d, err)
+	}
+	opts.Image, opts.ImageDir = layout, m.imageDir(d)
+	srv, err := lazyfs.Mount(ctx, mp, b, rec, opts)
+	if err == nil {
+		return srv, nil
+	}
+	os.Remove(m.layoutPath(d))
+	if !errors.Is(err, lazyfs.ErrNoImageMode) {
+		return nil, err
+	}
+	m.log.Warn("lazymount: EROFS unavailable, serving images as FUSE trees", "err", err)
+	m.noEROFS.Store(true)
+	opts.Image, opts.ImageDir = nil, ""
+	return lazyfs.Mount(ctx, mp, b, rec, opts)
+}
+
+func (m *Manager) saveLayout(d bootstrap.Digest, layout *erofs.Image) error {
+	data, err := layout.MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("save layout of %s: %w", d, err)
+	}
+	tmp := m.layoutPath(d) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("save layout of %s: %w", d, err)
+	}
+	if err := os.Rename(tmp, m.layoutPath(d)); err != nil {
+		return fmt.Errorf("save layout of %s: %w", d, err)
+	}
+	return nil
+}
+
+// loadLayout returns the saved layout of the image-mode mount of d, or
+// nil for a tree mount.
+func (m *Manager) loadLayout(d bootstrap.Digest) (*erofs.Image, error) {
+	data, err := os.ReadFile(m.layoutPath(d))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("layout of %s: %w", d, err)
+	}
+	var layout erofs.Image
+	if err := layout.UnmarshalBinary(data); err != nil {
+		return nil, fmt.Errorf("layout of %s: %w", d, err)
+	}
+	return &layout, nil
 }
 
 // Unmount implements snapshot.Mounter.
@@ -204,6 +292,7 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 		return err
 	}
 	os.Remove(m.openState(d))
+	os.Remove(m.layoutPath(d))
 	m.log.Info("lazymount: unmounted image", "bootstrap", d)
 	return nil
 }

@@ -65,7 +65,10 @@ func parseStartupSet(data []byte, b *bootstrap.Bootstrap) ([]uint32, error) {
 }
 
 // recorder passes chunk reads through and notes, during a window after
-// the mount, which files they belong to.
+// the mount, which files they belong to. Through an EROFS image the
+// kernel reads ahead across files, so the set also holds some neighbours
+// of what containers read: those the kernel would fetch anyway when the
+// same files are read on the next node.
 type recorder struct {
 	b *bootstrap.Bootstrap
 	r lazyfs.ChunkReader
@@ -107,6 +110,14 @@ func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, in
 		}
 	}
 	return f, ok
+}
+
+// Fetch implements lazyfs.Fetcher when the reader does; the chunks count
+// as read when they are.
+func (rec *recorder) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32) {
+	if f, ok := rec.r.(lazyfs.Fetcher); ok {
+		f.Fetch(ctx, b, chunks)
+	}
 }
 
 // Warm implements lazyfs.Warmer when the reader does.

@@ -31,9 +31,15 @@ type takeoverEnv struct {
 	data       []byte
 	old        *Manager
 	handedOver chan net.Conn
+	erofs      bool // managers mount in EROFS image mode
 }
 
 func newTakeoverEnv(t *testing.T, handover bool) *takeoverEnv {
+	t.Helper()
+	return newTakeoverEnvIn(t, handover, false)
+}
+
+func newTakeoverEnvIn(t *testing.T, handover, erofs bool) *takeoverEnv {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
 		t.Skip("mounts are handed over only for root, with /dev/fuse")
@@ -62,7 +68,7 @@ func newTakeoverEnv(t *testing.T, handover bool) *takeoverEnv {
 	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
 		t.Fatal(err)
 	}
-	e := &takeoverEnv{root: t.TempDir(), st: st, d: d, data: data, handedOver: make(chan net.Conn, 1)}
+	e := &takeoverEnv{root: t.TempDir(), st: st, d: d, data: data, handedOver: make(chan net.Conn, 1), erofs: erofs}
 	e.sock = filepath.Join(e.root, "mountd.sock")
 	e.old = e.manager(t)
 	opts := HandlerOptions{Version: "old"}
@@ -95,7 +101,7 @@ func (e *takeoverEnv) mount(t *testing.T) (*Client, string) {
 }
 
 func (e *takeoverEnv) manager(t *testing.T) *Manager {
-	m, err := New(e.root, e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	m, err := New(e.root, e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{EROFS: e.erofs, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,9 +112,19 @@ func (e *takeoverEnv) manager(t *testing.T) *Manager {
 // socket; the old one then refuses requests and leaves the mount in place
 // when closed, and the new one serves it.
 func TestTakeover(t *testing.T) {
-	e := newTakeoverEnv(t, true)
+	for _, mode := range []string{"fuse tree", "erofs"} {
+		t.Run(mode, func(t *testing.T) { testTakeover(t, mode == "erofs") })
+	}
+}
+
+func testTakeover(t *testing.T, erofs bool) {
+	e := newTakeoverEnvIn(t, true, erofs)
 	ctx := context.Background()
 	client, mp := e.mount(t)
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(mp, &sfs); err != nil || (sfs.Type == erofsMagic) != erofs {
+		t.Fatalf("statfs %s: type %#x, %v (EROFS: %v)", mp, sfs.Type, err, erofs)
+	}
 	if st, err := client.Status(ctx); err != nil || st.Version != "old" || st.PID != os.Getpid() || st.Generation == 0 {
 		t.Fatalf("status: %+v %v", st, err)
 	}
@@ -158,6 +174,9 @@ func TestTakeover(t *testing.T) {
 	}
 	f.Close()
 }
+
+// erofsMagic is EROFS' statfs f_type.
+const erofsMagic = 0xE0F5E1E2
 
 // TestTakeoverAbort: a successor that goes away before committing leaves
 // the mounts with the old Manager, which takes requests again.
