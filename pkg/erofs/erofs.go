@@ -71,6 +71,16 @@ var xattrPrefixes = []struct {
 	{"security.", 6},
 }
 
+// SmallFile is the size from which a file's content is laid out after
+// every smaller file's: the kernel's first readahead of a file is 128 KiB,
+// so a smaller file is read in one request anyway.
+const SmallFile = 128 << 10
+
+// ReadaheadGap is the run of zeros laid before the small files and before
+// each large file: the most the kernel reads ahead of a mount, as lazyfs
+// sets it.
+const ReadaheadGap = 4 << 20
+
 // ErrUnsupported marks an image EROFS cannot express as it is, such as
 // an extended attribute outside the namespaces EROFS stores. Such an
 // image is served some other way.
@@ -239,17 +249,38 @@ func Build(b *bootstrap.Bootstrap) (*Image, error) {
 			im.files = append(im.files, Extent{Inode: uint32(i), Size: in.Size})
 		}
 	}
-	// File content in the order of the chunks it comes from, so that a
-	// read ahead through the image fetches neighbouring frames.
+	// Small files first, then the rest, each in the order of the chunks
+	// they come from. The kernel reads the image ahead across files: a
+	// program walking a tree reads the small files in storage order and
+	// passes over the large ones, which must not be fetched on its way.
+	// A large file is read on its own, from its first block.
 	first := func(ino uint32) uint32 {
 		if refs := b.FileChunks(ino); len(refs) > 0 {
 			return refs[0]
 		}
 		return ^uint32(0)
 	}
-	slices.SortStableFunc(im.files, func(x, y Extent) int { return cmp.Compare(first(x.Inode), first(y.Inode)) })
+	slices.SortStableFunc(im.files, func(x, y Extent) int {
+		if xs, ys := x.Size < SmallFile, y.Size < SmallFile; xs != ys {
+			if xs {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(first(x.Inode), first(y.Inode))
+	})
+	// A gap of zeros before the small files and before each large file
+	// stops the kernel's readahead of the metadata, of the small files
+	// and of a large file's end at the gap, where it costs no fetch.
+	// The gaps are not counted as used blocks.
+	const gapBlocks = ReadaheadGap / BlockSize
+	used := blk
 	for k := range im.files {
 		e := &im.files[k]
+		if k == 0 || e.Size >= SmallFile {
+			blk += gapBlocks
+		}
+		used += alignUp(e.Size, BlockSize) / BlockSize
 		if blk > maxBlocks {
 			return nil, fmt.Errorf("erofs: image beyond %d blocks: %w", int64(maxBlocks), ErrUnsupported)
 		}
@@ -270,7 +301,7 @@ func Build(b *bootstrap.Bootstrap) (*Image, error) {
 	for i := range nodes {
 		writeInode(im.meta, &b.Inodes[i], uint32(i), &nodes[i])
 	}
-	writeSuper(im.meta, nodes[bootstrap.RootInode].nid, len(b.Inodes), blk)
+	writeSuper(im.meta, nodes[bootstrap.RootInode].nid, len(b.Inodes), used)
 	return im, nil
 }
 

@@ -282,3 +282,33 @@ func FuzzUnmarshal(f *testing.F) {
 		im.Pieces(0, im.Size())
 	})
 }
+
+// TestSmallFilesFirst: a walk reading the small files in storage order
+// reads the image from its start without passing over a large file.
+func TestSmallFilesFirst(t *testing.T) {
+	b, im, _, _ := build(t, entries())
+	large, lastFirst := false, -1
+	end := int64(len(im.Meta()))
+	for i, e := range im.Files() {
+		small := e.Size < SmallFile
+		// Readahead of what comes before stops in a gap of zeros.
+		if gap := e.Offset - end; (i == 0 || !small) && gap < ReadaheadGap {
+			t.Fatalf("file %d: %d bytes after what comes before", e.Inode, gap)
+		}
+		end = e.Offset + e.Size
+		if small && large {
+			t.Fatalf("small file %d laid out after a large one", e.Inode)
+		}
+		if !small && !large {
+			large, lastFirst = true, -1
+		}
+		first := int(b.FileChunks(e.Inode)[0])
+		if first < lastFirst {
+			t.Fatalf("file %d out of storage order", e.Inode)
+		}
+		lastFirst = first
+	}
+	if !large {
+		t.Fatal("test image has no large file")
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
@@ -100,10 +101,22 @@ func runOldServer(mp string) error {
 // large local files by passthrough.
 const passthroughEnv = "LAZYFS_TEST_PASSTHROUGH"
 
+// imageEnv, set, has both servers of TestHandoverImage mount in image
+// mode.
+const imageEnv = "LAZYFS_TEST_IMAGE"
+
 // handoverFetcher is what each server of a handover test reads through,
 // with the mount options: with passthrough, a disk cache holding /big
 // entirely (so it is opened by passthrough) and the open-state file.
 func handoverFetcher(mp string, b *bootstrap.Bootstrap, st *dir.Dir) (*fetch.Fetcher, Options, error) {
+	if os.Getenv(imageEnv) != "" {
+		// Both servers lay the image out alike: the same build of Build.
+		layout, err := erofs.Build(b)
+		if err != nil {
+			return nil, Options{}, err
+		}
+		return fetch.New(nil, fetch.NewStoreSource("store", st)), Options{Image: layout, ImageDir: filepath.Join(filepath.Dir(mp), "image")}, nil
+	}
 	if os.Getenv(passthroughEnv) == "" {
 		return fetch.New(nil, fetch.NewStoreSource("store", st)), Options{}, nil
 	}
@@ -141,7 +154,9 @@ func handoverEntries() []fetchtest.Entry {
 	entries := []fetchtest.Entry{
 		{Path: "/", Mode: bootstrap.ModeDir | 0o755},
 		{Path: "/big", Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(1, 80*chunkSize+17)},
-		{Path: stallFile, Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(2, 3000)},
+		// Large, so that in image mode it is laid out apart from the
+		// small files, where no read ahead of them reaches it.
+		{Path: stallFile, Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(2, erofs.SmallFile+3000)},
 		{Path: "/link", Mode: bootstrap.ModeSymlink | 0o777, Target: "big"},
 	}
 	for i := range 50 {
@@ -182,7 +197,7 @@ func startOldServer(t *testing.T, entries []fetchtest.Entry, env ...string) *old
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{o.mp, storeDir} {
+	for _, d := range []string{o.mp, storeDir, filepath.Join(filepath.Dir(o.mp), "image")} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -214,6 +229,7 @@ func startOldServer(t *testing.T, entries []fetchtest.Entry, env ...string) *old
 	t.Cleanup(func() {
 		o.kill()
 		unix.Unmount(o.mp, unix.MNT_DETACH)
+		unix.Unmount(filepath.Join(filepath.Dir(o.mp), "image"), unix.MNT_DETACH)
 	})
 	go func() {
 		<-o.done
@@ -261,7 +277,16 @@ func (o *oldServer) resume(t *testing.T) *Server {
 // directories opened before go on reading, names looked up before and
 // new ones resolve, and the read the dead server took is answered by the
 // new one with the right bytes.
-func TestHandover(t *testing.T) {
+func TestHandover(t *testing.T) { testHandover(t) }
+
+// TestHandoverImage is TestHandover for an image-mode mount: the EROFS
+// mount stays, and the image file behind it changes servers.
+func TestHandoverImage(t *testing.T) {
+	t.Setenv(imageEnv, "1")
+	testHandover(t)
+}
+
+func testHandover(t *testing.T) {
 	entries := handoverEntries()
 	o := startOldServer(t, entries)
 	mp := o.mp

@@ -37,8 +37,14 @@ type imageFS struct {
 	img *erofs.Image
 }
 
-// zeros pads file content to block boundaries in replies.
-var zeros = make([]byte, erofs.BlockSize)
+// zeros supplies the padding and gaps of replies: a reply is at most
+// maxRequest bytes.
+var zeros = make([]byte, maxRequest)
+
+// maxVecs bounds the slices of a reply written with one writev(2), whose
+// limit is 1024 (IOV_MAX) including go-fuse's headers; a reply of more is
+// copied into one buffer.
+const maxVecs = 1000
 
 func (fsys *imageFS) attr(id uint64, a *fuse.Attr) bool {
 	root := &fsys.b.Inodes[0]
@@ -198,6 +204,13 @@ func (fsys *imageFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (
 				return nil, status(errno)
 			}
 		}
+	}
+	if len(vecs) > maxVecs {
+		n := 0
+		for _, v := range vecs {
+			n += copy(buf[n:], v)
+		}
+		return fuse.ReadResultData(buf[:n]), fuse.OK
 	}
 	return fuse.ReadResultVector(vecs), fuse.OK
 }

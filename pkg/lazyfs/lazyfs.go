@@ -338,7 +338,7 @@ const maxRequest = 1<<20 - 64<<10
 // FUSE mounts at 128 KiB, which makes a sequential read a stream of small
 // synchronous requests; a window of four default chunks keeps several
 // 1 MiB requests in flight, each served while the next is on its way.
-const readaheadKB = 4096
+const readaheadKB = erofs.ReadaheadGap >> 10
 
 // raiseReadahead widens the mount's readahead window through sysfs. It
 // needs root; without it reads still work, only with more round trips.
