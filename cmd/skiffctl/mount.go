@@ -12,6 +12,7 @@ import (
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
@@ -60,6 +61,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cacheDir := fs.String("cache", defaultCacheDir(), "chunk cache directory")
 	cacheSize := fs.Int64("cache-size", 10<<30, "chunk cache size limit in bytes (0: unlimited)")
 	debug := fs.Bool("debug", false, "log every FUSE request")
+	useEROFS := fs.Bool("erofs", false, "mount through the kernel's EROFS over one lazily filled image file, as skiff-agent does (root, Linux 6.12+)")
 	if err := parseArgs(fs, args, 2); err != nil {
 		return err
 	}
@@ -73,7 +75,20 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	f := fetch.New(c, fetch.NewStoreSource("store", st))
-	srv, err := lazyfs.Mount(ctx, mountpoint, b, f, lazyfs.Options{Debug: *debug})
+	opts := lazyfs.Options{Debug: *debug}
+	if *useEROFS {
+		layout, err := erofs.Build(b)
+		if err != nil {
+			return fmt.Errorf("mount %s: %w", ref, err)
+		}
+		dir, err := os.MkdirTemp("", "skiff-image-")
+		if err != nil {
+			return fmt.Errorf("mount %s: %w", ref, err)
+		}
+		defer os.Remove(dir)
+		opts.Image, opts.ImageDir = layout, dir
+	}
+	srv, err := lazyfs.Mount(ctx, mountpoint, b, f, opts)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/image"
@@ -177,5 +179,23 @@ func TestMountInterruptWhileBusy(t *testing.T) {
 	rep := parseMountReport(t, stop()) // stop checks exit 0 and that mnt is no longer mounted
 	if rep.Sources[0].Chunks == 0 {
 		t.Fatalf("read before interrupt not counted: %+v", rep)
+	}
+}
+
+// TestMountEROFS: with --erofs the tree is the kernel's EROFS, over an
+// image file the mount fills from the store, and reads the same.
+func TestMountEROFS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting EROFS needs root")
+	}
+	b, mnt, args := richMountArgs(t)
+	stop := mountCLI(t, append([]string{"--erofs"}, args...)...)
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(mnt, &sfs); err != nil || sfs.Type != 0xE0F5E1E2 {
+		t.Fatalf("statfs %s: type %#x, %v; want EROFS", mnt, sfs.Type, err)
+	}
+	readAll(t, b, mnt)
+	if s := parseMountReport(t, stop()).Sources[0]; s.Chunks == 0 || s.Errors != 0 {
+		t.Fatalf("mount fetched nothing from the store: %+v", s)
 	}
 }

@@ -73,17 +73,9 @@ func Resume(ctx context.Context, mountpoint string, dev *os.File, settings []byt
 	}
 	init.Length, init.Opcode, init.Unique, init.NodeId = uint32(len(settings)), opInit, 1, 0
 	opts = opts.withDefaults()
-	var raw fuse.RawFileSystem
-	if opts.Image != nil {
-		if err := opts.Image.Check(b); err != nil {
-			return nil, fmt.Errorf("resume %s: %w", mountpoint, err)
-		}
-		opts.Passthrough = false
-	}
-	fsys := newFileSystem(b, r, opts)
-	raw = fsys
-	if opts.Image != nil {
-		raw = &imageFS{fileSystem: fsys, img: opts.Image}
+	fsys, raw, err := newServed(b, r, opts)
+	if err != nil {
+		return nil, fmt.Errorf("resume %s: %w", mountpoint, err)
 	}
 	// The kernel keeps what it negotiated with the old server; go-fuse's
 	// answer to the replayed INIT only sets go-fuse's own view of it,

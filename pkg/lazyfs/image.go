@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -224,10 +225,9 @@ func (fsys *imageFS) chunks(pieces []erofs.Piece) []uint32 {
 		}
 		offs := fsys.file(p.Inode).offs
 		refs := fsys.b.FileChunks(p.Inode)
-		for i := range refs {
-			if offs[i+1] > p.FileOffset && offs[i] < p.FileOffset+p.Len {
-				cs = append(cs, refs[i])
-			}
+		i := sort.Search(len(refs), func(i int) bool { return offs[i+1] > p.FileOffset })
+		for ; i < len(refs) && offs[i] < p.FileOffset+p.Len; i++ {
+			cs = append(cs, refs[i])
 		}
 	}
 	return cs

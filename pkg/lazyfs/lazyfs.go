@@ -170,22 +170,36 @@ func Mount(ctx context.Context, mountpoint string, b *bootstrap.Bootstrap, r Chu
 	return s, nil
 }
 
+// newServed returns the filesystem serving b and what go-fuse is to serve:
+// the same, or in image mode the image file read through it.
+func newServed(b *bootstrap.Bootstrap, r ChunkReader, opts Options) (*fileSystem, fuse.RawFileSystem, error) {
+	if opts.Image == nil {
+		fsys := newFileSystem(b, r, opts)
+		return fsys, fsys, nil
+	}
+	if err := opts.Image.Check(b); err != nil {
+		return nil, nil, err
+	}
+	opts.Passthrough = false
+	fsys := newFileSystem(b, r, opts)
+	return fsys, &imageFS{fileSystem: fsys, img: opts.Image}, nil
+}
+
 // mountImage mounts b in image mode (see Options.Image).
 func mountImage(mountpoint string, b *bootstrap.Bootstrap, r ChunkReader, opts Options) (*Server, error) {
 	if err := imageModeUser(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	if err := opts.Image.Check(b); err != nil {
+	fsys, raw, err := newServed(b, r, opts)
+	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	opts.Passthrough = false
-	fsys := newFileSystem(b, r, opts)
 	mo := mountOptions(opts, false)
 	dev, err := mountDevice(opts.ImageDir, mo.AllowOther)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", opts.ImageDir, err)
 	}
-	s, err := serveMounted(&imageFS{fileSystem: fsys, img: opts.Image}, fsys, dev, opts.ImageDir, &mo)
+	s, err := serveMounted(raw, fsys, dev, opts.ImageDir, &mo)
 	if err != nil {
 		unix.Unmount(opts.ImageDir, unix.MNT_DETACH)
 		dev.Close()
