@@ -3,7 +3,10 @@
 // that an image of any size mounts at once; file content is read chunk by
 // chunk through a ChunkReader only when the kernel asks for it. The image
 // is immutable, so the kernel is told to cache names, attributes and pages
-// for as long as it likes.
+// for as long as it likes. In image mode (Options.Image) the mount serves
+// the image as one EROFS image file instead, which the kernel's EROFS
+// mounts: the tree is then the kernel's, and only reads of file content
+// reach this package.
 package lazyfs
 
 import (

@@ -1,8 +1,9 @@
-// Package lazymount keeps the lazy FUSE filesystems of the Skiff images a
-// node runs: one mount per image, however many containers use it, all
-// served by one process through one fetch path (cache, then the blob
-// store), and warmed in the background with the files containers of the
-// image read at startup last time.
+// Package lazymount keeps the lazy mounts of the Skiff images a node runs:
+// one mount per image (the kernel's EROFS over a FUSE-served image file,
+// or a FUSE tree), however many containers use it, all served by one
+// process through one fetch path (cache, then the blob store), and warmed
+// in the background with the files containers of the image read at
+// startup last time.
 package lazymount
 
 import (
