@@ -192,7 +192,15 @@ type agentEnv struct {
 	agentEnv []string
 	agent    *exec.Cmd
 	agentLog string
-	builds   int // see anotherBuild
+	builds   int       // see anotherBuild
+	mountds  []*mountd // started by startMountd
+}
+
+// mountd is a mount process the test started.
+type mountd struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when it has exited and err is set
+	err  error
 }
 
 func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
@@ -291,10 +299,41 @@ func (e *agentEnv) killAgent() {
 	e.agent = nil
 }
 
+// startMountd starts a mount process of its own, as the second container
+// of a pod does with SKIFF_AGENT_MOUNTD=external.
+func (e *agentEnv) startMountd() *mountd {
+	e.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(e.root, "mountd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(e.bin.agent, "mountd")
+	cmd.Env = append(os.Environ(), e.agentEnv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	m := &mountd{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		m.err = cmd.Wait()
+		close(m.done)
+	}()
+	e.mountds = append(e.mountds, m)
+	return m
+}
+
 // stopAll stops the agent and its mount process; runs before the temp
 // directories holding their state are removed.
 func (e *agentEnv) stopAll() {
 	e.killAgent()
+	for _, m := range e.mountds {
+		_ = m.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-m.done:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	if pid, err := os.ReadFile(filepath.Join(e.root, "mountd.pid")); err == nil {
 		if n, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
 			_ = syscall.Kill(n, syscall.SIGTERM)

@@ -50,6 +50,7 @@ type config struct {
 	PrefetchAll  bool          `env:"PREFETCH_ALL" envDefault:"false"`
 	Passthrough  bool          `env:"PASSTHROUGH" envDefault:"false"`
 	EROFS        bool          `env:"EROFS" envDefault:"true"`
+	Mountd       string        `env:"MOUNTD" envDefault:"spawn"`
 	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
 	// Peer-to-peer distribution, off unless NATS_URL is set.
 	NATSURL       string `env:"NATS_URL"`
@@ -69,6 +70,7 @@ var help = map[string]string{
 	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
 	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free",
 	"EROFS":           "mount images with the kernel's EROFS over one lazily filled image file (Linux 6.12+), so names, attributes and cached pages never reach this process; images are served as FUSE trees where the kernel cannot, and with PASSTHROUGH",
+	"MOUNTD":          "who runs the mount process: spawn (the agent starts it detached, and replaces it when it dies or its build changes) or external (another container of the pod, or another service, runs `skiff-agent mountd` with the same settings; the agent waits for it, and holds its FUSE connections while it restarts, so either can restart without breaking containers)",
 	"LOG_LEVEL":       "debug, info, warn or error",
 	"NATS_URL":        "NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them",
 	"PEER_LISTEN":     "address this node serves pieces to peers on (with NATS_URL)",
@@ -92,7 +94,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "-h", "--help", "help":
 		usage(stdout)
 		return 0
-	case "", "mountd":
+	case parkedMode:
+		return park(stderr)
+	case "", "mountd", "check":
 	default:
 		fmt.Fprintf(stderr, "skiff-agent: unknown argument %q\n", mode)
 		usage(stderr)
@@ -107,6 +111,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
 		fmt.Fprintf(stderr, "skiff-agent: %sLOG_LEVEL: %v\n", envPrefix, err)
 		return 2
+	}
+	if cfg.Mountd != mountdSpawn && cfg.Mountd != mountdExternal {
+		fmt.Fprintf(stderr, "skiff-agent: %sMOUNTD: %q is neither %q nor %q\n", envPrefix, cfg.Mountd, mountdSpawn, mountdExternal)
+		return 2
+	}
+	if mode == "check" {
+		return check(cfg, stdout, stderr)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
@@ -129,6 +140,9 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: skiff-agent          run the snapshotter (foreground)")
 	fmt.Fprintln(w, "       skiff-agent mountd   run the lazy mount process (the agent starts it when needed);")
 	fmt.Fprintln(w, "                            one already running hands its mounts over to it and exits")
+	fmt.Fprintln(w, "       skiff-agent check    exit 0 if the snapshotter answers on SKIFF_AGENT_SOCKET (a liveness probe)")
+	fmt.Fprintln(w, "       skiff-agent parked   what a mount process becomes after handing its mounts over with")
+	fmt.Fprintln(w, "                            SKIFF_AGENT_MOUNTD=external: it holds nothing and waits to be stopped")
 	fmt.Fprintln(w, "\nsettings (environment):")
 	params, err := env.GetFieldParamsWithOptions(&config{}, env.Options{Prefix: envPrefix})
 	if err != nil {
@@ -183,6 +197,9 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 // running containers reading). It is started in its own session so that
 // it survives the agent.
 func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
+	if cfg.Mountd == mountdExternal {
+		return awaitMountd(ctx, cfg, c, log)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("start mount process: %w", err)
@@ -466,6 +483,9 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		// The successor learns that this process has stopped reading the
 		// FUSE devices when the connection closes, which must be when the
 		// process ends, not before.
+		if cfg.Mountd == mountdExternal {
+			parkAfterHandover(log)
+		}
 		log.Info("skiff-agent mountd: exiting after handing the mounts over")
 		os.Exit(0)
 	}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// statServer answers Stat with err, as a snapshotter does for a key it
+// does not have (NotFound) or when it is broken.
+type statServer struct {
+	snapshotsapi.UnimplementedSnapshotsServer
+	err error
+}
+
+func (s statServer) Stat(context.Context, *snapshotsapi.StatSnapshotRequest) (*snapshotsapi.StatSnapshotResponse, error) {
+	return nil, s.err
+}
+
+func TestCheck(t *testing.T) {
+	tests := []struct {
+		name   string
+		server *statServer // nil: nothing listens
+		want   int
+	}{
+		{"answers not found", &statServer{err: status.Error(codes.NotFound, "no such snapshot")}, 0},
+		{"answers found", &statServer{}, 0},
+		{"broken", &statServer{err: status.Error(codes.Internal, "metadata store")}, 1},
+		{"down", nil, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "s.sock")
+			if tt.server != nil {
+				l, err := net.Listen("unix", sock)
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv := grpc.NewServer()
+				snapshotsapi.RegisterSnapshotsServer(srv, tt.server)
+				go srv.Serve(l)
+				defer srv.Stop()
+			}
+			var stdout, stderr bytes.Buffer
+			if got := check(config{Socket: sock}, &stdout, &stderr); got != tt.want {
+				t.Fatalf("check = %d, want %d; stdout %q, stderr %q", got, tt.want, stdout.String(), stderr.String())
+			}
+			if tt.want != 0 && !strings.Contains(stderr.String(), sock) && tt.server != nil {
+				t.Errorf("failure does not name the socket: %q", stderr.String())
+			}
+		})
+	}
+}
+
+func TestRunRejectsUnknownMountd(t *testing.T) {
+	t.Setenv("SKIFF_AGENT_MOUNTD", "sidecar")
+	var stdout, stderr bytes.Buffer
+	if got := run(nil, &stdout, &stderr); got != 2 {
+		t.Fatalf("run = %d, want 2; stderr %q", got, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "SKIFF_AGENT_MOUNTD") || !strings.Contains(stderr.String(), `"sidecar"`) {
+		t.Errorf("error does not name the setting and value: %q", stderr.String())
+	}
+}
+
+func TestHelpNamesModes(t *testing.T) {
+	var stdout bytes.Buffer
+	if got := run([]string{"--help"}, &stdout, &stdout); got != 0 {
+		t.Fatalf("--help = %d", got)
+	}
+	for _, want := range []string{"skiff-agent check", "skiff-agent parked", "SKIFF_AGENT_MOUNTD", `"spawn"`} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+}
