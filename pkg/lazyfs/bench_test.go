@@ -173,7 +173,7 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 	// The machine is shared: each way is read several times, interleaved,
 	// and the fastest read of each counts, so that a burst of other work
 	// does not decide the ratio.
-	const rounds = 3
+	const rounds = 5
 	native, pass, nopass, image := time.Duration(1<<62), time.Duration(1<<62), time.Duration(1<<62), time.Duration(1<<62)
 	b.SetBytes(size)
 	b.ResetTimer()
