@@ -247,6 +247,13 @@ func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
 
 func (e *agentEnv) startAgent() {
 	e.t.Helper()
+	e.launchAgent()
+	e.waitAgent()
+}
+
+// launchAgent starts the agent without waiting for it to serve.
+func (e *agentEnv) launchAgent() {
+	e.t.Helper()
 	logf, err := os.OpenFile(e.agentLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		e.t.Fatal(err)
@@ -259,6 +266,11 @@ func (e *agentEnv) startAgent() {
 		e.t.Fatal(err)
 	}
 	e.agent = cmd
+}
+
+// waitAgent waits until the agent listens on its snapshotter socket.
+func (e *agentEnv) waitAgent() {
+	e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := net.Dial("unix", e.socket)

@@ -5,8 +5,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,8 +33,19 @@ func TestAgentExternalMountd(t *testing.T) {
 	e := startAgentEnv(t, testenv.ContainerdOptions{})
 	e.stopAll()
 	e.agentEnv = append(e.agentEnv, "SKIFF_AGENT_MOUNTD=external")
+	// The pod's containers start in any order: the agent waits for the
+	// mount process, and serves only once it answers.
+	e.launchAgent()
+	time.Sleep(2 * time.Second)
+	if c, err := net.Dial("unix", e.socket); err == nil {
+		c.Close()
+		t.Fatalf("the agent serves with no mount process\n%s", e.logs())
+	}
+	if pid, err := os.ReadFile(filepath.Join(e.root, "mountd.pid")); err == nil && !exited(atoi(t, string(pid))) {
+		t.Fatalf("the agent started a mount process itself (%s)", pid)
+	}
 	first := e.startMountd()
-	e.startAgent()
+	e.waitAgent()
 	e.waitSnapshotter(ctx)
 
 	probe, err := os.ReadFile(e.bin.probe)
@@ -153,4 +167,13 @@ func (e *agentEnv) check(ctx context.Context) (string, error) {
 	cmd.Env = append(os.Environ(), e.agentEnv...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
