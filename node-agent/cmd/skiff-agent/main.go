@@ -5,7 +5,8 @@
 //
 // The lazy filesystems are served by a companion process, `skiff-agent
 // mountd`, which the agent starts when none is running and which outlives
-// agent restarts so running containers keep reading.
+// agent restarts so running containers keep reading. In a pod it runs as
+// a container of its own instead (SKIFF_AGENT_MOUNTD=external).
 package main
 
 import (
@@ -138,7 +139,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: skiff-agent          run the snapshotter (foreground)")
-	fmt.Fprintln(w, "       skiff-agent mountd   run the lazy mount process (the agent starts it when needed);")
+	fmt.Fprintln(w, "       skiff-agent mountd   run the lazy mount process (the agent starts it when needed, unless")
+	fmt.Fprintln(w, "                            SKIFF_AGENT_MOUNTD=external);")
 	fmt.Fprintln(w, "                            one already running hands its mounts over to it and exits")
 	fmt.Fprintln(w, "       skiff-agent check    exit 0 if the snapshotter answers on SKIFF_AGENT_SOCKET (a liveness probe)")
 	fmt.Fprintln(w, "       skiff-agent parked   what a mount process becomes after handing its mounts over with")
@@ -195,7 +197,7 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 // answers, or when the one answering is another build of skiff-agent:
 // the new one takes the mounts over from it (an upgrade that leaves
 // running containers reading). It is started in its own session so that
-// it survives the agent.
+// it survives the agent. An external mount process is only waited for.
 func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
 	if cfg.Mountd == mountdExternal {
 		return awaitMountd(ctx, cfg, c, log)
