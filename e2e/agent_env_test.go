@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -223,6 +224,29 @@ func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
 		t.Fatal(err)
 	}
 	e.store = st
+	e.agentEnv = []string{
+		"SKIFF_AGENT_STORE=" + e.storeURL,
+		"SKIFF_AGENT_RECORD_WINDOW=10s",
+		"SKIFF_AGENT_LOG_LEVEL=debug",
+	}
+	e.startNode(ctrd)
+	return e
+}
+
+// node starts another node on the same registry and store: an agent with
+// state of its own, and its own containerd.
+func (e *agentEnv) node(ctrd testenv.ContainerdOptions) *agentEnv {
+	e.t.Helper()
+	n := &agentEnv{t: e.t, bin: e.bin, reg: e.reg, storeURL: e.storeURL, store: e.store, agentEnv: slices.Clone(e.agentEnv)}
+	n.startNode(ctrd)
+	return n
+}
+
+// startNode starts the agent, with a new state directory and socket, and
+// a containerd using it.
+func (e *agentEnv) startNode(ctrd testenv.ContainerdOptions) {
+	t := e.t
+	t.Helper()
 	sockDir, err := os.MkdirTemp("", "skiff")
 	if err != nil {
 		t.Fatal(err)
@@ -231,18 +255,14 @@ func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
 	e.root = t.TempDir()
 	e.socket = filepath.Join(sockDir, "agent.sock")
 	e.agentLog = filepath.Join(t.TempDir(), "agent.log")
-	e.agentEnv = []string{
-		"SKIFF_AGENT_ROOT=" + e.root,
-		"SKIFF_AGENT_SOCKET=" + e.socket,
-		"SKIFF_AGENT_STORE=" + e.storeURL,
-		"SKIFF_AGENT_RECORD_WINDOW=10s",
-		"SKIFF_AGENT_LOG_LEVEL=debug",
-	}
+	e.agentEnv = slices.DeleteFunc(e.agentEnv, func(kv string) bool {
+		return strings.HasPrefix(kv, "SKIFF_AGENT_ROOT=") || strings.HasPrefix(kv, "SKIFF_AGENT_SOCKET=")
+	})
+	e.agentEnv = append(e.agentEnv, "SKIFF_AGENT_ROOT="+e.root, "SKIFF_AGENT_SOCKET="+e.socket)
 	e.startAgent()
 	t.Cleanup(e.stopAll)
 	ctrd.SnapshotterSocket = e.socket
 	e.ctrd = testenv.StartContainerd(t, ctrd)
-	return e
 }
 
 func (e *agentEnv) startAgent() {

@@ -35,6 +35,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/convert"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store"
 )
 
 // Host trees the large benchmark image is built from (no image can be
@@ -188,11 +189,39 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 	out, _ = runTimed(b, ctx, e, nil, "--snapshotter", "overlayfs", ref, "oci-small", "/bin/probe", "list", "/bench/small.list")
 	ociSmall := time.Since(start)
 	b.Logf("oci: small files in %s: %s", ociSmall.Round(time.Millisecond), strings.TrimSpace(out))
+
+	// A second node, with an agent, cache and containerd of its own on the
+	// same registry and store, pulls and runs the same two commands. The
+	// first node recorded what its containers read in their first seconds
+	// (both commands here) beside the bootstrap as the image's startup
+	// set, which the second prefetches as it mounts.
+	startupKey := store.BootstrapKey(res.Bootstrap.Hex()) + ".startup"
+	waitFor(b, ctx, func() error { _, err := e.store.Stat(ctx, startupKey); return err })
+	second := e.node(testenv.ContainerdOptions{})
+	s3.reset()
+	start = time.Now()
+	second.pull(ctx, ref)
+	out, firstAt = runTimed(b, ctx, second, func() { storeBytes = s3.bytes() }, "--snapshotter", "skiff", ref, "second-first", "/bin/probe", "list", "/bench/first.list")
+	secondFirst := firstAt.Sub(start)
+	b.Logf("second node: first output after %s, %d B from the store by then; %s", secondFirst.Round(time.Millisecond), storeBytes, strings.TrimSpace(out))
+	start = time.Now()
+	out, _ = runTimed(b, ctx, second, nil, "--snapshotter", "skiff", ref, "second-small", "/bin/probe", "list", "/bench/small.list")
+	secondSmall := time.Since(start)
+	b.Logf("second node: small files in %s: %s", secondSmall.Round(time.Millisecond), strings.TrimSpace(out))
+	if log, err := os.ReadFile(filepath.Join(second.root, "mountd.log")); err == nil {
+		for _, line := range strings.Split(string(log), "\n") {
+			if strings.Contains(line, "startup set") {
+				b.Logf("second node: %s", line)
+			}
+		}
+	}
 	b.StopTimer()
 
 	b.ReportMetric(float64(lazyFirst)/float64(ociFirst), "lazy-first-output/oci-pull-run")
 	b.ReportMetric(float64(fetched)/float64(compressed), "fetched-before-first-output/compressed-size")
 	b.ReportMetric(float64(lazySmall)/float64(ociSmall), "small-files-after-lazy-start/oci")
+	b.ReportMetric(float64(secondFirst)/float64(ociFirst), "second-node-first-output/oci-pull-run")
+	b.ReportMetric(float64(secondSmall)/float64(ociSmall), "second-node-small-files/oci")
 	if stats, err := exec.CommandContext(ctx, "curl", "-s", "--unix-socket", filepath.Join(e.root, "mountd.sock"), "http://mountd/stats").Output(); err == nil {
 		b.Logf("mount process fetch stats: %s", stats)
 	}

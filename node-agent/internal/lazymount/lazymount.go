@@ -189,7 +189,7 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 		}
 	}
 	rec := newRecorder(b, m.fetch, m.opts.RecordWindow)
-	srv, err := m.mount(ctx, d, b, rec)
+	srv, layout, err := m.mount(ctx, d, b, rec)
 	if err != nil {
 		return "", err
 	}
@@ -199,47 +199,51 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		m.warm(m.ctx, d, b, rec)
+		m.warm(m.ctx, d, b, rec, layout)
 	}()
 	return mp, nil
 }
 
-// mount mounts b at its mountpoint, in image mode if it can.
-func (m *Manager) mount(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, rec *recorder) (*lazyfs.Server, error) {
+// mount mounts b at its mountpoint, in image mode if it can, and returns
+// the image's layout then (nil for a tree).
+func (m *Manager) mount(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, rec *recorder) (*lazyfs.Server, *erofs.Image, error) {
 	mp := m.Mountpoint(d)
 	os.Remove(m.openState(d))
 	os.Remove(m.layoutPath(d))
 	opts := lazyfs.Options{Logger: m.log, Passthrough: m.opts.Passthrough, OpenState: m.openState(d)}
 	if !m.opts.EROFS || m.opts.Passthrough || m.noEROFS.Load() {
-		return lazyfs.Mount(ctx, mp, b, rec, opts)
+		srv, err := lazyfs.Mount(ctx, mp, b, rec, opts)
+		return srv, nil, err
 	}
 	layout, err := erofs.Build(b)
 	if errors.Is(err, erofs.ErrUnsupported) {
 		m.log.Warn("lazymount: serving image as a FUSE tree", "bootstrap", d, "reason", err)
-		return lazyfs.Mount(ctx, mp, b, rec, opts)
+		srv, err := lazyfs.Mount(ctx, mp, b, rec, opts)
+		return srv, nil, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mount %s: %w", d, err)
+		return nil, nil, fmt.Errorf("mount %s: %w", d, err)
 	}
 	if err := m.saveLayout(d, layout); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := os.MkdirAll(m.imageDir(d), 0o700); err != nil {
-		return nil, fmt.Errorf("mount %s: %w", d, err)
+		return nil, nil, fmt.Errorf("mount %s: %w", d, err)
 	}
 	opts.Image, opts.ImageDir = layout, m.imageDir(d)
 	srv, err := lazyfs.Mount(ctx, mp, b, rec, opts)
 	if err == nil {
-		return srv, nil
+		return srv, layout, nil
 	}
 	os.Remove(m.layoutPath(d))
 	if !errors.Is(err, lazyfs.ErrNoImageMode) {
-		return nil, err
+		return nil, nil, err
 	}
 	m.log.Warn("lazymount: EROFS unavailable, serving images as FUSE trees", "err", err)
 	m.noEROFS.Store(true)
 	opts.Image, opts.ImageDir = nil, ""
-	return lazyfs.Mount(ctx, mp, b, rec, opts)
+	srv, err = lazyfs.Mount(ctx, mp, b, rec, opts)
+	return srv, nil, err
 }
 
 func (m *Manager) saveLayout(d bootstrap.Digest, layout *erofs.Image) error {
@@ -322,8 +326,10 @@ func (m *Manager) Close() error {
 }
 
 // warm prefetches the image's startup set, then the rest if asked to, and
-// records a startup set when the image has none yet.
-func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, rec *recorder) {
+// records a startup set when the image has none yet. An image mounted
+// through EROFS (layout set) has the startup set's pages read into the
+// kernel too.
+func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, rec *recorder, layout *erofs.Image) {
 	set, err := m.loadStartupSet(ctx, d, b)
 	switch {
 	case err != nil && !errors.Is(err, store.ErrNotFound):
@@ -334,6 +340,14 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 			m.log.Warn("lazymount: prefetch startup set", "bootstrap", d, "err", err)
 		} else {
 			m.log.Info("lazymount: prefetched startup set", "bootstrap", d, "files", len(set))
+		}
+		if layout != nil {
+			start := time.Now()
+			if n, err := m.pageIn(ctx, d, layout, set); err != nil {
+				m.log.Warn("lazymount: read startup set into the page cache", "bootstrap", d, "err", err)
+			} else {
+				m.log.Info("lazymount: startup set in the page cache", "bootstrap", d, "bytes", n, "took", time.Since(start))
+			}
 		}
 	}
 	if m.opts.PrefetchAll {

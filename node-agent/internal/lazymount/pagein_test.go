@@ -1,0 +1,230 @@
+package lazymount
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/erofs"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
+	"github.com/skiff-dev/skiff/pkg/lazyfs"
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/dir"
+)
+
+// pageInImage is an image of small files /a, /b, /c, /d, /e0 to /e9 and
+// /f, in that order in the image, and a large file /big after them.
+func pageInImage(t *testing.T) (*fetchtest.Image, []fetchtest.Entry) {
+	t.Helper()
+	r := rand.New(rand.NewPCG(1, 2))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		return b
+	}
+	entries := []fetchtest.Entry{
+		{Path: "/", Mode: bootstrap.ModeDir | 0o755},
+		{Path: "/a", Mode: bootstrap.ModeRegular | 0o644, Data: random(20000)},
+		{Path: "/b", Mode: bootstrap.ModeRegular | 0o644, Data: random(40960)},
+		{Path: "/c", Mode: bootstrap.ModeRegular | 0o644, Data: random(100)},
+		{Path: "/d", Mode: bootstrap.ModeRegular | 0o644, Data: random(70000)},
+	}
+	for i := range 10 {
+		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/e%d", i), Mode: bootstrap.ModeRegular | 0o644, Data: random(60000)})
+	}
+	entries = append(entries, []fetchtest.Entry{
+		{Path: "/f", Mode: bootstrap.ModeRegular | 0o644, Data: random(30000)},
+		{Path: "/big", Mode: bootstrap.ModeRegular | 0o644, Data: random(erofs.SmallFile + 5000)},
+	}...)
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 16 << 10, Compression: bootstrap.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, entries
+}
+
+func TestPageInRanges(t *testing.T) {
+	img, _ := pageInImage(t)
+	b := img.Bootstrap
+	layout, err := erofs.Build(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext := map[string]erofs.Extent{}
+	for _, e := range layout.Files() {
+		for _, name := range []string{"/a", "/b", "/c", "/d", "/big"} {
+			if ino, _ := b.LookupPath(name); ino == e.Inode {
+				ext[name] = e
+			}
+		}
+	}
+	if len(ext) != 5 || !(ext["/a"].Offset < ext["/b"].Offset && ext["/b"].Offset < ext["/c"].Offset && ext["/c"].Offset < ext["/d"].Offset && ext["/d"].Offset < ext["/big"].Offset) {
+		t.Fatalf("layout is not the one this test expects: %+v", ext)
+	}
+	blockEnd := func(name string) int64 {
+		e := ext[name]
+		return e.Offset + (e.Size+erofs.BlockSize-1)/erofs.BlockSize*erofs.BlockSize
+	}
+	meta := [2]int64{0, int64(len(layout.Meta()))}
+	r := func(from, to string) [2]int64 { return [2]int64{ext[from].Offset, blockEnd(to)} }
+	tests := []struct {
+		name  string
+		files []string
+		want  [][2]int64
+	}{
+		{"none: the metadata", nil, [][2]int64{meta}},
+		{"one", []string{"/b"}, [][2]int64{meta, r("/b", "/b")}},
+		{"neighbours merge", []string{"/b", "/a", "/c"}, [][2]int64{meta, r("/a", "/c")}},
+		{"a file between stays out", []string{"/a", "/c"}, [][2]int64{meta, r("/a", "/a"), r("/c", "/c")}},
+		{"large file after its gap", []string{"/d", "/big"}, [][2]int64{meta, r("/d", "/d"), r("/big", "/big")}},
+		{"directories and unknown inodes are passed over", []string{"/", "/c"}, [][2]int64{meta, r("/c", "/c")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var inodes []uint32
+			for _, name := range tt.files {
+				ino, ok := b.LookupPath(name)
+				if !ok {
+					t.Fatalf("no %s", name)
+				}
+				inodes = append(inodes, ino)
+			}
+			inodes = append(inodes, uint32(len(b.Inodes)+7))
+			if got := pageInRanges(layout, inodes); !slices.Equal(got, tt.want) {
+				t.Errorf("pageInRanges = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestStartupSetPagedIn: mounting an image through EROFS whose startup
+// set is in the store leaves the set's files in the kernel's page cache
+// of the image file, and nothing else of the image's content.
+func TestStartupSetPagedIn(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		t.Skip("EROFS image mode needs root and /dev/fuse")
+	}
+	img, entries := pageInImage(t)
+	b := img.Bootstrap
+	st, err := dir.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := img.Upload(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := bootstrap.Encode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := bootstrap.Sum(blob)
+	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	inode := func(name string) uint32 {
+		ino, ok := b.LookupPath(name)
+		if !ok {
+			t.Fatalf("no %s", name)
+		}
+		return ino
+	}
+	// The files /e0 to /e9 are read as one range of several reads, after
+	// which the kernel would read ahead into /f.
+	inodes := []uint32{inode("/a"), inode("/c"), inode("/big")}
+	for i := range 10 {
+		inodes = append(inodes, inode(fmt.Sprintf("/e%d", i)))
+	}
+	set := formatStartupSet(b, inodes)
+	if err := st.Put(ctx, startupKey(d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(t.TempDir(), st, fetch.New(nil, fetch.NewStoreSource("store", st)), Options{EROFS: true, RecordWindow: time.Minute, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	mp, err := m.Mount(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type != erofsMagic {
+		t.Skipf("this kernel cannot mount a file as EROFS (statfs type %#x, %v)", sfs.Type, err)
+	}
+	layout, err := m.loadLayout(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	image, err := os.Open(filepath.Join(m.imageDir(d), lazyfs.ImageName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer image.Close()
+	mem, err := unix.Mmap(int(image.Fd()), 0, int(layout.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	resident := make([]byte, (layout.Size()+erofs.BlockSize-1)/erofs.BlockSize)
+	// cached reports whether every page of file name is in the page cache
+	// (all), or whether any is (!all).
+	cached := func(name string, all bool) bool {
+		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), uintptr(unsafe.Pointer(&resident[0]))); errno != 0 {
+			t.Fatalf("mincore: %v", errno)
+		}
+		for _, e := range layout.Files() {
+			if e.Inode != inode(name) {
+				continue
+			}
+			for p := e.Offset / erofs.BlockSize; p*erofs.BlockSize < e.Offset+e.Size; p++ {
+				if in := resident[p]&1 != 0; in != all {
+					return !all
+				}
+			}
+			return all
+		}
+		t.Fatalf("%s is not in the layout", name)
+		return false
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !cached("/big", true) {
+		if time.Now().After(deadline) {
+			t.Fatal("the startup set's last file never reached the page cache")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, name := range []string{"/a", "/c", "/e0", "/e9"} {
+		if !cached(name, true) {
+			t.Errorf("%s of the startup set is not in the page cache", name)
+		}
+	}
+	for _, name := range []string{"/b", "/d", "/f"} {
+		if cached(name, false) {
+			t.Errorf("%s, not in the startup set, is in the page cache", name)
+		}
+	}
+	for _, e := range entries {
+		if e.Mode&bootstrap.ModeType != bootstrap.ModeRegular {
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(mp, e.Path))
+		if err != nil || !bytes.Equal(got, e.Data) {
+			t.Errorf("read %s through the mount: %d bytes, %v", e.Path, len(got), err)
+		}
+	}
+}
