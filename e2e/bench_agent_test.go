@@ -57,7 +57,10 @@ var largeImageTrees = []string{"/usr/local/go", "/usr/lib/x86_64-linux-gnu"}
 //     image's compressed layers;
 //   - small-files-after-lazy-start/oci: a command reading ~50 MB over 5k
 //     small files run right after the lazy start, against the same
-//     command on the fully pulled image.
+//     command on the fully pulled image;
+//   - second-node-first-output/oci-pull-run and
+//     second-node-small-files/oci: the same on a second node, which
+//     prefetches the startup set the first node recorded.
 func BenchmarkAgentLazyStart(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
