@@ -94,7 +94,7 @@ func (m *Manager) EndHandover(done bool) {
 	}
 	for d, mt := range m.mounts {
 		// What was recorded so far still counts.
-		m.saveStartupSet(context.Background(), d, mt.rec)
+		m.saveStartupSet(context.Background(), d, mt.rec, mt.layout)
 	}
 	m.mounts = map[bootstrap.Digest]*mounted{}
 	m.gen++
@@ -133,7 +133,7 @@ func (m *Manager) Resume(ctx context.Context, h HandedMount) error {
 	if err != nil {
 		return err
 	}
-	m.mounts[h.Bootstrap] = &mounted{srv: srv, rec: rec}
+	m.mounts[h.Bootstrap] = &mounted{srv: srv, rec: rec, layout: layout}
 	m.resumed = append(m.resumed, srv)
 	m.gen++
 	m.log.Info("lazymount: took over image", "bootstrap", h.Bootstrap, "mountpoint", h.Mountpoint)

@@ -79,8 +79,9 @@ type Manager struct {
 var _ snapshot.Mounter = (*Manager)(nil)
 
 type mounted struct {
-	srv *lazyfs.Server
-	rec *recorder
+	srv    *lazyfs.Server
+	rec    *recorder
+	layout *erofs.Image // nil for a FUSE tree
 }
 
 // New returns a Manager keeping its state in dir, fetching bootstraps and
@@ -193,7 +194,7 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	if err != nil {
 		return "", err
 	}
-	m.mounts[d] = &mounted{srv: srv, rec: rec}
+	m.mounts[d] = &mounted{srv: srv, rec: rec, layout: layout}
 	m.gen++
 	m.log.Info("lazymount: mounted image", "bootstrap", d, "mountpoint", mp, "files", len(b.Dirents))
 	m.wg.Add(1)
@@ -292,7 +293,7 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	if !ok {
 		return nil
 	}
-	m.saveStartupSet(ctx, d, mt.rec)
+	m.saveStartupSet(ctx, d, mt.rec, mt.layout)
 	if err := mt.srv.Unmount(); err != nil {
 		return err
 	}
@@ -367,7 +368,7 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 		return
 	case <-time.After(m.opts.RecordWindow):
 	}
-	m.saveStartupSet(ctx, d, rec)
+	m.saveStartupSet(ctx, d, rec, layout)
 }
 
 // startupKey is where the startup set of bootstrap hex lives in the store,
@@ -387,8 +388,19 @@ func (m *Manager) loadStartupSet(ctx context.Context, d bootstrap.Digest, b *boo
 	return parseStartupSet(data, b)
 }
 
-func (m *Manager) saveStartupSet(ctx context.Context, d bootstrap.Digest, rec *recorder) {
+func (m *Manager) saveStartupSet(ctx context.Context, d bootstrap.Digest, rec *recorder, layout *erofs.Image) {
 	files := rec.finish()
+	if len(files) == 0 {
+		return
+	}
+	if layout != nil {
+		read, err := m.readFiles(d, rec.b, layout)
+		if err != nil {
+			m.log.Warn("lazymount: list the files read through EROFS; saving every file the mount served instead", "bootstrap", d, "err", err)
+		} else {
+			files = read
+		}
+	}
 	if len(files) == 0 {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -226,5 +227,88 @@ func TestStartupSetPagedIn(t *testing.T) {
 		if err != nil || !bytes.Equal(got, e.Data) {
 			t.Errorf("read %s through the mount: %d bytes, %v", e.Path, len(got), err)
 		}
+	}
+}
+
+// TestStartupSetOfEROFSMountListsFilesRead: recorded from a mount through
+// EROFS, the startup set lists the files containers read and not their
+// neighbours, which the kernel read ahead in the image file.
+func TestStartupSetOfEROFSMountListsFilesRead(t *testing.T) {
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		t.Skip("EROFS image mode needs root and /dev/fuse")
+	}
+	img, entries := pageInImage(t)
+	b := img.Bootstrap
+	st, err := dir.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := img.Upload(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := bootstrap.Encode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := bootstrap.Sum(blob)
+	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(t.TempDir(), st, fetch.New(nil, fetch.NewStoreSource("store", st)), Options{EROFS: true, RecordWindow: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	mp, err := m.Mount(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type != erofsMagic {
+		t.Skipf("this kernel cannot mount a file as EROFS (statfs type %#x, %v)", sfs.Type, err)
+	}
+	// Read in storage order, as a program walking the tree does: the
+	// kernel then reads the image file ahead, past /e9 into /f.
+	want := []string{"/a"}
+	for i := range 10 {
+		want = append(want, fmt.Sprintf("/e%d", i))
+	}
+	for _, name := range want {
+		if _, err := os.ReadFile(filepath.Join(mp, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var data []byte
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		rc, err := st.Get(ctx, startupKey(d.Hex()), 0, -1)
+		if err == nil {
+			data, err = io.ReadAll(rc)
+			rc.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no startup set recorded: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	set, err := parseStartupSet(data, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ino := range set {
+		for _, e := range entries {
+			if i, _ := b.LookupPath(e.Path); i == ino {
+				got = append(got, e.Path)
+			}
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("startup set lists %v, want %v", got, want)
 	}
 }

@@ -6,17 +6,23 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 )
 
-// A startup set lists, one absolute path per line in first-read order, the
-// files containers of an image read soon after it was mounted. Paths
-// rather than inode numbers keep it readable and checkable by hand.
+// A startup set lists, one absolute path per line, the files containers
+// of an image read soon after it was mounted: in first-read order, or in
+// storage order when recorded from a mount through EROFS (see readFiles).
+// Paths rather than inode numbers keep it readable and checkable by hand.
 const startupHeader = "# skiff startup set v1"
 
 // maxStartupSet bounds a startup set read from the store.
@@ -194,4 +200,53 @@ func (rec *recorder) finish() []uint32 {
 	order := rec.order
 	rec.order = nil
 	return order
+}
+
+// readFiles lists, in storage order, the regular files of a mount through
+// EROFS that the kernel holds content of: the files that were read. What
+// the mount process serves tells less there: it sees reads of the image
+// file, which the kernel reads ahead across neighbouring files, while
+// each EROFS file's own page cache holds only what was read of that file
+// (and read ahead within it). A file read and since evicted is missed.
+func (m *Manager) readFiles(d bootstrap.Digest, b *bootstrap.Bootstrap, layout *erofs.Image) ([]uint32, error) {
+	paths := map[uint32]string{}
+	_ = b.Walk(func(p string, ino uint32) error {
+		if _, ok := paths[ino]; !ok && b.Inodes[ino].Type() == bootstrap.ModeRegular {
+			paths[ino] = p
+		}
+		return nil
+	})
+	mp := m.Mountpoint(d)
+	var read []uint32
+	for _, e := range layout.Files() {
+		p, ok := paths[e.Inode]
+		if !ok {
+			continue
+		}
+		n, err := cachedPages(filepath.Join(mp, p))
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			read = append(read, e.Inode)
+		}
+	}
+	return read, nil
+}
+
+// cachedPages returns how many pages of the file at path are in the page
+// cache, by cachestat(2) (Linux 6.5+, older than any kernel that mounts
+// a file as EROFS). Opening the file reads none of its content.
+func cachedPages(path string) (uint64, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return 0, fmt.Errorf("cachestat %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var rng struct{ off, len uint64 } // len 0: to the end of the file
+	var cs struct{ cache, dirty, writeback, evicted, recentlyEvicted uint64 }
+	if _, _, errno := unix.Syscall6(unix.SYS_CACHESTAT, uintptr(fd), uintptr(unsafe.Pointer(&rng)), uintptr(unsafe.Pointer(&cs)), 0, 0, 0); errno != 0 {
+		return 0, fmt.Errorf("cachestat %s: %w", path, errno)
+	}
+	return cs.cache, nil
 }
