@@ -2,6 +2,7 @@ package lazymount
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -34,6 +35,7 @@ func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.
 	}
 	buf := make([]byte, pageInRead)
 	var n int64
+	var errs []error
 	for _, r := range pageInRanges(layout, inodes) {
 		for off := r[0]; off < r[1]; off += int64(len(buf)) {
 			if err := ctx.Err(); err != nil {
@@ -42,11 +44,14 @@ func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.
 			got, err := f.ReadAt(buf[:min(int64(len(buf)), r[1]-off)], off)
 			n += int64(got)
 			if err != nil && err != io.EOF {
-				return n, fmt.Errorf("page in %d bytes at %d: %w", r[1]-r[0], r[0], err)
+				// A file that cannot be read (a corrupt chunk: EIO) is
+				// left to the reads that follow, which report it; the
+				// rest of the set still goes in.
+				errs = append(errs, fmt.Errorf("page in %d bytes at %d: %w", min(int64(len(buf)), r[1]-off), off, err))
 			}
 		}
 	}
-	return n, nil
+	return n, errors.Join(errs...)
 }
 
 // pageInRead is the largest read pageIn asks for, about what the kernel

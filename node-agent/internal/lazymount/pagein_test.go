@@ -3,6 +3,7 @@ package lazymount
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -112,15 +114,22 @@ func TestPageInRanges(t *testing.T) {
 	}
 }
 
-// TestStartupSetPagedIn: mounting an image through EROFS whose startup
-// set is in the store leaves the set's files in the kernel's page cache
-// of the image file, and nothing else of the image's content.
-func TestStartupSetPagedIn(t *testing.T) {
+// erofsEnv is pageInImage in a directory store and a Manager mounting it
+// through EROFS.
+type erofsEnv struct {
+	img     *fetchtest.Image
+	entries []fetchtest.Entry
+	st      store.Store
+	d       bootstrap.Digest
+	m       *Manager
+}
+
+func newEROFSEnv(t *testing.T) *erofsEnv {
+	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
 		t.Skip("EROFS image mode needs root and /dev/fuse")
 	}
 	img, entries := pageInImage(t)
-	b := img.Bootstrap
 	st, err := dir.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +138,7 @@ func TestStartupSetPagedIn(t *testing.T) {
 	if err := img.Upload(ctx, st); err != nil {
 		t.Fatal(err)
 	}
-	blob, err := bootstrap.Encode(b)
+	blob, err := bootstrap.Encode(img.Bootstrap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,29 +146,30 @@ func TestStartupSetPagedIn(t *testing.T) {
 	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
 		t.Fatal(err)
 	}
-	inode := func(name string) uint32 {
-		ino, ok := b.LookupPath(name)
-		if !ok {
-			t.Fatalf("no %s", name)
-		}
-		return ino
+	return &erofsEnv{img: img, entries: entries, st: st, d: d}
+}
+
+func (e *erofsEnv) inode(t *testing.T, name string) uint32 {
+	t.Helper()
+	ino, ok := e.img.Bootstrap.LookupPath(name)
+	if !ok {
+		t.Fatalf("no %s", name)
 	}
-	// The files /e0 to /e9 are read as one range of several reads, after
-	// which the kernel would read ahead into /f.
-	inodes := []uint32{inode("/a"), inode("/c"), inode("/big")}
-	for i := range 10 {
-		inodes = append(inodes, inode(fmt.Sprintf("/e%d", i)))
-	}
-	set := formatStartupSet(b, inodes)
-	if err := st.Put(ctx, startupKey(d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(t.TempDir(), st, fetch.New(nil, fetch.NewStoreSource("store", st)), Options{EROFS: true, RecordWindow: time.Minute, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	return ino
+}
+
+// mount starts the Manager, recording startup sets for window, and
+// mounts the image, skipping the test where the kernel cannot mount it
+// through EROFS.
+func (e *erofsEnv) mount(t *testing.T, window time.Duration) string {
+	t.Helper()
+	m, err := New(t.TempDir(), e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{EROFS: true, RecordWindow: window, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	mp, err := m.Mount(ctx, d)
+	t.Cleanup(func() { m.Close() })
+	e.m = m
+	mp, err := m.Mount(context.Background(), e.d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +177,42 @@ func TestStartupSetPagedIn(t *testing.T) {
 	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type != erofsMagic {
 		t.Skipf("this kernel cannot mount a file as EROFS (statfs type %#x, %v)", sfs.Type, err)
 	}
+	return mp
+}
+
+// TestStartupSetPagedIn: mounting an image through EROFS whose startup
+// set is in the store leaves the set's files in the kernel's page cache
+// of the image file, and nothing else of the image's content. A file of
+// the set that cannot be read (a corrupt chunk) stays out, and fails
+// when read; the rest of the set goes in.
+func TestStartupSetPagedIn(t *testing.T) {
+	for _, corrupt := range []bool{false, true} {
+		t.Run(fmt.Sprintf("corrupt=%v", corrupt), func(t *testing.T) { testStartupSetPagedIn(t, corrupt) })
+	}
+}
+
+func testStartupSetPagedIn(t *testing.T, corrupt bool) {
+	e := newEROFSEnv(t)
+	ctx := context.Background()
+	b := e.img.Bootstrap
+	inode := func(name string) uint32 { return e.inode(t, name) }
+	// The files /e0 to /e9 are read as one range of several reads, after
+	// which the kernel would read ahead into /f.
+	inodes := []uint32{inode("/a"), inode("/c"), inode("/big")}
+	for i := range 10 {
+		inodes = append(inodes, inode(fmt.Sprintf("/e%d", i)))
+	}
+	set := formatStartupSet(b, inodes)
+	if err := e.st.Put(ctx, startupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
+		t.Fatal(err)
+	}
+	if corrupt {
+		if _, err := e.img.Corrupt(ctx, e.st, "/c"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mp := e.mount(t, time.Minute)
+	m, d := e.m, e.d
 	layout, err := m.loadLayout(d)
 	if err != nil {
 		t.Fatal(err)
@@ -209,23 +255,33 @@ func TestStartupSetPagedIn(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, name := range []string{"/a", "/c", "/e0", "/e9"} {
+	in, out := []string{"/a", "/c", "/e0", "/e9"}, []string{"/b", "/d", "/f"}
+	if corrupt {
+		in, out = []string{"/a", "/e0", "/e9"}, []string{"/b", "/c", "/d", "/f"}
+	}
+	for _, name := range in {
 		if !cached(name, true) {
 			t.Errorf("%s of the startup set is not in the page cache", name)
 		}
 	}
-	for _, name := range []string{"/b", "/d", "/f"} {
+	for _, name := range out {
 		if cached(name, false) {
-			t.Errorf("%s, not in the startup set, is in the page cache", name)
+			t.Errorf("%s is in the page cache", name)
 		}
 	}
-	for _, e := range entries {
-		if e.Mode&bootstrap.ModeType != bootstrap.ModeRegular {
+	for _, ent := range e.entries {
+		if ent.Mode&bootstrap.ModeType != bootstrap.ModeRegular {
 			continue
 		}
-		got, err := os.ReadFile(filepath.Join(mp, e.Path))
-		if err != nil || !bytes.Equal(got, e.Data) {
-			t.Errorf("read %s through the mount: %d bytes, %v", e.Path, len(got), err)
+		got, err := os.ReadFile(filepath.Join(mp, ent.Path))
+		if corrupt && ent.Path == "/c" {
+			if !errors.Is(err, syscall.EIO) {
+				t.Errorf("read corrupt %s: %d bytes, %v; want EIO", ent.Path, len(got), err)
+			}
+			continue
+		}
+		if err != nil || !bytes.Equal(got, ent.Data) {
+			t.Errorf("read %s through the mount: %d bytes, %v", ent.Path, len(got), err)
 		}
 	}
 }
@@ -234,40 +290,10 @@ func TestStartupSetPagedIn(t *testing.T) {
 // EROFS, the startup set lists the files containers read and not their
 // neighbours, which the kernel read ahead in the image file.
 func TestStartupSetOfEROFSMountListsFilesRead(t *testing.T) {
-	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
-		t.Skip("EROFS image mode needs root and /dev/fuse")
-	}
-	img, entries := pageInImage(t)
-	b := img.Bootstrap
-	st, err := dir.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := newEROFSEnv(t)
 	ctx := context.Background()
-	if err := img.Upload(ctx, st); err != nil {
-		t.Fatal(err)
-	}
-	blob, err := bootstrap.Encode(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := bootstrap.Sum(blob)
-	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(t.TempDir(), st, fetch.New(nil, fetch.NewStoreSource("store", st)), Options{EROFS: true, RecordWindow: 2 * time.Second, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	mp, err := m.Mount(ctx, d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sfs unix.Statfs_t
-	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type != erofsMagic {
-		t.Skipf("this kernel cannot mount a file as EROFS (statfs type %#x, %v)", sfs.Type, err)
-	}
+	b, st, d, entries := e.img.Bootstrap, e.st, e.d, e.entries
+	mp := e.mount(t, 2*time.Second)
 	// Read in storage order, as a program walking the tree does: the
 	// kernel then reads the image file ahead, past /e9 into /f.
 	want := []string{"/a"}
