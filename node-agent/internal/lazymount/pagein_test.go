@@ -24,7 +24,6 @@ import (
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 	"github.com/skiff-dev/skiff/pkg/store"
-	"github.com/skiff-dev/skiff/pkg/store/dir"
 )
 
 // pageInImage is an image of small files /a, /b, /c, /d, /e0 to /e9 and
@@ -130,22 +129,7 @@ func newEROFSEnv(t *testing.T) *erofsEnv {
 		t.Skip("EROFS image mode needs root and /dev/fuse")
 	}
 	img, entries := pageInImage(t)
-	st, err := dir.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := img.Upload(ctx, st); err != nil {
-		t.Fatal(err)
-	}
-	blob, err := bootstrap.Encode(img.Bootstrap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := bootstrap.Sum(blob)
-	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
-		t.Fatal(err)
-	}
+	st, d := uploaded(t, img)
 	return &erofsEnv{img: img, entries: entries, st: st, d: d}
 }
 

@@ -52,22 +52,7 @@ func newTakeoverEnvIn(t *testing.T, handover, erofs bool) *takeoverEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := dir.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	if err := img.Upload(ctx, st); err != nil {
-		t.Fatal(err)
-	}
-	blob, err := bootstrap.Encode(img.Bootstrap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := bootstrap.Sum(blob)
-	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
-		t.Fatal(err)
-	}
+	st, d := uploaded(t, img)
 	e := &takeoverEnv{root: t.TempDir(), st: st, d: d, data: data, handedOver: make(chan net.Conn, 1), erofs: erofs}
 	e.sock = filepath.Join(e.root, "mountd.sock")
 	e.old = e.manager(t)
@@ -269,4 +254,27 @@ func TestTakeoverFromHeldDevices(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
 		t.Fatalf("read after the takeover: %d bytes, %v", len(got), err)
 	}
+}
+
+// uploaded puts img's blobs and bootstrap in a new directory store and
+// returns it with the bootstrap's digest.
+func uploaded(t *testing.T, img *fetchtest.Image) (store.Store, bootstrap.Digest) {
+	t.Helper()
+	st, err := dir.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := img.Upload(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := bootstrap.Encode(img.Bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := bootstrap.Sum(blob)
+	if err := st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	return st, d
 }
