@@ -72,9 +72,9 @@ func parseStartupSet(data []byte, b *bootstrap.Bootstrap) ([]uint32, error) {
 
 // recorder passes chunk reads through and notes, during a window after
 // the mount, which files they belong to. Through an EROFS image the
-// kernel reads ahead across files, so the set also holds some neighbours
-// of what containers read: those the kernel would fetch anyway when the
-// same files are read on the next node.
+// kernel reads ahead across files, so there what it noted only tells
+// that something was read: the set saved is the files the kernel holds
+// pages of (see readFiles).
 type recorder struct {
 	b *bootstrap.Bootstrap
 	r lazyfs.ChunkReader
