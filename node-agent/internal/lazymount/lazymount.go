@@ -212,15 +212,18 @@ func (m *Manager) mount(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bo
 	os.Remove(m.openState(d))
 	os.Remove(m.layoutPath(d))
 	opts := lazyfs.Options{Logger: m.log, Passthrough: m.opts.Passthrough, OpenState: m.openState(d)}
-	if !m.opts.EROFS || m.opts.Passthrough || m.noEROFS.Load() {
+	tree := func() (*lazyfs.Server, *erofs.Image, error) {
+		opts.Image, opts.ImageDir = nil, ""
 		srv, err := lazyfs.Mount(ctx, mp, b, rec, opts)
 		return srv, nil, err
+	}
+	if !m.opts.EROFS || m.opts.Passthrough || m.noEROFS.Load() {
+		return tree()
 	}
 	layout, err := erofs.Build(b)
 	if errors.Is(err, erofs.ErrUnsupported) {
 		m.log.Warn("lazymount: serving image as a FUSE tree", "bootstrap", d, "reason", err)
-		srv, err := lazyfs.Mount(ctx, mp, b, rec, opts)
-		return srv, nil, err
+		return tree()
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("mount %s: %w", d, err)
@@ -242,9 +245,7 @@ func (m *Manager) mount(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bo
 	}
 	m.log.Warn("lazymount: EROFS unavailable, serving images as FUSE trees", "err", err)
 	m.noEROFS.Store(true)
-	opts.Image, opts.ImageDir = nil, ""
-	srv, err = lazyfs.Mount(ctx, mp, b, rec, opts)
-	return srv, nil, err
+	return tree()
 }
 
 func (m *Manager) saveLayout(d bootstrap.Digest, layout *erofs.Image) error {
