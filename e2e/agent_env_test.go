@@ -43,6 +43,8 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 )
 
@@ -65,7 +67,14 @@ func main() {
 		}
 		fmt.Printf("%x\n", sha256.Sum256(b))
 	case "sleep":
-		time.Sleep(time.Hour)
+		// As a pod's pause process too: PID 1 ignores the signals it
+		// does not handle, and the CRI stops a sandbox with SIGTERM.
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+		select {
+		case <-stop:
+		case <-time.After(time.Hour):
+		}
 	case "list":
 		// Reads the files listed in a file, one path per line; a line
 		// "-" prints "ready" (the benchmarks time the first output).
@@ -262,6 +271,26 @@ func (e *agentEnv) startNode(ctrd testenv.ContainerdOptions) {
 	e.startAgent()
 	t.Cleanup(e.stopAll)
 	ctrd.SnapshotterSocket = e.socket
+	if ctrd.CRI != nil {
+		// A Kubernetes node: containerd configured with the snippet
+		// users add (socket path aside), pulling from the loopback
+		// registry, its pause image there too.
+		name := "skiff.toml"
+		if ctrd.ConfigVersion == 3 {
+			name = "skiff-v3.toml"
+		}
+		snippet, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "deploy", "containerd", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrd.SnapshotterConfig = strings.ReplaceAll(string(snippet), deploySocket, e.socket)
+		cri := *ctrd.CRI
+		cri.PlainHTTP = append(slices.Clone(cri.PlainHTTP), e.reg.Addr)
+		if cri.SandboxImage == "" {
+			cri.SandboxImage = e.reg.Addr + "/" + pauseName + ":v1"
+		}
+		ctrd.CRI = &cri
+	}
 	e.ctrd = testenv.StartContainerd(t, ctrd)
 }
 
@@ -449,24 +478,7 @@ func tailString(s string) string {
 // as a referrer of the original. It returns the source reference.
 func (e *agentEnv) push(ctx context.Context, name string, layers ...v1.Layer) (string, *convert.Result) {
 	e.t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS, cfg.Architecture = "linux", runtime.GOARCH
-	cfg.Config.Entrypoint = []string{"/bin/probe"}
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
-		e.t.Fatal(err)
-	}
-	ref := e.reg.Addr + "/" + name + ":v1"
-	if err := image.Write(ctx, ref, img); err != nil {
-		e.t.Fatal(err)
-	}
+	ref := e.pushPlain(ctx, name, nil, layers...)
 	src, err := image.Load(ctx, ref)
 	if err != nil {
 		e.t.Fatal(err)
@@ -483,6 +495,32 @@ func (e *agentEnv) push(ctx context.Context, name string, layers ...v1.Layer) (s
 		e.t.Fatal(err)
 	}
 	return ref, res
+}
+
+// pushPlain pushes an image of layers running /bin/probe with cmd as
+// name:v1, without converting it, and returns its reference.
+func (e *agentEnv) pushPlain(ctx context.Context, name string, cmd []string, layers ...v1.Layer) string {
+	e.t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", runtime.GOARCH
+	cfg.Config.Entrypoint = []string{"/bin/probe"}
+	cfg.Config.Cmd = cmd
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		e.t.Fatal(err)
+	}
+	ref := e.reg.Addr + "/" + name + ":v1"
+	if err := image.Write(ctx, ref, img); err != nil {
+		e.t.Fatal(err)
+	}
+	return ref
 }
 
 // skiffctl runs skiffctl against the test's containerd.

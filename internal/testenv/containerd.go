@@ -21,10 +21,30 @@ type ContainerdOptions struct {
 	// SnapshotterSocket is where the "skiff" proxy snapshotter plugin
 	// listens. Empty: no proxy plugin.
 	SnapshotterSocket string
+	// SnapshotterConfig, when set, is written instead of the proxy plugin
+	// section for SnapshotterSocket: a deployment's own snippet, which
+	// may also set the CRI plugin's snapshotter.
+	SnapshotterConfig string
+	// CRI, when set, enables containerd's CRI plugin.
+	CRI *CRI
+	// ConfigVersion is the version of the config file written: 2 (the
+	// default), which every release reads, or 3, containerd 2.x's own.
+	ConfigVersion int
+}
+
+// CRI configures containerd's CRI plugin, for tests that stand in for the
+// kubelet. No CNI plugin is installed: pods must use the node's network
+// namespace.
+type CRI struct {
+	// SandboxImage is the image of every pod's sandbox (pause) container.
+	SandboxImage string
+	// PlainHTTP lists registries (host:port) served over plain HTTP.
+	PlainHTTP []string
 }
 
 // Containerd is a running containerd with its own root, state directory
-// and socket, the CRI plugin disabled, and runc as its runtime.
+// and socket, runc as its runtime, and the CRI plugin disabled unless
+// asked for (see CRI), when it serves on Address too.
 type Containerd struct {
 	Address string // grpc socket
 	Root    string
@@ -35,11 +55,14 @@ type Containerd struct {
 }
 
 // containerdConfig is a version 2 config, which containerd 1.6, 1.7 and
-// 2.x all read.
-var containerdConfig = template.Must(template.New("config").Parse(`version = 2
+// 2.x all read, or a version 3 one for 2.x. They differ only in where the
+// CRI plugin's settings live.
+var containerdConfig = template.Must(template.New("config").Parse(`version = {{.Version}}
 root = "{{.Root}}"
 state = "{{.State}}"
+{{- if not .CRI}}
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{{- end}}
 
 [grpc]
   address = "{{.Address}}"
@@ -49,7 +72,37 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 [debug]
   level = "info"
-{{- if .SnapshotterSocket}}
+{{- if and .CRI (eq .Version 3)}}
+
+# Subtables only, so that a snippet may still define the tables above them.
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{{.CRI.SandboxImage}}"
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = "{{.HostsDir}}"
+[plugins.'io.containerd.cri.v1.runtime']
+  # Test machines may lack CAP_SYS_RESOURCE, without which runc cannot
+  # lower the sandbox's OOM score as the CRI asks.
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["{{.CNIDir}}/bin"]
+    conf_dir = "{{.CNIDir}}/conf"
+{{- else if .CRI}}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{{.CRI.SandboxImage}}"
+  # Test machines may lack CAP_SYS_RESOURCE, without which runc cannot
+  # lower the sandbox's OOM score as the CRI asks.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{{.CNIDir}}/bin"
+    conf_dir = "{{.CNIDir}}/conf"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{{.HostsDir}}"
+{{- end}}
+{{- if .SnapshotterConfig}}
+
+{{.SnapshotterConfig}}
+{{- else if .SnapshotterSocket}}
 
 [proxy_plugins]
   [proxy_plugins.skiff]
@@ -95,11 +148,19 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) Containerd {
 		State:   filepath.Join(sockDir, "state"),
 		CtrPath: ctr,
 	}
+	hosts := filepath.Join(base, "certs.d")
+	if opts.CRI != nil {
+		for _, h := range opts.CRI.PlainHTTP {
+			writeHostsFile(t, hosts, h)
+		}
+	}
 	var b strings.Builder
 	if err := containerdConfig.Execute(&b, struct {
 		Containerd
-		SnapshotterSocket string
-	}{c, opts.SnapshotterSocket}); err != nil {
+		ContainerdOptions
+		Version          int
+		CNIDir, HostsDir string
+	}{c, opts, max(opts.ConfigVersion, 2), filepath.Join(base, "cni"), hosts}); err != nil {
 		t.Fatalf("testenv: containerd config: %v", err)
 	}
 	config := filepath.Join(base, "config.toml")
@@ -120,7 +181,7 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) Containerd {
 	p.start()
 	c.proc = p
 	t.Cleanup(func() {
-		c.cleanupTasks(t)
+		c.cleanupTasks()
 		p.stop()
 		// Mounts left under root (rootfs of killed tasks) would make the
 		// temp dir removal fail.
@@ -128,6 +189,20 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) Containerd {
 		_ = os.RemoveAll(sockDir)
 	})
 	return c
+}
+
+// writeHostsFile has containerd's CRI plugin reach registry host over
+// plain HTTP (a hosts.toml in its registry config directory).
+func writeHostsFile(t testing.TB, dir, host string) {
+	t.Helper()
+	hostDir := filepath.Join(dir, host)
+	if err := os.MkdirAll(hostDir, 0o755); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	conf := fmt.Sprintf("server = %[1]q\n\n[host.%[1]q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+host)
+	if err := os.WriteFile(filepath.Join(hostDir, "hosts.toml"), []byte(conf), 0o644); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
 }
 
 // Ctr runs ctr against this containerd and returns its combined output.
@@ -142,23 +217,33 @@ func (c Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
 
 // cleanupTasks kills and deletes every task and container of every
 // namespace so that shims do not outlive the test.
-func (c Containerd) cleanupTasks(t testing.TB) {
+func (c Containerd) cleanupTasks() {
 	ctx := context.Background()
-	nsOut, err := c.Ctr(ctx, "namespaces", "ls", "-q")
+	nsOut, err := c.list(ctx, "namespaces", "ls", "-q")
 	if err != nil {
 		return
 	}
 	for _, ns := range strings.Fields(nsOut) {
-		tasks, _ := c.Ctr(ctx, "-n", ns, "tasks", "ls", "-q")
+		tasks, _ := c.list(ctx, "-n", ns, "tasks", "ls", "-q")
 		for _, id := range strings.Fields(tasks) {
 			_, _ = c.Ctr(ctx, "-n", ns, "tasks", "kill", "-s", "SIGKILL", id)
 			_, _ = c.Ctr(ctx, "-n", ns, "tasks", "delete", "-f", id)
 		}
-		ctrs, _ := c.Ctr(ctx, "-n", ns, "containers", "ls", "-q")
+		ctrs, _ := c.list(ctx, "-n", ns, "containers", "ls", "-q")
 		for _, id := range strings.Fields(ctrs) {
 			_, _ = c.Ctr(ctx, "-n", ns, "containers", "delete", id)
 		}
 	}
+}
+
+// list runs a listing ctr command and returns its standard output alone:
+// ctr 2.x also prints the server's deprecation warnings, on stderr.
+func (c Containerd) list(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, c.CtrPath, append([]string{"--address", c.Address}, args...)...).Output()
+	if err != nil {
+		return "", fmt.Errorf("ctr %s: %w", strings.Join(args, " "), err)
+	}
+	return string(out), nil
 }
 
 // Log returns the end of containerd's log, for failure messages.
@@ -192,12 +277,13 @@ func ContainerdRelease(t testing.TB, version string) ContainerdOptions {
 	t.Helper()
 	dir := filepath.Join(RepoRoot(), "bin", "containerd-"+strings.TrimPrefix(version, "v"))
 	opts := ContainerdOptions{Binary: filepath.Join(dir, "containerd"), Ctr: filepath.Join(dir, "ctr")}
-	if isExecutable(opts.Binary) && isExecutable(opts.Ctr) && isExecutable(filepath.Join(dir, "containerd-shim-runc-v2")) {
-		return opts
-	}
 	module := "github.com/containerd/containerd"
 	if major, _, _ := strings.Cut(version, "."); major != "v1" && major != "v0" {
 		module += "/" + major
+		opts.ConfigVersion = 3
+	}
+	if isExecutable(opts.Binary) && isExecutable(opts.Ctr) && isExecutable(filepath.Join(dir, "containerd-shim-runc-v2")) {
+		return opts
 	}
 	toolMu.Lock()
 	defer toolMu.Unlock()
