@@ -115,7 +115,10 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 
 	t.Run("ordinary image without conversion", func(t *testing.T) {
 		plain := e.reg.Addr + "/plain:v1"
-		img, err := mutate.AppendLayers(empty.Image, base, tarLayer(t, map[string][]byte{"etc/plain": []byte("plain overlay\n")}, nil))
+		// Its own copy of the probe: sharing base would make it the
+		// next subtest's case.
+		own := tarLayer(t, map[string][]byte{"bin/probe": probe, "etc/plain": []byte("plain overlay\n")}, map[string]int64{"bin/probe": 0o755})
+		img, err := mutate.AppendLayers(empty.Image, own)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,6 +132,35 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		}
 		if out != "plain overlay\n" {
 			t.Fatalf("container printed %q", out)
+		}
+		if strings.Contains(e.logs(), "materialized lower layer") {
+			t.Errorf("a layer of an image without conversion was materialized:\n%s", e.logs())
+		}
+	})
+
+	t.Run("ordinary image on a lazily served layer", func(t *testing.T) {
+		// base is a lazily served snapshot now, without content; an
+		// ordinary image adding a layer of its own on top of it needs
+		// its files, so the agent downloads and applies it.
+		shared := e.pushPlain(ctx, "shared", nil, base, tarLayer(t, map[string][]byte{"etc/shared": []byte("on a shared base\n")}, nil))
+		e.pull(ctx, shared)
+		out, err := e.run(ctx, shared, "shared", "cat", "/etc/shared")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, e.logs())
+		}
+		if out != "on a shared base\n" {
+			t.Fatalf("container printed %q", out)
+		}
+		if !strings.Contains(e.logs(), "materialized lower layer") {
+			t.Errorf("the shared layer was not materialized:\n%s", e.logs())
+		}
+		// The lazily served image is unaffected.
+		out, err = e.run(ctx, ref, "by-referrer-again", "sha", "/data/big")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, e.logs())
+		}
+		if want := fmt.Sprintf("%x\n", sha256.Sum256(big)); out != want {
+			t.Fatalf("container printed %q, want %q", out, want)
 		}
 	})
 
