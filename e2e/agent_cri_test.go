@@ -6,6 +6,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,11 +15,13 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/convert"
 )
 
 // deploySocket is the snapshotter socket deploy/containerd/skiff.toml
@@ -34,8 +38,8 @@ func TestAgentCRI(t *testing.T) {
 	testAgentCRI(t, testenv.ContainerdOptions{})
 }
 
-// TestAgentCRIContainerd2 does the same on containerd 2.x, which reads
-// the snippet's version 2 settings through its config migration.
+// TestAgentCRIContainerd2 does the same on containerd 2.x with
+// deploy/containerd/skiff-v3.toml.
 func TestAgentCRIContainerd2(t *testing.T) {
 	testAgentCRI(t, testenv.Containerd2(t))
 }
@@ -50,76 +54,227 @@ func testAgentCRI(t *testing.T, ctrd testenv.ContainerdOptions) {
 	defer cancel()
 	ctrd.CRI = &testenv.CRI{}
 	e := startAgentEnv(t, ctrd)
+	pushPause(t, ctx, e)
+	app := newCRIApp(t, ctx, e, "app")
+	k := newKubelet(t, e, e.ctrd.Address)
+	if err := k.pull(ctx, app.ref, nil); err != nil {
+		t.Fatalf("CRI pull %s: %v\n%s\n%s", app.ref, err, e.logs(), e.ctrd.Log())
+	}
+	app.assertLazy(t, ctx, true)
+	app.assertRuns(t, ctx, k, true)
+}
+
+// TestAgentCRIPrivateRegistry runs pods from a registry that requires an
+// account, whose credentials only the kubelet has (imagePullSecrets), on
+// a node that gives the agent none of its own. Pulled through containerd's
+// CRI directly, the agent cannot look the conversion up and the image is
+// unpacked as usual; pulled through the agent's CRI image service
+// (SKIFF_AGENT_CRI_SOCKET, the kubelet's --image-service-endpoint), it
+// runs lazily.
+func TestAgentCRIPrivateRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const user, password = "skiff", "e2e-secret"
+	e := startAgentEnvWith(t, testenv.ContainerdOptions{CRI: &testenv.CRI{}}, testenv.RegistryOptions{User: user, Password: password})
+	// The test pushes with credentials of its own; the agent has none.
+	dockerConfig(t, e.reg.Addr, user, password)
+	criSocket := filepath.Join(filepath.Dir(e.socket), "cri.sock")
+	e.stopAll()
+	e.agentEnv = append(e.agentEnv, "DOCKER_CONFIG="+t.TempDir(), "SKIFF_AGENT_CRI_SOCKET="+criSocket, "SKIFF_AGENT_CRI_UPSTREAM="+e.ctrd.Address)
+	e.startAgent()
+	e.waitSnapshotter(ctx)
+
+	auth := &cri.AuthConfig{Username: user, Password: password}
+	pause := pushPause(t, ctx, e)
+	direct := newCRIApp(t, ctx, e, "direct")
+	proxied := newCRIApp(t, ctx, e, "proxied")
+	// containerd would pull the pause image without credentials; a
+	// node with a private one has it pulled beforehand.
+	if err := newKubelet(t, e, e.ctrd.Address).pull(ctx, pause, auth); err != nil {
+		t.Fatalf("pull pause image: %v", err)
+	}
+
+	t.Run("pulled past the agent", func(t *testing.T) {
+		k := newKubelet(t, e, e.ctrd.Address)
+		if err := k.pull(ctx, direct.ref, auth); err != nil {
+			t.Fatalf("CRI pull %s: %v\n%s\n%s", direct.ref, err, e.logs(), e.ctrd.Log())
+		}
+		direct.assertLazy(t, ctx, false)
+		direct.assertRuns(t, ctx, k, false)
+	})
+	t.Run("pulled through the agent's image service", func(t *testing.T) {
+		k := newKubelet(t, e, criSocket)
+		// Without credentials the registry refuses the pull, and
+		// the agent passes the refusal on.
+		if err := k.pull(ctx, proxied.ref, nil); err == nil {
+			t.Fatalf("CRI pull of %s without credentials succeeded", proxied.ref)
+		}
+		if err := k.pull(ctx, proxied.ref, auth); err != nil {
+			t.Fatalf("CRI pull %s: %v\n%s\n%s", proxied.ref, err, e.logs(), e.ctrd.Log())
+		}
+		proxied.assertLazy(t, ctx, true)
+		proxied.assertRuns(t, ctx, k, true)
+	})
+}
+
+// dockerConfig gives this test process, not the agent, credentials for
+// registry host.
+func dockerConfig(t *testing.T, host, user, password string) {
+	t.Helper()
+	dir := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
+	cfg, err := json.Marshal(map[string]any{"auths": map[string]any{host: map[string]string{"auth": auth}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+}
+
+// pushPause pushes the pause image CRI nodes are configured with (see
+// startNode), sharing no layer with other images, as on real nodes.
+func pushPause(t *testing.T, ctx context.Context, e *agentEnv) string {
+	t.Helper()
 	probe, err := os.ReadFile(e.bin.probe)
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := tarLayer(t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755})
-	big := randomBytes(t, 3<<20)
-	data := tarLayer(t, map[string][]byte{"data/big": big}, nil)
-	// A pause image sharing no layer with the app, as on real nodes.
-	pause := tarLayer(t, map[string][]byte{"bin/probe": probe, "etc/pause": nil}, map[string]int64{"bin/probe": 0o755})
-	e.pushPlain(ctx, pauseName, []string{"sleep"}, pause)
-	ref, res := e.push(ctx, "app", base, data)
+	return e.pushPlain(ctx, pauseName, []string{"sleep"}, tarLayer(t, map[string][]byte{"bin/probe": probe, "etc/pause": nil}, map[string]int64{"bin/probe": 0o755}))
+}
 
-	conn, err := grpc.NewClient("unix://"+e.ctrd.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// criApp is a converted image for CRI tests.
+type criApp struct {
+	e      *agentEnv
+	ref    string
+	res    *convert.Result
+	layers []v1.Layer
+	big    []byte
+}
+
+// newCRIApp pushes and converts an image name:v1 with data/big, sharing
+// no layer with other images.
+func newCRIApp(t *testing.T, ctx context.Context, e *agentEnv, name string) *criApp {
+	t.Helper()
+	probe, err := os.ReadFile(e.bin.probe)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	images, runtime := cri.NewImageServiceClient(conn), cri.NewRuntimeServiceClient(conn)
+	a := &criApp{e: e, big: randomBytes(t, 3<<20)}
+	a.layers = []v1.Layer{
+		tarLayer(t, map[string][]byte{"bin/probe": probe, "etc/" + name: nil}, map[string]int64{"bin/probe": 0o755}),
+		tarLayer(t, map[string][]byte{"data/big": a.big}, nil),
+	}
+	a.ref, a.res = e.push(ctx, name, a.layers...)
+	return a
+}
 
-	logDir := t.TempDir()
+// assertLazy checks that containerd downloaded none of the image's
+// layers if lazy, and all of them if not.
+func (a *criApp) assertLazy(t *testing.T, ctx context.Context, lazy bool) {
+	t.Helper()
+	content, err := a.e.ctrd.Ctr(ctx, "-n", "k8s.io", "content", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range layerDigests(t, a.layers...) {
+		if got := strings.Contains(content, d); got == lazy {
+			t.Errorf("layer %s downloaded by containerd: %v, want %v\n%s", d, got, !lazy, a.e.logs())
+		}
+	}
+}
+
+// assertRuns runs the image in a pod and checks what it read, and that it
+// read it through the agent's mount exactly when served lazily.
+func (a *criApp) assertRuns(t *testing.T, ctx context.Context, k *kubelet, lazy bool) {
+	t.Helper()
+	start := time.Now()
+	out := k.run(ctx, a.ref, "sha", "/data/big")
+	t.Logf("pod ran in %s", time.Since(start).Round(time.Millisecond))
+	if want := fmt.Sprintf("%x\n", sha256.Sum256(a.big)); out != want {
+		t.Fatalf("container printed %q, want %q", out, want)
+	}
+	if got := mounted(t, filepath.Join(a.e.root, "mnt", a.res.Bootstrap.Hex())); got != lazy {
+		t.Errorf("image mounted by the agent: %v, want %v", got, lazy)
+	}
+}
+
+// kubelet stands in for the kubelet: the CRI runtime service of
+// containerd, and the image service at imageEndpoint (containerd's, or
+// the agent's in front of it).
+type kubelet struct {
+	t       *testing.T
+	e       *agentEnv
+	images  cri.ImageServiceClient
+	runtime cri.RuntimeServiceClient
+	logDir  string
+}
+
+func newKubelet(t *testing.T, e *agentEnv, imageEndpoint string) *kubelet {
+	t.Helper()
+	dial := func(addr string) *grpc.ClientConn {
+		conn, err := grpc.NewClient("unix://"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	return &kubelet{
+		t: t, e: e, logDir: t.TempDir(),
+		runtime: cri.NewRuntimeServiceClient(dial(e.ctrd.Address)),
+		images:  cri.NewImageServiceClient(dial(imageEndpoint)),
+	}
+}
+
+func (k *kubelet) pull(ctx context.Context, ref string, auth *cri.AuthConfig) error {
+	start := time.Now()
+	resp, err := k.images.PullImage(ctx, &cri.PullImageRequest{Image: &cri.ImageSpec{Image: ref}, Auth: auth})
+	if err != nil {
+		return err
+	}
+	k.t.Logf("CRI pulled %s as %s in %s", ref, resp.ImageRef, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// run runs a pod with one container of image ref with args, waits for
+// it to exit, and returns its standard output.
+func (k *kubelet) run(ctx context.Context, ref string, args ...string) string {
+	t, e := k.t, k.e
+	t.Helper()
 	node := &cri.NamespaceOption{Network: cri.NamespaceMode_NODE}
+	name := strings.NewReplacer("/", "-", ":", "-", ".", "-").Replace(ref)
 	pod := &cri.PodSandboxConfig{
-		Metadata:     &cri.PodSandboxMetadata{Name: "lazy", Uid: "e2e-lazy", Namespace: "default"},
-		LogDirectory: logDir,
+		Metadata:     &cri.PodSandboxMetadata{Name: name, Uid: "e2e-" + name, Namespace: "default"},
+		LogDirectory: k.logDir,
 		Linux: &cri.LinuxPodSandboxConfig{
 			// The kubelet always gives one; without it runc would
 			// make a cgroup at the hierarchy's root.
-			CgroupParent:    "/skiff-e2e-" + pauseName,
+			CgroupParent:    "/skiff-e2e-" + name,
 			SecurityContext: &cri.LinuxSandboxSecurityContext{NamespaceOptions: node},
 		},
 	}
-	start := time.Now()
-	pulled, err := images.PullImage(ctx, &cri.PullImageRequest{Image: &cri.ImageSpec{Image: ref}, SandboxConfig: pod})
-	if err != nil {
-		t.Fatalf("CRI pull %s: %v\n%s\n%s", ref, err, e.logs(), e.ctrd.Log())
-	}
-	t.Logf("CRI pulled %s as %s in %s", ref, pulled.ImageRef, time.Since(start).Round(time.Millisecond))
-
-	// Lazily served means containerd downloaded none of the image's
-	// layers, and the image is mounted by the agent.
-	content, err := e.ctrd.Ctr(ctx, "-n", "k8s.io", "content", "ls", "-q")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range layerDigests(t, base, data) {
-		if strings.Contains(content, d) {
-			t.Errorf("containerd downloaded layer %s of a lazily served image", d)
-		}
-	}
-
-	sandbox, err := runtime.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: pod})
+	sandbox, err := k.runtime.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: pod})
 	if err != nil {
 		t.Fatalf("run pod sandbox: %v\n%s\n%s", err, e.logs(), e.ctrd.Log())
 	}
 	t.Cleanup(func() {
 		ctx := context.Background()
-		if _, err := runtime.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: sandbox.PodSandboxId}); err != nil {
+		if _, err := k.runtime.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: sandbox.PodSandboxId}); err != nil {
 			t.Errorf("stop pod sandbox: %v", err)
 		}
-		if _, err := runtime.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: sandbox.PodSandboxId}); err != nil {
+		if _, err := k.runtime.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: sandbox.PodSandboxId}); err != nil {
 			t.Errorf("remove pod sandbox: %v", err)
 		}
 	})
-	created, err := runtime.CreateContainer(ctx, &cri.CreateContainerRequest{
+	created, err := k.runtime.CreateContainer(ctx, &cri.CreateContainerRequest{
 		PodSandboxId: sandbox.PodSandboxId,
 		Config: &cri.ContainerConfig{
 			Metadata: &cri.ContainerMetadata{Name: "probe"},
 			Image:    &cri.ImageSpec{Image: ref},
-			Args:     []string{"sha", "/data/big"},
-			LogPath:  "probe.log",
+			Args:     args,
+			LogPath:  name + ".log",
 			Linux: &cri.LinuxContainerConfig{
 				SecurityContext: &cri.LinuxContainerSecurityContext{NamespaceOptions: node},
 			},
@@ -129,12 +284,12 @@ func testAgentCRI(t *testing.T, ctrd testenv.ContainerdOptions) {
 	if err != nil {
 		t.Fatalf("create container: %v\n%s\n%s", err, e.logs(), e.ctrd.Log())
 	}
-	if _, err := runtime.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: created.ContainerId}); err != nil {
+	if _, err := k.runtime.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: created.ContainerId}); err != nil {
 		t.Fatalf("start container: %v\n%s\n%s", err, e.logs(), e.ctrd.Log())
 	}
 	var status *cri.ContainerStatus
 	waitFor(t, ctx, func() error {
-		st, err := runtime.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: created.ContainerId})
+		st, err := k.runtime.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: created.ContainerId})
 		if err != nil {
 			return err
 		}
@@ -143,17 +298,11 @@ func testAgentCRI(t *testing.T, ctrd testenv.ContainerdOptions) {
 		}
 		return nil
 	})
-	out := criStdout(t, filepath.Join(logDir, "probe.log"))
+	out := criStdout(t, filepath.Join(k.logDir, name+".log"))
 	if status.ExitCode != 0 {
 		t.Fatalf("container exited %d (%s): %s\n%s", status.ExitCode, status.Reason, out, e.logs())
 	}
-	if want := fmt.Sprintf("%x\n", sha256.Sum256(big)); out != want {
-		t.Fatalf("container printed %q, want %q", out, want)
-	}
-	t.Logf("pod ran in %s", time.Since(start).Round(time.Millisecond))
-	if !mounted(t, filepath.Join(e.root, "mnt", res.Bootstrap.Hex())) {
-		t.Errorf("the image is not mounted by the agent")
-	}
+	return out
 }
 
 // criStdout returns what a container wrote to its standard output, from

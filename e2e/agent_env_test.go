@@ -215,6 +215,12 @@ type mountd struct {
 
 func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
 	t.Helper()
+	return startAgentEnvWith(t, ctrd, testenv.RegistryOptions{})
+}
+
+// startAgentEnvWith is startAgentEnv with a registry configured by reg.
+func startAgentEnvWith(t testing.TB, ctrd testenv.ContainerdOptions, reg testenv.RegistryOptions) *agentEnv {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the agent mounts FUSE and containerd needs root")
 	}
@@ -224,7 +230,7 @@ func startAgentEnv(t testing.TB, ctrd testenv.ContainerdOptions) *agentEnv {
 	e := &agentEnv{t: t, bin: buildBinaries(t)}
 	m := testenv.StartMinIO(t)
 	bucket := m.Bucket(t, "skiff")
-	e.reg = testenv.StartRegistry(t, testenv.RegistryOptions{})
+	e.reg = testenv.StartRegistry(t, reg)
 	t.Setenv(storeurl.EnvAccessKey, m.AccessKey)
 	t.Setenv(storeurl.EnvSecretKey, m.SecretKey)
 	e.storeURL = "s3://" + bucket + "?endpoint=" + m.Endpoint + "&insecure=true"

@@ -1,11 +1,14 @@
 package testenv
 
 import (
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"text/template"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // RegistryOptions configures StartRegistry.
@@ -16,10 +19,13 @@ type RegistryOptions struct {
 	// NotifyIgnoredActions lists event actions ("pull", "push", "delete")
 	// the registry should not send, e.g. to see only pushes.
 	NotifyIgnoredActions []string
+	// User and Password, when set, are the one account the registry
+	// accepts (htpasswd); anonymous requests get 401.
+	User, Password string
 }
 
-// Registry is a running distribution registry (plain HTTP, no auth) with
-// filesystem storage and deletes enabled.
+// Registry is a running distribution registry (plain HTTP, no auth unless
+// asked for) with filesystem storage and deletes enabled.
 type Registry struct {
 	Addr string // "127.0.0.1:port"; image references are Addr + "/repo:tag"
 	Dir  string // storage root, kept across Stop and Start
@@ -43,6 +49,12 @@ storage:
 http:
   addr: {{.Addr}}
   secret: skiff-testenv
+{{- if .HTPasswd}}
+auth:
+  htpasswd:
+    realm: skiff-testenv
+    path: {{.HTPasswd}}
+{{- end}}
 {{- if .NotifyURL}}
 notifications:
   events:
@@ -70,14 +82,25 @@ func StartRegistry(t testing.TB, opts RegistryOptions) Registry {
 	path := Tool(t, "registry")
 	base := t.TempDir()
 	r := Registry{Dir: filepath.Join(base, "storage")}
+	var htpasswd string
+	if opts.User != "" {
+		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.MinCost)
+		if err != nil {
+			t.Fatalf("testenv: registry password: %v", err)
+		}
+		htpasswd = filepath.Join(base, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(opts.User+":"+string(hash)+"\n"), 0o600); err != nil {
+			t.Fatalf("testenv: write htpasswd: %v", err)
+		}
+	}
 	r.proc = launch(t, 1, func(ports []int) *process {
 		r.Addr = hostPort(ports[0])
 		config := filepath.Join(base, "config.yml")
 		var b strings.Builder
 		err := registryConfig.Execute(&b, struct {
 			RegistryOptions
-			Dir, Addr string
-		}{opts, r.Dir, r.Addr})
+			Dir, Addr, HTPasswd string
+		}{opts, r.Dir, r.Addr, htpasswd})
 		if err != nil {
 			t.Fatalf("testenv: registry config: %v", err)
 		}
@@ -87,7 +110,8 @@ func StartRegistry(t testing.TB, opts RegistryOptions) Registry {
 		// OTEL_TRACES_EXPORTER=none: distribution v3 otherwise tries to
 		// export traces to a collector that is not there.
 		p := newProcess(t, "registry", path, []string{"serve", config}, []string{"OTEL_TRACES_EXPORTER=none"})
-		p.ready = httpReady("http://" + r.Addr + "/v2/")
+		// With an account, /v2/ answers 401 to the anonymous probe.
+		p.ready = httpReady("http://"+r.Addr+"/v2/", http.StatusOK, http.StatusUnauthorized)
 		return p
 	})
 	return r

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -286,8 +287,12 @@ func launch(t testing.TB, nports int, build func(ports []int) *process) *process
 	return nil
 }
 
-// httpReady returns a readiness probe that wants a 200 from url.
-func httpReady(url string) func(ctx context.Context) error {
+// httpReady returns a readiness probe that wants one of the statuses want
+// from url, 200 if none is given.
+func httpReady(url string, want ...int) func(ctx context.Context) error {
+	if len(want) == 0 {
+		want = []int{http.StatusOK}
+	}
 	client := &http.Client{Timeout: 2 * time.Second}
 	return func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -299,7 +304,7 @@ func httpReady(url string) func(ctx context.Context) error {
 			return err
 		}
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
+		if !slices.Contains(want, resp.StatusCode) {
 			return fmt.Errorf("GET %s: %s", url, resp.Status)
 		}
 		return nil

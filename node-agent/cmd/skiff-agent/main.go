@@ -31,9 +31,13 @@ import (
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/skiff-dev/skiff/node-agent/internal/keychain"
 	"github.com/skiff-dev/skiff/node-agent/internal/lazymount"
 	"github.com/skiff-dev/skiff/node-agent/internal/referrer"
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
@@ -53,6 +57,8 @@ type config struct {
 	EROFS        bool          `env:"EROFS" envDefault:"true"`
 	Mountd       string        `env:"MOUNTD" envDefault:"spawn"`
 	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
+	CRISocket    string        `env:"CRI_SOCKET"`
+	CRIUpstream  string        `env:"CRI_UPSTREAM" envDefault:"/run/containerd/containerd.sock"`
 	// Peer-to-peer distribution, off unless NATS_URL is set.
 	NATSURL       string `env:"NATS_URL"`
 	PeerListen    string `env:"PEER_LISTEN" envDefault:":8094"`
@@ -73,6 +79,8 @@ var help = map[string]string{
 	"EROFS":           "mount images with the kernel's EROFS over one lazily filled image file (Linux 6.12+), so names, attributes and cached pages never reach this process; images are served as FUSE trees where the kernel cannot, and with PASSTHROUGH",
 	"MOUNTD":          "who runs the mount process: spawn (the agent starts it detached, and replaces it when it dies or its build changes) or external (another container of the pod, or another service, runs `skiff-agent mountd` with the same settings; the agent waits for it, and holds its FUSE connections while it restarts, so either can restart without breaking containers)",
 	"LOG_LEVEL":       "debug, info, warn or error",
+	"CRI_SOCKET":      "unix socket to serve the CRI image service on, in front of containerd's, for the kubelet's --image-service-endpoint: the agent then keeps the credentials of each pull (imagePullSecrets) and finds Skiff conversions in registries that require them (empty: off; the host's Docker credentials are used either way)",
+	"CRI_UPSTREAM":    "containerd's socket, whose CRI image service CRI_SOCKET passes every call on to",
 	"NATS_URL":        "NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them",
 	"PEER_LISTEN":     "address this node serves pieces to peers on (with NATS_URL)",
 	"PEER_ADVERTISE":  "host:port other nodes reach PEER_LISTEN at (default: host name and the listen port)",
@@ -168,29 +176,59 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("open snapshotter: %w", err)
 	}
-	res := referrer.New(log)
+	keys := keychain.New()
+	res := referrer.New(authn.NewMultiKeychain(keys, authn.DefaultKeychain), log)
 	sn := snapshot.New(base, res, mounts, res, log)
 	defer sn.Close()
 
-	// A new agent may start before the old one stops (a rolling update
-	// with surge): it takes the socket over, and the old one leaves it.
-	l, remove, err := listenUnix(cfg.Socket)
+	g, ctx := errgroup.WithContext(ctx)
+	srv := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	if err := serve(ctx, g, srv, cfg.Socket); err != nil {
+		return err
+	}
+	if cfg.CRISocket != "" {
+		conn, err := grpc.NewClient("unix://"+cfg.CRIUpstream,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(criMaxMessage), grpc.MaxCallSendMsgSize(criMaxMessage)))
+		if err != nil {
+			return fmt.Errorf("CRI upstream %s: %w", cfg.CRIUpstream, err)
+		}
+		defer conn.Close()
+		criSrv := grpc.NewServer(grpc.MaxRecvMsgSize(criMaxMessage), grpc.MaxSendMsgSize(criMaxMessage))
+		cri.RegisterImageServiceServer(criSrv, keychain.NewProxy(cri.NewImageServiceClient(conn), keys, log))
+		if err := serve(ctx, g, criSrv, cfg.CRISocket); err != nil {
+			return err
+		}
+		log.Info("skiff-agent: serving the CRI image service", "socket", cfg.CRISocket, "upstream", cfg.CRIUpstream)
+	}
+	g.Go(func() error { return superviseMountd(ctx, cfg, mounts, log) })
+	log.Info("skiff-agent: serving snapshotter", "socket", cfg.Socket, "root", cfg.Root)
+	return g.Wait()
+}
+
+// criMaxMessage is the kubelet's limit on CRI messages: image lists of
+// busy nodes pass gRPC's 4 MiB default.
+const criMaxMessage = 16 << 20
+
+// serve has srv answer on a unix socket at path until ctx ends. A new
+// agent may start before the old one stops (a rolling update with surge):
+// it takes the socket over, and the old one leaves it.
+func serve(ctx context.Context, g *errgroup.Group, srv *grpc.Server, path string) error {
+	l, remove, err := listenUnix(path)
 	if err != nil {
 		return err
 	}
-	defer remove()
-	srv := grpc.NewServer()
-	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Serve(l) })
-	g.Go(func() error { return superviseMountd(ctx, cfg, mounts, log) })
+	g.Go(func() error {
+		defer remove()
+		return srv.Serve(l)
+	})
 	g.Go(func() error {
 		<-ctx.Done()
 		srv.GracefulStop()
 		return nil
 	})
-	log.Info("skiff-agent: serving snapshotter", "socket", cfg.Socket, "root", cfg.Root)
-	return g.Wait()
+	return nil
 }
 
 // ensureMountd connects to the mount process, starting one when none

@@ -33,7 +33,8 @@ const negativeTTL = 30 * time.Second
 // Resolver answers snapshot.Resolver from registry lookups, remembering
 // results per manifest.
 type Resolver struct {
-	log *slog.Logger
+	keys authn.Keychain
+	log  *slog.Logger
 
 	mu    sync.Mutex
 	found map[string]*conversion // by repository@manifest-digest
@@ -52,12 +53,16 @@ type conversion struct {
 	at        time.Time
 }
 
-// New returns a Resolver.
-func New(log *slog.Logger) *Resolver {
+// New returns a Resolver that authenticates to registries with keys, or
+// with the host's Docker credentials (authn.DefaultKeychain) if nil.
+func New(keys authn.Keychain, log *slog.Logger) *Resolver {
+	if keys == nil {
+		keys = authn.DefaultKeychain
+	}
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Resolver{log: log, found: map[string]*conversion{}}
+	return &Resolver{keys: keys, log: log, found: map[string]*conversion{}}
 }
 
 // Resolve implements snapshot.Resolver. A layer of a Skiff image carries
@@ -115,7 +120,7 @@ func (r *Resolver) lookup(ctx context.Context, ref, md string) (*conversion, err
 // query asks the registry for the referrers of dref and picks the Skiff
 // image among them.
 func (r *Resolver) query(ctx context.Context, dref name.Digest) (*conversion, error) {
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(r.keys)}
 	idx, err := remote.Referrers(dref, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("referrers of %s: %w", dref, err)
@@ -160,7 +165,7 @@ func (r *Resolver) Uncompressed(ctx context.Context, imageRef, layerDigest strin
 	if err != nil {
 		return nil, fmt.Errorf("image reference %q: %w", imageRef, err)
 	}
-	l, err := remote.Layer(src.Context().Digest(layerDigest), remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain))
+	l, err := remote.Layer(src.Context().Digest(layerDigest), remote.WithContext(ctx), remote.WithAuthFromKeychain(r.keys))
 	if err != nil {
 		return nil, fmt.Errorf("layer %s of %s: %w", layerDigest, imageRef, err)
 	}
