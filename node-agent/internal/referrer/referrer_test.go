@@ -159,4 +159,3 @@ func push(t *testing.T, ctx context.Context, ref string, layers ...v1.Layer) v1.
 	}
 	return src
 }
-
