@@ -8,9 +8,11 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,9 +39,16 @@ func TestAgentRunsSkiffImages(t *testing.T) {
 }
 
 // TestAgentContainerd17 runs the same flows on containerd 1.7, which
-// unlike 1.6 passes the namespace to proxy plugins.
+// unlike 1.6 passes the namespace to proxy plugins, with peer-to-peer
+// distribution and metrics on: the mount process then also holds the
+// peer and metrics ports, which restarts and upgrades must pass on.
 func TestAgentContainerd17(t *testing.T) {
-	testAgent(t, testenv.Containerd17(t))
+	nats := testenv.StartNATS(t, testenv.NATSOptions{})
+	addrs := testenv.FreeAddrs(t, 2)
+	testAgent(t, testenv.Containerd17(t),
+		"SKIFF_AGENT_NATS_URL="+nats.URL,
+		"SKIFF_AGENT_PEER_LISTEN="+addrs[0],
+		"SKIFF_AGENT_METRICS_LISTEN="+addrs[1])
 }
 
 // TestAgentContainerd2 runs the same flows on containerd 2.x, with FUSE
@@ -355,6 +364,72 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 			t.Errorf("want an I/O error, got: %s", out)
 		}
 	})
+
+	for _, kv := range settings {
+		if addr, ok := strings.CutPrefix(kv, "SKIFF_AGENT_METRICS_LISTEN="); ok {
+			t.Run("metrics", func(t *testing.T) { checkMetrics(t, ctx, addr) })
+		}
+	}
+}
+
+// checkMetrics reads the mount process' metrics at addr, after the flows
+// above: the upgraded process holds the port now.
+func checkMetrics(t *testing.T, ctx context.Context, addr string) {
+	t.Helper()
+	var text string
+	waitFor(t, ctx, func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET /metrics: %s", resp.Status)
+		}
+		text = string(body)
+		return nil
+	})
+	for _, c := range []struct {
+		metric string
+		min    float64
+	}{
+		{"skiff_agent_mounts", 1},
+		{`skiff_agent_source_bytes_total{source="store"}`, 1},
+		{`skiff_agent_chunk_reads_total{result="miss"}`, 1},
+		// The corrupted chunk.
+		{`skiff_agent_source_errors_total{source="store"}`, 1},
+		{"skiff_agent_cache_max_bytes", 1},
+	} {
+		v, ok := metricValue(text, c.metric)
+		if !ok || v < c.min {
+			t.Errorf("metric %s = %v (present: %v), want at least %v", c.metric, v, ok, c.min)
+		}
+	}
+	if !strings.Contains(text, "skiff_agent_build_info{version=") {
+		t.Errorf("no skiff_agent_build_info in:\n%s", text)
+	}
+}
+
+// metricValue finds the sample of metric (name and labels, as printed)
+// in Prometheus' text format.
+func metricValue(text, metric string) (float64, bool) {
+	for line := range strings.Lines(text) {
+		rest, ok := strings.CutPrefix(line, metric+" ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+		return v, err == nil
+	}
+	return 0, false
 }
 
 // erofsMagic is EROFS' statfs f_type.

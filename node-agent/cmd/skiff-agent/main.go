@@ -47,18 +47,19 @@ import (
 
 // config is every setting, read from SKIFF_AGENT_* variables.
 type config struct {
-	Root         string        `env:"ROOT" envDefault:"/var/lib/skiff-agent"`
-	Socket       string        `env:"SOCKET" envDefault:"/run/skiff-agent/snapshotter.sock"`
-	Store        string        `env:"STORE" envDefault:"file:///var/lib/skiff/store"`
-	CacheSize    int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
-	RecordWindow time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
-	PrefetchAll  bool          `env:"PREFETCH_ALL" envDefault:"false"`
-	Passthrough  bool          `env:"PASSTHROUGH" envDefault:"false"`
-	EROFS        bool          `env:"EROFS" envDefault:"true"`
-	Mountd       string        `env:"MOUNTD" envDefault:"spawn"`
-	LogLevel     string        `env:"LOG_LEVEL" envDefault:"info"`
-	CRISocket    string        `env:"CRI_SOCKET"`
-	CRIUpstream  string        `env:"CRI_UPSTREAM" envDefault:"/run/containerd/containerd.sock"`
+	Root          string        `env:"ROOT" envDefault:"/var/lib/skiff-agent"`
+	Socket        string        `env:"SOCKET" envDefault:"/run/skiff-agent/snapshotter.sock"`
+	Store         string        `env:"STORE" envDefault:"file:///var/lib/skiff/store"`
+	CacheSize     int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
+	RecordWindow  time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
+	PrefetchAll   bool          `env:"PREFETCH_ALL" envDefault:"false"`
+	Passthrough   bool          `env:"PASSTHROUGH" envDefault:"false"`
+	EROFS         bool          `env:"EROFS" envDefault:"true"`
+	Mountd        string        `env:"MOUNTD" envDefault:"spawn"`
+	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info"`
+	MetricsListen string        `env:"METRICS_LISTEN"`
+	CRISocket     string        `env:"CRI_SOCKET"`
+	CRIUpstream   string        `env:"CRI_UPSTREAM" envDefault:"/run/containerd/containerd.sock"`
 	// Peer-to-peer distribution, off unless NATS_URL is set.
 	NATSURL       string `env:"NATS_URL"`
 	PeerListen    string `env:"PEER_LISTEN" envDefault:":8094"`
@@ -79,6 +80,7 @@ var help = map[string]string{
 	"EROFS":           "mount images with the kernel's EROFS over one lazily filled image file (Linux 6.12+), so names, attributes and cached pages never reach this process; images are served as FUSE trees where the kernel cannot, and with PASSTHROUGH",
 	"MOUNTD":          "who runs the mount process: spawn (the agent starts it detached, and replaces it when it dies or its build changes) or external (another container of the pod, or another service, runs `skiff-agent mountd` with the same settings; the agent waits for it, and holds its FUSE connections while it restarts, so either can restart without breaking containers)",
 	"LOG_LEVEL":       "debug, info, warn or error",
+	"METRICS_LISTEN":  "address the mount process serves Prometheus metrics on, at /metrics: mounts, chunk reads by where they were found, bytes and errors per source, the disk cache (e.g. :9094; empty: off)",
 	"CRI_SOCKET":      "unix socket to serve the CRI image service on, in front of containerd's, for the kubelet's --image-service-endpoint: the agent then keeps the credentials of each pull (imagePullSecrets) and finds Skiff conversions in registries that require them (empty: off; the host's Docker credentials are used either way)",
 	"CRI_UPSTREAM":    "containerd's socket, whose CRI image service CRI_SOCKET passes every call on to",
 	"NATS_URL":        "NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them",
@@ -496,6 +498,8 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		HandedOver: func(conn net.Conn) { handedOver <- conn },
 	})}
 	g, gctx := errgroup.WithContext(ctx)
+	gctx, stopServing := context.WithCancel(gctx)
+	defer stopServing()
 	g.Go(func() error {
 		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -507,11 +511,19 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		select {
 		case <-gctx.Done():
 		case successor = <-handedOver:
+			// The successor serves the mounts now, and takes the
+			// peer and metrics ports once this process has exited.
+			stopServing()
 		}
 		return srv.Shutdown(context.Background())
 	})
+	// Ports are listened on only now: a mount process taking over from
+	// another gets them once that one has exited.
 	if runP2P != nil {
 		g.Go(func() error { return runP2P(gctx) })
+	}
+	if cfg.MetricsListen != "" {
+		g.Go(func() error { return serveMetrics(gctx, cfg.MetricsListen, m, version, log) })
 	}
 	log.Info("skiff-agent mountd: serving lazy mounts", "socket", sock, "store", cfg.Store, "version", version)
 	err = g.Wait()
