@@ -332,18 +332,3 @@ func criStdout(t *testing.T, path string) string {
 	}
 	return b.String()
 }
-
-// mounted reports whether dir is a mount point.
-func mounted(t *testing.T, dir string) bool {
-	t.Helper()
-	info, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(info)) {
-		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
-			return true
-		}
-	}
-	return false
-}

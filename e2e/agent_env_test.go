@@ -549,3 +549,18 @@ func (e *agentEnv) pull(ctx context.Context, ref string) {
 func (e *agentEnv) run(ctx context.Context, ref, id string, args ...string) (string, error) {
 	return e.ctrd.Ctr(ctx, append([]string{"run", "--rm", "--snapshotter", "skiff", ref, id, "/bin/probe"}, args...)...)
 }
+
+// mounted reports whether dir is a mount point.
+func mounted(t testing.TB, dir string) bool {
+	t.Helper()
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(info)) {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
+}

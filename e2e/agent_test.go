@@ -370,6 +370,47 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 			t.Run("metrics", func(t *testing.T) { checkMetrics(t, ctx, addr) })
 		}
 	}
+
+	t.Run("removing the image unmounts it", func(t *testing.T) {
+		// As the kubelet's image garbage collection would, once no
+		// container uses the image: containerd removes its snapshots,
+		// and the last one of the image releases its mount.
+		if _, err := e.ctrd.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", "long"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, ctx, func() error {
+			_, err := e.ctrd.Ctr(ctx, "tasks", "delete", "long")
+			return err
+		})
+		if _, err := e.ctrd.Ctr(ctx, "containers", "delete", "long"); err != nil {
+			t.Fatal(err)
+		}
+		mp := filepath.Join(e.root, "mnt", res.Bootstrap.Hex())
+		if !mounted(t, mp) {
+			t.Fatalf("%s is not mounted before the image is removed", mp)
+		}
+		if _, err := e.ctrd.Ctr(ctx, "images", "rm", "--sync", ref, skiffRef); err != nil {
+			t.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		waitFor(t, wctx, func() error {
+			if mounted(t, mp) {
+				return fmt.Errorf("%s still mounted", mp)
+			}
+			return nil
+		})
+		snaps, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Only the ordinary images' layers are left.
+		for _, d := range layerDigests(t, data) {
+			if strings.Contains(snaps, d) {
+				t.Errorf("snapshot of removed layer %s left:\n%s", d, snaps)
+			}
+		}
+	})
 }
 
 // checkMetrics reads the mount process' metrics at addr, after the flows
