@@ -6,8 +6,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -77,7 +75,7 @@ func TestAgentCRIPrivateRegistry(t *testing.T) {
 	const user, password = "skiff", "e2e-secret"
 	e := startAgentEnvWith(t, testenv.ContainerdOptions{CRI: &testenv.CRI{}}, testenv.RegistryOptions{User: user, Password: password})
 	// The test pushes with credentials of its own; the agent has none.
-	dockerConfig(t, e.reg.Addr, user, password)
+	e.reg.Login(t)
 	criSocket := filepath.Join(filepath.Dir(e.socket), "cri.sock")
 	e.stopAll()
 	e.agentEnv = append(e.agentEnv, "DOCKER_CONFIG="+t.TempDir(), "SKIFF_AGENT_CRI_SOCKET="+criSocket, "SKIFF_AGENT_CRI_UPSTREAM="+e.ctrd.Address)
@@ -115,22 +113,6 @@ func TestAgentCRIPrivateRegistry(t *testing.T) {
 		proxied.assertLazy(t, ctx, true)
 		proxied.assertRuns(t, ctx, k, true)
 	})
-}
-
-// dockerConfig gives this test process, not the agent, credentials for
-// registry host.
-func dockerConfig(t *testing.T, host, user, password string) {
-	t.Helper()
-	dir := t.TempDir()
-	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + password))
-	cfg, err := json.Marshal(map[string]any{"auths": map[string]any{host: map[string]string{"auth": auth}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("DOCKER_CONFIG", dir)
 }
 
 // pushPause pushes the pause image CRI nodes are configured with (see

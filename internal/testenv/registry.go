@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,7 +32,8 @@ type Registry struct {
 	Addr string // "127.0.0.1:port"; image references are Addr + "/repo:tag"
 	Dir  string // storage root, kept across Stop and Start
 
-	proc *process
+	user, password string
+	proc           *process
 }
 
 var registryConfig = template.Must(template.New("config").Parse(`version: 0.1
@@ -81,7 +84,7 @@ func StartRegistry(t testing.TB, opts RegistryOptions) Registry {
 	t.Helper()
 	path := Tool(t, "registry")
 	base := t.TempDir()
-	r := Registry{Dir: filepath.Join(base, "storage")}
+	r := Registry{Dir: filepath.Join(base, "storage"), user: opts.User, password: opts.Password}
 	var htpasswd string
 	if opts.User != "" {
 		hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.MinCost)
@@ -115,6 +118,23 @@ func StartRegistry(t testing.TB, opts RegistryOptions) Registry {
 		return p
 	})
 	return r
+}
+
+// Login gives this test process the registry's account, as a Docker
+// config in DOCKER_CONFIG, which go-containerregistry's default keychain
+// reads. Child processes inherit it unless told otherwise.
+func (r Registry) Login(t testing.TB) {
+	t.Helper()
+	dir := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte(r.user + ":" + r.password))
+	cfg, err := json.Marshal(map[string]any{"auths": map[string]any{r.Addr: map[string]string{"auth": auth}}})
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfg, 0o600); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
 }
 
 // Stop shuts the registry down, keeping its port and storage. Call it from

@@ -3,10 +3,6 @@ package referrer
 import (
 	"archive/tar"
 	"context"
-	"encoding/base64"
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -29,12 +25,7 @@ func TestResolve(t *testing.T) {
 	creds := authn.AuthConfig{Username: user, Password: password}
 	// Pushes and the conversion authenticate with the host's Docker
 	// credentials; the resolvers under test get keychains of their own.
-	cfgDir := t.TempDir()
-	cfg, _ := json.Marshal(map[string]any{"auths": map[string]any{reg.Addr: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(user + ":" + password))}}})
-	if err := os.WriteFile(filepath.Join(cfgDir, "config.json"), cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("DOCKER_CONFIG", cfgDir)
+	reg.Login(t)
 
 	st, err := dir.New(t.TempDir())
 	if err != nil {
