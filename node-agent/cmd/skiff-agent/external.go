@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -43,6 +44,34 @@ func awaitMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog
 		}
 		if time.Since(waiting) > awaitLogEvery {
 			log.Info("skiff-agent: waiting for a mount process (`skiff-agent mountd`) on its socket", "socket", mountdSocket(cfg))
+			waiting = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(awaitPoll):
+		}
+	}
+}
+
+// awaitSuccessor waits, while the agent stands in for a dead mount
+// process, until another one has taken the mounts over and answers. It
+// fails if the socket dies again meanwhile: a successor that took the
+// mounts over and died at once (the kubelet restarting a crashing
+// container) left them with nobody, and the caller must stand in anew
+// for the next one, which waits for that (see awaitStandIn).
+func awaitSuccessor(ctx context.Context, c *lazymount.Client, sock string, log *slog.Logger) error {
+	var waiting time.Time
+	for {
+		if st, err := c.Status(ctx); err == nil && st.Version != "" {
+			log.Info("skiff-agent: mount process took the mounts over", "socket", sock, "pid", st.PID, "version", st.Version)
+			return nil
+		}
+		if mountdState(sock) == mountdDied {
+			return errors.New("the mount process that took the mounts over died")
+		}
+		if time.Since(waiting) > awaitLogEvery {
+			log.Info("skiff-agent: holding the mounts for the next mount process (`skiff-agent mountd`)", "socket", sock)
 			waiting = time.Now()
 		}
 		select {

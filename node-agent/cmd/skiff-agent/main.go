@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -306,6 +307,7 @@ func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slo
 func superviseMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
 	var (
 		held []lazymount.HandedMount
+		id   string // the mount process the devices were copied from
 		pid  int
 		gen  uint64
 	)
@@ -313,20 +315,24 @@ func superviseMountd(ctx context.Context, cfg config, c *lazymount.Client, log *
 		for _, h := range held {
 			h.Dev.Close()
 		}
-		held, pid = nil, 0
+		held, id, pid = nil, "", 0
 	}
 	defer release()
 	tick := time.NewTicker(superviseEvery)
 	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
+	// The first check is at once: until it copies the devices, a mount
+	// process dying takes the mounts with it.
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
 		}
 		st, err := c.Status(ctx)
 		if err == nil {
-			if st.PID == pid && st.Generation == gen {
+			if processID(st) == id && st.Generation == gen {
 				continue
 			}
 			hs, err := c.Devices(ctx)
@@ -335,7 +341,7 @@ func superviseMountd(ctx context.Context, cfg config, c *lazymount.Client, log *
 				continue
 			}
 			release()
-			held, pid, gen = hs, st.PID, st.Generation
+			held, id, pid, gen = hs, processID(st), st.PID, st.Generation
 			continue
 		}
 		state := mountdState(mountdSocket(cfg))
@@ -359,12 +365,49 @@ func superviseMountd(ctx context.Context, cfg config, c *lazymount.Client, log *
 			log.Error("skiff-agent: replace the mount process", "err", err)
 			continue
 		}
-		release()
+		// The copies held are of the connections the new process took
+		// over: kept until copies from it replace them at the next
+		// check, they let the agent stand in again should it die
+		// before then.
+		id = ""
 	}
 }
 
-// superviseEvery is how often the agent checks on the mount process.
-const superviseEvery = time.Second
+// processID identifies the mount process that reported st: its instance,
+// or for builds before instances its PID.
+func processID(st lazymount.Status) string {
+	if st.Instance != "" {
+		return st.Instance
+	}
+	return strconv.Itoa(st.PID)
+}
+
+// standInWait bounds how long a mount process starting where another died
+// waits for the agent to stand in: many of the agent's checks.
+const standInWait = 5 * time.Second
+
+// awaitStandIn waits until something answers on the mount process'
+// socket again, and reports whether it did within standInWait.
+func awaitStandIn(ctx context.Context, sock string) bool {
+	c := lazymount.NewClient(sock)
+	deadline := time.Now().Add(standInWait)
+	for time.Now().Before(deadline) {
+		if c.Ping(ctx) == nil {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return false
+}
+
+// superviseEvery is how often the agent checks on the mount process: how
+// long a new mount may go without its device copied, and a dead process
+// without a stand-in. A check is one request on a unix socket.
+const superviseEvery = 250 * time.Millisecond
 
 // replaceDeadMountd stands in for a dead mount process on its socket with
 // the devices held, and starts a new one, which takes them over from
@@ -379,7 +422,11 @@ func replaceDeadMountd(ctx context.Context, cfg config, c *lazymount.Client, hel
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go lazymount.ServeHeld(hctx, l, held, log)
-	if err := ensureMountd(ctx, cfg, c, log); err != nil {
+	if cfg.Mountd == mountdExternal {
+		if err := awaitSuccessor(ctx, c, mountdSocket(cfg), log); err != nil {
+			return err
+		}
+	} else if err := ensureMountd(ctx, cfg, c, log); err != nil {
 		return err
 	}
 	// Only a mount process reports its build: not the stand-in.
@@ -464,7 +511,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	sock := mountdSocket(cfg)
-	takeover, err := takeOver(ctx, sock, m, log)
+	takeover, err := takeOver(ctx, cfg, sock, m, log)
 	if err != nil {
 		m.Close()
 		return err
@@ -546,9 +593,21 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 
 // takeOver takes the mounts of the mount process answering on sock, if
 // there is one, into m; nil if there is none.
-func takeOver(ctx context.Context, sock string, m *lazymount.Manager, log *slog.Logger) (*lazymount.Takeover, error) {
+func takeOver(ctx context.Context, cfg config, sock string, m *lazymount.Manager, log *slog.Logger) (*lazymount.Takeover, error) {
 	if lazymount.NewClient(sock).Ping(ctx) != nil {
-		return nil, nil
+		if cfg.Mountd != mountdExternal || mountdState(sock) != mountdDied {
+			return nil, nil
+		}
+		// A mount process died here, and the kubelet restarted its
+		// container at once. The agent holds the dead one's FUSE
+		// connections and stands in on the socket once it notices
+		// (superviseMountd); starting without them would fail every
+		// read of the containers running on those mounts.
+		log.Info("skiff-agent mountd: the previous mount process died; waiting for the agent to hand its mounts over", "socket", sock, "wait", standInWait)
+		if !awaitStandIn(ctx, sock) {
+			log.Warn("skiff-agent mountd: nothing handed the previous mount process' mounts over; starting without them")
+			return nil, nil
+		}
 	}
 	t, err := lazymount.TakeOver(ctx, sock)
 	if err != nil {

@@ -2,6 +2,8 @@ package lazymount
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,7 +69,7 @@ func Handler(m *Manager, opts HandlerOptions) http.Handler {
 	})
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(versionReply{Version: opts.Version, PID: os.Getpid(), Generation: m.Generation()})
+		_ = json.NewEncoder(w).Encode(versionReply{Version: opts.Version, PID: os.Getpid(), Instance: instance, Generation: m.Generation()})
 	})
 	mux.Handle("POST /handover", serveHandover(func() mountSource { return m }, m.log, opts.HandedOver))
 	mux.Handle("POST /devices", serveHandover(func() mountSource { return &copies{m: m} }, m.log, func(conn net.Conn) { conn.Close() }))
@@ -75,11 +77,21 @@ func Handler(m *Manager, opts HandlerOptions) http.Handler {
 }
 
 type versionReply struct {
-	Version string `json:"version"`
-	PID     int    `json:"pid"`
+	Version  string `json:"version"`
+	PID      int    `json:"pid"`
+	Instance string `json:"instance"`
 	// Generation changes whenever the set of mounts does.
 	Generation uint64 `json:"generation"`
 }
+
+// instance tells this process from every other mount process, where
+// process IDs do not: in a pod's container, each new mount process is
+// PID 1 again.
+var instance = func() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}()
 
 type mountReply struct {
 	Mountpoint string `json:"mountpoint"`
@@ -95,10 +107,17 @@ var _ snapshot.Mounter = (*Client)(nil)
 
 // NewClient returns a client of the mount process listening on socket.
 func NewClient(socket string) *Client {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		// Every request dials the socket afresh: a successor taking the
+		// mounts over, or the agent standing in for a dead process,
+		// replaces the socket, and a kept-alive connection would go on
+		// talking to whoever listened before.
+		DisableKeepAlives: true,
+	}
 	return &Client{http: &http.Client{Transport: tr}, socket: socket}
 }
 
@@ -126,6 +145,8 @@ type Status struct {
 	// Version identifies its build; empty for builds before versions.
 	Version string
 	PID     int
+	// Instance identifies the process; empty for builds before it.
+	Instance string
 	// Generation changes whenever the set of mounts does.
 	Generation uint64
 }
