@@ -82,3 +82,30 @@ func TestHelpNamesModes(t *testing.T) {
 		}
 	}
 }
+
+func TestFuseIn(t *testing.T) {
+	const info = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+100 22 0:50 / /var/lib/skiff-agent/mnt/ab.image rw,nosuid,nodev,relatime shared:60 - fuse.skiff skiff rw,user_id=0,group_id=0
+101 22 7:0 / /var/lib/skiff-agent/mnt/ab ro,relatime shared:61 - erofs /var/lib/skiff-agent/mnt/ab.image/image ro
+102 22 0:51 / /var/lib/skiff-agent-other/mnt/cd rw - fuse.skiff skiff rw
+103 22 0:52 / /var/lib/docker/overlay2/x/merged rw - overlay overlay rw
+`
+	tests := []struct {
+		dir  string
+		want bool
+	}{
+		{"/var/lib/skiff-agent", true},
+		{"/var/lib/skiff-agent-other", true},
+		{"/var/lib/skiff", false}, // a prefix of the path, not a parent
+		{"/var/lib/docker", false},
+		{"/srv", false},
+	}
+	for _, tt := range tests {
+		if got := fuseIn(info, tt.dir); got != tt.want {
+			t.Errorf("fuseIn(%s) = %v, want %v", tt.dir, got, tt.want)
+		}
+	}
+	if fuseIn("garbage\n\n- \n", "/") {
+		t.Error("fuseIn found a mount in garbage")
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -382,6 +383,33 @@ func processID(st lazymount.Status) string {
 	return strconv.Itoa(st.PID)
 }
 
+// fuseMounted reports whether a FUSE file system is mounted under dir:
+// after a reboot, a dead mount process' socket is left with nothing to
+// hand over.
+func fuseMounted(dir string) bool {
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return true // cannot tell: wait for a stand-in, which costs a few seconds at most
+	}
+	return fuseIn(string(info), dir)
+}
+
+// fuseIn reports whether mountinfo lists a FUSE mount under dir.
+func fuseIn(mountinfo, dir string) bool {
+	for line := range strings.Lines(mountinfo) {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		fields := strings.Fields(line)
+		sep := slices.Index(fields, "-")
+		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
+			continue
+		}
+		if strings.HasPrefix(fields[4], dir+"/") && strings.HasPrefix(fields[sep+1], "fuse") {
+			return true
+		}
+	}
+	return false
+}
+
 // standInWait bounds how long a mount process starting where another died
 // waits for the agent to stand in: many of the agent's checks.
 const standInWait = 5 * time.Second
@@ -595,7 +623,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 // there is one, into m; nil if there is none.
 func takeOver(ctx context.Context, cfg config, sock string, m *lazymount.Manager, log *slog.Logger) (*lazymount.Takeover, error) {
 	if lazymount.NewClient(sock).Ping(ctx) != nil {
-		if cfg.Mountd != mountdExternal || mountdState(sock) != mountdDied {
+		if cfg.Mountd != mountdExternal || mountdState(sock) != mountdDied || !fuseMounted(cfg.Root) {
 			return nil, nil
 		}
 		// A mount process died here, and the kubelet restarted its
