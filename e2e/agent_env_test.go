@@ -503,6 +503,23 @@ func (e *agentEnv) push(ctx context.Context, name string, layers ...v1.Layer) (s
 	return ref, res
 }
 
+// pushReadable pushes and converts an image of the probe and, for each
+// name, a file data/NAME holding "read NAME\n", for tests that read them
+// one by one in a running container; it returns the image and its files.
+func (e *agentEnv) pushReadable(ctx context.Context, repo string, names ...string) (string, map[string][]byte) {
+	e.t.Helper()
+	probe, err := os.ReadFile(e.bin.probe)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	for _, name := range names {
+		files["data/"+name] = []byte("read " + name + "\n")
+	}
+	ref, _ := e.push(ctx, repo, tarLayer(e.t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755}), tarLayer(e.t, files, nil))
+	return ref, files
+}
+
 // pushPlain pushes an image of layers running /bin/probe with cmd as
 // name:v1, without converting it, and returns its reference.
 func (e *agentEnv) pushPlain(ctx context.Context, name string, cmd []string, layers ...v1.Layer) string {

@@ -48,15 +48,7 @@ func TestAgentExternalMountd(t *testing.T) {
 	e.waitAgent()
 	e.waitSnapshotter(ctx)
 
-	probe, err := os.ReadFile(e.bin.probe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := map[string][]byte{}
-	for _, name := range []string{"msg", "agent", "crash", "upgrade", "stopped"} {
-		files["data/"+name] = []byte("read " + name + "\n")
-	}
-	ref, _ := e.push(ctx, "external", tarLayer(t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755}), tarLayer(t, files, nil))
+	ref, files := e.pushReadable(ctx, "external", "msg", "agent", "crash", "upgrade", "stopped")
 	skiffRef := ref + "-skiff"
 	read := func(t *testing.T, name string) {
 		t.Helper()

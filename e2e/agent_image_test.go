@@ -68,15 +68,7 @@ func TestAgentImage(t *testing.T) {
 	e.waitAgent()
 	e.waitSnapshotter(ctx)
 
-	probe, err := os.ReadFile(e.bin.probe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := map[string][]byte{}
-	for _, name := range []string{"msg", "agent", "mountd", "again"} {
-		files["data/"+name] = []byte("read " + name + "\n")
-	}
-	ref, _ := e.push(ctx, "inimage", tarLayer(t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755}), tarLayer(t, files, nil))
+	ref, files := e.pushReadable(ctx, "inimage", "msg", "agent", "mountd", "again")
 	e.pull(ctx, ref)
 	if out, err := e.run(ctx, ref, "first", "cat", "/data/msg"); err != nil || out != string(files["data/msg"]) {
 		t.Fatalf("container printed %q, %v\n%s", out, err, c.logs())
