@@ -77,9 +77,10 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 	later := []byte("read after the agent restarted\n")
 	upgraded := []byte("read after the mount process was upgraded\n")
 	crashed := []byte("read after the mount process was killed\n")
+	afterContainerd := []byte("read after containerd restarted\n")
 	big := randomBytes(t, 3<<20)
 	base := tarLayer(t, map[string][]byte{"bin/probe": probe}, map[string]int64{"bin/probe": 0o755})
-	data := tarLayer(t, map[string][]byte{"data/msg.txt": msg, "data/later.txt": later, "data/upgraded.txt": upgraded, "data/crashed.txt": crashed, "data/big": big}, nil)
+	data := tarLayer(t, map[string][]byte{"data/msg.txt": msg, "data/later.txt": later, "data/upgraded.txt": upgraded, "data/crashed.txt": crashed, "data/containerd.txt": afterContainerd, "data/big": big}, nil)
 	ref, res := e.push(ctx, "app", base, data)
 	skiffRef := ref + "-skiff"
 
@@ -201,6 +202,21 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		out, err = e.run(ctx, ref, "new-after-restart", "cat", "/data/msg.txt")
 		if err != nil || out != string(msg) {
 			t.Fatalf("new container after restart: %q, %v\n%s", out, err, e.logs())
+		}
+	})
+
+	t.Run("containerd restart under a running container", func(t *testing.T) {
+		// containerd reconnects to the proxy snapshotter, and finds
+		// its snapshots and the lazily served layers as it left them.
+		e.ctrd.Restart()
+		e.waitSnapshotter(ctx)
+		out, err := e.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "after-containerd", "long", "/bin/probe", "cat", "/data/containerd.txt")
+		if err != nil || out != string(afterContainerd) {
+			t.Fatalf("read in running container after containerd restarted: %q, %v\n%s\n%s", out, err, e.logs(), e.ctrd.Log())
+		}
+		out, err = e.run(ctx, ref, "new-after-containerd", "cat", "/data/msg.txt")
+		if err != nil || out != string(msg) {
+			t.Fatalf("new container after containerd restarted: %q, %v\n%s", out, err, e.logs())
 		}
 	})
 

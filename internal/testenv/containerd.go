@@ -205,6 +205,15 @@ func writeHostsFile(t testing.TB, dir, host string) {
 	}
 }
 
+// Restart stops containerd and starts it again on the same root, state
+// and socket, as an upgrade of a node's containerd does: the shims, and
+// the containers they run, carry on meanwhile. Call it from the test
+// goroutine.
+func (c Containerd) Restart() {
+	c.proc.stop()
+	c.proc.start()
+}
+
 // Ctr runs ctr against this containerd and returns its combined output.
 func (c Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, c.CtrPath, append([]string{"--address", c.Address}, args...)...)
