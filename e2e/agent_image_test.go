@@ -58,13 +58,13 @@ func TestAgentImage(t *testing.T) {
 	}
 	c.run("agent", append(common,
 		"-v", filepath.Dir(e.socket)+":"+filepath.Dir(e.socket),
-		"-e", "SKIFF_AGENT_SOCKET="+e.socket)...)
+		"-e", "SKIFF_AGENT_SOCKET="+e.socket))
 	c.run("mountd", append(common,
 		"--device", "/dev/fuse",
 		"-e", "SKIFF_AGENT_STORE="+e.storeURL,
 		"-e", storeurl.EnvAccessKey+"="+os.Getenv(storeurl.EnvAccessKey),
-		"-e", storeurl.EnvSecretKey+"="+os.Getenv(storeurl.EnvSecretKey),
-		"skiff/agent:dev", "mountd")...)
+		"-e", storeurl.EnvSecretKey+"="+os.Getenv(storeurl.EnvSecretKey)),
+		"mountd")
 	e.waitAgent()
 	e.waitSnapshotter(ctx)
 
@@ -126,15 +126,12 @@ type agentContainers struct {
 
 func (c *agentContainers) name(role string) string { return c.prefix + "-" + role }
 
-// run starts container role with docker run args; the image and its
-// arguments end args, or the agent image is run without arguments.
-func (c *agentContainers) run(role string, args ...string) {
+// run starts container role of the agent image with docker run options
+// opts and the image's arguments args.
+func (c *agentContainers) run(role string, opts []string, args ...string) {
 	c.t.Helper()
-	full := append([]string{"run", "-d", "--name", c.name(role)}, args...)
-	if !strings.HasPrefix(args[len(args)-1], "skiff/") && args[len(args)-1] != "mountd" {
-		full = append(full, "skiff/agent:dev")
-	}
-	c.docker(full...)
+	full := append([]string{"run", "-d", "--name", c.name(role)}, opts...)
+	c.docker(append(append(full, "skiff/agent:dev"), args...)...)
 }
 
 func (c *agentContainers) docker(args ...string) string {

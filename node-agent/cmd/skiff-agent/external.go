@@ -33,45 +33,26 @@ const (
 
 // awaitMountd waits until a mount process, not the agent's stand-in for
 // a dead one, answers on the socket: with an external mount process,
-// starting one is someone else's job.
-func awaitMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
+// starting one is someone else's job. standingIn says the agent stands in
+// for a dead one meanwhile, holding its mounts: then it fails if the socket
+// dies again, since a successor that took the mounts over and died at once
+// (the kubelet restarting a crashing container) left them with nobody, and
+// the agent must stand in anew for the next one, which waits for that (see
+// awaitStandIn).
+func awaitMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger, standingIn bool) error {
+	sock := mountdSocket(cfg)
 	var waiting time.Time
 	for {
 		// Only a mount process reports its build: not the stand-in.
 		if st, err := c.Status(ctx); err == nil && st.Version != "" {
-			log.Info("skiff-agent: mount process is running", "socket", mountdSocket(cfg), "pid", st.PID, "version", st.Version)
+			log.Info("skiff-agent: mount process is running", "socket", sock, "pid", st.PID, "version", st.Version)
 			return nil
 		}
-		if time.Since(waiting) > awaitLogEvery {
-			log.Info("skiff-agent: waiting for a mount process (`skiff-agent mountd`) on its socket", "socket", mountdSocket(cfg))
-			waiting = time.Now()
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(awaitPoll):
-		}
-	}
-}
-
-// awaitSuccessor waits, while the agent stands in for a dead mount
-// process, until another one has taken the mounts over and answers. It
-// fails if the socket dies again meanwhile: a successor that took the
-// mounts over and died at once (the kubelet restarting a crashing
-// container) left them with nobody, and the caller must stand in anew
-// for the next one, which waits for that (see awaitStandIn).
-func awaitSuccessor(ctx context.Context, c *lazymount.Client, sock string, log *slog.Logger) error {
-	var waiting time.Time
-	for {
-		if st, err := c.Status(ctx); err == nil && st.Version != "" {
-			log.Info("skiff-agent: mount process took the mounts over", "socket", sock, "pid", st.PID, "version", st.Version)
-			return nil
-		}
-		if mountdState(sock) == mountdDied {
+		if standingIn && mountdState(sock) == mountdDied {
 			return errors.New("the mount process that took the mounts over died")
 		}
 		if time.Since(waiting) > awaitLogEvery {
-			log.Info("skiff-agent: holding the mounts for the next mount process (`skiff-agent mountd`)", "socket", sock)
+			log.Info("skiff-agent: waiting for a mount process (`skiff-agent mountd`) on its socket", "socket", sock, "holding mounts", standingIn)
 			waiting = time.Now()
 		}
 		select {

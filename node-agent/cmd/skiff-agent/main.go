@@ -242,7 +242,7 @@ func serve(ctx context.Context, g *errgroup.Group, srv *grpc.Server, path string
 // it survives the agent. An external mount process is only waited for.
 func ensureMountd(ctx context.Context, cfg config, c *lazymount.Client, log *slog.Logger) error {
 	if cfg.Mountd == mountdExternal {
-		return awaitMountd(ctx, cfg, c, log)
+		return awaitMountd(ctx, cfg, c, log, false)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -451,7 +451,7 @@ func replaceDeadMountd(ctx context.Context, cfg config, c *lazymount.Client, hel
 	defer cancel()
 	go lazymount.ServeHeld(hctx, l, held, log)
 	if cfg.Mountd == mountdExternal {
-		if err := awaitSuccessor(ctx, c, mountdSocket(cfg), log); err != nil {
+		if err := awaitMountd(ctx, cfg, c, log, true); err != nil {
 			return err
 		}
 	} else if err := ensureMountd(ctx, cfg, c, log); err != nil {

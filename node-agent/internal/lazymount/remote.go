@@ -65,7 +65,7 @@ func Handler(m *Manager, opts HandlerOptions) http.Handler {
 	}))
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(m.fetch.Stats())
+		_ = json.NewEncoder(w).Encode(m.Stats())
 	})
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
