@@ -143,6 +143,9 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 			e.agentEnv[i] = "SKIFF_AGENT_STORE=" + strings.Replace(e.storeURL, s3.target, s3.addr, 1)
 		}
 	}
+	// SKIFF_BENCH_AGENT_ENV adds settings to both nodes' agents (space
+	// separated), to measure them against the defaults.
+	e.agentEnv = append(e.agentEnv, strings.Fields(os.Getenv("SKIFF_BENCH_AGENT_ENV"))...)
 	e.startAgent()
 	e.waitSnapshotter(ctx)
 	ref := reg.addr + "/large:v1"

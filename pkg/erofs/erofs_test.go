@@ -251,6 +251,53 @@ func TestEncodingRoundTrip(t *testing.T) {
 	}
 }
 
+// TestLoad: a saved layout loads mapped from its file, equal to the one
+// saved, survives the file's removal, and bad files are refused.
+func TestLoad(t *testing.T) {
+	b, im, _, _ := build(t, entries())
+	enc, err := im.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "layout")
+	if err := os.WriteFile(path, enc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(maps), path) {
+		t.Fatalf("%s is not mapped:\n%s", path, maps)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if got.Size() != im.Size() || !bytes.Equal(got.Meta(), im.Meta()) || fmt.Sprint(got.Files()) != fmt.Sprint(im.Files()) {
+		t.Fatal("loaded layout differs")
+	}
+	if err := got.Check(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Load of a missing file: %v, want ErrNotExist", err)
+	}
+	for name, data := range map[string][]byte{"empty": nil, "short": enc[:10], "truncated": enc[:len(enc)-1]} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Load(p); err == nil {
+			t.Errorf("Load of a %s file succeeded", name)
+		}
+	}
+}
+
 // FuzzUnmarshal feeds saved layouts to the decoder: it must reject what
 // serving could trip on, and never panic.
 func FuzzUnmarshal(f *testing.F) {

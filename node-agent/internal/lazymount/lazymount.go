@@ -231,6 +231,12 @@ func (m *Manager) mount(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bo
 	if err := m.saveLayout(d, layout); err != nil {
 		return nil, nil, err
 	}
+	// Served from the saved copy, mapped: the built one would stay on
+	// the heap for as long as the image is mounted.
+	if layout, err = erofs.Load(m.layoutPath(d)); err != nil {
+		os.Remove(m.layoutPath(d))
+		return nil, nil, fmt.Errorf("mount %s: %w", d, err)
+	}
 	if err := os.MkdirAll(m.imageDir(d), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("mount %s: %w", d, err)
 	}
@@ -266,18 +272,14 @@ func (m *Manager) saveLayout(d bootstrap.Digest, layout *erofs.Image) error {
 // loadLayout returns the saved layout of the image-mode mount of d, or
 // nil for a tree mount.
 func (m *Manager) loadLayout(d bootstrap.Digest) (*erofs.Image, error) {
-	data, err := os.ReadFile(m.layoutPath(d))
+	layout, err := erofs.Load(m.layoutPath(d))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("layout of %s: %w", d, err)
 	}
-	var layout erofs.Image
-	if err := layout.UnmarshalBinary(data); err != nil {
-		return nil, fmt.Errorf("layout of %s: %w", d, err)
-	}
-	return &layout, nil
+	return layout, nil
 }
 
 // Unmount implements snapshot.Mounter.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -160,6 +161,15 @@ func (e *erofsEnv) mount(t *testing.T, window time.Duration) string {
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(mp, &sfs); err != nil || sfs.Type != erofsMagic {
 		t.Skipf("this kernel cannot mount a file as EROFS (statfs type %#x, %v)", sfs.Type, err)
+	}
+	// The metadata is served from the saved layout, mapped, not from a
+	// copy on the heap.
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(maps), m.layoutPath(e.d)) {
+		t.Fatalf("the layout %s is not mapped", m.layoutPath(e.d))
 	}
 	return mp
 }
