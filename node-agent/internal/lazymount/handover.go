@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -87,18 +88,29 @@ func (m *Manager) Generation() uint64 {
 // nothing happened.
 func (m *Manager) EndHandover(done bool) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if !done {
 		m.handingOver = false
+		m.mu.Unlock()
 		return
 	}
-	for d, mt := range m.mounts {
-		// What was recorded so far still counts.
-		m.saveStartupSet(context.Background(), d, mt.rec, mt.layout)
-	}
+	mounts := m.mounts
 	m.mounts = map[bootstrap.Digest]*mounted{}
 	m.gen++
+	m.mu.Unlock()
+	// What was recorded so far still counts. The successor waits for
+	// this process to exit, and kills it after a grace period, so the
+	// store gets a bounded time: an outage costs the startup sets, not
+	// the upgrade.
+	ctx, cancel := context.WithTimeout(context.Background(), handoverSaveTimeout)
+	defer cancel()
+	for d, mt := range mounts {
+		m.saveStartupSet(ctx, d, mt.rec, mt.layout)
+	}
 }
+
+// handoverSaveTimeout bounds saving startup sets at a handover, well
+// within the grace a successor gives (skiff-agent's handoverGrace).
+const handoverSaveTimeout = 5 * time.Second
 
 // Resume serves a mount handed over by the previous mount process. The
 // mount's files were being recorded, if ever, by that process.

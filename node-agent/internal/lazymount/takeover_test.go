@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -277,4 +278,84 @@ func uploaded(t *testing.T, img *fetchtest.Image) (store.Store, bootstrap.Digest
 		t.Fatal(err)
 	}
 	return st, d
+}
+
+// TestHandoverSavesStartupSet: what a mount recorded before its process
+// handed it over becomes the image's startup set, and saving it gives the
+// store a bounded time, so that a store outage cannot hold the successor
+// up past its grace.
+func TestHandoverSavesStartupSet(t *testing.T) {
+	for _, outage := range []bool{false, true} {
+		t.Run(map[bool]string{false: "store up", true: "store down"}[outage], func(t *testing.T) {
+			e := newTakeoverEnv(t, true)
+			ctx := context.Background()
+			e.old.opts.RecordWindow = time.Minute
+			down := &downStore{Store: e.st, deadline: make(chan time.Duration, 1)}
+			if outage {
+				e.old.store = down
+			}
+			_, mp := e.mount(t)
+			if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+				t.Fatalf("read: %d bytes, %v", len(got), err)
+			}
+			tk, err := TakeOver(ctx, e.sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := e.manager(t)
+			defer next.Close()
+			if err := next.Resume(ctx, tk.Mounts[0]); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				conn := <-e.handedOver
+				e.old.Close()
+				conn.Close()
+			}()
+			if err := tk.Commit(ctx, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if err := next.StartResumed(); err != nil {
+				t.Fatal(err)
+			}
+			defer next.Unmount(ctx, e.d)
+			_, err = e.st.Stat(ctx, startupKey(e.d.Hex()))
+			if outage {
+				select {
+				case d := <-down.deadline:
+					if d <= 0 || d > handoverSaveTimeout {
+						t.Fatalf("the startup set was saved with %s left, want at most %s", d, handoverSaveTimeout)
+					}
+				default:
+					t.Fatal("no startup set was saved")
+				}
+				if err == nil {
+					t.Fatal("a startup set is in the store that was down")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("no startup set after the handover: %v", err)
+			}
+		})
+	}
+}
+
+// downStore fails every Put, reporting how long the caller would have
+// waited for it.
+type downStore struct {
+	store.Store
+	deadline chan time.Duration
+}
+
+func (s *downStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	d := time.Duration(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		d = time.Until(dl)
+	}
+	select {
+	case s.deadline <- d:
+	default:
+	}
+	return errors.New("store is down")
 }
