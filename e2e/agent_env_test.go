@@ -194,6 +194,7 @@ type agentEnv struct {
 	t        testing.TB
 	bin      binaries
 	reg      testenv.Registry
+	minio    testenv.MinIO // the store's server
 	storeURL string
 	store    store.Store
 	ctrd     testenv.Containerd
@@ -229,6 +230,7 @@ func startAgentEnvWith(t testing.TB, ctrd testenv.ContainerdOptions, reg testenv
 	}
 	e := &agentEnv{t: t, bin: buildBinaries(t)}
 	m := testenv.StartMinIO(t)
+	e.minio = m
 	bucket := m.Bucket(t, "skiff")
 	e.reg = testenv.StartRegistry(t, reg)
 	t.Setenv(storeurl.EnvAccessKey, m.AccessKey)

@@ -381,6 +381,27 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		}
 	})
 
+	t.Run("store outage fails reads, which recover with it", func(t *testing.T) {
+		// As for the corrupted chunk: an image nothing has read, whose
+		// file lies beyond what reading ahead of the probe can reach.
+		data := randomBytes(t, 8<<20)
+		ref, _ := e.push(ctx, "outage", base, tarLayer(t, map[string][]byte{"data/file": data}, nil))
+		e.pull(ctx, ref)
+		e.minio.Stop()
+		out, err := e.run(ctx, ref, "outage", "sha", "/data/file")
+		e.minio.Start()
+		if err == nil || !strings.Contains(out, "input/output error") {
+			t.Fatalf("read while the store was down: %v, want an I/O error:\n%s", err, out)
+		}
+		// A frame that failed fails at once for a second (fetch's
+		// failMemo).
+		time.Sleep(time.Second)
+		out, err = e.run(ctx, ref, "outage-over", "sha", "/data/file")
+		if want := fmt.Sprintf("%x", sha256.Sum256(data)); err != nil || !strings.Contains(out, want) {
+			t.Fatalf("read once the store is back: %v\n%s\nwant sha256 %s", err, out, want)
+		}
+	})
+
 	for _, kv := range settings {
 		if addr, ok := strings.CutPrefix(kv, "SKIFF_AGENT_METRICS_LISTEN="); ok {
 			t.Run("metrics", func(t *testing.T) { checkMetrics(t, ctx, addr) })

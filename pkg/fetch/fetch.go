@@ -46,6 +46,10 @@ type Fetcher struct {
 	memHits, cacheHits, fileHits, misses, zeros atomic.Int64
 	missWait                                    atomic.Int64 // nanoseconds readers spent on misses
 
+	// failed holds the frames every source failed a moment ago (see
+	// failMemo), under mu.
+	failed map[frameKey]failure
+
 	// sink, when set, sees the stored bytes of every verified frame.
 	sink FrameSink
 
@@ -134,6 +138,7 @@ func New(c *cache.Cache, sources ...Source) *Fetcher {
 		mem:    cache.NewMemory(DefaultMemoryBytes),
 		log:    slog.Default(),
 		flight: map[frameKey]*call{},
+		failed: map[frameKey]failure{},
 
 		assembling: map[bootstrap.Digest]bool{},
 		assembly:   make(chan struct{}, 1),
@@ -212,6 +217,9 @@ func (f *Fetcher) frameIndex(b *bootstrap.Bootstrap) *frameIndex {
 func (f *Fetcher) frame(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest) ([]byte, error) {
 	k := frameKey{b, fi}
 	for {
+		if err := f.recentFailure(k); err != nil {
+			return nil, err
+		}
 		cl, leader := f.claim(k)
 		if leader {
 			if f.cached(want) {
@@ -259,11 +267,64 @@ func (f *Fetcher) finish(k frameKey, cl *call, data []byte, err error) {
 	cl.data, cl.err = data, err
 	f.mu.Lock()
 	delete(f.flight, k)
+	if failedFetch(err) {
+		f.rememberFailure(k, err)
+	} else if err == nil {
+		delete(f.failed, k)
+	}
 	f.mu.Unlock()
 	close(cl.done)
 	if persist != nil {
 		f.persistAsync(persist)
 	}
+}
+
+// failMemo is how long a frame that every source failed fails at once.
+// The kernel retries a failed read page by page, and EROFS over the image
+// file retries again: without it, each retry would wait out the sources
+// (seconds each while the store is down) before its reader gets EIO. It
+// is short, so a store that is back is soon read again.
+const failMemo = time.Second
+
+type failure struct {
+	err error
+	at  time.Time
+}
+
+// failedFetch reports whether err is a frame's fetch failing, rather than
+// a claim let go or a reader giving up.
+func failedFetch(err error) bool {
+	return err != nil && !errors.Is(err, errCached) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// rememberFailure records that k failed with err; f.mu is held. Expired
+// records are swept as new ones come, so the map holds at most the
+// failures of the last failMemo (and the bootstraps they name).
+func (f *Fetcher) rememberFailure(k frameKey, err error) {
+	now := time.Now()
+	if len(f.failed) >= 64 {
+		for fk, fl := range f.failed {
+			if now.Sub(fl.at) >= failMemo {
+				delete(f.failed, fk)
+			}
+		}
+	}
+	f.failed[k] = failure{err: err, at: now}
+}
+
+// recentFailure returns the error k failed with less than failMemo ago.
+func (f *Fetcher) recentFailure(k frameKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl, ok := f.failed[k]
+	if !ok {
+		return nil
+	}
+	if time.Since(fl.at) >= failMemo {
+		delete(f.failed, k)
+		return nil
+	}
+	return fl.err
 }
 
 // persistAsync runs a disk write in the background; past writeSlots

@@ -687,3 +687,80 @@ func TestFetchBringsManyChunksInOneRound(t *testing.T) {
 		t.Fatalf("fetch of one frame made %d requests", n)
 	}
 }
+
+// downSource fails every request while down, counting them all.
+type downSource struct {
+	Source
+	down     atomic.Bool
+	requests atomic.Int64
+}
+
+func (s *downSource) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	s.requests.Add(1)
+	if s.down.Load() {
+		return nil, errors.New("connection refused")
+	}
+	return s.Source.FetchFrame(ctx, blob, off, size)
+}
+
+// TestFailedFrameFailsAtOnce: a frame every source just failed fails
+// again at once, without asking them, for failMemo; other frames are
+// fetched as usual, and once it has passed the frame is fetched again.
+func TestFailedFrameFailsAtOnce(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	ctx := context.Background()
+	src := &downSource{Source: NewStoreSource("store", upload(t, img))}
+	f := New(nil, src)
+	src.down.Store(true)
+	start := time.Now()
+	if _, err := readFile(ctx, f, img.Bootstrap, "/random"); err == nil {
+		t.Fatal("read succeeded from a source that is down")
+	}
+	asked := src.requests.Load()
+	_, err := readFile(ctx, f, img.Bootstrap, "/random")
+	if err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("second read: %v, want the first failure again", err)
+	}
+	if n := src.requests.Load(); n != asked && time.Since(start) < failMemo {
+		t.Fatalf("second read within %s asked the source %d more times", failMemo, n-asked)
+	}
+	src.down.Store(false)
+	if got, err := readFile(ctx, f, img.Bootstrap, "/big"); err != nil || !bytes.Equal(got, files["/big"]) {
+		t.Fatalf("another file while /random's failure is remembered: %v", err)
+	}
+	time.Sleep(time.Until(start.Add(failMemo + 50*time.Millisecond)))
+	if got, err := readFile(ctx, f, img.Bootstrap, "/random"); err != nil || !bytes.Equal(got, files["/random"]) {
+		t.Fatalf("read after %s with the source back: %v", failMemo, err)
+	}
+}
+
+// TestFetchAsksADeadSourceOnce: a merged request to a source that cannot
+// be read at all is not followed by one request per frame, and its
+// frames' readers then fail at once.
+func TestFetchAsksADeadSourceOnce(t *testing.T) {
+	img, _ := testImage(t, bootstrap.Zstd)
+	ctx := context.Background()
+	src := &downSource{Source: NewStoreSource("store", upload(t, img))}
+	src.down.Store(true)
+	f := New(nil, src)
+	b := img.Bootstrap
+	ino, _ := b.LookupPath("/big")
+	chunks := b.FileChunks(ino)
+	frames := map[uint32]bool{}
+	for _, ci := range chunks {
+		frames[b.Chunks[ci].Frame] = true
+	}
+	if len(frames) < 3 {
+		t.Fatalf("/big spans %d frames; the test needs several", len(frames))
+	}
+	f.Fetch(ctx, b, chunks)
+	if n := src.requests.Load(); n != 1 {
+		t.Fatalf("a merged fetch of %d frames from a dead source made %d requests, want 1", len(frames), n)
+	}
+	if _, err := readFile(ctx, f, b, "/big"); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("read after the failed fetch: %v", err)
+	}
+	if n := src.requests.Load(); n != 1 {
+		t.Fatalf("reading the frames that just failed made %d more requests", n-1)
+	}
+}

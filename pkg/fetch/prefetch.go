@@ -103,6 +103,9 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 	var mine []uint32
 	ix := f.frameIndex(b)
 	for _, fi := range r.frames {
+		if !force && f.recentFailure(frameKey{b, fi}) != nil {
+			continue // its readers hear of the failure at once
+		}
 		cl, leader := f.claim(frameKey{b, fi})
 		if !leader {
 			continue
@@ -115,10 +118,18 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 		mine = append(mine, fi)
 	}
 	var mu sync.Mutex // guards claimed while a run delivers
+	// unreachable lists the sources that could not be read at all, with
+	// the error: a frame left over is not asked of them again, one by
+	// one, which while the store is down would cost every frame of the
+	// run a round of retries before its readers hear of it.
+	unreachable := map[*source]error{}
 	for _, sub := range planRuns(b, mine) {
 		for _, s := range f.sources {
 			if len(claimed) == 0 || ctx.Err() != nil {
 				break
+			}
+			if unreachable[s] != nil {
+				continue
 			}
 			err := f.readRun(ctx, s, b, ix, sub, func(fi uint32, data []byte, err error) {
 				// A frame that did not arrive intact is left to the
@@ -137,6 +148,16 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 			if err == nil {
 				break
 			}
+			unreachable[s] = err
+		}
+	}
+	var rest []*source
+	var errs []error
+	for _, s := range f.sources {
+		if err := unreachable[s]; err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.Name(), err))
+		} else {
+			rest = append(rest, s)
 		}
 	}
 	for _, fi := range mine {
@@ -145,7 +166,11 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 			continue
 		}
 		want := firstChunk(b, ix, fi)
-		data, err := f.fetchFrame(ctx, b, fi, want)
+		var data []byte
+		err := fmt.Errorf("frame %d: all %d sources failed: %w", fi, len(errs), errors.Join(errs...))
+		if len(rest) > 0 {
+			data, err = f.fetchFrameFrom(ctx, b, fi, want, rest)
+		}
 		f.finish(frameKey{b, fi}, cl, data, err)
 		if err != nil && ctx.Err() == nil {
 			errc <- fmt.Errorf("chunk %s: %w", want, err)

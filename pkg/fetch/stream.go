@@ -119,8 +119,9 @@ type frameResult struct {
 // missed and whose other frames, claimed with calls, are read ahead, and
 // sends fi's outcome to mine the moment it is known. The request is not
 // bound to the reader's ctx: the frames read ahead have waiters of their
-// own. Frames it cannot deliver are left to whoever wants them: their
-// waiters retry from the start.
+// own. Frames it cannot deliver are left to whoever wants them (their
+// waiters retry from the start), unless no source could be read at all:
+// then they fail with that.
 func (f *Fetcher) streamAhead(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, r run, fi uint32, ahead map[uint32]*call, mine chan<- frameResult) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
 	defer cancel()
@@ -160,7 +161,13 @@ func (f *Fetcher) streamAhead(ctx context.Context, b *bootstrap.Bootstrap, ix *f
 		}
 		mine <- frameResult{err: err, next: next}
 	}
+	// When no source could be read at all, the frames read ahead fail
+	// with it: their waiters would only ask the same sources again.
+	fail := errCached
+	if err != nil {
+		fail = err
+	}
 	for fj, cl := range ahead {
-		f.finish(frameKey{b, fj}, cl, nil, errCached)
+		f.finish(frameKey{b, fj}, cl, nil, fail)
 	}
 }

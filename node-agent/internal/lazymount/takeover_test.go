@@ -94,6 +94,35 @@ func (e *takeoverEnv) manager(t *testing.T) *Manager {
 	return m
 }
 
+// commit has a new Manager take the mounts of tk over and serve them,
+// the old one closing as its process would exit. The new one is closed
+// when the test ends.
+func (e *takeoverEnv) commit(t *testing.T, tk *Takeover) *Manager {
+	t.Helper()
+	ctx := context.Background()
+	next := e.manager(t)
+	t.Cleanup(func() { next.Close() })
+	for _, h := range tk.Mounts {
+		if err := next.Resume(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The old process exits once it has heard the new one took over; here
+	// it closes its end instead.
+	go func() {
+		conn := <-e.handedOver
+		e.old.Close()
+		conn.Close()
+	}()
+	if err := tk.Commit(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.StartResumed(); err != nil {
+		t.Fatal(err)
+	}
+	return next
+}
+
 // TestTakeover: a new Manager takes the mounts of one serving on a
 // socket; the old one then refuses requests and leaves the mount in place
 // when closed, and the new one serves it.
@@ -130,24 +159,7 @@ func testTakeover(t *testing.T, erofs bool) {
 	if _, err := client.Mount(ctx, e.d); err == nil || !strings.Contains(err.Error(), "being replaced") {
 		t.Fatalf("mount while handing over: %v", err)
 	}
-	next := e.manager(t)
-	defer next.Close()
-	if err := next.Resume(ctx, tk.Mounts[0]); err != nil {
-		t.Fatal(err)
-	}
-	// The old process exits once it has heard the new one took over; here
-	// it closes its end instead.
-	go func() {
-		conn := <-e.handedOver
-		e.old.Close()
-		conn.Close()
-	}()
-	if err := tk.Commit(ctx, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := next.StartResumed(); err != nil {
-		t.Fatal(err)
-	}
+	next := e.commit(t, tk)
 	if got := next.Mounted(); len(got) != 1 || got[0] != e.d {
 		t.Fatalf("new manager serves %v", got)
 	}
@@ -302,22 +314,7 @@ func TestHandoverSavesStartupSet(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			next := e.manager(t)
-			defer next.Close()
-			if err := next.Resume(ctx, tk.Mounts[0]); err != nil {
-				t.Fatal(err)
-			}
-			go func() {
-				conn := <-e.handedOver
-				e.old.Close()
-				conn.Close()
-			}()
-			if err := tk.Commit(ctx, 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			if err := next.StartResumed(); err != nil {
-				t.Fatal(err)
-			}
+			next := e.commit(t, tk)
 			defer next.Unmount(ctx, e.d)
 			_, err = e.st.Stat(ctx, startupKey(e.d.Hex()))
 			if outage {
