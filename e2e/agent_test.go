@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -437,6 +438,13 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 			}
 			return nil
 		})
+		// Nor does the node keep the image's bootstrap or mount
+		// directories, which would pile up over every image it ran.
+		for _, p := range []string{mp, filepath.Join(e.root, "bootstraps", res.Bootstrap.Hex())} {
+			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s after the image was removed: %v, want it gone", p, err)
+			}
+		}
 		snaps, err := e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "skiff", "ls")
 		if err != nil {
 			t.Fatal(err)

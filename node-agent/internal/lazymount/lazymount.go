@@ -306,6 +306,35 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	return nil
 }
 
+// Release implements snapshot.Mounter: it unmounts d and removes the
+// copy of its bootstrap and its mount directories, which would otherwise
+// pile up on a node over every image it ever ran. The chunk cache keeps
+// the image's chunks, which other images may share, until it evicts
+// them. An image mounted again meanwhile is left alone; one fetched again
+// meanwhile fetches its bootstrap once more when mounted.
+func (m *Manager) Release(ctx context.Context, d bootstrap.Digest) error {
+	if err := m.Unmount(ctx, d); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.mounts[d]; ok || m.handingOver {
+		return nil
+	}
+	// os.Remove, not RemoveAll: a directory still mounted on is refused
+	// (EBUSY), never emptied.
+	var errs []error
+	for _, p := range []string{m.bootstrapPath(d), m.Mountpoint(d), m.imageDir(d)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("release %s: %w", d, err)
+	}
+	return nil
+}
+
 // Mounted lists the images currently mounted.
 func (m *Manager) Mounted() []bootstrap.Digest {
 	m.mu.Lock()

@@ -63,6 +63,9 @@ func Handler(m *Manager, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("POST /unmount", with(func(ctx context.Context, d bootstrap.Digest) (any, error) {
 		return struct{}{}, m.Unmount(ctx, d)
 	}))
+	mux.HandleFunc("POST /release", with(func(ctx context.Context, d bootstrap.Digest) (any, error) {
+		return struct{}{}, m.Release(ctx, d)
+	}))
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(m.Stats())
@@ -187,7 +190,10 @@ func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out an
 	if err != nil {
 		return fmt.Errorf("%s %s: mount process: %w", op, d, err)
 	}
-	if resp.StatusCode != http.StatusOK {
+	switch {
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
+		return fmt.Errorf("%s %s: %w", op, d, errNotServed)
+	case resp.StatusCode != http.StatusOK:
 		return fmt.Errorf("%s %s: %w", op, d, errors.New(strings.TrimSpace(string(body))))
 	}
 	return json.Unmarshal(body, out)
@@ -207,7 +213,15 @@ func (c *Client) Mount(ctx context.Context, d bootstrap.Digest) (string, error) 
 	return r.Mountpoint, nil
 }
 
-// Unmount implements snapshot.Mounter.
-func (c *Client) Unmount(ctx context.Context, d bootstrap.Digest) error {
-	return c.call(ctx, "unmount", d, &struct{}{})
+// Release implements snapshot.Mounter. A mount process from before
+// releases were served is asked to unmount instead.
+func (c *Client) Release(ctx context.Context, d bootstrap.Digest) error {
+	err := c.call(ctx, "release", d, &struct{}{})
+	if errors.Is(err, errNotServed) {
+		err = c.call(ctx, "unmount", d, &struct{}{})
+	}
+	return err
 }
+
+// errNotServed is a request the mount process does not know.
+var errNotServed = errors.New("not served by this mount process")

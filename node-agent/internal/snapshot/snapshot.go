@@ -72,8 +72,10 @@ type Mounter interface {
 	// Mount returns the directory where the image is mounted, mounting
 	// it first if needed.
 	Mount(ctx context.Context, d bootstrap.Digest) (string, error)
-	// Unmount detaches the image's filesystem if it is mounted.
-	Unmount(ctx context.Context, d bootstrap.Digest) error
+	// Release is called once no snapshot uses the image: it detaches
+	// the image's filesystem if it is mounted, and drops what the node
+	// kept of the image for it (the local bootstrap, mount directories).
+	Release(ctx context.Context, d bootstrap.Digest) error
 }
 
 // Layers downloads layers of ordinary images, for the rare lower layer
@@ -209,7 +211,8 @@ func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 }
 
 // Remove implements snapshots.Snapshotter. Removing the last snapshot of
-// a Skiff image unmounts its filesystem.
+// a Skiff image releases it: its filesystem is unmounted and its local
+// state dropped.
 func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	info, err := s.base.Stat(ctx, key)
 	if err != nil {
@@ -236,8 +239,8 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if err != nil {
 		return nil
 	}
-	if err := s.mounts.Unmount(ctx, bd); err != nil {
-		s.log.Warn("snapshot: unmount unused image", "bootstrap", d, "err", err)
+	if err := s.mounts.Release(ctx, bd); err != nil {
+		s.log.Warn("snapshot: release unused image", "bootstrap", d, "err", err)
 	}
 	return nil
 }

@@ -1,0 +1,89 @@
+package lazymount
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRelease: releasing an image no snapshot uses unmounts it and drops
+// its bootstrap copy and mount directories; mounting it again fetches the
+// bootstrap anew. A mount process from before releases is asked to
+// unmount instead.
+func TestRelease(t *testing.T) {
+	for _, mode := range []string{"fuse tree", "erofs"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newTakeoverEnvIn(t, false, mode == "erofs")
+			ctx := context.Background()
+			client, mp := e.mount(t)
+			if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+				t.Fatalf("read: %d bytes, %v", len(got), err)
+			}
+			kept := []string{e.old.bootstrapPath(e.d), mp}
+			if mode == "erofs" {
+				kept = append(kept, e.old.imageDir(e.d))
+			}
+			for _, p := range kept {
+				if _, err := os.Stat(p); err != nil {
+					t.Fatalf("before the release: %v", err)
+				}
+			}
+			if err := client.Release(ctx, e.d); err != nil {
+				t.Fatal(err)
+			}
+			if len(e.old.Mounted()) != 0 {
+				t.Fatalf("still mounted after the release: %v", e.old.Mounted())
+			}
+			for _, p := range kept {
+				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s after the release: %v, want it gone", p, err)
+				}
+			}
+			mp, err := client.Mount(ctx, e.d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+				t.Fatalf("read after mounting again: %d bytes, %v", len(got), err)
+			}
+			if err := e.old.Unmount(ctx, e.d); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("mount process before releases", func(t *testing.T) {
+		e := newTakeoverEnv(t, false)
+		ctx := context.Background()
+		sock := filepath.Join(t.TempDir(), "old.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := Handler(e.old, HandlerOptions{})
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/release") {
+				http.NotFound(w, r)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})}
+		go srv.Serve(l)
+		t.Cleanup(func() { srv.Close() })
+		client := NewClient(sock)
+		if _, err := client.Mount(ctx, e.d); err != nil {
+			t.Fatal(err)
+		}
+		if err := client.Release(ctx, e.d); err != nil {
+			t.Fatal(err)
+		}
+		if len(e.old.Mounted()) != 0 {
+			t.Fatalf("still mounted after the release: %v", e.old.Mounted())
+		}
+	})
+}
