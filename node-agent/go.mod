@@ -13,6 +13,7 @@ require (
 	github.com/skiff-dev/skiff v0.0.0
 	golang.org/x/sync v0.24.0
 	golang.org/x/sys v0.49.0
+	golang.org/x/time v0.16.0
 	google.golang.org/grpc v1.83.2
 	k8s.io/cri-api v0.32.3
 )

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
@@ -762,5 +764,37 @@ func TestFetchAsksADeadSourceOnce(t *testing.T) {
 	}
 	if n := src.requests.Load(); n != 1 {
 		t.Fatalf("reading the frames that just failed made %d more requests", n-1)
+	}
+}
+
+// TestPrefetchLimit: a limited Prefetch reads no more than its limiter
+// admits, and says it stopped short; unlimited, it reads everything.
+func TestPrefetchLimit(t *testing.T) {
+	img, _ := testImage(t, bootstrap.Zstd)
+	st := upload(t, img)
+	b := img.Bootstrap
+	all := make([]uint32, len(b.Inodes))
+	for i := range all {
+		all[i] = uint32(i)
+	}
+	stored := func(f *Fetcher) int64 { return f.Stats().Sources[0].Bytes }
+
+	f := New(nil, NewStoreSource("store", st))
+	if err := f.Prefetch(context.Background(), b, all); err != nil {
+		t.Fatal(err)
+	}
+	whole := stored(f)
+
+	// 32 KiB at once, then a byte a second: the rest would take hours.
+	const burst = 32 << 10
+	limited := New(nil, NewStoreSource("store", st))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := limited.Prefetch(ctx, b, all, Limit(rate.NewLimiter(1, burst)))
+	if err == nil || !strings.Contains(err.Error(), "rate limit") {
+		t.Fatalf("a prefetch past its limit: %v, want a rate limit error", err)
+	}
+	if got := stored(limited); got == 0 || got > burst || whole <= burst {
+		t.Fatalf("limited prefetch read %d bytes, want some and at most %d (of %d)", got, burst, whole)
 	}
 }

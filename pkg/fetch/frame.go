@@ -120,6 +120,12 @@ type run struct {
 
 // planRuns groups frames into runs of nearby frames of the same blob.
 func planRuns(b *bootstrap.Bootstrap, frames []uint32) []run {
+	return planRunsUpTo(b, frames, maxRun)
+}
+
+// planRunsUpTo is planRuns with runs of at most limit bytes (a frame
+// larger than that is a run of its own).
+func planRunsUpTo(b *bootstrap.Bootstrap, frames []uint32, limit int64) []run {
 	frames = append([]uint32(nil), frames...)
 	sort.Slice(frames, func(i, j int) bool {
 		fi, fj := b.Frames[frames[i]], b.Frames[frames[j]]
@@ -134,7 +140,7 @@ func planRuns(b *bootstrap.Bootstrap, frames []uint32) []run {
 		end := f.Offset + int64(f.CompressedSize)
 		if n := len(runs); n > 0 {
 			r := &runs[n-1]
-			if r.blob == f.Blob && f.Offset >= r.off && f.Offset-r.end <= mergeGap && max(end, r.end)-r.off <= maxRun {
+			if r.blob == f.Blob && f.Offset >= r.off && f.Offset-r.end <= mergeGap && max(end, r.end)-r.off <= limit {
 				r.frames = append(r.frames, fi)
 				r.end = max(end, r.end)
 				continue

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
@@ -14,12 +15,32 @@ import (
 // prefetchConcurrency bounds the requests one Prefetch keeps in flight.
 const prefetchConcurrency = 8
 
+// PrefetchOption tunes a Prefetch.
+type PrefetchOption func(*prefetchOptions)
+
+type prefetchOptions struct {
+	limit *rate.Limiter
+}
+
+// Limit has each request of a Prefetch wait until lim admits the bytes it
+// reads (compressed, as stored), so that warming whole images leaves the
+// node's network and CPU to its containers. Requests are cut to lim's
+// burst; a frame larger than that counts as the burst. One limiter shared
+// by every Prefetch bounds them together.
+func Limit(lim *rate.Limiter) PrefetchOption {
+	return func(o *prefetchOptions) { o.limit = lim }
+}
+
 // Prefetch warms the caches with every chunk of the given inodes (regular
 // files; others are ignored), reading nearby frames of a blob with one
 // request each. It returns an error naming every chunk it could not fetch;
 // the chunks it did fetch stay cached either way, and are on disk when it
 // returns.
-func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes []uint32) error {
+func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes []uint32, opts ...PrefetchOption) error {
+	var o prefetchOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	defer f.Flush()
 	seen := map[uint32]bool{}
 	var frames []uint32
@@ -39,7 +60,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes [
 			frames = append(frames, c.Frame)
 		}
 	}
-	if err := f.fetchRuns(ctx, b, frames, false); err != nil {
+	if err := f.fetchRuns(ctx, b, frames, o.limit, false); err != nil {
 		return fmt.Errorf("prefetch: %w", err)
 	}
 	return nil
@@ -55,15 +76,16 @@ func (f *Fetcher) FetchFrames(ctx context.Context, b *bootstrap.Bootstrap, frame
 			return fmt.Errorf("fetch frames: frame %d out of range", fi)
 		}
 	}
-	if err := f.fetchRuns(ctx, b, frames, true); err != nil {
+	if err := f.fetchRuns(ctx, b, frames, nil, true); err != nil {
 		return fmt.Errorf("fetch frames: %w", err)
 	}
 	return nil
 }
 
-// fetchRuns fetches frames in runs of nearby frames; force fetches frames
-// whose chunks are cached, too.
-func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames []uint32, force bool) error {
+// fetchRuns fetches frames in runs of nearby frames, each run first
+// admitted by limit if set; force fetches frames whose chunks are cached,
+// too.
+func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames []uint32, limit *rate.Limiter, force bool) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(prefetchConcurrency)
 	errc := make(chan error, 1)
@@ -75,7 +97,17 @@ func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames 
 		}
 		close(done)
 	}()
-	for _, r := range planRuns(b, frames) {
+	var waitErr error
+	runs := planRuns(b, frames)
+	if limit != nil {
+		runs = planRunsUpTo(b, frames, min(maxRun, int64(limit.Burst())))
+	}
+	for _, r := range runs {
+		if limit != nil {
+			if waitErr = limit.WaitN(gctx, int(min(r.end-r.off, int64(limit.Burst())))); waitErr != nil {
+				break
+			}
+		}
 		g.Go(func() error {
 			f.prefetchRun(gctx, b, r, errc, force)
 			return gctx.Err()
@@ -84,6 +116,9 @@ func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames 
 	err := g.Wait()
 	close(errc)
 	<-done
+	if err == nil && waitErr != nil {
+		err = fmt.Errorf("rate limit: %w", waitErr)
+	}
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -216,5 +251,5 @@ func (f *Fetcher) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []ui
 	if len(frames) < 2 {
 		return
 	}
-	f.fetchRuns(ctx, b, frames, false)
+	f.fetchRuns(ctx, b, frames, nil, false)
 }

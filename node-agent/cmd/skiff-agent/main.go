@@ -55,6 +55,7 @@ type config struct {
 	CacheSize     int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
 	RecordWindow  time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
 	PrefetchAll   bool          `env:"PREFETCH_ALL" envDefault:"false"`
+	PrefetchRate  int64         `env:"PREFETCH_RATE" envDefault:"0"`
 	Passthrough   bool          `env:"PASSTHROUGH" envDefault:"false"`
 	EROFS         bool          `env:"EROFS" envDefault:"true"`
 	Mountd        string        `env:"MOUNTD" envDefault:"spawn"`
@@ -78,6 +79,7 @@ var help = map[string]string{
 	"CACHE_SIZE":      "chunk cache size limit in bytes (least recently used chunks are evicted)",
 	"RECORD_WINDOW":   "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
 	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
+	"PREFETCH_RATE":   "bytes per second (as stored, compressed) PREFETCH_ALL fetches at most, over every image together, so that warming images leaves the node's network and CPU to its containers (0: unlimited)",
 	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free",
 	"EROFS":           "mount images with the kernel's EROFS over one lazily filled image file (Linux 6.12+), so names, attributes and cached pages never reach this process; images are served as FUSE trees where the kernel cannot, and with PASSTHROUGH",
 	"MOUNTD":          "who runs the mount process: spawn (the agent starts it detached, and replaces it when it dies or its build changes) or external (another container of the pod, or another service, runs `skiff-agent mountd` with the same settings; the agent waits for it, and holds its FUSE connections while it restarts, so either can restart without breaking containers)",
@@ -534,7 +536,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, Passthrough: cfg.Passthrough, EROFS: cfg.EROFS, Logger: log})
+	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, PrefetchRate: cfg.PrefetchRate, Passthrough: cfg.Passthrough, EROFS: cfg.EROFS, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -39,6 +40,9 @@ type Options struct {
 	RecordWindow time.Duration
 	// PrefetchAll warms the whole image after the startup set.
 	PrefetchAll bool
+	// PrefetchRate bounds what PrefetchAll fetches, in stored bytes per
+	// second over every image together; 0 leaves it unbounded.
+	PrefetchRate int64
 	// Passthrough lets the kernel read large files that are entirely in
 	// the local cache straight from disk (FUSE passthrough). It needs
 	// tree mounts, so it turns EROFS off.
@@ -74,6 +78,8 @@ type Manager struct {
 	wg          sync.WaitGroup
 	// noEROFS is set once the kernel has refused an EROFS mount.
 	noEROFS atomic.Bool
+	// rest admits what PrefetchAll fetches (see Options.PrefetchRate).
+	rest []fetch.PrefetchOption
 }
 
 var _ snapshot.Mounter = (*Manager)(nil)
@@ -96,7 +102,11 @@ func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, 
 		opts.Logger = slog.Default()
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}}, nil
+	m := &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}}
+	if opts.PrefetchRate > 0 {
+		m.rest = append(m.rest, fetch.Limit(rate.NewLimiter(rate.Limit(opts.PrefetchRate), prefetchBurst)))
+	}
+	return m, nil
 }
 
 // Mountpoint is where the image with bootstrap d is (or will be) mounted.
@@ -388,7 +398,7 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 		for i := range b.Inodes {
 			all = append(all, uint32(i))
 		}
-		if err := m.fetch.Prefetch(ctx, b, all); err != nil {
+		if err := m.fetch.Prefetch(ctx, b, all, m.rest...); err != nil {
 			m.log.Warn("lazymount: prefetch image", "bootstrap", d, "err", err)
 		}
 	}
@@ -402,6 +412,10 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 	}
 	m.saveStartupSet(ctx, d, rec, layout)
 }
+
+// prefetchBurst is the most PrefetchRate lets through at once: one
+// merged request (8 MiB of frames) and then some.
+const prefetchBurst = 16 << 20
 
 // startupKey is where the startup set of bootstrap hex lives in the store,
 // beside the bootstrap, so that every node benefits from the first.
