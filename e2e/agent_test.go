@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -336,6 +337,27 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 		if err != nil || out != string(msg) {
 			t.Fatalf("new container after the mount process was stopped: %q, %v\n%s", out, err, e.logs())
 		}
+	})
+
+	t.Run("status lists the image", func(t *testing.T) {
+		// The mount process the last subtest started may still be
+		// taking the mounts over from the agent.
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		waitFor(t, wctx, func() error {
+			cmd := exec.CommandContext(ctx, e.bin.agent, "status")
+			cmd.Env = append(os.Environ(), e.agentEnv...)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("skiff-agent status: %v\n%s", err, out)
+			}
+			for _, want := range []string{res.Bootstrap.String(), filepath.Join(e.root, "mnt", res.Bootstrap.Hex()), "store"} {
+				if !strings.Contains(string(out), want) {
+					return fmt.Errorf("skiff-agent status lacks %q:\n%s", want, out)
+				}
+			}
+			return nil
+		})
 	})
 
 	t.Run("startup set recorded beside the bootstrap", func(t *testing.T) {

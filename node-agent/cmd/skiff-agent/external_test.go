@@ -76,7 +76,7 @@ func TestHelpNamesModes(t *testing.T) {
 	if got := run([]string{"--help"}, &stdout, &stdout); got != 0 {
 		t.Fatalf("--help = %d", got)
 	}
-	for _, want := range []string{"skiff-agent check", "skiff-agent parked", "SKIFF_AGENT_MOUNTD", `"spawn"`} {
+	for _, want := range []string{"skiff-agent check", "skiff-agent status", "skiff-agent parked", "SKIFF_AGENT_MOUNTD", `"spawn"`} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}

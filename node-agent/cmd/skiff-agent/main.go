@@ -111,7 +111,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case parkedMode:
 		return park(stderr)
-	case "", "mountd", "check":
+	case "", "mountd", "check", "status":
 	default:
 		fmt.Fprintf(stderr, "skiff-agent: unknown argument %q\n", mode)
 		usage(stderr)
@@ -131,8 +131,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "skiff-agent: %sMOUNTD: %q is neither %q nor %q\n", envPrefix, cfg.Mountd, mountdSpawn, mountdExternal)
 		return 2
 	}
-	if mode == "check" {
+	switch mode {
+	case "check":
 		return check(cfg, stdout, stderr)
+	case "status":
+		return printStatus(cfg, args[1:], stdout, stderr)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
@@ -157,6 +160,8 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "                            SKIFF_AGENT_MOUNTD=external);")
 	fmt.Fprintln(w, "                            one already running hands its mounts over to it and exits")
 	fmt.Fprintln(w, "       skiff-agent check    exit 0 if the snapshotter answers on SKIFF_AGENT_SOCKET (a liveness probe)")
+	fmt.Fprintln(w, "       skiff-agent status [--json]")
+	fmt.Fprintln(w, "                            the mount process' images, chunk reads, sources and cache")
 	fmt.Fprintln(w, "       skiff-agent parked   what a mount process becomes after handing its mounts over with")
 	fmt.Fprintln(w, "                            SKIFF_AGENT_MOUNTD=external: it holds nothing and waits to be stopped")
 	fmt.Fprintln(w, "\nsettings (environment):")

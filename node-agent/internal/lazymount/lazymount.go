@@ -15,6 +15,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -354,6 +356,27 @@ func (m *Manager) Mounted() []bootstrap.Digest {
 		ds = append(ds, d)
 	}
 	return ds
+}
+
+// MountInfo describes one mounted image.
+type MountInfo struct {
+	Bootstrap  bootstrap.Digest `json:"bootstrap"`
+	Mountpoint string           `json:"mountpoint"`
+	// EROFS is set for an image mounted through the kernel's EROFS,
+	// unset for one served as a FUSE tree.
+	EROFS bool `json:"erofs"`
+}
+
+// Mounts describes the images currently mounted, by bootstrap digest.
+func (m *Manager) Mounts() []MountInfo {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ms := make([]MountInfo, 0, len(m.mounts))
+	for d, mt := range m.mounts {
+		ms = append(ms, MountInfo{Bootstrap: d, Mountpoint: mt.srv.Mountpoint(), EROFS: mt.layout != nil})
+	}
+	slices.SortFunc(ms, func(a, b MountInfo) int { return strings.Compare(a.Bootstrap.String(), b.Bootstrap.String()) })
+	return ms
 }
 
 // Close stops background work and unmounts every image.

@@ -15,7 +15,8 @@ import (
 // TestRelease: releasing an image no snapshot uses unmounts it and drops
 // its bootstrap copy and mount directories; mounting it again fetches the
 // bootstrap anew. A mount process from before releases is asked to
-// unmount instead.
+// unmount instead. The mount process lists its mounts and counters
+// meanwhile (skiff-agent status).
 func TestRelease(t *testing.T) {
 	for _, mode := range []string{"fuse tree", "erofs"} {
 		t.Run(mode, func(t *testing.T) {
@@ -24,6 +25,16 @@ func TestRelease(t *testing.T) {
 			client, mp := e.mount(t)
 			if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
 				t.Fatalf("read: %d bytes, %v", len(got), err)
+			}
+			ms, err := client.Mounts(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ms) != 1 || ms[0].Bootstrap != e.d || ms[0].Mountpoint != mp || ms[0].EROFS != (mode == "erofs") {
+				t.Fatalf("mounts: %+v, want %s at %s", ms, e.d, mp)
+			}
+			if st, err := client.Stats(ctx); err != nil || len(st.Sources) != 1 || st.Sources[0].Bytes == 0 {
+				t.Fatalf("stats after a read: %+v, %v", st, err)
 			}
 			kept := []string{e.old.bootstrapPath(e.d), mp}
 			if mode == "erofs" {
@@ -37,15 +48,15 @@ func TestRelease(t *testing.T) {
 			if err := client.Release(ctx, e.d); err != nil {
 				t.Fatal(err)
 			}
-			if len(e.old.Mounted()) != 0 {
-				t.Fatalf("still mounted after the release: %v", e.old.Mounted())
+			if ms, err := client.Mounts(ctx); err != nil || len(ms) != 0 {
+				t.Fatalf("mounts after the release: %+v, %v", ms, err)
 			}
 			for _, p := range kept {
 				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("%s after the release: %v, want it gone", p, err)
 				}
 			}
-			mp, err := client.Mount(ctx, e.d)
+			mp, err = client.Mount(ctx, e.d)
 			if err != nil {
 				t.Fatal(err)
 			}

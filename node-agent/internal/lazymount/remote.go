@@ -16,6 +16,7 @@ import (
 
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/fetch"
 )
 
 // The mounts live in their own long-running process (skiff-agent mountd)
@@ -69,6 +70,10 @@ func Handler(m *Manager, opts HandlerOptions) http.Handler {
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(m.Stats())
+	})
+	mux.HandleFunc("GET /mounts", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(m.Mounts())
 	})
 	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -174,6 +179,37 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		return Status{}, fmt.Errorf("mount process status: %w", err)
 	}
 	return Status(v), nil
+}
+
+// Stats returns the mount process' chunk read, source and cache counters.
+func (c *Client) Stats(ctx context.Context) (fetch.Stats, error) {
+	var s fetch.Stats
+	return s, c.get(ctx, "stats", &s)
+}
+
+// Mounts describes the images the mount process has mounted.
+func (c *Client) Mounts(ctx context.Context) ([]MountInfo, error) {
+	var ms []MountInfo
+	return ms, c.get(ctx, "mounts", &ms)
+}
+
+func (c *Client) get(ctx context.Context, what string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mountd/"+what, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: mount process: %w", what, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: mount process: %s", what, resp.Status)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(out); err != nil {
+		return fmt.Errorf("%s: mount process: %w", what, err)
+	}
+	return nil
 }
 
 func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out any) error {
