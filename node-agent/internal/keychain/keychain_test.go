@@ -16,12 +16,16 @@ func TestResolve(t *testing.T) {
 	k := New()
 	alice := authn.AuthConfig{Username: "alice", Password: "a"}
 	bob := authn.AuthConfig{Username: "bob", Password: "b"}
-	for image, cfg := range map[string]authn.AuthConfig{
-		"reg.example.com/team/app:v1":              alice,
-		"reg.example.com/other/db@sha256:" + zeros: bob,
-		"nginx:1": {RegistryToken: "hub"},
+	// In order: which pull came last decides a registry's credentials.
+	for _, p := range []struct {
+		image string
+		cfg   authn.AuthConfig
+	}{
+		{"reg.example.com/team/app:v1", alice},
+		{"reg.example.com/other/db@sha256:" + zeros, bob},
+		{"nginx:1", authn.AuthConfig{RegistryToken: "hub"}},
 	} {
-		if err := k.Add(image, cfg); err != nil {
+		if err := k.Add(p.image, p.cfg); err != nil {
 			t.Fatal(err)
 		}
 	}
