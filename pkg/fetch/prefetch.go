@@ -98,11 +98,11 @@ func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames 
 		close(done)
 	}()
 	var waitErr error
-	runs := planRuns(b, frames)
+	most := int64(maxRun)
 	if limit != nil {
-		runs = planRunsUpTo(b, frames, min(maxRun, int64(limit.Burst())))
+		most = min(most, int64(limit.Burst()))
 	}
-	for _, r := range runs {
+	for _, r := range planRunsUpTo(b, frames, most) {
 		if limit != nil {
 			if waitErr = limit.WaitN(gctx, int(min(r.end-r.off, int64(limit.Burst())))); waitErr != nil {
 				break

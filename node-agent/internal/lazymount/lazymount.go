@@ -347,17 +347,6 @@ func (m *Manager) Release(ctx context.Context, d bootstrap.Digest) error {
 	return nil
 }
 
-// Mounted lists the images currently mounted.
-func (m *Manager) Mounted() []bootstrap.Digest {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ds := make([]bootstrap.Digest, 0, len(m.mounts))
-	for d := range m.mounts {
-		ds = append(ds, d)
-	}
-	return ds
-}
-
 // MountInfo describes one mounted image.
 type MountInfo struct {
 	Bootstrap  bootstrap.Digest `json:"bootstrap"`
@@ -384,8 +373,8 @@ func (m *Manager) Close() error {
 	m.stop()
 	m.wg.Wait()
 	var errs []error
-	for _, d := range m.Mounted() {
-		errs = append(errs, m.Unmount(context.Background(), d))
+	for _, mi := range m.Mounts() {
+		errs = append(errs, m.Unmount(context.Background(), mi.Bootstrap))
 	}
 	m.fetch.Flush()
 	return errors.Join(errs...)

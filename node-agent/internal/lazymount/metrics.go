@@ -3,7 +3,6 @@ package lazymount
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 )
 
@@ -11,7 +10,7 @@ import (
 // counters GET /stats reports, so nothing is counted twice.
 type counters interface {
 	Stats() fetch.Stats
-	Mounted() []bootstrap.Digest
+	Mounts() []MountInfo
 }
 
 // Stats returns the fetcher's counters, as GET /stats does.
@@ -72,7 +71,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	gauge(c.mounts, float64(len(c.c.Mounted())))
+	gauge(c.mounts, float64(len(c.c.Mounts())))
 	s := c.c.Stats()
 	counter(c.chunkReads, s.MemoryHits, "memory")
 	counter(c.chunkReads, s.CacheHits, "cache")

@@ -7,7 +7,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 )
@@ -19,7 +18,7 @@ type fixedCounters struct {
 
 func (f fixedCounters) Stats() fetch.Stats { return f.stats }
 
-func (f fixedCounters) Mounted() []bootstrap.Digest { return make([]bootstrap.Digest, f.mounted) }
+func (f fixedCounters) Mounts() []MountInfo { return make([]MountInfo, f.mounted) }
 
 func TestCollector(t *testing.T) {
 	tests := []struct {

@@ -93,8 +93,8 @@ func TestRelease(t *testing.T) {
 		if err := client.Release(ctx, e.d); err != nil {
 			t.Fatal(err)
 		}
-		if len(e.old.Mounted()) != 0 {
-			t.Fatalf("still mounted after the release: %v", e.old.Mounted())
+		if ms := e.old.Mounts(); len(ms) != 0 {
+			t.Fatalf("still mounted after the release: %+v", ms)
 		}
 	})
 }

@@ -133,19 +133,8 @@ func NewClient(socket string) *Client {
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mountd/stats", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("mount process: %w", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("mount process: %s", resp.Status)
-	}
-	return nil
+	_, err := c.Stats(ctx)
+	return err
 }
 
 // Status is what a mount process says about itself.
@@ -161,78 +150,58 @@ type Status struct {
 
 // Status asks the mount process about itself.
 func (c *Client) Status(ctx context.Context) (Status, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mountd/version", nil)
-	if err != nil {
-		return Status{}, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return Status{}, fmt.Errorf("mount process: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	var v versionReply
+	err := c.do(ctx, http.MethodGet, "version", &v)
+	if errors.Is(err, errNotServed) {
 		// Mount processes from before versions were reported.
 		return Status{}, nil
 	}
-	var v versionReply
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&v); err != nil {
-		return Status{}, fmt.Errorf("mount process status: %w", err)
-	}
-	return Status(v), nil
+	return Status(v), err
 }
 
 // Stats returns the mount process' chunk read, source and cache counters.
 func (c *Client) Stats(ctx context.Context) (fetch.Stats, error) {
 	var s fetch.Stats
-	return s, c.get(ctx, "stats", &s)
+	return s, c.do(ctx, http.MethodGet, "stats", &s)
 }
 
 // Mounts describes the images the mount process has mounted.
 func (c *Client) Mounts(ctx context.Context) ([]MountInfo, error) {
 	var ms []MountInfo
-	return ms, c.get(ctx, "mounts", &ms)
+	return ms, c.do(ctx, http.MethodGet, "mounts", &ms)
 }
 
-func (c *Client) get(ctx context.Context, what string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://mountd/"+what, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s: mount process: %w", what, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: mount process: %s", what, resp.Status)
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(out); err != nil {
-		return fmt.Errorf("%s: mount process: %w", what, err)
-	}
-	return nil
-}
-
+// call asks the mount process to do op on image d.
 func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://mountd/"+op+"?bootstrap="+d.String(), nil)
+	return c.do(ctx, http.MethodPost, op+"?bootstrap="+d.String(), out)
+}
+
+// do sends a request for path and decodes the JSON reply into out. A
+// path the mount process does not serve (an older build) is errNotServed.
+func (c *Client) do(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://mountd/"+path, nil)
 	if err != nil {
 		return err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: mount process: %w", op, d, err)
+		return fmt.Errorf("%s: mount process: %w", path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: mount process: %w", op, d, err)
+		return fmt.Errorf("%s: mount process: %w", path, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
-		return fmt.Errorf("%s %s: %w", op, d, errNotServed)
+		return fmt.Errorf("%s: %w", path, errNotServed)
 	case resp.StatusCode != http.StatusOK:
-		return fmt.Errorf("%s %s: %w", op, d, errors.New(strings.TrimSpace(string(body))))
+		return fmt.Errorf("%s: %w", path, errors.New(strings.TrimSpace(string(body))))
 	}
-	return json.Unmarshal(body, out)
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("%s: mount process: %w", path, err)
+	}
+	return nil
 }
 
 // Fetch implements snapshot.Mounter.

@@ -160,7 +160,7 @@ func testTakeover(t *testing.T, erofs bool) {
 		t.Fatalf("mount while handing over: %v", err)
 	}
 	next := e.commit(t, tk)
-	if got := next.Mounted(); len(got) != 1 || got[0] != e.d {
+	if got := next.Mounts(); len(got) != 1 || got[0].Bootstrap != e.d {
 		t.Fatalf("new manager serves %v", got)
 	}
 	// The old manager let go without unmounting.
@@ -233,7 +233,7 @@ func TestTakeoverFromHeldDevices(t *testing.T) {
 	}
 	defer held[0].Dev.Close()
 	// Copies leave the old Manager as it was.
-	if got := e.old.Mounted(); len(got) != 1 {
+	if got := e.old.Mounts(); len(got) != 1 {
 		t.Fatalf("old manager after copying: %v", got)
 	}
 	standIn := filepath.Join(t.TempDir(), "mountd.sock")
