@@ -254,12 +254,6 @@ func Build(b *bootstrap.Bootstrap) (*Image, error) {
 	// program walking a tree reads the small files in storage order and
 	// passes over the large ones, which must not be fetched on its way.
 	// A large file is read on its own, from its first block.
-	first := func(ino uint32) uint32 {
-		if refs := b.FileChunks(ino); len(refs) > 0 {
-			return refs[0]
-		}
-		return ^uint32(0)
-	}
 	slices.SortStableFunc(im.files, func(x, y Extent) int {
 		if xs, ys := x.Size < SmallFile, y.Size < SmallFile; xs != ys {
 			if xs {
@@ -267,7 +261,7 @@ func Build(b *bootstrap.Bootstrap) (*Image, error) {
 			}
 			return 1
 		}
-		return cmp.Compare(first(x.Inode), first(y.Inode))
+		return storedAt(b, x.Inode).compare(storedAt(b, y.Inode))
 	})
 	// A gap of zeros before the small files and before each large file
 	// stops the kernel's readahead of the metadata, of the small files
@@ -484,4 +478,38 @@ func (im *Image) Check(b *bootstrap.Bootstrap) error {
 		}
 	}
 	return nil
+}
+
+// place is where a file's content starts in the blobs: the blob, the
+// frame's offset in it and the chunk's offset in the frame.
+type place struct {
+	blob        uint32
+	frame       int64
+	chunkOffset uint32
+}
+
+func (p place) compare(q place) int {
+	if c := cmp.Compare(p.blob, q.blob); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(p.frame, q.frame); c != 0 {
+		return c
+	}
+	return cmp.Compare(p.chunkOffset, q.chunkOffset)
+}
+
+// storedAt is where the content of inode ino starts in storage: the
+// order of its layer's tar stream, which differs from the order of the
+// chunk table (the tree's, each directory's files before its
+// subdirectories). A file without stored content (all zeros) sorts last.
+func storedAt(b *bootstrap.Bootstrap, ino uint32) place {
+	for _, ci := range b.FileChunks(ino) {
+		c := b.Chunks[ci]
+		if c.Zero() || int(c.Frame) >= len(b.Frames) {
+			continue
+		}
+		fr := b.Frames[c.Frame]
+		return place{blob: fr.Blob, frame: fr.Offset, chunkOffset: c.Offset}
+	}
+	return place{blob: ^uint32(0)}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -331,31 +332,65 @@ func FuzzUnmarshal(f *testing.F) {
 }
 
 // TestSmallFilesFirst: a walk reading the small files in storage order
-// reads the image from its start without passing over a large file.
+// reads the image from its start without passing over a large file. The
+// layout follows storage (a layer's tar order), not the chunk table,
+// which the converter numbers in the tree's order.
 func TestSmallFilesFirst(t *testing.T) {
-	b, im, _, _ := build(t, entries())
-	large, lastFirst := false, -1
-	end := int64(len(im.Meta()))
-	for i, e := range im.Files() {
-		small := e.Size < SmallFile
-		// Readahead of what comes before stops in a gap of zeros.
-		if gap := e.Offset - end; (i == 0 || !small) && gap < ReadaheadGap {
-			t.Fatalf("file %d: %d bytes after what comes before", e.Inode, gap)
-		}
-		end = e.Offset + e.Size
-		if small && large {
-			t.Fatalf("small file %d laid out after a large one", e.Inode)
-		}
-		if !small && !large {
-			large, lastFirst = true, -1
-		}
-		first := int(b.FileChunks(e.Inode)[0])
-		if first < lastFirst {
-			t.Fatalf("file %d out of storage order", e.Inode)
-		}
-		lastFirst = first
+	for _, tt := range []struct {
+		name    string
+		reorder func(b *bootstrap.Bootstrap)
+	}{
+		{name: "chunk table in storage order", reorder: func(*bootstrap.Bootstrap) {}},
+		{name: "chunk table in another order", reorder: reverseChunks},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			img, err := fetchtest.Build(entries(), fetchtest.Options{ChunkSize: 64 << 10, PackSize: 16 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := img.Bootstrap
+			tt.reorder(b)
+			im, err := Build(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			large := false
+			var last place
+			end := int64(len(im.Meta()))
+			for i, e := range im.Files() {
+				small := e.Size < SmallFile
+				// Readahead of what comes before stops in a gap of zeros.
+				if gap := e.Offset - end; (i == 0 || !small) && gap < ReadaheadGap {
+					t.Fatalf("file %d: %d bytes after what comes before", e.Inode, gap)
+				}
+				end = e.Offset + e.Size
+				if small && large {
+					t.Fatalf("small file %d laid out after a large one", e.Inode)
+				}
+				if !small && !large {
+					large, last = true, place{}
+				}
+				c := b.Chunks[b.FileChunks(e.Inode)[0]]
+				fr := b.Frames[c.Frame]
+				at := place{blob: fr.Blob, frame: fr.Offset, chunkOffset: c.Offset}
+				if at.compare(last) < 0 {
+					t.Fatalf("file %d (stored at %+v) laid out after one stored at %+v", e.Inode, at, last)
+				}
+				last = at
+			}
+			if !large {
+				t.Fatal("test image has no large file")
+			}
+		})
 	}
-	if !large {
-		t.Fatal("test image has no large file")
+}
+
+// reverseChunks renumbers b's chunks in the reverse of storage order,
+// changing no file's content.
+func reverseChunks(b *bootstrap.Bootstrap) {
+	n := uint32(len(b.Chunks))
+	slices.Reverse(b.Chunks)
+	for i, ci := range b.ChunkRefs {
+		b.ChunkRefs[i] = n - 1 - ci
 	}
 }

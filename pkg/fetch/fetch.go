@@ -170,6 +170,10 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 	for {
 		if data, ok := f.mem.Get(c.Digest); ok {
 			f.memHits.Add(1)
+			// A reader going through frames read ahead has the next
+			// window read before it gets there (see readahead.trigger).
+			ix := f.frameIndex(b)
+			f.readOn(ctx, b, ix, ix.rank[c.Frame])
 			return data, nil
 		}
 		if f.cache != nil {

@@ -26,9 +26,16 @@ type frameIndex struct {
 	// order lists the frames by blob and offset, where they are stored;
 	// rank is the inverse. Readahead follows this order.
 	order, rank []uint32
+	// large marks the frames holding one chunk of a large file.
+	large []bool
 
 	ra readahead
 }
+
+// smallChunk is the size under which a chunk alone in its frame still
+// counts as a small file's: a batch of small chunks that closed with one.
+// It is the size up to which an EROFS image lays files out together.
+const smallChunk = 128 << 10
 
 func newFrameIndex(b *bootstrap.Bootstrap) *frameIndex {
 	ix := &frameIndex{start: make([]uint32, len(b.Frames)+1)}
@@ -36,6 +43,10 @@ func newFrameIndex(b *bootstrap.Bootstrap) *frameIndex {
 		if !c.Zero() && int(c.Frame) < len(b.Frames) {
 			ix.start[c.Frame+1]++
 		}
+	}
+	ix.large = make([]bool, len(b.Frames))
+	for i, fr := range b.Frames {
+		ix.large[i] = ix.start[i+1] == 1 && fr.Size >= smallChunk
 	}
 	for i := 1; i < len(ix.start); i++ {
 		ix.start[i] += ix.start[i-1]
@@ -70,10 +81,10 @@ func (ix *frameIndex) of(frame uint32) []uint32 {
 	return ix.chunks[ix.start[frame]:ix.start[frame+1]]
 }
 
-// packed reports whether frame holds several (small) chunks rather than
-// one large one.
+// packed reports whether frame holds small chunks (several, or one under
+// smallChunk) rather than one large one.
 func (ix *frameIndex) packed(frame uint32) bool {
-	return ix.start[frame+1]-ix.start[frame] > 1
+	return !ix.large[frame]
 }
 
 // open decompresses the stored bytes of frame fi and checks every chunk in

@@ -129,17 +129,26 @@ func (f *Fetcher) cached(d bootstrap.Digest) bool {
 	return f.mem.Has(d) || (f.cache != nil && f.cache.Has(d))
 }
 
-// prefetchRun fetches the frames of r that nobody else is fetching, with
-// one request per source tried; frames the merged read could not deliver
-// fall back to the per-frame path, which tries every source. Unless force
-// is set, frames whose chunks are all cached are skipped.
+// prefetchRun fetches the frames of r that nobody else is fetching.
+// Unless force is set, frames whose chunks are all cached are skipped.
 func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run, errc chan<- error, force bool) {
+	ix := f.frameIndex(b)
+	claimed, mine := f.claimFrames(b, ix, r.frames, force)
+	for _, err := range f.fetchClaimed(ctx, b, ix, mine, claimed) {
+		errc <- err
+	}
+}
+
+// claimFrames claims the frames nobody else is fetching and returns
+// their calls and, in the given order, the frames. Frames that failed a
+// moment ago are left alone (their readers hear of the failure at once),
+// and so, unless force is set, are frames whose chunks are all cached.
+func (f *Fetcher) claimFrames(b *bootstrap.Bootstrap, ix *frameIndex, frames []uint32, force bool) (map[uint32]*call, []uint32) {
 	claimed := map[uint32]*call{}
 	var mine []uint32
-	ix := f.frameIndex(b)
-	for _, fi := range r.frames {
+	for _, fi := range frames {
 		if !force && f.recentFailure(frameKey{b, fi}) != nil {
-			continue // its readers hear of the failure at once
+			continue
 		}
 		cl, leader := f.claim(frameKey{b, fi})
 		if !leader {
@@ -152,6 +161,15 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 		claimed[fi] = cl
 		mine = append(mine, fi)
 	}
+	return claimed, mine
+}
+
+// fetchClaimed fetches frames mine, claimed with calls claimed, with one
+// request per run of nearby frames and source tried, and finishes every
+// call. Frames the merged reads could not deliver fall back to the
+// per-frame path, which tries every source; it returns one error per
+// frame that could not be fetched (unless ctx ended).
+func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, mine []uint32, claimed map[uint32]*call) []error {
 	var mu sync.Mutex // guards claimed while a run delivers
 	// unreachable lists the sources that could not be read at all, with
 	// the error: a frame left over is not asked of them again, one by
@@ -195,6 +213,7 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 			rest = append(rest, s)
 		}
 	}
+	var failed []error
 	for _, fi := range mine {
 		cl, ok := claimed[fi]
 		if !ok {
@@ -208,9 +227,10 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 		}
 		f.finish(frameKey{b, fi}, cl, data, err)
 		if err != nil && ctx.Err() == nil {
-			errc <- fmt.Errorf("chunk %s: %w", want, err)
+			failed = append(failed, fmt.Errorf("chunk %s: %w", want, err))
 		}
 	}
+	return failed
 }
 
 func (f *Fetcher) frameCached(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) bool {
@@ -231,25 +251,66 @@ func firstChunk(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) bootstrap.Dig
 
 // Fetch brings the given chunks of b in, when more than one frame holding
 // them is missing: the missing frames are read with one request per run
-// of nearby frames, several runs at a time, and the call returns when
-// they are in memory. A reader about to read many chunks at once (a large
-// read of an image file spanning many small files) calls it first, so
-// that it waits for one round of requests rather than for one per frame.
-// Failures are left to the reads that follow, which report each chunk.
+// of nearby frames, and the call returns when they are in memory. A
+// reader about to read many chunks at once (a large read of an image file
+// spanning many small files) calls it first, so that it waits for one
+// round of requests rather than for one per frame. A reader going through
+// b in storage order (the kernel reading an image file ahead) is read
+// ahead of, as in ReadChunk: the frames that follow come in the same
+// request, and reach their readers as they arrive, while this one goes
+// on. Without it each of the kernel's reads, at most 1 MiB of the image,
+// would cost a request of its own. Failures are left to the reads that
+// follow, which report each chunk.
 func (f *Fetcher) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32) {
+	ix := f.frameIndex(b)
 	var frames []uint32
+	var at uint32 // the highest rank read
 	for _, ci := range chunks {
 		if int(ci) >= len(b.Chunks) {
 			return
 		}
 		c := b.Chunks[ci]
-		if c.Zero() || int(c.Frame) >= len(b.Frames) || (len(frames) > 0 && frames[len(frames)-1] == c.Frame) || f.cached(c.Digest) {
+		if c.Zero() || int(c.Frame) >= len(b.Frames) {
+			continue
+		}
+		at = max(at, ix.rank[c.Frame])
+		if (len(frames) > 0 && frames[len(frames)-1] == c.Frame) || f.cached(c.Digest) {
 			continue
 		}
 		frames = append(frames, c.Frame)
 	}
+	f.readOn(ctx, b, ix, at)
 	if len(frames) < 2 {
 		return
 	}
-	f.fetchRuns(ctx, b, frames, nil, false)
+	claimed, mine := f.claimFrames(b, ix, frames, false)
+	if len(mine) == 0 {
+		return
+	}
+	wait := make([]*call, 0, len(mine))
+	last := mine[0]
+	for _, fi := range mine {
+		wait = append(wait, claimed[fi])
+		if ix.rank[fi] > ix.rank[last] {
+			last = fi
+		}
+	}
+	ahead, calls := f.claimAhead(b, ix, mine[0], last)
+	for i, fi := range ahead {
+		claimed[fi] = calls[i]
+	}
+	mine = append(mine, ahead...)
+	f.streams.Go(func() {
+		// Not bound to ctx: the frames read ahead have readers of their own.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
+		defer cancel()
+		f.fetchClaimed(ctx, b, ix, mine, claimed)
+	})
+	for _, cl := range wait {
+		select {
+		case <-cl.done:
+		case <-ctx.Done():
+			return
+		}
+	}
 }

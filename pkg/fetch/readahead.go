@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
@@ -24,6 +25,10 @@ const (
 	// reads the small files and passes over a large one).
 	raSlack = 4
 	raSkip  = maxReadahead
+	// raBehind is how far behind the end of the last readahead a miss
+	// still belongs to the same sequential read: the window read ahead
+	// and the kernel's own readahead in flight beside it.
+	raBehind = 2 * maxReadahead
 	// aheadGap is how many bytes of frames it passes over a readahead
 	// request reads rather than end; see claimAhead.
 	aheadGap = 2 << 20
@@ -36,32 +41,73 @@ type readahead struct {
 	blob   uint32 // blob and byte offset where those frames end
 	endOff int64
 	window int64 // compressed bytes to fetch beyond the missed frame
+	// A reader reaching rank mark (when marked) has the next window
+	// read at once, before it misses: see trigger. armed mirrors
+	// marked, for readers to check without the lock.
+	mark   uint32
+	marked bool
+	armed  atomic.Bool
+	packed bool // the reader missed in a packed frame
 }
 
 // next returns how many compressed bytes to read ahead of a miss at rank
-// (frame fr), and records that the miss happened.
-func (ra *readahead) next(rank uint32, fr bootstrap.Frame) int64 {
+// (frame fr), and records that the miss happened. A miss a little behind
+// the last one is taken as part of the same sequential read, neither
+// growing nor resetting the window: the kernel reads ahead with several
+// requests at once, which arrive in any order.
+func (ra *readahead) next(rank uint32, fr bootstrap.Frame, packed bool) int64 {
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
 	near := rank <= ra.end+raSlack || (fr.Blob == ra.blob && fr.Offset >= ra.endOff && fr.Offset-ra.endOff <= raSkip)
-	if ra.end > 0 && rank >= ra.end && near {
+	switch {
+	case ra.end > 0 && rank >= ra.end && near:
 		ra.window = min(max(2*ra.window, minReadahead), maxReadahead)
-	} else {
+	case ra.end > 0 && rank < ra.end && fr.Blob == ra.blob && ra.endOff-fr.Offset <= raBehind:
+		return ra.window
+	default:
 		ra.window = 0
 	}
+	ra.packed = packed
+	ra.setMarked(false)
 	ra.end = rank + 1
 	ra.blob, ra.endOff = fr.Blob, fr.Offset+int64(fr.CompressedSize)
 	return ra.window
 }
 
 // advance records that frames up to rank end (exclusive), ending at byte
-// endOff of their blob, were fetched.
-func (ra *readahead) advance(end uint32, endOff int64) {
+// endOff of their blob, were fetched, and that a reader reaching rank
+// mark is to have the next window read.
+func (ra *readahead) advance(end uint32, endOff int64, mark uint32) {
 	ra.mu.Lock()
 	if end > ra.end {
 		ra.end, ra.endOff = end, endOff
+		ra.mark = mark
+		ra.setMarked(true)
 	}
 	ra.mu.Unlock()
+}
+
+// setMarked sets marked; ra.mu is held.
+func (ra *readahead) setMarked(on bool) {
+	ra.marked = on
+	ra.armed.Store(on)
+}
+
+// trigger reports whether a reader at rank has passed the mark of the
+// last window read ahead, and if so returns the rank the next window
+// starts after and its size (doubled, as for a miss). As the kernel's
+// asynchronous readahead does, the next window is then on its way while
+// the reader is still in the last one, rather than after it misses at the
+// window's end and waits for a whole request.
+func (ra *readahead) trigger(rank uint32) (after uint32, window int64, packed, ok bool) {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	if !ra.marked || rank < ra.mark || rank >= ra.end || ra.window == 0 {
+		return 0, 0, false, false
+	}
+	ra.setMarked(false)
+	ra.window = min(2*ra.window, maxReadahead)
+	return ra.end - 1, ra.window, ra.packed, true
 }
 
 // claimAhead claims the frames stored right after fi that are neither
@@ -73,20 +119,32 @@ func (ra *readahead) advance(end uint32, endOff int64) {
 // decompression, its digests and a disk write. Their bytes still come in
 // the same request when the gap is small (aheadGap), which costs less
 // than a request of its own.
-func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) ([]uint32, []*call) {
-	rank := ix.rank[fi]
-	first := b.Frames[fi]
-	window := ix.ra.next(rank, first)
+//
+// miss is the frame the reader missed, by which ra judges whether it reads
+// in order; from is the last frame it is fetching already, after which
+// the frames read ahead start.
+func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, miss, from uint32) ([]uint32, []*call) {
+	packed := ix.packed(miss)
+	window := ix.ra.next(ix.rank[miss], b.Frames[miss], packed)
 	if window == 0 {
 		return nil, nil
 	}
-	packed := ix.packed(fi)
+	return f.claimAfter(b, ix, from, window, packed)
+}
+
+// claimAfter claims the frames stored after frame from, up to window
+// compressed bytes, as claimAhead describes, and marks where a reader has
+// the next window read.
+func (f *Fetcher) claimAfter(b *bootstrap.Bootstrap, ix *frameIndex, from uint32, window int64, packed bool) ([]uint32, []*call) {
+	rank := ix.rank[from]
+	first := b.Frames[from]
 	gap := int64(mergeGap)
 	if packed {
 		gap = aheadGap
 	}
 	end := first.Offset + int64(first.CompressedSize)
 	last := rank
+	mark := rank + 1
 	var frames []uint32
 	var calls []*call
 	for r := rank + 1; int(r) < len(ix.order); r++ {
@@ -109,9 +167,39 @@ func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) 
 		frames = append(frames, fj)
 		calls = append(calls, cl)
 		end, last = fend, r
+		if fr.Offset-first.Offset <= window/2 {
+			mark = r
+		}
 	}
-	ix.ra.advance(last+1, end)
+	if len(frames) > 0 {
+		ix.ra.advance(last+1, end, mark)
+	}
 	return frames, calls
+}
+
+// readOn tells the readahead of b that a reader is at rank: past the
+// mark of the last window read ahead, the next is read in the background.
+func (f *Fetcher) readOn(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, rank uint32) {
+	if !ix.ra.armed.Load() {
+		return
+	}
+	after, window, packed, ok := ix.ra.trigger(rank)
+	if !ok {
+		return
+	}
+	frames, calls := f.claimAfter(b, ix, ix.order[after], window, packed)
+	if len(frames) == 0 {
+		return
+	}
+	claimed := make(map[uint32]*call, len(frames))
+	for i, fi := range frames {
+		claimed[fi] = calls[i]
+	}
+	f.streams.Go(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
+		defer cancel()
+		f.fetchClaimed(ctx, b, ix, frames, claimed)
+	})
 }
 
 // fetchAhead fetches frame fi, which the caller has claimed, together with
@@ -122,7 +210,7 @@ func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) 
 // request fails, fi alone goes the usual way.
 func (f *Fetcher) fetchAhead(ctx context.Context, b *bootstrap.Bootstrap, fi uint32, want bootstrap.Digest) ([]byte, error) {
 	ix := f.frameIndex(b)
-	ahead, calls := f.claimAhead(b, ix, fi)
+	ahead, calls := f.claimAhead(b, ix, fi, fi)
 	if len(ahead) == 0 {
 		return f.fetchFrame(ctx, b, fi, want)
 	}

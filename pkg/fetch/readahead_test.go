@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 )
 
 // TestReadahead: a reader going through files in storage order gets the
@@ -175,6 +177,144 @@ func TestReadaheadStreams(t *testing.T) {
 				t.Errorf("stats %+v: want 2 requests for 3 files, no errors", s)
 			case fail && s.Errors == 0:
 				t.Errorf("stats %+v: the broken stream is not counted", s)
+			}
+		})
+	}
+}
+
+// TestReadaheadWindow: the window grows with each miss in storage order,
+// keeps its size for a miss a little behind the last one (the kernel's
+// readahead requests arrive in any order), and resets on a jump.
+func TestReadaheadWindow(t *testing.T) {
+	const size = 100 << 10
+	type miss struct {
+		rank, blob uint32
+		want       int64
+	}
+	for _, tt := range []struct {
+		name   string
+		misses []miss
+	}{
+		{"forward", []miss{{0, 0, 0}, {1, 0, minReadahead}, {2, 0, 2 * minReadahead}, {3, 0, 4 * minReadahead}}},
+		{"late request of the same reader", []miss{{10, 0, 0}, {11, 0, minReadahead}, {12, 0, 2 * minReadahead}, {11, 0, 2 * minReadahead}, {13, 0, 4 * minReadahead}}},
+		{"backward", []miss{{20, 0, 0}, {19, 0, 0}, {18, 0, 0}}},
+		{"jump back", []miss{{500, 0, 0}, {501, 0, minReadahead}, {2, 0, 0}}},
+		{"other blob", []miss{{10, 0, 0}, {11, 0, minReadahead}, {5, 1, 0}}},
+		{"jump forward", []miss{{10, 0, 0}, {11, 0, minReadahead}, {400, 0, 0}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var ra readahead
+			for i, m := range tt.misses {
+				fr := bootstrap.Frame{Blob: m.blob, Offset: int64(m.rank) * size, CompressedSize: size}
+				if got := ra.next(m.rank, fr, true); got != m.want {
+					t.Fatalf("miss %d at rank %d: window %d, want %d", i, m.rank, got, m.want)
+				}
+			}
+		})
+	}
+}
+
+// TestReadaheadTrigger: a reader reaching the mark in the window read
+// ahead has the next window read, twice the size, once.
+func TestReadaheadTrigger(t *testing.T) {
+	const size = 100 << 10
+	var ra readahead
+	ra.next(0, bootstrap.Frame{CompressedSize: size}, true)
+	w := ra.next(1, bootstrap.Frame{Offset: size, CompressedSize: size}, true)
+	ra.advance(8, 8*size, 4) // frames 2 to 7 read ahead
+	for _, rank := range []uint32{1, 3, 8, 20} {
+		if _, _, _, ok := ra.trigger(rank); ok {
+			t.Fatalf("reader at rank %d (mark 4, window ends at 8) triggered readahead", rank)
+		}
+	}
+	after, window, packed, ok := ra.trigger(5)
+	if !ok || after != 7 || window != 2*w || !packed {
+		t.Fatalf("reader past the mark: after %d, window %d, packed %v, %v; want 7, %d, true, true", after, window, packed, ok, 2*w)
+	}
+	if _, _, _, ok := ra.trigger(6); ok {
+		t.Fatal("the same mark triggered twice")
+	}
+}
+
+// TestReadsAhead: a reader going through many small files in storage
+// order, with Fetch as the kernel reads an EROFS image or chunk by chunk
+// as it reads a tree, has the files that follow read in the same
+// requests, so it makes a few requests rather than one per read; and,
+// once past the middle of a window, has the next one on its way before it
+// gets there, so that after the first few reads it finds every frame it
+// wants read already.
+func TestReadsAhead(t *testing.T) {
+	var entries []fetchtest.Entry
+	files := map[string][]byte{}
+	var paths []string
+	for i := range 400 {
+		p := fmt.Sprintf("/tree/f%03d", i)
+		files[p] = fixture.Random(uint64(i), 12<<10+i)
+		paths = append(paths, p)
+		entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: files[p], Pack: true})
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{Compression: bootstrap.Zstd, PackSize: 32 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := img.Bootstrap
+	st := upload(t, img)
+	ctx := context.Background()
+	const group = 6 // files per read, about two frames
+	for _, tt := range []struct {
+		name string
+		read func(f *Fetcher, chunks []uint32) error
+	}{
+		{name: "Fetch", read: func(f *Fetcher, chunks []uint32) error {
+			f.Fetch(ctx, b, chunks)
+			return nil
+		}},
+		{name: "ReadChunk", read: func(f *Fetcher, chunks []uint32) error {
+			for _, ci := range chunks {
+				if _, err := f.ReadChunk(ctx, b, ci); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := New(nil, NewStoreSource("store", st))
+			reads, missed := 0, 0
+			for i := 0; i < len(paths); i += group {
+				var chunks []uint32
+				for _, p := range paths[i:min(i+group, len(paths))] {
+					ino, _ := b.LookupPath(p)
+					chunks = append(chunks, b.FileChunks(ino)...)
+				}
+				f.Flush() // what is on its way has arrived
+				if reads >= 3 {
+					for _, ci := range chunks {
+						if !f.cached(b.Chunks[ci].Digest) {
+							missed++
+							break
+						}
+					}
+				}
+				if err := tt.read(f, chunks); err != nil {
+					t.Fatal(err)
+				}
+				reads++
+			}
+			f.Flush()
+			s := f.Stats().Sources[0]
+			if s.Requests*5 > int64(reads) {
+				t.Errorf("%d reads in storage order made %d requests", reads, s.Requests)
+			}
+			if missed > 0 {
+				t.Errorf("%d of %d reads after the third found frames not read yet", missed, reads-3)
+			}
+			if s.Frames != int64(len(b.Frames)) {
+				t.Errorf("fetched %d frames of %d", s.Frames, len(b.Frames))
+			}
+			checkFiles(t, f, b, files)
+			if after := f.Stats(); after.Sources[0].Requests != s.Requests {
+				t.Fatalf("reads after the fetches went to the source: %+v", after)
 			}
 		})
 	}

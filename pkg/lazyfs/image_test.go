@@ -3,9 +3,13 @@ package lazyfs
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -67,5 +71,36 @@ func TestImageRead(t *testing.T) {
 	}
 	if _, status := fsys.Read(nil, &fuse.ReadIn{InHeader: fuse.InHeader{NodeId: imageRoot}, Size: 10}, make([]byte, 10)); status != fuse.EINVAL {
 		t.Errorf("read of the root directory: %v", status)
+	}
+}
+
+// TestImageMetadataInPageCache: once mounted, the image's metadata is in
+// the kernel's page cache, so that EROFS looking files up does not ask
+// this process for it block by block.
+func TestImageMetadataInPageCache(t *testing.T) {
+	var entries []fetchtest.Entry
+	for i := range 2000 {
+		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/d%02d/a-long-file-name-%04d", i%20, i), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(uint64(i), 100)})
+	}
+	tm := mountEntriesIn(t, entries, bootstrap.Zstd, true)
+	meta := uint64(len(tm.layout.Meta()))
+	if meta < 16*erofs.BlockSize {
+		t.Fatalf("test image has only %d bytes of metadata", meta)
+	}
+	fd, err := unix.Open(filepath.Join(tm.imageDir, ImageName), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	rng := struct{ off, len uint64 }{0, meta}
+	var cs struct{ cache, dirty, writeback, evicted, recentlyEvicted uint64 }
+	if _, _, errno := unix.Syscall6(unix.SYS_CACHESTAT, uintptr(fd), uintptr(unsafe.Pointer(&rng)), uintptr(unsafe.Pointer(&cs)), 0, 0, 0); errno != 0 {
+		t.Fatalf("cachestat: %v", errno)
+	}
+	if want := meta / erofs.BlockSize; cs.cache != want {
+		t.Fatalf("%d of the %d metadata pages in the page cache", cs.cache, want)
+	}
+	if got, err := os.ReadFile(tm.path("/d07/a-long-file-name-0007")); err != nil || !bytes.Equal(got, tm.files["/d07/a-long-file-name-0007"]) {
+		t.Fatalf("read through the mount: %q, %v", got, err)
 	}
 }

@@ -217,6 +217,14 @@ func mountImage(mountpoint string, b *bootstrap.Bootstrap, r ChunkReader, opts O
 		return nil, err
 	}
 	s.imageDir, s.mountpoint = opts.ImageDir, mountpoint
+	// EROFS reads its metadata a block at a time as it looks files up,
+	// without readahead: each block would be a round trip to this process
+	// that the reader waits for. The kernel is handed all of it now
+	// instead (it is local, a few bytes per file); pages it drops later
+	// are read the usual way.
+	if st := s.server.InodeNotifyStoreCache(imageNode, 0, opts.Image.Meta()); !st.Ok() {
+		opts.Logger.Debug("lazyfs: store image metadata in the page cache", "mountpoint", mountpoint, "status", st)
+	}
 	return s, nil
 }
 

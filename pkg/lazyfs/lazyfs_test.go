@@ -80,6 +80,9 @@ type testMount struct {
 	store *dir.Dir
 	logs  *syncBuffer
 	image bool
+	// Image mode: the layout and where the image file is served.
+	layout   *erofs.Image
+	imageDir string
 }
 
 type syncBuffer struct {
@@ -138,6 +141,7 @@ func mountEntriesIn(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Comp
 			t.Fatal(err)
 		}
 		opts.Image, opts.ImageDir = layout, t.TempDir()
+		tm.layout, tm.imageDir = layout, opts.ImageDir
 	}
 	srv, err := Mount(context.Background(), tm.dir, img.Bootstrap, tm.fetch, opts)
 	if err != nil {
