@@ -232,12 +232,7 @@ func TestEncodingRoundTrip(t *testing.T) {
 	if err := got.UnmarshalBinary(enc); err != nil {
 		t.Fatal(err)
 	}
-	if got.Size() != im.Size() || !bytes.Equal(got.Meta(), im.Meta()) || fmt.Sprint(got.Files()) != fmt.Sprint(im.Files()) {
-		t.Fatal("decoded layout differs")
-	}
-	if err := got.Check(b); err != nil {
-		t.Fatal(err)
-	}
+	checkSame(t, &got, im, b, "decoded")
 	other, err := fetchtest.Build([]fetchtest.Entry{{Path: "/f", Mode: bootstrap.ModeRegular | 0o644, Data: []byte("x")}}, fetchtest.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -279,12 +274,7 @@ func TestLoad(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if got.Size() != im.Size() || !bytes.Equal(got.Meta(), im.Meta()) || fmt.Sprint(got.Files()) != fmt.Sprint(im.Files()) {
-		t.Fatal("loaded layout differs")
-	}
-	if err := got.Check(b); err != nil {
-		t.Fatal(err)
-	}
+	checkSame(t, got, im, b, "loaded")
 	if _, err := Load(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Load of a missing file: %v, want ErrNotExist", err)
 	}
@@ -392,5 +382,17 @@ func reverseChunks(b *bootstrap.Bootstrap) {
 	slices.Reverse(b.Chunks)
 	for i, ci := range b.ChunkRefs {
 		b.ChunkRefs[i] = n - 1 - ci
+	}
+}
+
+// checkSame fails t unless layout got, which was how, equals want and
+// fits b.
+func checkSame(t *testing.T, got, want *Image, b *bootstrap.Bootstrap, how string) {
+	t.Helper()
+	if got.Size() != want.Size() || !bytes.Equal(got.Meta(), want.Meta()) || fmt.Sprint(got.Files()) != fmt.Sprint(want.Files()) {
+		t.Fatalf("%s layout differs", how)
+	}
+	if err := got.Check(b); err != nil {
+		t.Fatal(err)
 	}
 }
