@@ -71,16 +71,16 @@ func TestAgentImage(t *testing.T) {
 	ref, files := e.pushReadable(ctx, "inimage", "msg", "agent", "mountd", "again")
 	e.pull(ctx, ref)
 	if out, err := e.run(ctx, ref, "first", "cat", "/data/msg"); err != nil || out != string(files["data/msg"]) {
-		t.Fatalf("container printed %q, %v\n%s", out, err, c.logs())
+		c.fatalf(t, "container printed %q, %v", out, err)
 	}
 	if _, err := e.ctrd.Ctr(ctx, "run", "-d", "--snapshotter", "skiff", ref, "long", "/bin/probe", "sleep"); err != nil {
-		t.Fatalf("%v\n%s", err, c.logs())
+		c.fatalf(t, "ctr run -d: %v", err)
 	}
 	read := func(t *testing.T, name string) {
 		t.Helper()
 		out, err := e.ctrd.Ctr(ctx, "tasks", "exec", "--exec-id", "read-"+name, "long", "/bin/probe", "cat", "/data/"+name)
 		if err != nil || out != string(files["data/"+name]) {
-			t.Fatalf("read in the running container: %q, %v\n%s", out, err, c.logs())
+			c.fatalf(t, "read /data/%s in the running container: %q, %v", name, out, err)
 		}
 	}
 	// The liveness probe of agent.yaml.
@@ -112,7 +112,7 @@ func TestAgentImage(t *testing.T) {
 		c.docker("start", c.name("mountd"))
 		read(t, "again")
 		if out, err := e.run(ctx, ref, "after-restarts", "cat", "/data/msg"); err != nil || out != string(files["data/msg"]) {
-			t.Fatalf("new container after the restarts: %q, %v\n%s", out, err, c.logs())
+			c.fatalf(t, "new container after the restarts: %q, %v", out, err)
 		}
 	})
 }
@@ -122,6 +122,7 @@ type agentContainers struct {
 	t      *testing.T
 	e      *agentEnv
 	prefix string
+	logged bool // fatalf has shown the logs
 }
 
 func (c *agentContainers) name(role string) string { return c.prefix + "-" + role }
@@ -138,16 +139,26 @@ func (c *agentContainers) docker(args ...string) string {
 	c.t.Helper()
 	out, err := exec.Command("docker", args...).CombinedOutput()
 	if err != nil {
-		c.t.Fatalf("docker %s: %v\n%s\n%s", strings.Join(args, " "), err, out, c.logs())
+		c.fatalf(c.t, "docker %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }
 
-// logs returns the end of both containers' logs.
+// fatalf fails t with the containers' logs before the message: a CI log
+// cut to its end still shows what failed.
+func (c *agentContainers) fatalf(t *testing.T, format string, args ...any) {
+	t.Helper()
+	c.logged = true
+	t.Log(c.logs())
+	t.Fatalf(format, args...)
+}
+
+// logs returns the end of both containers' logs, mountd's first: its
+// debug lines are many, and the agent's few tell what it did.
 func (c *agentContainers) logs() string {
 	var b strings.Builder
-	for _, role := range []string{"agent", "mountd"} {
-		out, _ := exec.Command("docker", "logs", "--tail", "40", c.name(role)).CombinedOutput()
+	for _, role := range []string{"mountd", "agent"} {
+		out, _ := exec.Command("docker", "logs", "--timestamps", "--tail", "60", c.name(role)).CombinedOutput()
 		fmt.Fprintf(&b, "--- %s container:\n%s\n", role, out)
 	}
 	return b.String()
@@ -157,7 +168,7 @@ func (c *agentContainers) logs() string {
 // process wrote: a PID in the container's namespace, which the test's
 // cleanup must not signal on the host.
 func (c *agentContainers) remove() {
-	if c.t.Failed() {
+	if c.t.Failed() && !c.logged {
 		c.t.Log(c.logs())
 	}
 	_ = exec.Command("docker", "rm", "-f", c.name("agent")).Run()
