@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -60,7 +61,11 @@ var largeImageTrees = []string{"/usr/local/go", "/usr/lib/x86_64-linux-gnu"}
 //     command on the fully pulled image;
 //   - second-node-first-output/oci-pull-run and
 //     second-node-small-files/oci: the same on a second node, which
-//     prefetches the startup set the first node recorded.
+//     prefetches the startup set the first node recorded;
+//   - small-files-after-pause/oci: the small-files command on a third
+//     node with the startup set removed, a first node again, run once
+//     the first command's container has stopped reading for a while and
+//     the agent has warmed the image's small files (SKIFF_AGENT_WARM_SMALL).
 func BenchmarkAgentLazyStart(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -182,6 +187,10 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 		b.Logf("skiff: small files from the local disk cache, kernel caches dropped, in %s", time.Since(start).Round(time.Millisecond))
 	}
 
+	// The first node warms the image's small files once its containers
+	// have paused, which must not overlap the OCI baseline.
+	waitWarmed(b, ctx, e)
+
 	// OCI: plain pull and unpack into overlayfs, then the same commands.
 	start = time.Now()
 	if out, err := e.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
@@ -221,6 +230,21 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 			}
 		}
 	}
+
+	// A third node finds no startup set: the first node of the image
+	// again. Its small-files command comes after a pause, in which the
+	// agent warms the image's small files.
+	if err := e.store.Delete(ctx, startupKey); err != nil {
+		b.Fatal(err)
+	}
+	third := e.node(testenv.ContainerdOptions{})
+	third.pull(ctx, ref)
+	runTimed(b, ctx, third, nil, "--snapshotter", "skiff", ref, "third-first", "/bin/probe", "list", "/bench/first.list")
+	warmed := waitWarmed(b, ctx, third)
+	start = time.Now()
+	out, _ = runTimed(b, ctx, third, nil, "--snapshotter", "skiff", ref, "third-small", "/bin/probe", "list", "/bench/small.list")
+	pausedSmall := time.Since(start)
+	b.Logf("third node: small files after a pause in %s: %s; %s", pausedSmall.Round(time.Millisecond), strings.TrimSpace(out), warmed)
 	b.StopTimer()
 
 	b.ReportMetric(float64(lazyFirst)/float64(ociFirst), "lazy-first-output/oci-pull-run")
@@ -228,6 +252,7 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 	b.ReportMetric(float64(lazySmall)/float64(ociSmall), "small-files-after-lazy-start/oci")
 	b.ReportMetric(float64(secondFirst)/float64(ociFirst), "second-node-first-output/oci-pull-run")
 	b.ReportMetric(float64(secondSmall)/float64(ociSmall), "second-node-small-files/oci")
+	b.ReportMetric(float64(pausedSmall)/float64(ociSmall), "small-files-after-pause/oci")
 	if stats, err := exec.CommandContext(ctx, "curl", "-s", "--unix-socket", filepath.Join(e.root, "mountd.sock"), "http://mountd/stats").Output(); err == nil {
 		b.Logf("mount process fetch stats: %s", stats)
 	}
@@ -375,4 +400,25 @@ func (w *countingWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// waitWarmed waits until node's agent has warmed the small files of the
+// image it runs, and returns its log line saying so.
+func waitWarmed(b *testing.B, ctx context.Context, node *agentEnv) string {
+	b.Helper()
+	var line string
+	waitFor(b, ctx, func() error {
+		log, err := os.ReadFile(filepath.Join(node.root, "mountd.log"))
+		if err != nil {
+			return err
+		}
+		for l := range strings.Lines(string(log)) {
+			if strings.Contains(l, "small files in the page cache") || strings.Contains(l, "warm small files") {
+				line = strings.TrimSpace(l)
+				return nil
+			}
+		}
+		return errors.New("the agent has not warmed the image's small files")
+	})
+	return line
 }

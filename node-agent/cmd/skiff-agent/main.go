@@ -54,6 +54,7 @@ type config struct {
 	Store         string        `env:"STORE" envDefault:"file:///var/lib/skiff/store"`
 	CacheSize     int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
 	RecordWindow  time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
+	WarmSmall     int64         `env:"WARM_SMALL" envDefault:"268435456"`
 	PrefetchAll   bool          `env:"PREFETCH_ALL" envDefault:"false"`
 	PrefetchRate  int64         `env:"PREFETCH_RATE" envDefault:"0"`
 	Passthrough   bool          `env:"PASSTHROUGH" envDefault:"false"`
@@ -78,6 +79,7 @@ var help = map[string]string{
 	"STORE":           "blob store URL: file:///path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
 	"CACHE_SIZE":      "chunk cache size limit in bytes (least recently used chunks are evicted)",
 	"RECORD_WINDOW":   "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
+	"WARM_SMALL":      "bytes of an image's small files (under 128 KiB) read into the page cache once its first container pauses, on the first node that runs it (later nodes prefetch its startup set instead): on demand, a program walking many small files waits for a fetch every few files (0 disables)",
 	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
 	"PREFETCH_RATE":   "bytes per second (as stored, compressed) PREFETCH_ALL fetches at most, over every image together, so that warming images leaves the node's network and CPU to its containers (0: unlimited)",
 	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free",
@@ -541,7 +543,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, PrefetchAll: cfg.PrefetchAll, PrefetchRate: cfg.PrefetchRate, Passthrough: cfg.Passthrough, EROFS: cfg.EROFS, Logger: log})
+	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, WarmSmallFiles: cfg.WarmSmall, PrefetchAll: cfg.PrefetchAll, PrefetchRate: cfg.PrefetchRate, Passthrough: cfg.Passthrough, EROFS: cfg.EROFS, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,14 @@ type Options struct {
 	// RecordWindow is how long after an image is mounted the files its
 	// containers read are recorded as its startup set; 0 disables it.
 	RecordWindow time.Duration
+	// WarmSmallFiles is how much of the small files of an image with no
+	// startup set yet, mounted through EROFS, is read into the page cache
+	// once its first container pauses (see warmSmallFiles); 0 disables
+	// it.
+	WarmSmallFiles int64
+	// WarmPause is how long the image's containers must have stopped
+	// reading before WarmSmallFiles starts; 0 means a second.
+	WarmPause time.Duration
 	// PrefetchAll warms the whole image after the startup set.
 	PrefetchAll bool
 	// PrefetchRate bounds what PrefetchAll fetches, in stored bytes per
@@ -90,6 +98,8 @@ type mounted struct {
 	srv    *lazyfs.Server
 	rec    *recorder
 	layout *erofs.Image // nil for a FUSE tree
+	// stop ends the mount's background work when it is unmounted.
+	stop context.CancelFunc
 }
 
 // New returns a Manager keeping its state in dir, fetching bootstraps and
@@ -206,13 +216,15 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	if err != nil {
 		return "", err
 	}
-	m.mounts[d] = &mounted{srv: srv, rec: rec, layout: layout}
+	rec.arm()
+	wctx, stop := context.WithCancel(m.ctx)
+	m.mounts[d] = &mounted{srv: srv, rec: rec, layout: layout, stop: stop}
 	m.gen++
 	m.log.Info("lazymount: mounted image", "bootstrap", d, "mountpoint", mp, "files", len(b.Dirents))
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		m.warm(m.ctx, d, b, rec, layout)
+		m.warm(wctx, d, b, rec, layout)
 	}()
 	return mp, nil
 }
@@ -308,6 +320,9 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	if !ok {
 		return nil
 	}
+	if mt.stop != nil {
+		mt.stop()
+	}
 	m.saveStartupSet(ctx, d, mt.rec, mt.layout)
 	if err := mt.srv.Unmount(); err != nil {
 		return err
@@ -387,7 +402,15 @@ func (m *Manager) Close() error {
 func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, rec *recorder, layout *erofs.Image) {
 	set, err := m.loadStartupSet(ctx, d, b)
 	switch {
-	case err != nil && !errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound):
+		if layout != nil && m.opts.WarmSmallFiles > 0 {
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				m.warmSmallFiles(ctx, d, layout, rec, m.opts.WarmSmallFiles)
+			}()
+		}
+	case err != nil:
 		m.log.Warn("lazymount: read startup set", "bootstrap", d, "err", err)
 	case err == nil:
 		rec.disable()

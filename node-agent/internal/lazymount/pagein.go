@@ -1,12 +1,16 @@
 package lazymount
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -22,9 +26,16 @@ import (
 // through EROFS would still have the kernel ask this process for every
 // page of every file it opens, one request per few files, which costs a
 // program walking thousands of small files several times the reading
-// itself. Only the files' own bytes are read: the image file is read
-// without readahead, which would fetch the neighbours.
+// itself. Only the files' own bytes are read.
 func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, inodes []uint32) (int64, error) {
+	return m.readImage(ctx, d, pageInRanges(layout, inodes), 1)
+}
+
+// readImage reads the given ranges of an image-mode mount's image file
+// through the mount, which leaves them in the page cache, with up to
+// workers reads at once. The image file is read without readahead, which
+// would fetch the neighbours.
+func (m *Manager) readImage(ctx context.Context, d bootstrap.Digest, ranges [][2]int64, workers int) (int64, error) {
 	f, err := os.Open(filepath.Join(m.imageDir(d), lazyfs.ImageName))
 	if err != nil {
 		return 0, fmt.Errorf("page in: %w", err)
@@ -33,25 +44,42 @@ func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
 		return 0, fmt.Errorf("page in: %w", err)
 	}
-	buf := make([]byte, pageInRead)
-	var n int64
-	var errs []error
-	for _, r := range pageInRanges(layout, inodes) {
-		for off := r[0]; off < r[1]; off += int64(len(buf)) {
-			if err := ctx.Err(); err != nil {
-				return n, err
-			}
-			got, err := f.ReadAt(buf[:min(int64(len(buf)), r[1]-off)], off)
-			n += int64(got)
-			if err != nil && err != io.EOF {
-				// A file that cannot be read (a corrupt chunk: EIO) is
-				// left to the reads that follow, which report it; the
-				// rest of the set still goes in.
-				errs = append(errs, fmt.Errorf("page in %d bytes at %d: %w", min(int64(len(buf)), r[1]-off), off, err))
-			}
+	var reads [][2]int64
+	for _, r := range ranges {
+		for off := r[0]; off < r[1]; off += pageInRead {
+			reads = append(reads, [2]int64{off, min(off+pageInRead, r[1])})
 		}
 	}
-	return n, errors.Join(errs...)
+	var (
+		next atomic.Int64
+		n    atomic.Int64
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for range max(workers, 1) {
+		wg.Go(func() {
+			buf := make([]byte, pageInRead)
+			for i := next.Add(1) - 1; i < int64(len(reads)) && ctx.Err() == nil; i = next.Add(1) - 1 {
+				r := reads[i]
+				got, err := f.ReadAt(buf[:r[1]-r[0]], r[0])
+				n.Add(int64(got))
+				if err != nil && err != io.EOF {
+					// A file that cannot be read (a corrupt chunk: EIO)
+					// is left to the reads that follow, which report it;
+					// the rest still goes in.
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("page in %d bytes at %d: %w", r[1]-r[0], r[0], err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return n.Load(), err
+	}
+	return n.Load(), errors.Join(errs...)
 }
 
 // pageInRead is the largest read pageIn asks for, about what the kernel
@@ -70,9 +98,7 @@ func pageInRanges(layout *erofs.Image, inodes []uint32) [][2]int64 {
 		if !want[e.Inode] {
 			continue
 		}
-		// Through to the end of the last block, which the kernel reads
-		// whole.
-		end := min(e.Offset+(e.Size+erofs.BlockSize-1)/erofs.BlockSize*erofs.BlockSize, layout.Size())
+		end := blockEnd(layout, e)
 		if last := &ranges[len(ranges)-1]; e.Offset <= last[1] {
 			last[1] = max(last[1], end)
 			continue
@@ -80,4 +106,69 @@ func pageInRanges(layout *erofs.Image, inodes []uint32) [][2]int64 {
 		ranges = append(ranges, [2]int64{e.Offset, end})
 	}
 	return ranges
+}
+
+// warmPause is how long the containers of an image without a startup set
+// must have stopped reading before its small files are warmed, by
+// default. A container reads in bursts with gaps of tens of
+// milliseconds, and a command started right after another (a script, a
+// pod's next container) in under a second: warming, which costs the node
+// a CPU for a second or more, must not compete with them.
+const warmPause = time.Second
+
+// warmWorkers is how many reads warming keeps in flight: each waits for
+// the fetch of the frames it covers, and the next ones are in flight
+// meanwhile.
+const warmWorkers = 4
+
+// warmSmallFiles reads the small files of an image mounted through EROFS,
+// up to limit bytes of the image, into the page cache, once a container
+// has read through the mount and paused. It is for images with no startup
+// set yet, whose first node would otherwise have a program walking many
+// small files wait for one fetch per few files: on demand, small files
+// are what a lazy image serves worst. The layout stores them first, in
+// the order the layers hold them, which is how programs walk trees, so
+// reading the image front to back is ahead of such a program even when
+// it starts meanwhile.
+func (m *Manager) warmSmallFiles(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, rec *recorder, limit int64) {
+	r, ok := smallFiles(layout)
+	if !ok || limit <= 0 || !rec.waitPause(ctx, cmp.Or(m.opts.WarmPause, warmPause)) {
+		return
+	}
+	r[1] = min(r[1], r[0]+limit)
+	start := time.Now()
+	n, err := m.readImage(ctx, d, [][2]int64{r}, warmWorkers)
+	if ctx.Err() != nil {
+		return // unmounted meanwhile
+	}
+	if err != nil {
+		m.log.Warn("lazymount: warm small files", "bootstrap", d, "bytes", n, "err", err)
+		return
+	}
+	m.log.Info("lazymount: small files in the page cache", "bootstrap", d, "bytes", n, "took", time.Since(start))
+}
+
+// smallFiles returns the range of the image holding the content of the
+// files smaller than erofs.SmallFile, which the layout puts before the
+// rest.
+func smallFiles(layout *erofs.Image) ([2]int64, bool) {
+	r, ok := [2]int64{}, false
+	for _, e := range layout.Files() {
+		if e.Size == 0 || e.Size >= erofs.SmallFile {
+			continue
+		}
+		end := blockEnd(layout, e)
+		if !ok {
+			r, ok = [2]int64{e.Offset, end}, true
+			continue
+		}
+		r[0], r[1] = min(r[0], e.Offset), max(r[1], end)
+	}
+	return r, ok
+}
+
+// blockEnd is where the content of e ends in the image, through to the
+// end of its last block, which the kernel reads whole.
+func blockEnd(layout *erofs.Image, e erofs.Extent) int64 {
+	return min(e.Offset+(e.Size+erofs.BlockSize-1)/erofs.BlockSize*erofs.BlockSize, layout.Size())
 }

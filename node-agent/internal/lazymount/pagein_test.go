@@ -148,7 +148,15 @@ func (e *erofsEnv) inode(t *testing.T, name string) uint32 {
 // through EROFS.
 func (e *erofsEnv) mount(t *testing.T, window time.Duration) string {
 	t.Helper()
-	m, err := New(t.TempDir(), e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{EROFS: true, RecordWindow: window, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))})
+	return e.mountWith(t, Options{RecordWindow: window})
+}
+
+// mountWith is mount with the Manager's options opts.
+func (e *erofsEnv) mountWith(t *testing.T, opts Options) string {
+	t.Helper()
+	opts.EROFS = true
+	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	m, err := New(t.TempDir(), e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +180,43 @@ func (e *erofsEnv) mount(t *testing.T, window time.Duration) string {
 		t.Fatalf("the layout %s is not mapped", m.layoutPath(e.d))
 	}
 	return mp
+}
+
+// pageCache maps the image file of the mounted image, laid out as layout,
+// and returns cached, which reports whether every page of file name is in
+// the page cache (all), or whether any is (!all).
+func (e *erofsEnv) pageCache(t *testing.T, layout *erofs.Image) (cached func(name string, all bool) bool) {
+	t.Helper()
+	image, err := os.Open(filepath.Join(e.m.imageDir(e.d), lazyfs.ImageName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { image.Close() })
+	mem, err := unix.Mmap(int(image.Fd()), 0, int(layout.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	resident := make([]byte, (layout.Size()+erofs.BlockSize-1)/erofs.BlockSize)
+	return func(name string, all bool) bool {
+		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), uintptr(unsafe.Pointer(&resident[0]))); errno != 0 {
+			t.Fatalf("mincore: %v", errno)
+		}
+		ino := e.inode(t, name)
+		for _, x := range layout.Files() {
+			if x.Inode != ino {
+				continue
+			}
+			for p := x.Offset / erofs.BlockSize; p*erofs.BlockSize < x.Offset+x.Size; p++ {
+				if in := resident[p]&1 != 0; in != all {
+					return !all
+				}
+			}
+			return all
+		}
+		t.Fatalf("%s is not in the layout", name)
+		return false
+	}
 }
 
 // TestStartupSetPagedIn: mounting an image through EROFS whose startup
@@ -211,37 +256,7 @@ func testStartupSetPagedIn(t *testing.T, corrupt bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	image, err := os.Open(filepath.Join(m.imageDir(d), lazyfs.ImageName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer image.Close()
-	mem, err := unix.Mmap(int(image.Fd()), 0, int(layout.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(mem)
-	resident := make([]byte, (layout.Size()+erofs.BlockSize-1)/erofs.BlockSize)
-	// cached reports whether every page of file name is in the page cache
-	// (all), or whether any is (!all).
-	cached := func(name string, all bool) bool {
-		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mem[0])), uintptr(len(mem)), uintptr(unsafe.Pointer(&resident[0]))); errno != 0 {
-			t.Fatalf("mincore: %v", errno)
-		}
-		for _, e := range layout.Files() {
-			if e.Inode != inode(name) {
-				continue
-			}
-			for p := e.Offset / erofs.BlockSize; p*erofs.BlockSize < e.Offset+e.Size; p++ {
-				if in := resident[p]&1 != 0; in != all {
-					return !all
-				}
-			}
-			return all
-		}
-		t.Fatalf("%s is not in the layout", name)
-		return false
-	}
+	cached := e.pageCache(t, layout)
 	deadline := time.Now().Add(20 * time.Second)
 	for !cached("/big", true) {
 		if time.Now().After(deadline) {
@@ -330,5 +345,114 @@ func TestStartupSetOfEROFSMountListsFilesRead(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("startup set lists %v, want %v", got, want)
+	}
+}
+
+// TestSmallFilesWarmed: an image with no startup set has its small files
+// read into the page cache of its image file, up to the limit, once a
+// container has read through the mount and paused; never before anything
+// reads, and never its large files.
+func TestSmallFilesWarmed(t *testing.T) {
+	small := []string{"/a", "/b", "/c", "/d", "/e0", "/e5", "/e9", "/f"}
+	tests := []struct {
+		name    string
+		through string // the limit ends with this file; "": no limit
+		in, out []string
+	}{
+		{"every small file", "", small, nil},
+		{"up to the limit", "/d", small[:4], small[4:]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEROFSEnv(t)
+			layout, err := erofs.Build(e.img.Bootstrap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			limit := layout.Size()
+			if tt.through != "" {
+				r, _ := smallFiles(layout)
+				for _, x := range layout.Files() {
+					if x.Inode == e.inode(t, tt.through) {
+						limit = blockEnd(layout, x) - r[0]
+					}
+				}
+			}
+			const pause = 200 * time.Millisecond
+			mp := e.mountWith(t, Options{RecordWindow: time.Minute, WarmSmallFiles: limit, WarmPause: pause})
+			cached := e.pageCache(t, layout)
+			time.Sleep(3 * pause)
+			if cached("/a", false) {
+				t.Fatal("small files warmed before anything read through the mount")
+			}
+			// The large file comes after the small ones, behind a gap
+			// that stops the kernel's readahead: reading it reads none.
+			if _, err := os.ReadFile(filepath.Join(mp, "/big")); err != nil {
+				t.Fatal(err)
+			}
+			// Warming reads several parts of the image at once, in any
+			// order.
+			deadline := time.Now().Add(20 * time.Second)
+			for _, name := range tt.in {
+				for !cached(name, true) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s never reached the page cache", name)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			for _, name := range tt.out {
+				if cached(name, false) {
+					t.Errorf("%s, past the limit, is in the page cache", name)
+				}
+			}
+			for _, ent := range e.entries {
+				if ent.Mode&bootstrap.ModeType != bootstrap.ModeRegular {
+					continue
+				}
+				if got, err := os.ReadFile(filepath.Join(mp, ent.Path)); err != nil || !bytes.Equal(got, ent.Data) {
+					t.Errorf("read %s through the mount: %d bytes, %v", ent.Path, len(got), err)
+				}
+			}
+		})
+	}
+}
+
+func TestSmallFilesRange(t *testing.T) {
+	img, _ := pageInImage(t)
+	layout, err := erofs.Build(img.Bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext := map[string]erofs.Extent{}
+	for _, x := range layout.Files() {
+		for _, name := range []string{"/a", "/f", "/big"} {
+			if ino, _ := img.Bootstrap.LookupPath(name); ino == x.Inode {
+				ext[name] = x
+			}
+		}
+	}
+	r, ok := smallFiles(layout)
+	if want := [2]int64{ext["/a"].Offset, blockEnd(layout, ext["/f"])}; !ok || r != want {
+		t.Errorf("smallFiles = %v, %v; want %v (from /a through /f)", r, ok, want)
+	}
+	if r[1] > ext["/big"].Offset {
+		t.Errorf("smallFiles %v reaches into the large file at %d", r, ext["/big"].Offset)
+	}
+
+	onlyLarge, err := fetchtest.Build([]fetchtest.Entry{
+		{Path: "/", Mode: bootstrap.ModeDir | 0o755},
+		{Path: "/big", Mode: bootstrap.ModeRegular | 0o644, Data: make([]byte, erofs.SmallFile)},
+		{Path: "/empty", Mode: bootstrap.ModeRegular | 0o644},
+	}, fetchtest.Options{ChunkSize: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout, err = erofs.Build(onlyLarge.Bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := smallFiles(layout); ok {
+		t.Errorf("smallFiles of an image without small files = %v", r)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -79,6 +80,14 @@ type recorder struct {
 	b *bootstrap.Bootstrap
 	r lazyfs.ChunkReader
 
+	// last is when a container last read through the mount (Unix
+	// nanoseconds), 0 until the first read, which closes used: when the
+	// image is in use, and whether its containers have paused (see
+	// waitPause).
+	last  atomic.Int64
+	used  chan struct{}
+	armed atomic.Bool
+
 	mu       sync.Mutex
 	on       bool
 	deadline time.Time
@@ -93,11 +102,47 @@ var (
 )
 
 func newRecorder(b *bootstrap.Bootstrap, r lazyfs.ChunkReader, window time.Duration) *recorder {
-	return &recorder{b: b, r: r, on: window > 0, deadline: time.Now().Add(window), seen: map[uint32]bool{}}
+	return &recorder{b: b, r: r, used: make(chan struct{}), on: window > 0, deadline: time.Now().Add(window), seen: map[uint32]bool{}}
+}
+
+// touch notes that something was read through the mount now.
+func (rec *recorder) touch() {
+	if !rec.armed.Load() {
+		return
+	}
+	if rec.last.Swap(time.Now().UnixNano()) == 0 {
+		close(rec.used)
+	}
+}
+
+// arm has reads from now on count as the image being in use: those of
+// mounting it came before any container could read.
+func (rec *recorder) arm() { rec.armed.Store(true) }
+
+// waitPause waits until the mount has been read through and then not for
+// pause, and reports whether that happened before ctx ended.
+func (rec *recorder) waitPause(ctx context.Context, pause time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-rec.used:
+	}
+	for {
+		idle := time.Since(time.Unix(0, rec.last.Load()))
+		if idle >= pause {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(pause - idle):
+		}
+	}
 }
 
 // ReadChunk implements lazyfs.ChunkReader.
 func (rec *recorder) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error) {
+	rec.touch()
 	rec.note(idx)
 	return rec.r.ReadChunk(ctx, b, idx)
 }
@@ -109,6 +154,7 @@ func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, in
 	if !ok {
 		return nil, false
 	}
+	rec.touch()
 	f, ok := bf.BackingFile(ctx, b, ino)
 	if ok {
 		if cs := b.FileChunks(ino); len(cs) > 0 {
@@ -121,6 +167,7 @@ func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, in
 // Fetch implements lazyfs.Fetcher when the reader does; the chunks count
 // as read when they are.
 func (rec *recorder) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32) {
+	rec.touch()
 	if f, ok := rec.r.(lazyfs.Fetcher); ok {
 		f.Fetch(ctx, b, chunks)
 	}
@@ -143,6 +190,7 @@ func (rec *recorder) ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, in
 	}
 	f, off, ok := cf.ChunkFile(b, idx)
 	if ok {
+		rec.touch()
 		rec.note(idx)
 	}
 	return f, off, ok
