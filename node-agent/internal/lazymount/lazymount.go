@@ -51,7 +51,9 @@ type Options struct {
 	// PrefetchAll warms the whole image after the startup set.
 	PrefetchAll bool
 	// PrefetchRate bounds what PrefetchAll fetches, in stored bytes per
-	// second over every image together; 0 leaves it unbounded.
+	// second over every image together, and with it what WarmSmallFiles
+	// reads, counted in bytes of the image (more than are fetched); 0
+	// leaves them unbounded.
 	PrefetchRate int64
 	// Passthrough lets the kernel read large files that are entirely in
 	// the local cache straight from disk (FUSE passthrough). It needs
@@ -88,8 +90,11 @@ type Manager struct {
 	wg          sync.WaitGroup
 	// noEROFS is set once the kernel has refused an EROFS mount.
 	noEROFS atomic.Bool
-	// rest admits what PrefetchAll fetches (see Options.PrefetchRate).
-	rest []fetch.PrefetchOption
+	// limit admits what PrefetchAll fetches and WarmSmallFiles reads (see
+	// Options.PrefetchRate); nil when unbounded. rest passes it to
+	// Prefetch.
+	limit *rate.Limiter
+	rest  []fetch.PrefetchOption
 }
 
 var _ snapshot.Mounter = (*Manager)(nil)
@@ -116,7 +121,8 @@ func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, 
 	ctx, stop := context.WithCancel(context.Background())
 	m := &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}}
 	if opts.PrefetchRate > 0 {
-		m.rest = append(m.rest, fetch.Limit(rate.NewLimiter(rate.Limit(opts.PrefetchRate), prefetchBurst)))
+		m.limit = rate.NewLimiter(rate.Limit(opts.PrefetchRate), prefetchBurst)
+		m.rest = append(m.rest, fetch.Limit(m.limit))
 	}
 	return m, nil
 }

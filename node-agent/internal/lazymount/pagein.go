@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/erofs"
@@ -28,14 +29,14 @@ import (
 // program walking thousands of small files several times the reading
 // itself. Only the files' own bytes are read.
 func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, inodes []uint32) (int64, error) {
-	return m.readImage(ctx, d, pageInRanges(layout, inodes), 1)
+	return m.readImage(ctx, d, pageInRanges(layout, inodes), 1, nil)
 }
 
 // readImage reads the given ranges of an image-mode mount's image file
 // through the mount, which leaves them in the page cache, with up to
-// workers reads at once. The image file is read without readahead, which
-// would fetch the neighbours.
-func (m *Manager) readImage(ctx context.Context, d bootstrap.Digest, ranges [][2]int64, workers int) (int64, error) {
+// workers reads at once, each admitted by lim unless it is nil. The image
+// file is read without readahead, which would fetch the neighbours.
+func (m *Manager) readImage(ctx context.Context, d bootstrap.Digest, ranges [][2]int64, workers int, lim *rate.Limiter) (int64, error) {
 	f, err := os.Open(filepath.Join(m.imageDir(d), lazyfs.ImageName))
 	if err != nil {
 		return 0, fmt.Errorf("page in: %w", err)
@@ -62,6 +63,9 @@ func (m *Manager) readImage(ctx context.Context, d bootstrap.Digest, ranges [][2
 			buf := make([]byte, pageInRead)
 			for i := next.Add(1) - 1; i < int64(len(reads)) && ctx.Err() == nil; i = next.Add(1) - 1 {
 				r := reads[i]
+				if lim != nil && lim.WaitN(ctx, int(r[1]-r[0])) != nil {
+					return // ctx ended
+				}
 				got, err := f.ReadAt(buf[:r[1]-r[0]], r[0])
 				n.Add(int64(got))
 				if err != nil && err != io.EOF {
@@ -137,7 +141,7 @@ func (m *Manager) warmSmallFiles(ctx context.Context, d bootstrap.Digest, layout
 	}
 	r[1] = min(r[1], r[0]+limit)
 	start := time.Now()
-	n, err := m.readImage(ctx, d, [][2]int64{r}, warmWorkers)
+	n, err := m.readImage(ctx, d, [][2]int64{r}, warmWorkers, m.limit)
 	if ctx.Err() != nil {
 		return // unmounted meanwhile
 	}

@@ -18,6 +18,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/erofs"
@@ -454,5 +455,32 @@ func TestSmallFilesRange(t *testing.T) {
 	}
 	if r, ok := smallFiles(layout); ok {
 		t.Errorf("smallFiles of an image without small files = %v", r)
+	}
+}
+
+// TestReadImageLimited: reads of the image wait for the limiter, which
+// bounds the warming of small files (PrefetchRate), for every byte read.
+func TestReadImageLimited(t *testing.T) {
+	e := newEROFSEnv(t)
+	e.mount(t, 0)
+	layout, err := e.m.loadLayout(e.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ok := smallFiles(layout)
+	if !ok || r[1]-r[0] <= pageInRead {
+		t.Fatalf("the small files %v should take more than one read", r)
+	}
+	// The first read takes the burst; the rest waits its bytes' time.
+	const perSecond = 1 << 20
+	lim := rate.NewLimiter(perSecond, pageInRead)
+	start := time.Now()
+	n, err := e.m.readImage(context.Background(), e.d, [][2]int64{r}, warmWorkers, lim)
+	took := time.Since(start)
+	if err != nil || n != r[1]-r[0] {
+		t.Fatalf("readImage = %d, %v; want %d bytes", n, err, r[1]-r[0])
+	}
+	if least := time.Duration(float64(n-pageInRead) / perSecond * float64(time.Second)); took < least*9/10 {
+		t.Errorf("read %d bytes in %s at %d bytes/s after a burst of %d: want at least %s", n, took, perSecond, pageInRead, least)
 	}
 }
