@@ -142,6 +142,10 @@ func (m *Manager) warmSmallFiles(ctx context.Context, d bootstrap.Digest, layout
 	r[1] = min(r[1], r[0]+limit)
 	start := time.Now()
 	n, err := m.readImage(ctx, d, [][2]int64{r}, warmWorkers, m.limit)
+	// The readahead the reads set off, and the disk cache's copy of what
+	// they fetched, are part of the warming: done, it leaves the node
+	// quiet.
+	m.fetch.Flush()
 	if ctx.Err() != nil {
 		return // unmounted meanwhile
 	}
