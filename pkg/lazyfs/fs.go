@@ -17,6 +17,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/splice"
 	"golang.org/x/sys/unix"
 
+	"github.com/skiff-dev/skiff/pkg/atomicfile"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
 
@@ -515,10 +516,7 @@ func (fsys *fileSystem) saveOpens(ino uint32, st *fileState) {
 	}
 	data, err := json.Marshal(recs)
 	if err == nil {
-		tmp := fsys.stateFile + ".tmp"
-		if err = os.WriteFile(tmp, data, 0o600); err == nil {
-			err = os.Rename(tmp, fsys.stateFile)
-		}
+		err = atomicfile.WriteFile(fsys.stateFile, data, 0o600)
 	}
 	if err != nil {
 		fsys.log.Warn("lazyfs: record open files", "file", fsys.stateFile, "err", err)

@@ -43,6 +43,7 @@ import (
 	"github.com/skiff-dev/skiff/node-agent/internal/lazymount"
 	"github.com/skiff-dev/skiff/node-agent/internal/referrer"
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
+	"github.com/skiff-dev/skiff/pkg/atomicfile"
 	"github.com/skiff-dev/skiff/pkg/cache"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
@@ -573,7 +574,7 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		}
 		log.Info("skiff-agent mountd: took over the mounts", "mounts", len(takeover.Mounts))
 	}
-	if err := os.WriteFile(filepath.Join(cfg.Root, "mountd.pid"), []byte(fmt.Sprint(os.Getpid())), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(cfg.Root, "mountd.pid"), []byte(fmt.Sprint(os.Getpid())), 0o600); err != nil {
 		log.Warn("skiff-agent mountd: write pid file", "err", err)
 	}
 	handedOver := make(chan net.Conn, 1)

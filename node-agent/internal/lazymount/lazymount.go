@@ -25,6 +25,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
+	"github.com/skiff-dev/skiff/pkg/atomicfile"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
@@ -182,11 +183,7 @@ func (m *Manager) load(ctx context.Context, d bootstrap.Digest) (*bootstrap.Boot
 	if err != nil {
 		return nil, fmt.Errorf("bootstrap %s: %w", d, err)
 	}
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, blob, 0o600); err != nil {
-		return nil, fmt.Errorf("save bootstrap %s: %w", d, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
+	if err := atomicfile.WriteFile(p, blob, 0o600); err != nil {
 		return nil, fmt.Errorf("save bootstrap %s: %w", d, err)
 	}
 	return b, nil
@@ -289,11 +286,7 @@ func (m *Manager) saveLayout(d bootstrap.Digest, layout *erofs.Image) error {
 	if err != nil {
 		return fmt.Errorf("save layout of %s: %w", d, err)
 	}
-	tmp := m.layoutPath(d) + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("save layout of %s: %w", d, err)
-	}
-	if err := os.Rename(tmp, m.layoutPath(d)); err != nil {
+	if err := atomicfile.WriteFile(m.layoutPath(d), data, 0o600); err != nil {
 		return fmt.Errorf("save layout of %s: %w", d, err)
 	}
 	return nil
