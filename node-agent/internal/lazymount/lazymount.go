@@ -219,7 +219,9 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	if err != nil {
 		return "", err
 	}
-	rec.arm()
+	if layout != nil && m.opts.WarmSmallFiles > 0 {
+		rec.arm() // for warmSmallFiles
+	}
 	wctx, stop := context.WithCancel(m.ctx)
 	m.mounts[d] = &mounted{srv: srv, rec: rec, layout: layout, stop: stop}
 	m.gen++
@@ -406,7 +408,7 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 			m.wg.Add(1)
 			go func() {
 				defer m.wg.Done()
-				m.warmSmallFiles(ctx, d, layout, rec, m.opts.WarmSmallFiles)
+				m.warmSmallFiles(ctx, d, layout, rec)
 			}()
 		}
 	case err != nil:

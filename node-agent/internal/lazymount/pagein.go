@@ -126,7 +126,7 @@ const warmPause = time.Second
 const warmWorkers = 4
 
 // warmSmallFiles reads the small files of an image mounted through EROFS,
-// up to limit bytes of the image, into the page cache, once a container
+// up to Options.WarmSmallFiles bytes of the image, into the page cache, once a container
 // has read through the mount and paused. It is for images with no startup
 // set yet, whose first node would otherwise have a program walking many
 // small files wait for one fetch per few files: on demand, small files
@@ -134,12 +134,12 @@ const warmWorkers = 4
 // the order the layers hold them, which is how programs walk trees, so
 // reading the image front to back is ahead of such a program even when
 // it starts meanwhile.
-func (m *Manager) warmSmallFiles(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, rec *recorder, limit int64) {
+func (m *Manager) warmSmallFiles(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, rec *recorder) {
 	r, ok := smallFiles(layout)
-	if !ok || limit <= 0 || !rec.waitPause(ctx, cmp.Or(m.opts.WarmPause, warmPause)) {
+	if !ok || !rec.waitPause(ctx, cmp.Or(m.opts.WarmPause, warmPause)) {
 		return
 	}
-	r[1] = min(r[1], r[0]+limit)
+	r[1] = min(r[1], r[0]+m.opts.WarmSmallFiles)
 	start := time.Now()
 	n, err := m.readImage(ctx, d, [][2]int64{r}, warmWorkers, m.limit)
 	// The readahead the reads set off, and the disk cache's copy of what

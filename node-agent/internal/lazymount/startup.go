@@ -80,10 +80,10 @@ type recorder struct {
 	b *bootstrap.Bootstrap
 	r lazyfs.ChunkReader
 
-	// last is when a container last read through the mount (Unix
-	// nanoseconds), 0 until the first read, which closes used: when the
-	// image is in use, and whether its containers have paused (see
-	// waitPause).
+	// last is when a container last read through the image-mode mount
+	// (Unix nanoseconds), 0 until the first read once armed, which closes
+	// used: when the image is in use, and whether its containers have
+	// paused (see waitPause).
 	last  atomic.Int64
 	used  chan struct{}
 	armed atomic.Bool
@@ -116,7 +116,8 @@ func (rec *recorder) touch() {
 }
 
 // arm has reads from now on count as the image being in use: those of
-// mounting it came before any container could read.
+// mounting it came before any container could read. Unarmed, touch costs
+// a load.
 func (rec *recorder) arm() { rec.armed.Store(true) }
 
 // waitPause waits until the mount has been read through and then not for
@@ -142,7 +143,6 @@ func (rec *recorder) waitPause(ctx context.Context, pause time.Duration) bool {
 
 // ReadChunk implements lazyfs.ChunkReader.
 func (rec *recorder) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint32) ([]byte, error) {
-	rec.touch()
 	rec.note(idx)
 	return rec.r.ReadChunk(ctx, b, idx)
 }
@@ -154,7 +154,6 @@ func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, in
 	if !ok {
 		return nil, false
 	}
-	rec.touch()
 	f, ok := bf.BackingFile(ctx, b, ino)
 	if ok {
 		if cs := b.FileChunks(ino); len(cs) > 0 {
@@ -165,7 +164,8 @@ func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, in
 }
 
 // Fetch implements lazyfs.Fetcher when the reader does; the chunks count
-// as read when they are.
+// as read when they are. Every read of an image-mode mount starts here,
+// which is what touch needs to see.
 func (rec *recorder) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32) {
 	rec.touch()
 	if f, ok := rec.r.(lazyfs.Fetcher); ok {
@@ -190,7 +190,6 @@ func (rec *recorder) ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, in
 	}
 	f, off, ok := cf.ChunkFile(b, idx)
 	if ok {
-		rec.touch()
 		rec.note(idx)
 	}
 	return f, off, ok
