@@ -1,9 +1,11 @@
 package fetch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -102,7 +104,7 @@ func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames 
 	if limit != nil {
 		most = min(most, int64(limit.Burst()))
 	}
-	for _, r := range planRunsUpTo(b, frames, most) {
+	for _, r := range inOrder(planRunsUpTo(b, frames, most), frames) {
 		if limit != nil {
 			if waitErr = limit.WaitN(gctx, int(min(r.end-r.off, int64(limit.Burst())))); waitErr != nil {
 				break
@@ -123,6 +125,35 @@ func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames 
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// inOrder orders runs by the first of their frames in frames: a caller
+// lists first what is wanted first (a startup set, in the order its
+// files were read), and runs go out in that order while each still reads
+// nearby frames together.
+func inOrder(runs []run, frames []uint32) []run {
+	first := make(map[uint32]int, len(frames))
+	for i, fi := range frames {
+		if _, ok := first[fi]; !ok {
+			first[fi] = i
+		}
+	}
+	type keyed struct {
+		key int
+		r   run
+	}
+	ks := make([]keyed, len(runs))
+	for i, r := range runs {
+		ks[i] = keyed{len(frames), r}
+		for _, fi := range r.frames {
+			ks[i].key = min(ks[i].key, first[fi])
+		}
+	}
+	slices.SortStableFunc(ks, func(a, b keyed) int { return cmp.Compare(a.key, b.key) })
+	for i := range ks {
+		runs[i] = ks[i].r
+	}
+	return runs
 }
 
 func (f *Fetcher) cached(d bootstrap.Digest) bool {

@@ -58,6 +58,18 @@ type Fetcher interface {
 	Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32)
 }
 
+// Caller returns the id of the thread whose read ctx serves, as the
+// kernel gave it with a request (a thread id, not a process id), or false
+// for a context that did not come from a request. A reader that reads
+// through its own mount tells its reads apart from a container's by it.
+func Caller(ctx context.Context) (int, bool) {
+	c, ok := ctx.(*fuse.Context)
+	if !ok || c.Caller.Pid == 0 {
+		return 0, false
+	}
+	return int(c.Caller.Pid), true
+}
+
 // warmAhead is how many chunks past the one a sequential read enters are
 // warmed.
 const warmAhead = 4

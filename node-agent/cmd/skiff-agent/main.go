@@ -80,7 +80,7 @@ var help = map[string]string{
 	"STORE":           "blob store URL: file:///path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
 	"CACHE_SIZE":      "chunk cache size limit in bytes (least recently used chunks are evicted)",
 	"RECORD_WINDOW":   "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
-	"WARM_SMALL":      "bytes of an image's small files (under 128 KiB) read into the page cache once its containers have read and then paused for a second, on the first nodes that run it (later nodes prefetch its startup set instead): on demand, a program walking many small files waits for a fetch every few files (0 disables)",
+	"WARM_SMALL":      "bytes of an image's small files (under 128 KiB) read into the page cache once its containers have read and then paused for a second, waiting whenever they read again, on the first nodes that run it (later nodes prefetch its startup set instead): on demand, a program walking many small files waits for a fetch every few files (0 disables)",
 	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
 	"PREFETCH_RATE":   "bytes per second (as stored, compressed) PREFETCH_ALL fetches at most, over every image together, so that warming images leaves the node's network and CPU to its containers; WARM_SMALL reads at most as many bytes of images a second (0: unlimited)",
 	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free",

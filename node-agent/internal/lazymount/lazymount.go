@@ -219,8 +219,8 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	if err != nil {
 		return "", err
 	}
-	if layout != nil && m.opts.WarmSmallFiles > 0 {
-		rec.arm() // for warmSmallFiles
+	if layout != nil {
+		rec.arm() // for warm
 	}
 	wctx, stop := context.WithCancel(m.ctx)
 	m.mounts[d] = &mounted{srv: srv, rec: rec, layout: layout, stop: stop}
@@ -415,7 +415,23 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 		m.log.Warn("lazymount: read startup set", "bootstrap", d, "err", err)
 	case err == nil:
 		rec.disable()
-		if err := m.fetch.Prefetch(ctx, b, set); err != nil {
+		// What a container reads first comes before the rest of the set,
+		// which it must not wait behind. The rest waits for a container
+		// to read through an image-mode mount: until then the node is
+		// busy starting it, and prefetching took the CPU from runc.
+		head, tail := startupHead(b, set)
+		err := m.fetch.Prefetch(ctx, b, head)
+		if layout != nil && len(tail) > 0 {
+			select {
+			case <-rec.used:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if len(tail) > 0 {
+			err = errors.Join(err, m.fetch.Prefetch(ctx, b, tail))
+		}
+		if err != nil {
 			m.log.Warn("lazymount: prefetch startup set", "bootstrap", d, "err", err)
 		} else {
 			m.log.Info("lazymount: prefetched startup set", "bootstrap", d, "files", len(set))
@@ -449,6 +465,25 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 	m.saveStartupSet(ctx, d, rec, layout)
 }
 
+// headBytes is how much file content of a startup set, in the order its
+// files were first read, is prefetched before the rest: about what a
+// container reads before its first output. A variable for tests.
+var headBytes int64 = 4 << 20
+
+// startupHead splits a startup set after its first headBytes of content.
+func startupHead(b *bootstrap.Bootstrap, set []uint32) (head, tail []uint32) {
+	var n int64
+	for i, ino := range set {
+		if n >= headBytes {
+			return set[:i], set[i:]
+		}
+		if int(ino) < len(b.Inodes) {
+			n += int64(b.Inodes[ino].Size)
+		}
+	}
+	return set, nil
+}
+
 // prefetchBurst is the most PrefetchRate lets through at once: one
 // merged request (8 MiB of frames) and then some.
 const prefetchBurst = 16 << 20
@@ -480,7 +515,7 @@ func (m *Manager) saveStartupSet(ctx context.Context, d bootstrap.Digest, rec *r
 		if err != nil {
 			m.log.Warn("lazymount: list the files read through EROFS; saving every file the mount served instead", "bootstrap", d, "err", err)
 		} else {
-			files = read
+			files = inReadOrder(read, files)
 		}
 	}
 	if len(files) == 0 {

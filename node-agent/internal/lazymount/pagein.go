@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,14 +30,26 @@ import (
 // program walking thousands of small files several times the reading
 // itself. Only the files' own bytes are read.
 func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, inodes []uint32) (int64, error) {
-	return m.readImage(ctx, d, pageInRanges(layout, inodes), 1, nil)
+	return m.readImage(ctx, d, pageInRanges(layout, inodes), imageReads{workers: 1})
+}
+
+// imageReads says how readImage reads.
+type imageReads struct {
+	workers int // reads at once
+	// wait, when set, admits each read of n bytes; an error ends the
+	// worker, as ctx ending does.
+	wait func(ctx context.Context, n int) error
+	// thread, when set, is told the thread each worker reads from (on)
+	// before its first read and when it is done (off): the mount tells
+	// this process' reads from a container's by the thread.
+	thread func(tid int, on bool)
 }
 
 // readImage reads the given ranges of an image-mode mount's image file
-// through the mount, which leaves them in the page cache, with up to
-// workers reads at once, each admitted by lim unless it is nil. The image
-// file is read without readahead, which would fetch the neighbours.
-func (m *Manager) readImage(ctx context.Context, d bootstrap.Digest, ranges [][2]int64, workers int, lim *rate.Limiter) (int64, error) {
+// through the mount, which leaves them in the page cache, as how says.
+// The image file is read without readahead, which would fetch the
+// neighbours.
+func (m *Manager) readImage(ctx context.Context, d bootstrap.Digest, ranges [][2]int64, how imageReads) (int64, error) {
 	f, err := os.Open(filepath.Join(m.imageDir(d), lazyfs.ImageName))
 	if err != nil {
 		return 0, fmt.Errorf("page in: %w", err)
@@ -58,12 +71,20 @@ func (m *Manager) readImage(ctx context.Context, d bootstrap.Digest, ranges [][2
 		errs []error
 		wg   sync.WaitGroup
 	)
-	for range max(workers, 1) {
+	for range max(how.workers, 1) {
 		wg.Go(func() {
+			if how.thread != nil {
+				// The reads below then come from this thread alone.
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				tid := unix.Gettid()
+				how.thread(tid, true)
+				defer how.thread(tid, false)
+			}
 			buf := make([]byte, pageInRead)
 			for i := next.Add(1) - 1; i < int64(len(reads)) && ctx.Err() == nil; i = next.Add(1) - 1 {
 				r := reads[i]
-				if lim != nil && lim.WaitN(ctx, int(r[1]-r[0])) != nil {
+				if how.wait != nil && how.wait(ctx, int(r[1]-r[0])) != nil {
 					return // ctx ended
 				}
 				got, err := f.ReadAt(buf[:r[1]-r[0]], r[0])
@@ -117,7 +138,10 @@ func pageInRanges(layout *erofs.Image, inodes []uint32) [][2]int64 {
 // default. A container reads in bursts with gaps of tens of
 // milliseconds, and a command started right after another (a script, a
 // pod's next container) in under a second: warming, which costs the node
-// a CPU for a second or more, must not compete with them.
+// a CPU for a second or more, must not compete with them. A container
+// that reads again has the warming wait for the next such pause. Started
+// sooner (100 ms), the warming took the CPU from the next container's
+// start, which then took twice as long, for no gain in its reads.
 const warmPause = time.Second
 
 // warmWorkers is how many reads warming keeps in flight: each waits for
@@ -132,16 +156,34 @@ const warmWorkers = 4
 // small files wait for one fetch per few files: on demand, small files
 // are what a lazy image serves worst. The layout stores them first, in
 // the order the layers hold them, which is how programs walk trees, so
-// reading the image front to back is ahead of such a program even when
-// it starts meanwhile.
+// reading the image front to back is ahead of such a program when it
+// starts meanwhile; when the program reads past what was warmed, the
+// warming waits until it pauses again.
 func (m *Manager) warmSmallFiles(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, rec *recorder) {
 	r, ok := smallFiles(layout)
-	if !ok || !rec.waitPause(ctx, cmp.Or(m.opts.WarmPause, warmPause)) {
+	pause := cmp.Or(m.opts.WarmPause, warmPause)
+	if !ok || !rec.waitPause(ctx, pause) {
 		return
 	}
 	r[1] = min(r[1], r[0]+m.opts.WarmSmallFiles)
 	start := time.Now()
-	n, err := m.readImage(ctx, d, [][2]int64{r}, warmWorkers, m.limit)
+	n, err := m.readImage(ctx, d, [][2]int64{r}, imageReads{
+		workers: warmWorkers,
+		// A container reading again has the warming wait for its next
+		// pause: the warming takes the node's quiet time, never the
+		// containers'. What it read before is in the page cache, where
+		// the container finds it without asking the mount.
+		wait: func(ctx context.Context, n int) error {
+			if err := limitWait(ctx, m.limit, n); err != nil {
+				return err
+			}
+			if !rec.waitPause(ctx, pause) {
+				return ctx.Err()
+			}
+			return nil
+		},
+		thread: rec.reading,
+	})
 	// The readahead the reads set off, and the disk cache's copy of what
 	// they fetched, are part of the warming: done, it leaves the node
 	// quiet.
@@ -154,6 +196,14 @@ func (m *Manager) warmSmallFiles(ctx context.Context, d bootstrap.Digest, layout
 		return
 	}
 	m.log.Info("lazymount: small files in the page cache", "bootstrap", d, "bytes", n, "took", time.Since(start))
+}
+
+// limitWait waits until lim admits n bytes; a nil lim admits everything.
+func limitWait(ctx context.Context, lim *rate.Limiter, n int) error {
+	if lim == nil {
+		return nil
+	}
+	return lim.WaitN(ctx, n)
 }
 
 // smallFiles returns the range of the image holding the content of the

@@ -475,12 +475,125 @@ func TestReadImageLimited(t *testing.T) {
 	const perSecond = 1 << 20
 	lim := rate.NewLimiter(perSecond, pageInRead)
 	start := time.Now()
-	n, err := e.m.readImage(context.Background(), e.d, [][2]int64{r}, warmWorkers, lim)
+	n, err := e.m.readImage(context.Background(), e.d, [][2]int64{r}, imageReads{
+		workers: warmWorkers,
+		wait:    func(ctx context.Context, n int) error { return limitWait(ctx, lim, n) },
+	})
 	took := time.Since(start)
 	if err != nil || n != r[1]-r[0] {
 		t.Fatalf("readImage = %d, %v; want %d bytes", n, err, r[1]-r[0])
 	}
 	if least := time.Duration(float64(n-pageInRead) / perSecond * float64(time.Second)); took < least*9/10 {
 		t.Errorf("read %d bytes in %s at %d bytes/s after a burst of %d: want at least %s", n, took, perSecond, pageInRead, least)
+	}
+}
+
+// TestOwnReadsAreNotAContainers: the reads this process makes through an
+// image-mode mount from threads it announced (warming small files) do
+// not count as a container reading, which the warming waits out; a read
+// from any other thread does. The kernel names the reading thread in
+// each request, which this tells apart.
+func TestOwnReadsAreNotAContainers(t *testing.T) {
+	e := newEROFSEnv(t)
+	// Warming would start only after an hour's pause: never, here.
+	mp := e.mountWith(t, Options{RecordWindow: time.Minute, WarmSmallFiles: 1 << 30, WarmPause: time.Hour})
+	layout, err := e.m.loadLayout(e.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.m.mu.Lock()
+	rec := e.m.mounts[e.d].rec
+	e.m.mu.Unlock()
+	// The large file lies past a gap the kernel's readahead stops at.
+	if _, err := os.ReadFile(filepath.Join(mp, "/big")); err != nil {
+		t.Fatal(err)
+	}
+	last := rec.last.Load()
+	if last == 0 {
+		t.Fatal("a container's read did not count")
+	}
+	r, ok := smallFiles(layout)
+	if !ok {
+		t.Fatal("no small files")
+	}
+	half := r[0] + (r[1]-r[0])/2/erofs.BlockSize*erofs.BlockSize
+	cached := e.pageCache(t, layout)
+	ctx := context.Background()
+	if n, err := e.m.readImage(ctx, e.d, [][2]int64{{r[0], half}}, imageReads{workers: warmWorkers, thread: rec.reading}); err != nil || n != half-r[0] {
+		t.Fatalf("readImage = %d, %v", n, err)
+	}
+	if !cached("/a", true) {
+		t.Fatal("the read did not go through the mount")
+	}
+	if got := rec.last.Load(); got != last {
+		t.Errorf("this process' own read counted as a container's")
+	}
+	rec.own.Range(func(k, _ any) bool {
+		t.Errorf("thread %v still marked as this process' own", k)
+		return true
+	})
+	if n, err := e.m.readImage(ctx, e.d, [][2]int64{{half, r[1]}}, imageReads{workers: 1}); err != nil || n != r[1]-half {
+		t.Fatalf("readImage = %d, %v", n, err)
+	}
+	if got := rec.last.Load(); got == last {
+		t.Errorf("a read from a thread not announced did not count")
+	}
+}
+
+// TestStartupSetRestWaitsForARead: mounting an image through EROFS
+// prefetches the head of its startup set at once, and the rest, and the
+// set's page-in, only once a container reads through the mount: until
+// then the node is busy starting the container.
+func TestStartupSetRestWaitsForARead(t *testing.T) {
+	defer func(n int64) { headBytes = n }(headBytes)
+	headBytes = 30000 // /a, /c and /e0 of the set; /e1 to /e9 are the rest
+	e := newEROFSEnv(t)
+	ctx := context.Background()
+	inodes := []uint32{e.inode(t, "/a"), e.inode(t, "/c")}
+	for i := range 10 {
+		inodes = append(inodes, e.inode(t, fmt.Sprintf("/e%d", i)))
+	}
+	set := formatStartupSet(e.img.Bootstrap, inodes)
+	if err := e.st.Put(ctx, startupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
+		t.Fatal(err)
+	}
+	mp := e.mount(t, time.Minute)
+	layout, err := e.m.loadLayout(e.d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cached := e.pageCache(t, layout)
+	fetched := func() int64 { return e.m.fetch.Stats().Sources[0].Bytes }
+	deadline := time.Now().Add(20 * time.Second)
+	for fetched() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the head of the startup set was never fetched")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	head := fetched()
+	const rest = 9 * 60000 // /e1 to /e9, random: stored about as large
+	if head >= rest {
+		t.Errorf("fetched %d bytes before any container read: the rest of the set (%d bytes) too", head, rest)
+	}
+	for _, name := range []string{"/a", "/e9"} {
+		if cached(name, false) {
+			t.Errorf("%s is in the page cache before any container read", name)
+		}
+	}
+	// A container's read, of a file outside the set, behind a gap the
+	// kernel's readahead stops at.
+	if _, err := os.ReadFile(filepath.Join(mp, "/big")); err != nil {
+		t.Fatal(err)
+	}
+	for !cached("/e9", true) {
+		if time.Now().After(deadline) {
+			t.Fatal("the rest of the startup set never reached the page cache")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if all := fetched(); all-head < rest {
+		t.Errorf("fetched %d bytes before the read and %d after it: want the rest of the set (%d bytes) after", head, all, rest)
 	}
 }

@@ -3,10 +3,12 @@ package lazymount
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +89,9 @@ type recorder struct {
 	last  atomic.Int64
 	used  chan struct{}
 	armed atomic.Bool
+	// own holds the threads this process reads the mount from itself
+	// (warmSmallFiles): their reads are not a container's.
+	own sync.Map // thread id → struct{}
 
 	mu       sync.Mutex
 	on       bool
@@ -105,10 +110,16 @@ func newRecorder(b *bootstrap.Bootstrap, r lazyfs.ChunkReader, window time.Durat
 	return &recorder{b: b, r: r, used: make(chan struct{}), on: window > 0, deadline: time.Now().Add(window), seen: map[uint32]bool{}}
 }
 
-// touch notes that something was read through the mount now.
-func (rec *recorder) touch() {
+// touch notes that a container read through the mount now, unless ctx
+// is a read of this process' own.
+func (rec *recorder) touch(ctx context.Context) {
 	if !rec.armed.Load() {
 		return
+	}
+	if tid, ok := lazyfs.Caller(ctx); ok {
+		if _, mine := rec.own.Load(tid); mine {
+			return
+		}
 	}
 	if rec.last.Swap(time.Now().UnixNano()) == 0 {
 		close(rec.used)
@@ -120,8 +131,18 @@ func (rec *recorder) touch() {
 // a load.
 func (rec *recorder) arm() { rec.armed.Store(true) }
 
-// waitPause waits until the mount has been read through and then not for
-// pause, and reports whether that happened before ctx ended.
+// reading marks thread tid as reading the mount for this process (on)
+// or no longer (off).
+func (rec *recorder) reading(tid int, on bool) {
+	if on {
+		rec.own.Store(tid, struct{}{})
+	} else {
+		rec.own.Delete(tid)
+	}
+}
+
+// waitPause waits until a container has read through the mount and then
+// not for pause, and reports whether that happened before ctx ended.
 func (rec *recorder) waitPause(ctx context.Context, pause time.Duration) bool {
 	select {
 	case <-ctx.Done():
@@ -167,7 +188,7 @@ func (rec *recorder) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, in
 // as read when they are. Every read of an image-mode mount starts here,
 // which is what touch needs to see.
 func (rec *recorder) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []uint32) {
-	rec.touch()
+	rec.touch(ctx)
 	if f, ok := rec.r.(lazyfs.Fetcher); ok {
 		f.Fetch(ctx, b, chunks)
 	}
@@ -279,6 +300,32 @@ func (m *Manager) readFiles(d bootstrap.Digest, b *bootstrap.Bootstrap, layout *
 		}
 	}
 	return read, nil
+}
+
+// inReadOrder orders the files read (in storage order, see readFiles)
+// as the mount first served them (served, from the recorder), so that a
+// node prefetching the set brings in what a container reads first before
+// the rest. A file the mount never served was read ahead with the one
+// before it in storage order and takes its place; files before any it
+// served come first.
+func inReadOrder(read, served []uint32) []uint32 {
+	rank := make(map[uint32]int, len(served))
+	for i, ino := range served {
+		if _, ok := rank[ino]; !ok {
+			rank[ino] = i + 1
+		}
+	}
+	ranks := make(map[uint32]int, len(read))
+	cur := 0
+	for _, ino := range read {
+		if r, ok := rank[ino]; ok {
+			cur = r
+		}
+		ranks[ino] = cur
+	}
+	out := slices.Clone(read)
+	slices.SortStableFunc(out, func(a, b uint32) int { return cmp.Compare(ranks[a], ranks[b]) })
+	return out
 }
 
 // cachedPages returns how many pages of the file at path are in the page
