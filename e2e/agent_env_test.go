@@ -77,7 +77,10 @@ func main() {
 		}
 	case "list":
 		// Reads the files listed in a file, one path per line; a line
-		// "-" prints "ready" (the benchmarks time the first output).
+		// "-" prints "ready" (the benchmarks time the first output, and
+		// count the bytes fetched until then) and waits a moment, so that
+		// the reads after it are not counted as before it while the
+		// line is on its way to the benchmark.
 		f, err := os.Open(os.Args[2])
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -89,6 +92,7 @@ func main() {
 		for sc.Scan() {
 			if sc.Text() == "-" {
 				fmt.Println("ready")
+				time.Sleep(100 * time.Millisecond)
 				continue
 			}
 			b, err := os.ReadFile(sc.Text())

@@ -21,7 +21,8 @@ const prefetchConcurrency = 8
 type PrefetchOption func(*prefetchOptions)
 
 type prefetchOptions struct {
-	limit *rate.Limiter
+	limit   *rate.Limiter
+	streams int
 }
 
 // Limit has each request of a Prefetch wait until lim admits the bytes it
@@ -31,6 +32,14 @@ type prefetchOptions struct {
 // by every Prefetch bounds them together.
 func Limit(lim *rate.Limiter) PrefetchOption {
 	return func(o *prefetchOptions) { o.limit = lim }
+}
+
+// Streams has a Prefetch keep at most n requests in flight (default
+// prefetchConcurrency). Each request's frames are decompressed and checked
+// as they arrive, so fewer leave more of the CPU to the node's containers
+// while a prefetch runs beside them.
+func Streams(n int) PrefetchOption {
+	return func(o *prefetchOptions) { o.streams = n }
 }
 
 // Prefetch warms the caches with every chunk of the given inodes (regular
@@ -62,7 +71,7 @@ func (f *Fetcher) Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes [
 			frames = append(frames, c.Frame)
 		}
 	}
-	if err := f.fetchRuns(ctx, b, frames, o.limit, false); err != nil {
+	if err := f.fetchRuns(ctx, b, frames, o, false); err != nil {
 		return fmt.Errorf("prefetch: %w", err)
 	}
 	return nil
@@ -78,18 +87,19 @@ func (f *Fetcher) FetchFrames(ctx context.Context, b *bootstrap.Bootstrap, frame
 			return fmt.Errorf("fetch frames: frame %d out of range", fi)
 		}
 	}
-	if err := f.fetchRuns(ctx, b, frames, nil, true); err != nil {
+	if err := f.fetchRuns(ctx, b, frames, prefetchOptions{}, true); err != nil {
 		return fmt.Errorf("fetch frames: %w", err)
 	}
 	return nil
 }
 
-// fetchRuns fetches frames in runs of nearby frames, each run first
-// admitted by limit if set; force fetches frames whose chunks are cached,
-// too.
-func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames []uint32, limit *rate.Limiter, force bool) error {
+// fetchRuns fetches frames in runs of nearby frames, as o says: each run
+// first admitted by o.limit if set, up to o.streams at once; force
+// fetches frames whose chunks are cached, too.
+func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames []uint32, o prefetchOptions, force bool) error {
+	limit := o.limit
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(prefetchConcurrency)
+	g.SetLimit(cmp.Or(max(o.streams, 0), prefetchConcurrency))
 	errc := make(chan error, 1)
 	var errs []error
 	done := make(chan struct{})

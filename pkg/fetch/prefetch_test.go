@@ -1,10 +1,16 @@
 package fetch
 
 import (
+	"context"
+	"fmt"
+	"math/rand/v2"
 	"reflect"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 )
 
 // TestInOrder: a prefetch's runs go out in the order of their first
@@ -31,6 +37,69 @@ func TestInOrder(t *testing.T) {
 		}
 		if !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("inOrder(%v) = %v, want %v", tt.frames, got, tt.want)
+		}
+	}
+}
+
+// gateSource counts the requests in flight, each held a moment.
+type gateSource struct {
+	Source
+	now, most atomic.Int64
+}
+
+func (s *gateSource) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	n := s.now.Add(1)
+	defer s.now.Add(-1)
+	for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+	}
+	time.Sleep(20 * time.Millisecond)
+	return s.Source.FetchFrame(ctx, blob, off, size)
+}
+
+// TestPrefetchStreams: Streams bounds the requests a Prefetch keeps in
+// flight; by default it keeps more.
+func TestPrefetchStreams(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	entries := []fetchtest.Entry{{Path: "/", Mode: bootstrap.ModeDir | 0o755}}
+	for i := range 20 {
+		data := make([]byte, 300<<10)
+		for j := range data {
+			data[j] = byte(r.Uint32())
+		}
+		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/f%02d", i), Mode: bootstrap.ModeRegular | 0o644, Data: data})
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 64 << 10, Compression: bootstrap.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := upload(t, img)
+	// Every other file: a gap wider than mergeGap between them, so each
+	// is a request of its own.
+	var inodes []uint32
+	for i := 0; i < 20; i += 2 {
+		ino, ok := img.Bootstrap.LookupPath(fmt.Sprintf("/f%02d", i))
+		if !ok {
+			t.Fatalf("no /f%02d", i)
+		}
+		inodes = append(inodes, ino)
+	}
+	for _, tt := range []struct {
+		name      string
+		opts      []PrefetchOption
+		most      int64
+		moreThan2 bool
+	}{
+		{"Streams(2)", []PrefetchOption{Streams(2)}, 2, false},
+		{"Streams(1)", []PrefetchOption{Streams(1)}, 1, false},
+		{"default", nil, prefetchConcurrency, true},
+	} {
+		src := &gateSource{Source: NewStoreSource("store", st)}
+		if err := New(nil, src).Prefetch(context.Background(), img.Bootstrap, inodes, tt.opts...); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		most := src.most.Load()
+		if most > tt.most || (tt.moreThan2 && most <= 2) {
+			t.Errorf("%s: %d requests in flight at most", tt.name, most)
 		}
 	}
 }

@@ -420,7 +420,7 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 		// to read through an image-mode mount: until then the node is
 		// busy starting it, and prefetching took the CPU from runc.
 		head, tail := startupHead(b, set)
-		err := m.fetch.Prefetch(ctx, b, head)
+		err := m.fetch.Prefetch(ctx, b, head, fetch.Streams(startupStreams))
 		if layout != nil && len(tail) > 0 {
 			select {
 			case <-rec.used:
@@ -429,7 +429,7 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 			}
 		}
 		if len(tail) > 0 {
-			err = errors.Join(err, m.fetch.Prefetch(ctx, b, tail))
+			err = errors.Join(err, m.fetch.Prefetch(ctx, b, tail, fetch.Streams(startupStreams)))
 		}
 		if err != nil {
 			m.log.Warn("lazymount: prefetch startup set", "bootstrap", d, "err", err)
@@ -469,6 +469,14 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 // files were first read, is prefetched before the rest: about what a
 // container reads before its first output. A variable for tests.
 var headBytes int64 = 4 << 20
+
+// startupStreams is how many requests a startup set's prefetch keeps in
+// flight. It runs beside a starting container, whose own reads then wait
+// for the CPU behind the frames being decompressed: with 2 instead of 8,
+// a second node's first output came ~30 ms sooner with 4–7 MB less
+// fetched by then, and its small-file command ran no slower (on 2
+// vCPUs, where the prefetch is bound by CPU, not by the network).
+const startupStreams = 2
 
 // startupHead splits a startup set after its first headBytes of content.
 func startupHead(b *bootstrap.Bootstrap, set []uint32) (head, tail []uint32) {
