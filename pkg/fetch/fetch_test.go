@@ -798,3 +798,30 @@ func TestPrefetchLimit(t *testing.T) {
 		t.Fatalf("limited prefetch read %d bytes, want some and at most %d (of %d)", got, burst, whole)
 	}
 }
+
+// TestPersistAsyncWritesEverything: every disk write handed over is done
+// by the time Flush returns, however the writers come and go, whether
+// queued or (the queue full) done by the caller.
+func TestPersistAsyncWritesEverything(t *testing.T) {
+	f := New(nil)
+	var done atomic.Int64
+	const callers, each = 8, 2000
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for i := range each {
+				f.persistAsync(func() {
+					if i%100 == 0 {
+						time.Sleep(time.Millisecond) // let the queue fill
+					}
+					done.Add(1)
+				})
+			}
+		})
+	}
+	wg.Wait()
+	f.Flush()
+	if got := done.Load(); got != callers*each {
+		t.Fatalf("%d of %d writes done after Flush", got, callers*each)
+	}
+}
