@@ -420,29 +420,16 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 		// to read through an image-mode mount: until then the node is
 		// busy starting it, and prefetching took the CPU from runc.
 		head, tail := startupHead(b, set)
-		err := m.fetch.Prefetch(ctx, b, head, fetch.Streams(startupStreams))
-		if layout != nil && len(tail) > 0 {
-			select {
-			case <-rec.used:
-			case <-ctx.Done():
-				return
-			}
-		}
+		m.prefetchStartup(ctx, d, b, layout, rec, head, "head")
 		if len(tail) > 0 {
-			err = errors.Join(err, m.fetch.Prefetch(ctx, b, tail, fetch.Streams(startupStreams)))
-		}
-		if err != nil {
-			m.log.Warn("lazymount: prefetch startup set", "bootstrap", d, "err", err)
-		} else {
-			m.log.Info("lazymount: prefetched startup set", "bootstrap", d, "files", len(set))
-		}
-		if layout != nil {
-			start := time.Now()
-			if n, err := m.pageIn(ctx, d, layout, set); err != nil {
-				m.log.Warn("lazymount: read startup set into the page cache", "bootstrap", d, "err", err)
-			} else {
-				m.log.Info("lazymount: startup set in the page cache", "bootstrap", d, "bytes", n, "took", time.Since(start))
+			if layout != nil {
+				select {
+				case <-rec.used:
+				case <-ctx.Done():
+					return
+				}
 			}
+			m.prefetchStartup(ctx, d, b, layout, rec, tail, "rest")
 		}
 	}
 	if m.opts.PrefetchAll {
@@ -463,6 +450,25 @@ func (m *Manager) warm(ctx context.Context, d bootstrap.Digest, b *bootstrap.Boo
 	case <-time.After(m.opts.RecordWindow):
 	}
 	m.saveStartupSet(ctx, d, rec, layout)
+}
+
+// prefetchStartup fetches files of a startup set (part names which) and,
+// for a mount through EROFS, reads them into the kernel's page cache.
+func (m *Manager) prefetchStartup(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap, layout *erofs.Image, rec *recorder, files []uint32, part string) {
+	if err := m.fetch.Prefetch(ctx, b, files, fetch.Streams(startupStreams)); err != nil {
+		m.log.Warn("lazymount: prefetch startup set", "bootstrap", d, "part", part, "err", err)
+	} else {
+		m.log.Info("lazymount: prefetched startup set", "bootstrap", d, "part", part, "files", len(files))
+	}
+	if layout == nil {
+		return
+	}
+	start := time.Now()
+	if n, err := m.pageIn(ctx, d, layout, files, rec); err != nil {
+		m.log.Warn("lazymount: read startup set into the page cache", "bootstrap", d, "part", part, "err", err)
+	} else {
+		m.log.Info("lazymount: startup set in the page cache", "bootstrap", d, "part", part, "bytes", n, "took", time.Since(start))
+	}
 }
 
 // headBytes is how much file content of a startup set, in the order its

@@ -29,8 +29,10 @@ import (
 // page of every file it opens, one request per few files, which costs a
 // program walking thousands of small files several times the reading
 // itself. Only the files' own bytes are read.
-func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, inodes []uint32) (int64, error) {
-	return m.readImage(ctx, d, pageInRanges(layout, inodes), imageReads{workers: 1})
+func (m *Manager) pageIn(ctx context.Context, d bootstrap.Digest, layout *erofs.Image, inodes []uint32, rec *recorder) (int64, error) {
+	// Its reads are not a container's: they must not set off what waits
+	// for one.
+	return m.readImage(ctx, d, pageInRanges(layout, inodes), imageReads{workers: 1, thread: rec.reading})
 }
 
 // imageReads says how readImage reads.
