@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"google.golang.org/grpc"
@@ -107,5 +109,41 @@ func TestFuseIn(t *testing.T) {
 	}
 	if fuseIn("garbage\n\n- \n", "/") {
 		t.Error("fuseIn found a mount in garbage")
+	}
+}
+
+// TestMountdStopNeverLooksDead: a mount process that is stopped unmounts
+// and removes its socket before it stops answering on it. The agent,
+// checking meanwhile, sees it alive and then stopped, never dead (its
+// socket refusing connections), which would have it hand the devices of
+// the unmounted mounts to a new mount process.
+func TestMountdStopNeverLooksDead(t *testing.T) {
+	cfg := config{Root: t.TempDir(), Store: "file://" + t.TempDir()}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- runMountd(ctx, cfg, slog.New(slog.DiscardHandler)) }()
+	sock := mountdSocket(cfg)
+	deadline := time.Now().Add(20 * time.Second)
+	for mountdState(sock) != mountdAlive {
+		select {
+		case err := <-done:
+			t.Fatalf("the mount process ended at start: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the mount process never answered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	checks := 0
+	for state := mountdAlive; state != mountdStopped; checks++ {
+		if state = mountdState(sock); state == mountdDied {
+			t.Fatalf("after %d checks, the stopping mount process' socket refused connections: the agent would take it for dead", checks)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the mount process ended with %v", err)
 	}
 }

@@ -595,6 +595,17 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 	g.Go(func() error {
 		select {
 		case <-gctx.Done():
+			// Stopped: unmount everything while still answering, and
+			// remove the socket before it stops answering. The agent
+			// tells a stop from a death by the socket: found with
+			// nothing listening, it takes this process for dead and has
+			// a new one take over the devices it copied, which are of
+			// mounts gone by then (a new container's root would be
+			// empty).
+			if err := m.Close(); err != nil {
+				log.Warn("skiff-agent mountd: unmount", "err", err)
+			}
+			removeSock()
 		case successor = <-handedOver:
 			// The successor serves the mounts now, and takes the
 			// peer and metrics ports once this process has exited.

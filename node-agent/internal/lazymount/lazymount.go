@@ -196,6 +196,10 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	if m.handingOver {
 		return "", errHandingOver
 	}
+	if m.ctx.Err() != nil {
+		// Closing: what it mounted now would be left behind.
+		return "", errClosed
+	}
 	mp := m.Mountpoint(d)
 	if _, ok := m.mounts[d]; ok {
 		return mp, nil
@@ -384,7 +388,11 @@ func (m *Manager) Mounts() []MountInfo {
 	return ms
 }
 
-// Close stops background work and unmounts every image.
+// errClosed refuses mounts once Close has begun.
+var errClosed = errors.New("lazy mounts: closed")
+
+// Close stops background work and unmounts every image. It may be called
+// again, which does nothing more.
 func (m *Manager) Close() error {
 	m.stop()
 	m.wg.Wait()
