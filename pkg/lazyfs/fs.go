@@ -582,8 +582,19 @@ func (fsys *fileSystem) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte
 	if off >= node.Size || len(buf) == 0 {
 		return fuse.ReadResultData(nil), fuse.OK
 	}
-	ctx := &fuse.Context{Caller: in.Caller, Cancel: cancel}
-	return fsys.readFile(ctx, ino, off, min(off+int64(len(buf)), node.Size))
+	return fsys.readFile(readContext(in), ino, off, min(off+int64(len(buf)), node.Size))
+}
+
+// readContext is the context of a read. It ignores the kernel's
+// interrupts, as libfuse does unless told otherwise: a read of a regular
+// file is not expected to fail with EINTR, and where EROFS reads the image
+// file for a container, an interrupted read is an I/O error that program
+// sees, not a restart. Signals arrive often (Go programs preempt their
+// threads with SIGURG), and the kernel keeps waiting for the reply after
+// sending the interrupt anyway; only a fatal signal ends the wait, and the
+// chunks then fetched still land in the caches.
+func readContext(in *fuse.ReadIn) *fuse.Context {
+	return &fuse.Context{Caller: in.Caller}
 }
 
 // readFile answers a read of [off, end) of regular file ino, which ends

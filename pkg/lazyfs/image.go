@@ -178,7 +178,7 @@ func (fsys *imageFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (
 	if off >= end {
 		return fuse.ReadResultData(nil), fuse.OK
 	}
-	ctx := &fuse.Context{Caller: in.Caller, Cancel: cancel}
+	ctx := readContext(in)
 	pieces := fsys.img.Pieces(off, end)
 	if f, ok := fsys.r.(Fetcher); ok {
 		// The kernel reads the image ahead in requests of up to 1 MiB,

@@ -121,6 +121,13 @@ func mountEntries(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compre
 // mountEntriesIn is mountEntries, in image mode if image is set.
 func mountEntriesIn(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compression, image bool) *testMount {
 	t.Helper()
+	return mountEntriesThrough(t, entries, comp, image, nil)
+}
+
+// mountEntriesThrough is mountEntriesIn with the mount reading chunks
+// through wrap(the Fetcher), when wrap is set.
+func mountEntriesThrough(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Compression, image bool, wrap func(ChunkReader) ChunkReader) *testMount {
+	t.Helper()
 	requireFUSE(t)
 	img, st := uploaded(t, entries, fetchtest.Options{ChunkSize: chunkSize, Compression: comp, PackSize: 4 << 10})
 	tm := &testMount{dir: t.TempDir(), img: img, files: map[string][]byte{}, store: st, logs: &syncBuffer{}}
@@ -143,7 +150,11 @@ func mountEntriesIn(t testing.TB, entries []fetchtest.Entry, comp bootstrap.Comp
 		opts.Image, opts.ImageDir = layout, t.TempDir()
 		tm.layout, tm.imageDir = layout, opts.ImageDir
 	}
-	srv, err := Mount(context.Background(), tm.dir, img.Bootstrap, tm.fetch, opts)
+	var r ChunkReader = tm.fetch
+	if wrap != nil {
+		r = wrap(r)
+	}
+	srv, err := Mount(context.Background(), tm.dir, img.Bootstrap, r, opts)
 	if err != nil {
 		t.Fatalf("mount: %v", err)
 	}
