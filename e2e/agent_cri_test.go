@@ -52,14 +52,47 @@ func testAgentCRI(t *testing.T, ctrd testenv.ContainerdOptions) {
 	defer cancel()
 	ctrd.CRI = &testenv.CRI{}
 	e := startAgentEnv(t, ctrd)
-	pushPause(t, ctx, e)
+	pause := pushPause(t, ctx, e)
 	app := newCRIApp(t, ctx, e, "app")
 	k := newKubelet(t, e, e.ctrd.Address)
 	if err := k.pull(ctx, app.ref, nil); err != nil {
 		t.Fatalf("CRI pull %s: %v\n%s\n%s", app.ref, err, e.logs(), e.ctrd.Log())
 	}
-	app.assertLazy(t, ctx, true)
+	app.assertLazy(t, ctx, "k8s.io", true)
 	app.assertRuns(t, ctx, k, true)
+	if ctrd.ConfigVersion == 3 {
+		t.Run("ctr pull through the transfer service", func(t *testing.T) {
+			// ctr 2.x pulls through containerd's transfer service, which
+			// the snippet has pass the image's name and layers on.
+			cli := newCRIApp(t, ctx, e, "cli")
+			if out, err := e.ctrd.Ctr(ctx, "image", "pull", "--plain-http", "--snapshotter", "skiff", cli.ref); err != nil {
+				t.Fatalf("ctr image pull: %v\n%s\n%s\n%s", err, out, e.logs(), e.ctrd.Log())
+			}
+			cli.assertLazy(t, ctx, "default", true)
+			out, err := e.run(ctx, cli.ref, "cli", "sha", "/data/big")
+			if err != nil {
+				t.Fatalf("%v\n%s", err, e.logs())
+			}
+			if want := fmt.Sprintf("%x\n", sha256.Sum256(cli.big)); out != want {
+				t.Fatalf("container printed %q, want %q", out, want)
+			}
+			if !mounted(t, filepath.Join(e.root, "mnt", cli.res.Bootstrap.Hex())) {
+				t.Error("the image was not mounted by the agent")
+			}
+			// Listing skiff for the transfer service keeps its default:
+			// an ordinary pull still unpacks into overlayfs.
+			if out, err := e.ctrd.Ctr(ctx, "image", "pull", "--plain-http", pause); err != nil {
+				t.Fatalf("ctr image pull: %v\n%s\n%s", err, out, e.ctrd.Log())
+			}
+			out, err = e.ctrd.Ctr(ctx, "snapshots", "--snapshotter", "overlayfs", "ls")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rows := strings.Count(strings.TrimSpace(out), "\n"); rows == 0 {
+				t.Errorf("the pull unpacked nothing into overlayfs:\n%s", out)
+			}
+		})
+	}
 }
 
 // TestAgentCRIPrivateRegistry runs pods from a registry that requires an
@@ -97,7 +130,7 @@ func TestAgentCRIPrivateRegistry(t *testing.T) {
 		if err := k.pull(ctx, direct.ref, auth); err != nil {
 			t.Fatalf("CRI pull %s: %v\n%s\n%s", direct.ref, err, e.logs(), e.ctrd.Log())
 		}
-		direct.assertLazy(t, ctx, false)
+		direct.assertLazy(t, ctx, "k8s.io", false)
 		direct.assertRuns(t, ctx, k, false)
 	})
 	t.Run("pulled through the agent's image service", func(t *testing.T) {
@@ -110,7 +143,7 @@ func TestAgentCRIPrivateRegistry(t *testing.T) {
 		if err := k.pull(ctx, proxied.ref, auth); err != nil {
 			t.Fatalf("CRI pull %s: %v\n%s\n%s", proxied.ref, err, e.logs(), e.ctrd.Log())
 		}
-		proxied.assertLazy(t, ctx, true)
+		proxied.assertLazy(t, ctx, "k8s.io", true)
 		proxied.assertRuns(t, ctx, k, true)
 	})
 }
@@ -153,10 +186,10 @@ func newCRIApp(t *testing.T, ctx context.Context, e *agentEnv, name string) *cri
 }
 
 // assertLazy checks that containerd downloaded none of the image's
-// layers if lazy, and all of them if not.
-func (a *criApp) assertLazy(t *testing.T, ctx context.Context, lazy bool) {
+// layers into namespace ns if lazy, and all of them if not.
+func (a *criApp) assertLazy(t *testing.T, ctx context.Context, ns string, lazy bool) {
 	t.Helper()
-	content, err := a.e.ctrd.Ctr(ctx, "-n", "k8s.io", "content", "ls", "-q")
+	content, err := a.e.ctrd.Ctr(ctx, "-n", ns, "content", "ls", "-q")
 	if err != nil {
 		t.Fatal(err)
 	}
