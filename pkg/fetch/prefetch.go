@@ -97,7 +97,6 @@ func (f *Fetcher) FetchFrames(ctx context.Context, b *bootstrap.Bootstrap, frame
 // first admitted by o.limit if set, up to o.streams at once; force
 // fetches frames whose chunks are cached, too.
 func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames []uint32, o prefetchOptions, force bool) error {
-	limit := o.limit
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(cmp.Or(max(o.streams, 0), prefetchConcurrency))
 	errc := make(chan error, 1)
@@ -111,12 +110,12 @@ func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames 
 	}()
 	var waitErr error
 	most := int64(maxRun)
-	if limit != nil {
-		most = min(most, int64(limit.Burst()))
+	if o.limit != nil {
+		most = min(most, int64(o.limit.Burst()))
 	}
 	for _, r := range inOrder(planRunsUpTo(b, frames, most), frames) {
-		if limit != nil {
-			if waitErr = limit.WaitN(gctx, int(min(r.end-r.off, int64(limit.Burst())))); waitErr != nil {
+		if o.limit != nil {
+			if waitErr = o.limit.WaitN(gctx, int(min(r.end-r.off, int64(o.limit.Burst())))); waitErr != nil {
 				break
 			}
 		}
