@@ -4,9 +4,8 @@
 package codec
 
 import (
-	"bytes"
 	"fmt"
-	"io"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,16 +23,31 @@ var (
 
 func zstdEncoder() *zstd.Encoder {
 	encOnce.Do(func() {
-		// EncodeAll on a shared encoder is safe for concurrent use; one
-		// goroutine per call keeps parallelism in the caller's hands.
-		enc, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+		// EncodeAll on a shared encoder is safe for concurrent use, but
+		// each call holds one of the encoder's states: as many states as
+		// Go may run threads, so that the converter's workers compress in
+		// parallel rather than queue for one. The options are constants;
+		// an error here is a programming error.
+		var err error
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithZeroFrames(true))
+		if err != nil {
+			panic(fmt.Sprintf("codec: zstd encoder: %v", err))
+		}
 	})
 	return enc
 }
 
 func zstdDecoder() *zstd.Decoder {
 	decOnce.Do(func() {
-		dec, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(1<<30))
+		// Frames come from peers before their digests are checked. With
+		// the cap limit, DecodeAll never grows dst: a frame whose header
+		// claims more than the size the bootstrap gives fails before
+		// anything is allocated for it.
+		var err error
+		dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(bootstrap.MaxFrameSize), zstd.WithDecodeAllCapLimit(true))
+		if err != nil {
+			panic(fmt.Sprintf("codec: zstd decoder: %v", err))
+		}
 	})
 	return dec
 }
@@ -49,8 +63,8 @@ func Compress(c bootstrap.Compression, dst, src []byte) ([]byte, error) {
 		start := len(dst)
 		bound := lz4.CompressBlockBound(len(src))
 		dst = grow(dst, bound)
-		var ht [1 << 16]int
-		n, err := lz4.CompressBlock(src, dst[start:start+bound], ht[:])
+		// The hash table argument is ignored: lz4 pools its compressors.
+		n, err := lz4.CompressBlock(src, dst[start:start+bound], nil)
 		if err != nil {
 			return nil, fmt.Errorf("lz4 compress: %w", err)
 		}
@@ -94,7 +108,7 @@ func Decompress(c bootstrap.Compression, dst, src []byte, size int) ([]byte, err
 		}
 		return append(dst[:0], src...), nil
 	case bootstrap.Zstd:
-		out, err := zstdDecoder().DecodeAll(src, grow(dst[:0], size)[:0])
+		out, err := zstdDecoder().DecodeAll(src, grow(dst[:0], size)[:0:size])
 		if err != nil {
 			return nil, fmt.Errorf("zstd decompress: %w", err)
 		}
@@ -114,24 +128,6 @@ func Decompress(c bootstrap.Compression, dst, src []byte, size int) ([]byte, err
 		return out, nil
 	}
 	return nil, fmt.Errorf("decompress: unknown compression %d", c)
-}
-
-// ZstdBytes decompresses a whole zstd stream (a bootstrap blob), refusing
-// to produce more than limit bytes.
-func ZstdBytes(src []byte, limit int) ([]byte, error) {
-	var buf bytes.Buffer
-	d, err := zstd.NewReader(bytes.NewReader(src), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(limit)))
-	if err != nil {
-		return nil, fmt.Errorf("zstd: %w", err)
-	}
-	defer d.Close()
-	if _, err := buf.ReadFrom(io.LimitReader(d, int64(limit)+1)); err != nil {
-		return nil, fmt.Errorf("zstd decompress: %w", err)
-	}
-	if buf.Len() > limit {
-		return nil, fmt.Errorf("zstd decompress: more than %d bytes", limit)
-	}
-	return buf.Bytes(), nil
 }
 
 func grow(b []byte, n int) []byte {
