@@ -3,8 +3,13 @@ package bootstrap
 import (
 	"bytes"
 	"fmt"
+	"math"
+	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // sample builds a small tree by hand: /a (file, 2 chunks, one zero),
@@ -96,6 +101,9 @@ func TestValidateRejects(t *testing.T) {
 		{"unreachable", func(b *Bootstrap) { b.Dirents[4].Inode = 4 }, "not reachable"},
 		{"root as child", func(b *Bootstrap) { b.Dirents[3].Inode = 0 }, "out of range"},
 		{"bad compression", func(b *Bootstrap) { b.Frames[0].Compression = 9 }, "unknown compression"},
+		{"negative offset", func(b *Bootstrap) { b.Frames[0].Offset = -1 }, "negative offset"},
+		{"frame end overflows", func(b *Bootstrap) { b.Frames[0].Offset = math.MaxInt64 - 4 }, "overflows"},
+		{"frame end overflows at max offset", func(b *Bootstrap) { b.Frames[0].Offset = math.MaxInt64 }, "overflows"},
 		{"empty symlink", func(b *Bootstrap) { b.Inodes[3].Target = "" }, "empty symlink"},
 		{"xattr range", func(b *Bootstrap) { b.Inodes[1].XattrCount = 9 }, "xattrs out of range"},
 		{"nsec", func(b *Bootstrap) { b.Inodes[1].MtimeNsec = 1e9 }, "nanoseconds"},
@@ -112,6 +120,12 @@ func TestValidateRejects(t *testing.T) {
 				t.Fatal("Marshal accepted an invalid bootstrap")
 			}
 		})
+	}
+	// The last offset whose frame still ends within int64 is fine.
+	b := sample()
+	b.Frames[0].Offset = math.MaxInt64 - int64(b.Frames[0].CompressedSize)
+	if err := b.Validate(); err != nil {
+		t.Fatalf("frame ending at MaxInt64: %v", err)
 	}
 }
 
@@ -145,6 +159,63 @@ func TestUnmarshalRejectsGarbage(t *testing.T) {
 		if _, err := Unmarshal(raw[:i]); err == nil {
 			t.Fatalf("truncation to %d bytes decoded without error", i)
 		}
+	}
+}
+
+// TestDecodeAllocation: Decode must still round-trip, and a large blob
+// (they are accepted up to MaxRawSize) must not make it allocate a multiple
+// of its size before anything has decoded.
+func TestDecodeAllocation(t *testing.T) {
+	random := make([]byte, 32<<20)
+	rand.NewChaCha8([32]byte{}).Read(random)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	incompressible := enc.EncodeAll(random, nil)
+	enc.Close()
+	tests := []struct {
+		name     string
+		b        *Bootstrap // nil: blob is not a bootstrap
+		blob     []byte
+		maxAlloc uint64 // 0: not checked
+	}{
+		{name: "sample", b: sample(), maxAlloc: 1 << 20},
+		{name: "20k files", b: synthetic(20_000)},
+		// Both fail; neither may cost 4x its 32 MiB first.
+		{name: "32 MiB not zstd", blob: random, maxAlloc: maxDecodeGuess + 1<<20},
+		{name: "32 MiB zstd, not a bootstrap", blob: incompressible, maxAlloc: maxDecodeGuess + 16<<20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			blob := tt.blob
+			if tt.b != nil {
+				var err error
+				if blob, err = Encode(tt.b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			got, err := Decode(blob)
+			runtime.ReadMemStats(&after)
+			if alloc := after.TotalAlloc - before.TotalAlloc; tt.maxAlloc > 0 && alloc > tt.maxAlloc {
+				t.Errorf("Decode of %d bytes allocated %d bytes, want at most %d", len(blob), alloc, tt.maxAlloc)
+			}
+			if tt.b == nil {
+				if err == nil {
+					t.Fatal("Decode accepted a blob that is not a bootstrap")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := Marshal(tt.b)
+			if raw, _ := Marshal(got); !bytes.Equal(raw, want) {
+				t.Fatal("decoded bootstrap differs from the encoded one")
+			}
+		})
 	}
 }
 

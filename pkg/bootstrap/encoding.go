@@ -19,6 +19,9 @@ const magic = "SKIFFBT\x01"
 // a node allocate without limit.
 const MaxRawSize = 1 << 30
 
+// maxDecodeGuess caps the output buffer Decode allocates before decoding.
+const maxDecodeGuess = 64 << 20
+
 // Marshal encodes b in the raw (uncompressed) form described in
 // docs/format.md. Slices are written in inode order, so any in-memory layout
 // of the flat slices encodes to the same canonical bytes.
@@ -230,7 +233,10 @@ func Decode(blob []byte) (*Bootstrap, error) {
 		return nil, fmt.Errorf("decode bootstrap: %w", err)
 	}
 	defer dec.Close()
-	buf := bytes.NewBuffer(make([]byte, 0, 4*len(blob)))
+	// Bootstraps compress about 4:1, so that is the first guess; capped,
+	// since blobs up to MaxRawSize are accepted and a guess is not worth
+	// gigabytes before a single byte has decoded.
+	buf := bytes.NewBuffer(make([]byte, 0, min(4*len(blob), maxDecodeGuess)))
 	if _, err := buf.ReadFrom(io.LimitReader(dec, MaxRawSize+1)); err != nil {
 		return nil, fmt.Errorf("decode bootstrap: %w", err)
 	}

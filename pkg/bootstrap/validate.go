@@ -2,6 +2,7 @@ package bootstrap
 
 import (
 	"fmt"
+	"math"
 	"strings"
 )
 
@@ -34,6 +35,9 @@ func (b *Bootstrap) Validate() error {
 			return fmt.Errorf("frame %d: size %d (compressed %d) out of range", i, f.Size, f.CompressedSize)
 		case f.Offset < 0:
 			return fmt.Errorf("frame %d: negative offset", i)
+		case f.Offset > math.MaxInt64-int64(f.CompressedSize):
+			// Readers compute the frame's end as Offset+CompressedSize.
+			return fmt.Errorf("frame %d: offset %d plus compressed size %d overflows", i, f.Offset, f.CompressedSize)
 		case f.Compression == None && f.Size != f.CompressedSize:
 			return fmt.Errorf("frame %d: uncompressed frame with differing sizes", i)
 		}

@@ -130,8 +130,11 @@ type newChunk struct {
 	loc    *location
 }
 
+// createTemp is os.CreateTemp, replaced by tests to make a blob file fail.
+var createTemp = os.CreateTemp
+
 func newBlobWriter(workDir string, d *dedup, comp *compressor, c bootstrap.Compression, batchSize, inflight int) (*blobWriter, error) {
-	f, err := os.CreateTemp(workDir, "skiff-blob-*")
+	f, err := createTemp(workDir, "skiff-blob-*")
 	if err != nil {
 		return nil, fmt.Errorf("create blob file: %w", err)
 	}

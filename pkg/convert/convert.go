@@ -173,12 +173,18 @@ func (c *Converter) Convert(ctx context.Context, src v1.Image) (*Result, error) 
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.opts.Concurrency)
 	for i, l := range layers {
-		bw, err := newBlobWriter(c.opts.WorkDir, d, comp, c.opts.Compression, c.opts.BatchSize, 2*c.opts.Concurrency)
-		if err != nil {
-			return nil, fmt.Errorf("convert: %w", err)
-		}
-		writers[i] = bw
+		// The blob file is made inside the group: a failure must stop the
+		// other layers and be waited for like theirs, since the deferred
+		// cleanup closes files and the compressor they are still using.
 		g.Go(func() error {
+			if err := gctx.Err(); err != nil {
+				return err // another layer failed: do not open this one
+			}
+			bw, err := newBlobWriter(c.opts.WorkDir, d, comp, c.opts.Compression, c.opts.BatchSize, 2*c.opts.Concurrency)
+			if err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
+			writers[i] = bw
 			ents, err := c.convertLayer(gctx, l, bw, prog)
 			if err != nil {
 				digest, _ := l.Digest()

@@ -118,12 +118,12 @@ func (t *tree) apply(entries []entry) error {
 	for _, e := range entries {
 		switch e.kind {
 		case kindOpaque:
-			if n := t.lookup(e.path); n != nil && n.ino.isDir() {
+			if n := t.whiteoutDir(e.path); n != nil {
 				n.children = map[string]*node{}
 			}
 		case kindWhiteout:
 			dir, base := splitPath(e.path)
-			if n := t.lookup(dir); n != nil && n.ino.isDir() {
+			if n := t.whiteoutDir(dir); n != nil {
 				delete(n.children, base)
 			}
 		}
@@ -164,6 +164,19 @@ func (t *tree) apply(entries []entry) error {
 		}
 	}
 	return nil
+}
+
+// whiteoutDir finds the directory a whiteout or opaque marker in dir acts
+// on. Symlinks are followed as when entries are placed (and as containerd's
+// applier does), so a marker under lib -> usr/lib reaches what was put there
+// through either name. Nothing is created: when dir does not resolve to a
+// directory, no lower layer can have anything in it to remove.
+func (t *tree) whiteoutDir(dir string) *node {
+	n, err := t.walkDir(dir, false)
+	if err != nil {
+		return nil
+	}
+	return n
 }
 
 // lookup finds a path without following symlinks.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/telemetry"
@@ -21,12 +23,22 @@ type Client struct {
 // NewClient returns a Client using hc, or a client of its own when nil.
 func NewClient(hc *http.Client) *Client {
 	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{
-			MaxIdleConnsPerHost: 8,
-			ForceAttemptHTTP2:   false,
-		}}
+		hc = &http.Client{Transport: newTransport()}
 	}
 	return &Client{http: hc}
+}
+
+// newTransport bounds what a caller's context may leave open: a peer that
+// vanished (its node gone, SYNs unanswered) fails the dial in seconds, so
+// the caller moves on to the next parent within its deadline; keep-alives
+// find pooled connections to dead peers; and connections to peers no
+// longer read from are closed rather than kept for the process's life.
+func newTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 8,
+		IdleConnTimeout:     90 * time.Second,
+	}
 }
 
 // Get reads exactly size bytes of blob at off from the server at addr

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
@@ -115,6 +118,79 @@ func TestStoreEvictsAndReopens(t *testing.T) {
 	}
 	if !r.Has(blobA, 20, 40) || r.Size() != 40 {
 		t.Fatalf("reopened: %+v", r.Holdings())
+	}
+}
+
+// TestOpenRemovesStaleTemps: a write that crashed leaves its temporary
+// file behind, and nothing else ever removes it. A recent one may be the
+// write of another process sharing the store and must stay.
+func TestOpenRemovesStaleTemps(t *testing.T) {
+	dir := t.TempDir()
+	blobDir := filepath.Join(dir, blobA.Hex())
+	if err := os.MkdirAll(blobDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		age      time.Duration
+		wantKept bool
+	}{
+		{tempPrefix + "crashed-long-ago", 24 * time.Hour, false},
+		{tempPrefix + "crashed-just-past-limit", staleTempAge + time.Minute, false},
+		{tempPrefix + "being-written", time.Second, true},
+		{"0", 24 * time.Hour, true},                  // a frame
+		{"notes", 24 * time.Hour, true},              // not the store's
+		{tempPrefix + "in-future", -time.Hour, true}, // clock stepped back
+	}
+	now := time.Now()
+	for _, tt := range tests {
+		p := filepath.Join(blobDir, tt.name)
+		if err := os.WriteFile(p, []byte("frame"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, now.Add(-tt.age), now.Add(-tt.age)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := os.Stat(filepath.Join(blobDir, tt.name))
+			if kept := err == nil; kept != tt.wantKept {
+				t.Errorf("kept = %v (stat: %v), want %v", kept, err, tt.wantKept)
+			}
+		})
+	}
+	if !s.Has(blobA, 0, 5) || s.Size() != 5 {
+		t.Errorf("holdings %+v, want the one frame", s.Holdings())
+	}
+}
+
+// TestClientTransport: the caller's context bounds a request, but not the
+// pool behind it. Without a dial timeout a vanished peer holds a dial for
+// the kernel's SYN retries; without an idle timeout connections to peers
+// no longer asked stay open for good.
+func TestClientTransport(t *testing.T) {
+	tr, ok := NewClient(nil).http.Transport.(*http.Transport)
+	if !ok {
+		t.Fatalf("transport is %T", NewClient(nil).http.Transport)
+	}
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"idle connections time out", tr.IdleConnTimeout, 90 * time.Second},
+		{"dials through a bounded dialer", tr.DialContext != nil, true},
+		{"idle connections per peer", tr.MaxIdleConnsPerHost, 8},
+		{"peers are dialed directly, never through a proxy", tr.Proxy == nil, true},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.name, tt.got, tt.want)
+		}
 	}
 }
 

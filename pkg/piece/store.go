@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
@@ -46,9 +48,19 @@ type Holding struct {
 	Ranges Ranges
 }
 
+// tempPrefix starts the name of a frame file still being written.
+const tempPrefix = ".tmp-"
+
+// staleTempAge is how old a temporary file must be for Open to take it for
+// the leftover of a crashed write. Younger ones may be writes in progress:
+// a mount process taking over from another opens the store while the old
+// one still runs, and a write lasts milliseconds.
+const staleTempAge = 10 * time.Minute
+
 // Open opens (creating it if needed) the store in dir, keeping at most
 // maxBytes (0: no limit). Frames left by an earlier process are served
-// again: they were verified when they were written.
+// again: they were verified when they were written. Temporary files of
+// writes that crashed are removed once older than staleTempAge.
 func Open(dir string, maxBytes int64) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open piece store: %w", err)
@@ -60,6 +72,7 @@ func Open(dir string, maxBytes int64) (*Store, error) {
 		mod  int64
 	}
 	var all []found
+	now := time.Now()
 	blobs, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open piece store: %w", err)
@@ -74,9 +87,13 @@ func Open(dir string, maxBytes int64) (*Store, error) {
 			return nil, fmt.Errorf("open piece store: %w", err)
 		}
 		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), tempPrefix) {
+				s.removeStaleTemp(filepath.Join(dir, bd.Name(), e.Name()), e, now)
+				continue
+			}
 			off, err := strconv.ParseInt(e.Name(), 10, 64)
 			if err != nil || off < 0 {
-				continue // a temporary file of a crashed write
+				continue
 			}
 			info, err := e.Info()
 			if err != nil || !info.Mode().IsRegular() || info.Size() == 0 {
@@ -91,6 +108,18 @@ func Open(dir string, maxBytes int64) (*Store, error) {
 	}
 	s.evict()
 	return s, nil
+}
+
+// removeStaleTemp removes the temporary file p of a write that crashed
+// long enough ago. Failing to is only space not reclaimed.
+func (s *Store) removeStaleTemp(p string, e fs.DirEntry, now time.Time) {
+	info, err := e.Info()
+	if err != nil || !info.Mode().IsRegular() || now.Sub(info.ModTime()) < staleTempAge {
+		return
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.log.Warn("piece: remove temporary file of a crashed write", "path", p, "err", err)
+	}
 }
 
 func (s *Store) path(k frameKey) string {
@@ -155,7 +184,7 @@ func (s *Store) Put(blob bootstrap.Digest, off int64, raw []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("put piece %s@%d: %w", blob, off, err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	tmp, err := os.CreateTemp(filepath.Dir(p), tempPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("put piece %s@%d: %w", blob, off, err)
 	}

@@ -13,9 +13,12 @@
 package schedule
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -164,40 +167,62 @@ func (t *Table) usable(e *entry, now time.Time) bool {
 // Seeds when it does not hold the range. An empty list means there is no
 // one to ask but the store.
 func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, now time.Time) []Parent {
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	end := off + size
-	var holders []*entry
+	type candidate struct {
+		Parent
+		load   int
+		weight uint64
+	}
+	t.mu.Lock()
+	var holders []candidate
 	for _, e := range t.peers {
 		if e.ID == asker || !t.usable(e, now) || !e.Holdings[blob].Covers(off, end) {
 			continue
 		}
-		holders = append(holders, e)
+		holders = append(holders, candidate{Parent: Parent{ID: e.ID, Addr: e.Addr, Role: e.Role}, load: e.Load})
 	}
-	sort.Slice(holders, func(i, j int) bool {
-		a, b := holders[i], holders[j]
-		if a.Role != b.Role {
-			return a.Role == RolePeer
+	var seeder *Parent
+	if e := t.seederLocked(blob, asker, now); e != nil {
+		seeder = &Parent{ID: e.ID, Addr: e.Addr, Role: RoleSeeder, Seeds: !e.Holdings[blob].Covers(off, end)}
+	}
+	t.mu.Unlock()
+
+	// Every parent request of the cluster goes through here: the weights
+	// are hashed once per holder rather than twice per comparison, and
+	// outside the lock that announcements also need.
+	for i := range holders {
+		holders[i].weight = weight(asker, holders[i].ID)
+	}
+	slices.SortFunc(holders, func(a, b candidate) int {
+		if ap, bp := a.Role == RolePeer, b.Role == RolePeer; ap != bp {
+			if ap {
+				return -1
+			}
+			return 1
 		}
-		if a.Load != b.Load {
-			return a.Load < b.Load
+		if c := cmp.Compare(a.load, b.load); c != 0 {
+			return c
 		}
 		// Equal candidates in a different order for each asker, so
 		// many readers of one piece do not all queue at one parent.
-		return weight(asker, a.ID) > weight(asker, b.ID)
+		if c := cmp.Compare(b.weight, a.weight); c != 0 {
+			return c
+		}
+		// Only a hash collision gets here; the ID keeps the order
+		// independent of the map's.
+		return strings.Compare(a.ID, b.ID)
 	})
 	if len(holders) > t.opts.MaxParents {
 		holders = holders[:t.opts.MaxParents]
 	}
 	out := make([]Parent, 0, len(holders)+1)
 	listed := false
-	seeder := t.seederLocked(blob, asker, now)
-	for _, e := range holders {
-		out = append(out, Parent{ID: e.ID, Addr: e.Addr, Role: e.Role})
-		listed = listed || (seeder != nil && e.ID == seeder.ID)
+	for _, h := range holders {
+		out = append(out, h.Parent)
+		listed = listed || (seeder != nil && h.ID == seeder.ID)
 	}
 	if seeder != nil && !listed {
-		out = append(out, Parent{ID: seeder.ID, Addr: seeder.Addr, Role: RoleSeeder, Seeds: !seeder.Holdings[blob].Covers(off, end)})
+		out = append(out, *seeder)
 	}
 	return out
 }

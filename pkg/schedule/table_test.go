@@ -206,3 +206,45 @@ func TestStats(t *testing.T) {
 		t.Errorf("stats %+v", s)
 	}
 }
+
+// TestParentsRankingPinned pins the full ranking for a mixed set of holders,
+// so a change to how ties are broken (which would move every asker's load
+// to other parents on upgrade) shows up here, and checks the ranking does
+// not depend on the table's map order.
+func TestParentsRankingPinned(t *testing.T) {
+	full := holds(piece.Range{Off: 0, End: 100})
+	peers := []Peer{
+		{ID: "p0", Role: RolePeer, Holdings: full},
+		{ID: "p1", Role: RolePeer, Holdings: full},
+		{ID: "p2", Role: RolePeer, Holdings: full},
+		{ID: "p3", Role: RolePeer, Holdings: full, Load: 1},
+		{ID: "p4", Role: RolePeer, Holdings: full, Load: 1},
+		{ID: "p5", Role: RolePeer, Holdings: full, Load: 2},
+		{ID: "s0", Role: RoleSeeder, Holdings: full},
+		{ID: "s1", Role: RoleSeeder, Holdings: full},
+		{ID: "s2", Role: RoleSeeder, Holdings: full, Load: 3},
+	}
+	tests := []struct {
+		asker string
+		want  string
+	}{
+		{"a", "p0,p2,p1,p4,p3,p5,s0,s1,s2"},
+		{"b", "p2,p1,p0,p3,p4,p5,s1,s0,s2"},
+		{"node-17", "p0,p1,p2,p3,p4,p5,s0,s1,s2"},
+		{"p0", "p2,p1,p3,p4,p5,s0,s1,s2"}, // never offered itself
+	}
+	for _, tt := range tests {
+		t.Run(tt.asker, func(t *testing.T) {
+			for i := range 20 {
+				tab := NewTable(Options{MaxParents: len(peers)})
+				for j := range peers {
+					tab.Announce(peers[(i+j)%len(peers)], t0)
+				}
+				got := ids(tab.Parents(tt.asker, blobX, 0, 100, t0))
+				if got != tt.want {
+					t.Fatalf("announce order %d: parents %q, want %q", i, got, tt.want)
+				}
+			}
+		})
+	}
+}
