@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -77,8 +78,19 @@ func (k kind) subdir() string {
 	return "chunks"
 }
 
-// tempPrefix marks files being written; Open deletes leftovers.
+// tempPrefix marks files being written.
 const tempPrefix = ".tmp-"
+
+// staleTemp is how long a temporary file goes unmodified before Open takes
+// it for the leftover of an interrupted write. Open cannot delete every
+// temporary file it finds: during a takeover the previous mount process
+// still writes into the directory this one opens, and would find its
+// renames failing. Age by mtime is what tells them apart: every write
+// moves it, a write takes well under this, and it means the same to every
+// process sharing the directory. The writer's pid in the name would be
+// exact, but a new process in another pid namespace (a new container) can
+// see neither the old pid nor whether a match is a recycled one.
+const staleTemp = 10 * time.Minute
 
 // Open opens or creates the cache in dir, limited to maxBytes of chunk data
 // (0: unlimited), and rebuilds its index by scanning dir.
@@ -108,6 +120,15 @@ func Open(dir string, maxBytes int64) (*Cache, error) {
 			}
 			d, ok := parseName(root, p)
 			info, ierr := e.Info()
+			if errors.Is(ierr, fs.ErrNotExist) {
+				// Renamed into place or removed by another process
+				// since the directory was read.
+				return nil
+			}
+			if ierr == nil && strings.HasPrefix(e.Name(), tempPrefix) && time.Since(info.ModTime()) < staleTemp {
+				// Perhaps another process's write in progress.
+				return nil
+			}
 			if !ok || ierr != nil || !info.Mode().IsRegular() {
 				// Interrupted writes and strays: nothing can ever look them up.
 				if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
@@ -145,7 +166,9 @@ func Open(dir string, maxBytes int64) (*Cache, error) {
 	for _, f := range files {
 		// Oldest first, so the newest end up most recent and a limit
 		// lowered since the last run trims the oldest.
-		evicted = append(evicted, c.idx.add(f.d, f.size, f.k)...)
+		ev := c.idx.add(f.d, f.size, f.k)
+		c.forget(ev)
+		evicted = append(evicted, ev...)
 		if f.k == packEntry {
 			c.addPack(f.d, f.refs)
 		}
@@ -223,11 +246,10 @@ func (c *Cache) Get(d bootstrap.Digest) ([]byte, bool) {
 	c.stats.Misses++
 	if err == nil {
 		c.stats.Corrupt++
-	}
-	c.mu.Unlock()
-	if err == nil {
+		// Under c.mu, for the reason removeFiles gives.
 		_ = os.Remove(p)
 	}
+	c.mu.Unlock()
 	return nil, false
 }
 
@@ -253,52 +275,79 @@ func (c *Cache) Put(d bootstrap.Digest, data []byte) error {
 	}
 	c.mu.Unlock()
 
-	p := c.path(d)
-	if err := writeAtomic(p, data); err != nil {
+	tmp, err := writeTemp(c.path(d), writeParts(data))
+	if err != nil {
 		return fmt.Errorf("cache put %s: %w", d, err)
 	}
 	c.mu.Lock()
-	evicted := c.idx.add(d, int64(len(data)), chunkEntry)
-	c.verified[d] = true
+	evicted, err := c.commit(tmp, d, int64(len(data)), chunkEntry)
+	if err == nil {
+		c.verified[d] = true
+	}
 	c.mu.Unlock()
 	c.removeFiles(evicted)
+	if err != nil {
+		return fmt.Errorf("cache put %s: %w", d, err)
+	}
 	return nil
 }
 
-// writeAtomic writes the concatenation of parts to p, which appears only
-// once it is complete.
-func writeAtomic(p string, parts ...[]byte) error {
+// writeTemp writes a temporary file beside p with write and returns its
+// name, for commit to rename into place.
+func writeTemp(p string, write func(io.Writer) error) (string, error) {
 	dir := filepath.Dir(p)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return "", err
 	}
 	f, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
-		return err
+		return "", err
 	}
-	for _, data := range parts {
-		if err == nil {
-			_, err = f.Write(data)
-		}
-	}
+	err = write(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
 	if err != nil {
-		os.Remove(f.Name())
+		if rerr := os.Remove(f.Name()); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+		return "", err
 	}
-	return err
+	return f.Name(), nil
 }
 
-func (c *Cache) removeFiles(evicted []lruEntry[kind]) {
-	if len(evicted) == 0 {
-		return
+// writeParts writes the concatenation of parts.
+func writeParts(parts ...[]byte) func(io.Writer) error {
+	return func(w io.Writer) error {
+		for _, b := range parts {
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	// Unindexed first: nobody looks for a file about to go.
-	c.mu.Lock()
+}
+
+// commit renames the complete temporary file tmp into place as entry d
+// and indexes it. It returns the entries evicted to make room, already
+// forgotten (see forget), for the caller to pass to removeFiles once it
+// has unlocked. c.mu is held: renaming under it is what lets removeFiles
+// tell an evicted file from a new one at the same path.
+func (c *Cache) commit(tmp string, d bootstrap.Digest, size int64, k kind) ([]lruEntry[kind], error) {
+	if err := os.Rename(tmp, c.pathOf(d, k)); err != nil {
+		_ = os.Remove(tmp)
+		return nil, err
+	}
+	evicted := c.idx.add(d, size, k)
+	c.forget(evicted)
+	return evicted, nil
+}
+
+// forget drops what the cache knows of entries just evicted from the
+// index, in the same critical section: once c.mu is released the same id
+// may be stored again, and its new pack index must not be wiped. c.mu is
+// held.
+func (c *Cache) forget(evicted []lruEntry[kind]) {
 	c.stats.Evictions += int64(len(evicted))
 	for _, e := range evicted {
 		delete(c.verified, e.key)
@@ -306,10 +355,30 @@ func (c *Cache) removeFiles(evicted []lruEntry[kind]) {
 			c.forgetPack(e.key)
 		}
 	}
-	c.mu.Unlock()
+}
+
+// removeFiles deletes the files of evicted entries, each under c.mu and
+// only while its id is still not indexed. Put, PutPack and PutFile rename
+// a new file into the same path under c.mu (see commit), so an unlink
+// outside it could take a file stored again since the eviction and leave
+// its entry counted but unreadable. An unlink is cheap next to the write
+// that caused the eviction, and locking once per file lets readers in
+// between when a large file evicts thousands of chunks.
+func (c *Cache) removeFiles(evicted []lruEntry[kind]) {
 	for _, e := range evicted {
-		_ = os.Remove(c.pathOf(e.key, e.val))
+		c.mu.Lock()
+		if !c.indexed(e.key, e.val) {
+			_ = os.Remove(c.pathOf(e.key, e.val))
+		}
+		c.mu.Unlock()
 	}
+}
+
+// indexed reports whether d is in the index as an entry of kind k,
+// without marking it used. c.mu is held.
+func (c *Cache) indexed(d bootstrap.Digest, k kind) bool {
+	e, ok := c.idx.items[d]
+	return ok && e.Value.(*lruEntry[kind]).val == k
 }
 
 // Stats returns current counters.

@@ -216,9 +216,13 @@ func TestOpenRemovesStrays(t *testing.T) {
 		filepath.Join(dir, "chunks", h[:2], "not-a-digest"),
 		filepath.Join(dir, "chunks", "zz", h), // wrong fan-out directory
 	}
+	old := time.Now().Add(-staleTemp - time.Minute)
 	for _, p := range strays {
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, old, old); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -230,6 +234,44 @@ func TestOpenRemovesStrays(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("stray %s kept", p)
 		}
+	}
+}
+
+// TestOpenKeepsFreshTemp: during a takeover the new process opens the
+// cache while the old one still writes to it. Open must leave a temporary
+// file that is still being written, so that its writer can rename it into
+// place, and remove only those left long enough to be leftovers.
+func TestOpenKeepsFreshTemp(t *testing.T) {
+	dir := t.TempDir()
+	mustOpen(t, dir, 0)
+	data, d := chunk(1, 100)
+	h := d.Hex()
+	fresh := filepath.Join(dir, "chunks", h[:2], tempPrefix+"fresh")
+	stale := filepath.Join(dir, "packs", h[:2], tempPrefix+"stale")
+	for _, p := range []string{fresh, stale} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-staleTemp - time.Minute)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+
+	mustOpen(t, dir, 0)
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temporary file kept: %v", err)
+	}
+	// The other process finishes its write.
+	if err := os.Rename(fresh, filepath.Join(dir, "chunks", h[:2], h)); err != nil {
+		t.Fatalf("in-flight write lost: %v", err)
+	}
+	c := mustOpen(t, dir, 0)
+	if got, ok := c.Get(d); !ok || !bytes.Equal(got, data) {
+		t.Fatalf("chunk written by the other process: %d bytes, ok=%v", len(got), ok)
 	}
 }
 

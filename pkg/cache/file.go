@@ -1,12 +1,9 @@
 package cache
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -50,8 +47,9 @@ func (c *Cache) OpenFile(id bootstrap.Digest, verify func(*os.File) error) (*os.
 		c.mu.Lock()
 		c.idx.remove(id)
 		delete(c.verified, id)
-		c.mu.Unlock()
+		// Under c.mu, for the reason removeFiles gives.
 		_ = os.Remove(p)
+		c.mu.Unlock()
 		return nil, false
 	}
 	now := time.Now()
@@ -60,6 +58,16 @@ func (c *Cache) OpenFile(id bootstrap.Digest, verify func(*os.File) error) (*os.
 	c.verified[id] = true
 	c.mu.Unlock()
 	return f, true
+}
+
+// FileChecked reports whether a whole file is filed under id and this
+// process has checked it (or written it), so that OpenFile costs no read
+// of it.
+func (c *Cache) FileChecked(id bootstrap.Digest) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, ok := c.idx.items[id]
+	return ok && k.Value.(*lruEntry[kind]).val == fileEntry && c.verified[id]
 }
 
 // HasFile reports whether a whole file is filed under id.
@@ -80,37 +88,30 @@ func (c *Cache) PutFile(id bootstrap.Digest, size int64, write func(io.Writer) e
 		return nil
 	}
 	c.mu.Unlock()
-	p := c.pathOf(id, fileEntry)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("cache file %s: %w", id, err)
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), tempPrefix+"*")
-	if err != nil {
-		return fmt.Errorf("cache file %s: %w", id, err)
-	}
-	cw := &countingWriter{w: f}
-	err = write(cw)
-	if err == nil && cw.n != size {
-		err = fmt.Errorf("wrote %d bytes, want %d", cw.n, size)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		if rerr := os.Remove(f.Name()); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-			err = errors.Join(err, rerr)
+	tmp, err := writeTemp(c.pathOf(id, fileEntry), func(w io.Writer) error {
+		cw := &countingWriter{w: w}
+		if err := write(cw); err != nil {
+			return err
 		}
+		if cw.n != size {
+			return fmt.Errorf("wrote %d bytes, want %d", cw.n, size)
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("cache file %s: %w", id, err)
 	}
 	c.mu.Lock()
-	evicted := c.idx.add(id, size, fileEntry)
-	// Written from verified chunks by this process.
-	c.verified[id] = true
+	evicted, err := c.commit(tmp, id, size, fileEntry)
+	if err == nil {
+		// Written from verified chunks by this process.
+		c.verified[id] = true
+	}
 	c.mu.Unlock()
 	c.removeFiles(evicted)
+	if err != nil {
+		return fmt.Errorf("cache file %s: %w", id, err)
+	}
 	return nil
 }
 

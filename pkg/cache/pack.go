@@ -119,7 +119,8 @@ func (c *Cache) PutPack(chunks []PackedChunk) error {
 		return nil
 	}
 	c.mu.Unlock()
-	if err := writeAtomic(c.pathOf(id, packEntry), parts...); err != nil {
+	tmp, err := writeTemp(c.pathOf(id, packEntry), writeParts(parts...))
+	if err != nil {
 		return fmt.Errorf("cache pack %s: %w", id, err)
 	}
 	refs := make(map[bootstrap.Digest]packRef, len(chunks))
@@ -129,13 +130,18 @@ func (c *Cache) PutPack(chunks []PackedChunk) error {
 		off += int64(len(ch.Data))
 	}
 	c.mu.Lock()
-	evicted := c.idx.add(id, size, packEntry)
-	c.addPack(id, refs)
-	for d := range refs {
-		c.verified[d] = true
+	evicted, err := c.commit(tmp, id, size, packEntry)
+	if err == nil {
+		c.addPack(id, refs)
+		for d := range refs {
+			c.verified[d] = true
+		}
 	}
 	c.mu.Unlock()
 	c.removeFiles(evicted)
+	if err != nil {
+		return fmt.Errorf("cache pack %s: %w", id, err)
+	}
 	return nil
 }
 
@@ -187,7 +193,8 @@ func (c *Cache) getPacked(d bootstrap.Digest, r packRef) ([]byte, bool) {
 	if err == nil {
 		c.stats.Corrupt++
 	}
-	c.mu.Unlock()
+	// Under c.mu, for the reason removeFiles gives.
 	_ = os.Remove(p)
+	c.mu.Unlock()
 	return nil, false
 }

@@ -134,6 +134,68 @@ func TestDamagedPack(t *testing.T) {
 	}
 }
 
+// TestStoredAgainBeforeRemoval replays, one step at a time, a Put that
+// evicts an entry while another goroutine stores the same entry again
+// before the Put has removed the evicted file. The entry stored again
+// must keep its file and, for a pack, its chunks' index: otherwise it
+// stays counted against the limit with nothing findable.
+func TestStoredAgainBeforeRemoval(t *testing.T) {
+	pack := testPack(0, 3)
+	packSize := int64(len(packHeader(pack)))
+	for _, ch := range pack {
+		packSize += int64(len(ch.Data))
+	}
+	same, sameDigest := chunk(50, int(packSize))
+	tests := []struct {
+		name  string
+		store func(c *Cache) error
+		want  []PackedChunk // what must be found afterwards
+	}{
+		{"pack", func(c *Cache) error { return c.PutPack(pack) }, pack},
+		{"chunk", func(c *Cache) error { return c.Put(sameDigest, same) }, []PackedChunk{{sameDigest, same}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mustOpen(t, t.TempDir(), packSize)
+			if err := tt.store(c); err != nil {
+				t.Fatal(err)
+			}
+
+			// Put of a chunk as large as the cache, up to where it has
+			// evicted the entry from the index...
+			data, d := chunk(99, int(packSize))
+			tmp, err := writeTemp(c.path(d), writeParts(data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.mu.Lock()
+			evicted, err := c.commit(tmp, d, int64(len(data)), chunkEntry)
+			c.mu.Unlock()
+			if err != nil || len(evicted) != 1 {
+				t.Fatalf("commit evicted %v, err %v; want the %s", evicted, err, tt.name)
+			}
+			// ...the same entry is stored again, evicting the chunk...
+			if err := tt.store(c); err != nil {
+				t.Fatal(err)
+			}
+			// ...and the Put removes what it evicted.
+			c.removeFiles(evicted)
+
+			if _, err := os.Stat(c.pathOf(evicted[0].key, evicted[0].val)); err != nil {
+				t.Fatalf("file stored again was removed: %v", err)
+			}
+			for _, ch := range tt.want {
+				if got, ok := c.Get(ch.Digest); !ok || !bytes.Equal(got, ch.Data) {
+					t.Fatalf("chunk %s: %d bytes, ok=%v", ch.Digest, len(got), ok)
+				}
+			}
+			if s := c.Stats(); s.Entries != 1 || s.Bytes != packSize || s.Evictions != 2 {
+				t.Fatalf("stats %+v, want the %s alone after 2 evictions", s, tt.name)
+			}
+		})
+	}
+}
+
 // TestPacksShareTheLimit: packs are evicted as a whole, in recency order
 // with chunks, and a read of any chunk keeps its pack.
 func TestPacksShareTheLimit(t *testing.T) {
