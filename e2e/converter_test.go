@@ -190,6 +190,10 @@ func (e *convEnv) connect() {
 	}
 	go func() {
 		for o := range out {
+			if o.Err != nil {
+				e.t.Errorf("conversion events: %v", o.Err)
+				return
+			}
 			e.outcomes <- o
 		}
 	}()

@@ -46,6 +46,7 @@ type demo struct {
 	bus      *bus.Bus
 	outcomes <-chan bus.Outcome
 	cancel   context.CancelFunc
+	keep     bool // leave work behind (SKIFF_DEMO_KEEP)
 }
 
 func newDemo(out io.Writer) (*demo, error) {
@@ -237,6 +238,9 @@ func (d *demo) waitCompleted(ctx context.Context, src v1.Hash) (*skiffv1.Convers
 			if !ok {
 				return nil, errors.New("event stream closed")
 			}
+			if o.Err != nil {
+				return nil, o.Err
+			}
 			if o.SourceDigest() != src.String() {
 				continue
 			}
@@ -352,7 +356,13 @@ func (d *demo) checkOnce(ctx context.Context, want int) error {
 	total := 0
 	for total < want {
 		select {
-		case o := <-all:
+		case o, ok := <-all:
+			if !ok {
+				return fmt.Errorf("event stream closed after %d conversion events, want %d", total, want)
+			}
+			if o.Err != nil {
+				return o.Err
+			}
 			seen[o.SourceDigest()]++
 			total++
 		case <-ctx.Done():
@@ -361,8 +371,10 @@ func (d *demo) checkOnce(ctx context.Context, want int) error {
 	}
 	// Anything beyond want within a second is a duplicate.
 	select {
-	case o := <-all:
-		return fmt.Errorf("unexpected extra conversion event for %s", o.SourceDigest())
+	case o, ok := <-all:
+		if ok && o.Err == nil {
+			return fmt.Errorf("unexpected extra conversion event for %s", o.SourceDigest())
+		}
 	case <-time.After(time.Second):
 	}
 	d.say("   events on %s: %d conversion.completed, one per image, none for the -skiff pushes", bus.StreamConversions, total)
@@ -390,7 +402,7 @@ func (d *demo) close() {
 	if d.nats != nil {
 		d.nats.Shutdown()
 	}
-	if os.Getenv("SKIFF_DEMO_KEEP") == "" {
+	if !d.keep {
 		os.RemoveAll(d.work)
 	} else {
 		fmt.Fprintf(d.out, "kept %s (SKIFF_DEMO_KEEP)\n", d.work)

@@ -127,9 +127,12 @@ func (b *Bus) Setup(ctx context.Context) error {
 }
 
 // Records opens the conversion-record bucket, which Setup must have
-// created.
+// created; if it has not, the error is ErrNoService.
 func (b *Bus) Records(ctx context.Context) (jetstream.KeyValue, error) {
 	kv, err := b.js.KeyValue(ctx, BucketConversions)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, ErrNoService
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", BucketConversions, err)
 	}
@@ -140,14 +143,10 @@ func (b *Bus) Records(ctx context.Context) (jetstream.KeyValue, error) {
 // msgID deduplicates within DuplicateWindow; the ack says whether m was a
 // duplicate.
 func (b *Bus) Publish(ctx context.Context, subject, msgID string, m proto.Message) (*jetstream.PubAck, error) {
-	data, err := proto.Marshal(m)
+	msg, err := newMsg(ctx, subject, m)
 	if err != nil {
-		return nil, fmt.Errorf("publish %s: encode: %w", subject, err)
+		return nil, fmt.Errorf("publish %s: %w", subject, err)
 	}
-	msg := nats.NewMsg(subject)
-	msg.Data = data
-	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
-	telemetry.Inject(ctx, msg.Header)
 	var opts []jetstream.PublishOpt
 	if msgID != "" {
 		opts = append(opts, jetstream.WithMsgID(msgID))
@@ -162,21 +161,41 @@ func (b *Bus) Publish(ctx context.Context, subject, msgID string, m proto.Messag
 // Decode unmarshals a JetStream message into m and returns ctx carrying the
 // publisher's trace context.
 func Decode(ctx context.Context, msg jetstream.Msg, m proto.Message) (context.Context, error) {
-	h := msg.Headers()
+	return decode(ctx, msg.Subject(), msg.Headers(), msg.Data(), m)
+}
+
+// newMsg encodes m for subject with its type and the trace context of ctx
+// in the headers, as decode expects them.
+func newMsg(ctx context.Context, subject string, m proto.Message) (*nats.Msg, error) {
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
+	telemetry.Inject(ctx, msg.Header)
+	return msg, nil
+}
+
+// decode is Decode and DecodeMsg: JetStream and core NATS messages carry
+// the same headers and payload behind different types.
+func decode(ctx context.Context, subject string, h nats.Header, data []byte, m proto.Message) (context.Context, error) {
 	want := m.ProtoReflect().Descriptor().FullName()
 	if got := protoreflect.FullName(h.Get(HeaderType)); got != want {
-		return ctx, fmt.Errorf("decode %s: message type is %q, want %q", msg.Subject(), got, want)
+		return ctx, fmt.Errorf("decode %s: message type is %q, want %q", subject, got, want)
 	}
-	if err := proto.Unmarshal(msg.Data(), m); err != nil {
-		return ctx, fmt.Errorf("decode %s: %w", msg.Subject(), err)
+	if err := proto.Unmarshal(data, m); err != nil {
+		return ctx, fmt.Errorf("decode %s: %w", subject, err)
 	}
 	return telemetry.Extract(ctx, h), nil
 }
 
 // ConverterConsumer creates or updates the durable consumer converter
 // workers pull from. Redelivery limits are enforced by the worker from the
-// delivery count, not by MaxDeliver, so that the last attempt always ends
-// in a published failure even if the process dies during it.
+// attempts its conversion record counts, not by MaxDeliver, so that the
+// last attempt always ends in a published failure even if the process
+// dies during it, and waiting behind another conversion costs none.
 func (b *Bus) ConverterConsumer(ctx context.Context, ackWait time.Duration) (jetstream.Consumer, error) {
 	c, err := b.js.CreateOrUpdateConsumer(ctx, StreamPushes, jetstream.ConsumerConfig{
 		Durable:       ConsumerConverter,

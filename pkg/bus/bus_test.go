@@ -2,33 +2,40 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/skiff-dev/skiff/internal/testenv"
 	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
 )
 
-// startNATS runs an embedded JetStream server; the converter's integration
-// tests use a real nats-server process, this is for the bus's own logic.
+// startNATS runs an embedded JetStream server, set up as every service
+// sets it up; the converter's integration tests use a real nats-server
+// process, this is for the bus's own logic.
 func startNATS(t *testing.T) *Bus {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
+	b := freshNATS(t)
+	if err := b.Setup(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("embedded nats-server did not start")
+	// Setup must be idempotent: every service calls it.
+	if err := b.Setup(context.Background()); err != nil {
+		t.Fatalf("second Setup: %v", err)
 	}
-	t.Cleanup(s.Shutdown)
-	nc, err := Connect(s.ClientURL(), "bus-test")
+	return b
+}
+
+// freshNATS runs an embedded JetStream server no service has set up.
+func freshNATS(t *testing.T) *Bus {
+	t.Helper()
+	nc, err := Connect(testenv.StartEmbeddedNATS(t, true), "bus-test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,13 +43,6 @@ func startNATS(t *testing.T) *Bus {
 	b, err := New(nc)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if err := b.Setup(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	// Setup must be idempotent: every service calls it.
-	if err := b.Setup(context.Background()); err != nil {
-		t.Fatalf("second Setup: %v", err)
 	}
 	return b
 }
@@ -175,6 +175,65 @@ func TestOutcomes(t *testing.T) {
 		t.Errorf("second outcome %+v (a duplicate completed event was stored?)", second)
 	}
 	cancel()
-	for range out {
+	for o := range out {
+		if o.Err != nil {
+			t.Errorf("cancelling the watch reported %v", o.Err)
+		}
 	}
 }
+
+// TestOutcomesReportsEnd: when the event stream ends on its own, the
+// watcher learns why and the consumer is released without waiting for
+// the context, which may never end.
+func TestOutcomesReportsEnd(t *testing.T) {
+	it := &endedIter{err: errors.New("consumer gone"), stopped: make(chan struct{})}
+	b := &Bus{js: orderedJS{c: iterConsumer{it: it}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := b.Outcomes(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, ok := <-out
+	if !ok || !errors.Is(o.Err, it.err) {
+		t.Fatalf("got %+v, open %v; want the stream's error", o, ok)
+	}
+	if o, ok := <-out; ok {
+		t.Fatalf("value %+v after the error", o)
+	}
+	select {
+	case <-it.stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("iterator not stopped before the context ended")
+	}
+}
+
+// orderedJS hands out c as every ordered consumer.
+type orderedJS struct {
+	jetstream.JetStream
+	c jetstream.Consumer
+}
+
+func (js orderedJS) OrderedConsumer(context.Context, string, jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
+	return js.c, nil
+}
+
+type iterConsumer struct {
+	jetstream.Consumer
+	it jetstream.MessagesContext
+}
+
+func (c iterConsumer) Messages(...jetstream.PullMessagesOpt) (jetstream.MessagesContext, error) {
+	return c.it, nil
+}
+
+// endedIter is a message iterator whose stream has ended with err.
+type endedIter struct {
+	jetstream.MessagesContext
+	err     error
+	once    sync.Once
+	stopped chan struct{}
+}
+
+func (it *endedIter) Next(...jetstream.NextOpt) (jetstream.Msg, error) { return nil, it.err }
+func (it *endedIter) Stop()                                            { it.once.Do(func() { close(it.stopped) }) }

@@ -10,11 +10,16 @@ import (
 	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
 )
 
-// Outcome is one conversion.completed or conversion.failed event.
+// Outcome is one conversion.completed or conversion.failed event, or,
+// with Err set, why Outcomes stopped before its context ended.
 type Outcome struct {
 	Seq       uint64 // stream sequence
 	Completed *skiffv1.ConversionCompleted
 	Failed    *skiffv1.ConversionFailed
+	// Err is set only on the last value sent before the channel closes,
+	// when reading the stream failed while the context was still live.
+	// Its other fields are then empty.
+	Err error
 }
 
 // SourceDigest is the digest of the source the outcome is about.
@@ -28,7 +33,9 @@ func (o Outcome) SourceDigest() string {
 // Outcomes streams conversion outcomes, from the start of the stream when
 // fromStart is set and otherwise only new ones, until ctx is done. It reads
 // through an ordered ephemeral consumer, so nothing is acked and many
-// watchers can run at once.
+// watchers can run at once. If the stream ends for any other reason, the
+// channel's last value carries the error in Err before it closes; after
+// ctx ends it just closes.
 func (b *Bus) Outcomes(ctx context.Context, fromStart bool) (<-chan Outcome, error) {
 	policy := jetstream.DeliverNewPolicy
 	if fromStart {
@@ -46,15 +53,25 @@ func (b *Bus) Outcomes(ctx context.Context, fromStart bool) (<-chan Outcome, err
 		return nil, fmt.Errorf("watch %s: %w", StreamConversions, err)
 	}
 	out := make(chan Outcome)
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
+	stop := context.AfterFunc(ctx, it.Stop)
 	go func() {
 		defer close(out)
 		for {
 			msg, err := it.Next()
 			if err != nil {
+				// Either ctx ended and stopped the iterator, which is
+				// no news, or the stream ended on its own: then the
+				// consumer goes now, not when ctx ends, which may be
+				// never, and the watcher learns why.
+				if stop() {
+					it.Stop()
+				}
+				if ctx.Err() == nil {
+					select {
+					case out <- Outcome{Err: fmt.Errorf("watch %s: %w", StreamConversions, err)}:
+					case <-ctx.Done():
+					}
+				}
 				return
 			}
 			o, err := decodeOutcome(ctx, msg)

@@ -9,9 +9,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-
-	"github.com/skiff-dev/skiff/pkg/telemetry"
 )
 
 // Subjects of peer-to-peer distribution. They are core NATS subjects, not
@@ -43,7 +40,7 @@ func SubjectSeed(id string) string { return "skiff.p2p.seed." + id }
 func Send(ctx context.Context, nc *nats.Conn, subject string, m proto.Message) error {
 	msg, err := newMsg(ctx, subject, m)
 	if err != nil {
-		return err
+		return fmt.Errorf("send %s: %w", subject, err)
 	}
 	if err := nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("send %s: %w", subject, err)
@@ -56,7 +53,7 @@ func Send(ctx context.Context, nc *nats.Conn, subject string, m proto.Message) e
 func Request(ctx context.Context, nc *nats.Conn, subject string, req, reply proto.Message) error {
 	msg, err := newMsg(ctx, subject, req)
 	if err != nil {
-		return err
+		return fmt.Errorf("request %s: %w", subject, err)
 	}
 	resp, err := nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
@@ -75,7 +72,7 @@ func Respond(ctx context.Context, req *nats.Msg, m proto.Message) error {
 	}
 	msg, err := newMsg(ctx, req.Reply, m)
 	if err != nil {
-		return err
+		return fmt.Errorf("respond on %s: %w", req.Subject, err)
 	}
 	if err := req.RespondMsg(msg); err != nil {
 		return fmt.Errorf("respond on %s: %w", req.Subject, err)
@@ -85,26 +82,7 @@ func Respond(ctx context.Context, req *nats.Msg, m proto.Message) error {
 
 // DecodeMsg is Decode for core NATS messages.
 func DecodeMsg(ctx context.Context, msg *nats.Msg, m proto.Message) (context.Context, error) {
-	want := m.ProtoReflect().Descriptor().FullName()
-	if got := protoreflect.FullName(msg.Header.Get(HeaderType)); got != want {
-		return ctx, fmt.Errorf("decode %s: message type is %q, want %q", msg.Subject, got, want)
-	}
-	if err := proto.Unmarshal(msg.Data, m); err != nil {
-		return ctx, fmt.Errorf("decode %s: %w", msg.Subject, err)
-	}
-	return telemetry.Extract(ctx, msg.Header), nil
-}
-
-func newMsg(ctx context.Context, subject string, m proto.Message) (*nats.Msg, error) {
-	data, err := proto.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encode for %s: %w", subject, err)
-	}
-	msg := nats.NewMsg(subject)
-	msg.Data = data
-	msg.Header.Set(HeaderType, string(m.ProtoReflect().Descriptor().FullName()))
-	telemetry.Inject(ctx, msg.Header)
-	return msg, nil
+	return decode(ctx, msg.Subject, msg.Header, msg.Data, m)
 }
 
 // SeederConsumer creates or updates the durable consumer seeders share

@@ -16,12 +16,9 @@ var ErrNoService = errors.New("no conversion records: no converter service has s
 
 // ListRecords returns every conversion record.
 func (b *Bus) ListRecords(ctx context.Context) ([]*conversion.Record, error) {
-	kv, err := b.js.KeyValue(ctx, BucketConversions)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, ErrNoService
-	}
+	kv, err := b.Records(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", BucketConversions, err)
+		return nil, err
 	}
 	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
@@ -94,12 +91,9 @@ func (b *Bus) Record(ctx context.Context, digest string) (*conversion.Record, er
 	if err != nil {
 		return nil, err
 	}
-	kv, err := b.js.KeyValue(ctx, BucketConversions)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, ErrNoService
-	}
+	kv, err := b.Records(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("open bucket %s: %w", BucketConversions, err)
+		return nil, err
 	}
 	e, err := kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {

@@ -61,12 +61,24 @@ func TestRecords(t *testing.T) {
 	}
 }
 
-func TestListRecordsWithoutService(t *testing.T) {
-	b := startNATS(t)
-	if err := b.JetStream().DeleteKeyValue(context.Background(), BucketConversions); err != nil {
-		t.Fatal(err)
+// TestRecordsWithoutService: against a NATS server no converter has set
+// up, every way of reading records says so with ErrNoService rather than
+// with JetStream's "bucket not found".
+func TestRecordsWithoutService(t *testing.T) {
+	b := freshNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := b.Records(ctx); !errors.Is(err, ErrNoService) {
+		t.Errorf("Records: %v, want ErrNoService", err)
 	}
-	if _, err := b.ListRecords(context.Background()); !errors.Is(err, ErrNoService) {
-		t.Errorf("ListRecords without the bucket: %v, want ErrNoService", err)
+	if _, err := b.ListRecords(ctx); !errors.Is(err, ErrNoService) {
+		t.Errorf("ListRecords: %v, want ErrNoService", err)
+	}
+	if _, err := b.Record(ctx, "sha256:aa"); !errors.Is(err, ErrNoService) {
+		t.Errorf("Record: %v, want ErrNoService", err)
+	}
+	err := b.WatchRecord(ctx, "sha256:aa", func(*conversion.Record) (bool, error) { return true, nil })
+	if !errors.Is(err, ErrNoService) {
+		t.Errorf("WatchRecord: %v, want ErrNoService", err)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caarlos0/env/v11"
+
 	"github.com/skiff-dev/skiff/pkg/envdoc"
 )
 
@@ -32,6 +34,8 @@ type Service[C any] struct {
 // Main runs s with the command-line arguments args (without the program
 // name) and returns the process's exit code: 0 after a clean stop or
 // --help, 2 for bad arguments or configuration, 1 when the service fails.
+// A stop by SIGINT or SIGTERM is a clean stop, even when it interrupts
+// the service's start.
 func Main[C any](args []string, stdout, stderr io.Writer, s Service[C]) int {
 	for _, a := range args {
 		if a == "-h" || a == "-help" || a == "--help" || a == "help" {
@@ -57,6 +61,14 @@ func Main[C any](args []string, stdout, stderr io.Writer, s Service[C]) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := s.Run(ctx, cfg); err != nil {
+		// Asked to stop while still starting (say, waiting for NATS in
+		// Retry): Run has nothing else to return, and the stop is the
+		// one that was asked for. A cancellation without the signal is
+		// the service's own failure.
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			slog.Info(s.Name+" stopped", "err", err)
+			return 0
+		}
 		slog.Error(s.Name+" stopped", "err", err)
 		return 1
 	}
@@ -65,14 +77,15 @@ func Main[C any](args []string, stdout, stderr io.Writer, s Service[C]) int {
 
 func usage[C any](w io.Writer, s Service[C]) {
 	fmt.Fprintf(w, "usage: %s\n\n%s\n\nEnvironment:\n", s.Name, s.Summary)
-	if err := envdoc.Write[C](w); err != nil {
+	if err := envdoc.Write[C](w, env.Options{}); err != nil {
 		fmt.Fprintln(w, err)
 	}
 }
 
 // Retry calls fn until it succeeds or ctx ends, backing off from 100 ms up
 // to 5 s: a service started before its NATS or store is up waits for them
-// instead of exiting.
+// instead of exiting. When ctx ends first, the error wraps both ctx's
+// error, so that callers can tell a stop from a failure, and fn's last.
 func Retry(ctx context.Context, what string, fn func() error) error {
 	delay := 100 * time.Millisecond
 	for {
@@ -83,7 +96,7 @@ func Retry(ctx context.Context, what string, fn func() error) error {
 		slog.Warn(what+" failed, retrying", "err", err, "in", delay)
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, err)
+			return fmt.Errorf("%s: %w (last error: %w)", what, ctx.Err(), err)
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 5*time.Second)

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -24,10 +26,13 @@ func TestMain_(t *testing.T) {
 		name      string
 		args      []string
 		load, run error
-		code      int
-		ran       bool
-		stdout    []string
-		stderr    []string
+		// runFn, if set, runs instead of returning run.
+		runFn  func(context.Context) error
+		code   int
+		ran    bool
+		stdout []string
+		stderr []string
+		quiet  []string // not in stderr
 	}{
 		{name: "help", args: []string{"--help"}, code: 0, stdout: []string{"usage: skiff-test", "Tests things.", "SKIFF_TEST_ADDR", ":1234", "where to listen", "SKIFF_TEST_DEBUG"}},
 		{name: "short help", args: []string{"-h"}, code: 0, stdout: []string{"SKIFF_TEST_ADDR"}},
@@ -35,6 +40,17 @@ func TestMain_(t *testing.T) {
 		{name: "bad config", load: errLoad, code: 2, stderr: []string{"skiff-test: SKIFF_TEST_ADDR: bad address"}},
 		{name: "clean stop", code: 0, ran: true},
 		{name: "failure", run: errRun, code: 1, ran: true, stderr: []string{"skiff-test stopped", "store unreachable"}},
+		{name: "stopped while starting", code: 0, ran: true, quiet: []string{"level=ERROR"}, runFn: func(ctx context.Context) error {
+			// Main's signal handler is installed while Run runs, so
+			// this reaches it, not the test binary's default action.
+			if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
+				return err
+			}
+			return Retry(ctx, "set up jetstream", func() error { return errors.New("nats down") })
+		}},
+		{name: "canceled without a signal", code: 1, ran: true, stderr: []string{"level=ERROR"}, runFn: func(context.Context) error {
+			return fmt.Errorf("watch: %w", context.Canceled)
+		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -48,6 +64,9 @@ func TestMain_(t *testing.T) {
 					ran = true
 					if c.Addr != ":1" || ctx.Err() != nil {
 						t.Errorf("run got config %+v, ctx err %v", c, ctx.Err())
+					}
+					if tt.runFn != nil {
+						return tt.runFn(ctx)
 					}
 					return tt.run
 				},
@@ -63,6 +82,11 @@ func TestMain_(t *testing.T) {
 			for _, want := range tt.stderr {
 				if !strings.Contains(stderr.String(), want) {
 					t.Errorf("stderr lacks %q:\n%s", want, &stderr)
+				}
+			}
+			for _, unwanted := range tt.quiet {
+				if strings.Contains(stderr.String(), unwanted) {
+					t.Errorf("stderr has %q:\n%s", unwanted, &stderr)
 				}
 			}
 		})
@@ -118,10 +142,13 @@ func TestRetry(t *testing.T) {
 	if err != nil || calls != 3 {
 		t.Fatalf("Retry: %v after %d calls, want success after 3", err, calls)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	err = Retry(ctx, "set up jetstream", func() error { return errors.New("nats down") })
-	if err == nil || !strings.Contains(err.Error(), "set up jetstream: nats down") {
+	errDown := errors.New("nats down")
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	err = Retry(ctx, "set up jetstream", func() error { return errDown })
+	// A stop, told apart from a failure, which still says what failed.
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, errDown) ||
+		!strings.Contains(err.Error(), "set up jetstream") || !strings.Contains(err.Error(), "nats down") {
 		t.Fatalf("Retry after ctx end: %v", err)
 	}
 }

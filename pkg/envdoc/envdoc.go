@@ -14,10 +14,11 @@ import (
 	"github.com/caarlos0/env/v11"
 )
 
-// Write lists the variables of the config struct type T.
-func Write[T any](w io.Writer) error {
+// Write lists the variables of the config struct type T, as parsed with
+// opts (which may give every variable a prefix).
+func Write[T any](w io.Writer, opts env.Options) error {
 	var zero T
-	params, err := env.GetFieldParams(&zero)
+	params, err := env.GetFieldParamsWithOptions(&zero, opts)
 	if err != nil {
 		return fmt.Errorf("envdoc: %w", err)
 	}
