@@ -59,15 +59,21 @@ type Fetcher struct {
 	// memory tier holds them meanwhile. writeSlots bounds the frames
 	// being written; past it, the fetching reader writes itself.
 	writeSlots chan struct{}
-	writes     sync.WaitGroup
-	// streams counts merged requests still delivering frames read ahead
+	writes     tasks
+	// streams are the merged requests still delivering frames read ahead
 	// (see streamAhead), which end up in the caches too.
-	streams sync.WaitGroup
+	streams tasks
 
 	// warming holds the chunks being loaded into memory by Warm, and
 	// warmSlots bounds how many load at once.
 	warming   sync.Map // bootstrap.Digest → struct{}
 	warmSlots chan struct{}
+
+	// timeout bounds each request to a source (runTimeout; shorter in
+	// tests). Reads from the kernel cannot be cancelled (a FUSE read
+	// outlasts signals), and later readers of a frame join its fetch: a
+	// source that stalls without failing must not hold them forever.
+	timeout time.Duration
 }
 
 // maxPendingWrites bounds the frames on their way to the disk cache.
@@ -144,6 +150,7 @@ func New(c *cache.Cache, sources ...Source) *Fetcher {
 		assembly:   make(chan struct{}, 1),
 		writeSlots: make(chan struct{}, maxPendingWrites),
 		warmSlots:  make(chan struct{}, maxWarming),
+		timeout:    runTimeout,
 	}
 	for _, s := range sources {
 		f.sources = append(f.sources, &source{Source: s})
@@ -166,10 +173,13 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 		return nil, fmt.Errorf("read chunk %s: frame %d out of range", c.Digest, c.Frame)
 	}
 	counted := false
-	var missed time.Time
 	for {
+		// A read counts once: a miss that finds the chunk cached on
+		// its retry stays a miss.
 		if data, ok := f.mem.Get(c.Digest); ok {
-			f.memHits.Add(1)
+			if !counted {
+				f.memHits.Add(1)
+			}
 			// A reader going through frames read ahead has the next
 			// window read before it gets there (see readahead.trigger).
 			ix := f.frameIndex(b)
@@ -178,7 +188,9 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 		}
 		if f.cache != nil {
 			if data, ok := f.cache.Get(c.Digest); ok {
-				f.cacheHits.Add(1)
+				if !counted {
+					f.cacheHits.Add(1)
+				}
 				f.mem.Put(c.Digest, data)
 				return data, nil
 			}
@@ -186,10 +198,10 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 		if !counted {
 			f.misses.Add(1)
 			counted = true
-			missed = time.Now()
 		}
+		start := time.Now()
 		frame, err := f.frame(ctx, b, c.Frame, c.Digest)
-		f.missWait.Add(int64(time.Since(missed)))
+		f.missWait.Add(int64(time.Since(start)))
 		if errors.Is(err, errCached) {
 			continue
 		}
@@ -336,12 +348,10 @@ func (f *Fetcher) recentFailure(k frameKey) error {
 func (f *Fetcher) persistAsync(persist func()) {
 	select {
 	case f.writeSlots <- struct{}{}:
-		f.writes.Add(1)
-		go func() {
-			defer f.writes.Done()
+		f.writes.Go(func() {
 			defer func() { <-f.writeSlots }()
 			persist()
-		}()
+		})
 	default:
 		persist()
 	}
@@ -453,7 +463,8 @@ func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 
 // Flush waits until every chunk fetched so far, including those still
 // arriving from a request that read ahead, is in the disk cache. A process
-// calls it before exiting, so that what it fetched survives it.
+// calls it before exiting, so that what it fetched survives it. Reads may
+// go on meanwhile; Flush does not wait for what they fetch after it began.
 func (f *Fetcher) Flush() {
 	f.streams.Wait()
 	f.writes.Wait()
@@ -475,7 +486,9 @@ func (f *Fetcher) fetchFrameFrom(ctx context.Context, b *bootstrap.Bootstrap, fi
 	var errs []error
 	for _, s := range sources {
 		s.requests.Add(1)
-		raw, err := s.FetchFrame(ctx, blob, fr.Offset, int64(fr.CompressedSize))
+		actx, cancel := context.WithTimeout(ctx, f.timeout)
+		raw, err := s.FetchFrame(actx, blob, fr.Offset, int64(fr.CompressedSize))
+		cancel()
 		var data []byte
 		if err == nil {
 			s.bytes.Add(int64(len(raw)))

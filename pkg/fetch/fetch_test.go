@@ -825,3 +825,41 @@ func TestPersistAsyncWritesEverything(t *testing.T) {
 		t.Fatalf("%d of %d writes done after Flush", got, callers*each)
 	}
 }
+
+// stalledSource answers nothing until its request is given up.
+type stalledSource struct {
+	Source
+	requests atomic.Int64
+}
+
+func (s *stalledSource) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	s.requests.Add(1)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestStalledSourceIsGivenUp: a source that neither answers nor fails
+// holds a read only for the Fetcher's timeout, then the next source
+// serves it, even for a reader whose context never ends (a FUSE read).
+func TestStalledSourceIsGivenUp(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	stalled := &stalledSource{Source: NewStoreSource("stalled", newStore(t))}
+	f := New(nil, stalled, NewStoreSource("good", upload(t, img)))
+	f.timeout = 100 * time.Millisecond
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		checkFiles(t, f, img.Bootstrap, map[string][]byte{"/big": files["/big"], "/random": files["/random"]})
+		if err := f.Prefetch(context.Background(), img.Bootstrap, everyInode(img.Bootstrap)); err != nil {
+			t.Errorf("prefetch: %v", err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("reads still wait on a stalled source")
+	}
+	if stalled.requests.Load() == 0 {
+		t.Fatal("the stalled source was never asked")
+	}
+}

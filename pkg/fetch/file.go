@@ -37,43 +37,72 @@ func FileID(b *bootstrap.Bootstrap, ino uint32) bootstrap.Digest {
 }
 
 // BackingFile returns an open, read-only file holding exactly the content
-// of regular file ino of b, when the disk cache holds it whole, so the
-// kernel can read it without a round trip through the mount (FUSE
-// passthrough). When it does not but every chunk is local, the file is
-// assembled in the background for a later open; ok is false either way.
+// of regular file ino of b, when the disk cache holds it whole and this
+// process has checked it, so the kernel can read it without a round trip
+// through the mount (FUSE passthrough). Otherwise the file is checked, or
+// assembled when every chunk is local, in the background for a later
+// open; ok is false either way. The check reads the whole file, which
+// must not hold up an open: a model of gigabytes is read through the
+// mount meanwhile, not waited for.
 func (f *Fetcher) BackingFile(ctx context.Context, b *bootstrap.Bootstrap, ino uint32) (*os.File, bool) {
 	if f.cache == nil || int(ino) >= len(b.Inodes) || b.Inodes[ino].Type() != bootstrap.ModeRegular {
 		return nil, false
 	}
 	id := FileID(b, ino)
-	if file, ok := f.cache.OpenFile(id, func(file *os.File) error { return checkFile(b, ino, file) }); ok {
-		return file, true
+	check := func(file *os.File) error { return checkFile(b, ino, file) }
+	if f.cache.HasFile(id) {
+		if f.cache.FileChecked(id) {
+			return f.cache.OpenFile(id, check)
+		}
+		f.inBackground(id, func() error {
+			if file, ok := f.cache.OpenFile(id, check); ok {
+				file.Close()
+			}
+			return nil
+		})
+		return nil, false
 	}
 	if !f.local(b, ino) {
 		return nil, false
 	}
+	f.inBackground(id, func() error {
+		if err := f.Materialize(context.WithoutCancel(ctx), b, ino); err != nil {
+			return fmt.Errorf("assemble backing file of inode %d: %w", ino, err)
+		}
+		return nil
+	})
+	return nil, false
+}
+
+// inBackground runs job, the checking or assembling of backing file id,
+// unless a job for id runs or waits already. Jobs run one at a time: this
+// is disk work that must not compete with reads.
+func (f *Fetcher) inBackground(id bootstrap.Digest, job func() error) {
 	f.mu.Lock()
-	busy := f.assembling[id]
-	if !busy {
+	// Past maxAssembling files waiting, this one is left to a later
+	// open: each waiting file holds a goroutine and its bootstrap.
+	start := !f.assembling[id] && len(f.assembling) < maxAssembling
+	if start {
 		f.assembling[id] = true
 	}
 	f.mu.Unlock()
-	if !busy {
-		go func() {
-			// One file at a time: this is background disk work that
-			// must not compete with reads.
-			f.assembly <- struct{}{}
-			defer func() { <-f.assembly }()
-			if err := f.Materialize(context.WithoutCancel(ctx), b, ino); err != nil {
-				f.log.Warn("fetch: assemble backing file", "inode", ino, "err", err)
-			}
-			f.mu.Lock()
-			delete(f.assembling, id)
-			f.mu.Unlock()
-		}()
+	if !start {
+		return
 	}
-	return nil, false
+	go func() {
+		f.assembly <- struct{}{}
+		defer func() { <-f.assembly }()
+		if err := job(); err != nil {
+			f.log.Warn("fetch: backing file", "file", id, "err", err)
+		}
+		f.mu.Lock()
+		delete(f.assembling, id)
+		f.mu.Unlock()
+	}()
 }
+
+// maxAssembling bounds the backing files waiting to be assembled.
+const maxAssembling = 64
 
 // local reports whether every chunk of ino is in memory or on disk.
 func (f *Fetcher) local(b *bootstrap.Bootstrap, ino uint32) bool {

@@ -214,7 +214,8 @@ func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *
 	// unreachable lists the sources that could not be read at all, with
 	// the error: a frame left over is not asked of them again, one by
 	// one, which while the store is down would cost every frame of the
-	// run a round of retries before its readers hear of it.
+	// run a round of retries before its readers hear of it. A source that
+	// only lacks one run (ErrNotHeld) may hold the next.
 	unreachable := map[*source]error{}
 	for _, sub := range planRuns(b, mine) {
 		for _, s := range f.sources {
@@ -241,7 +242,9 @@ func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *
 			if err == nil {
 				break
 			}
-			unreachable[s] = err
+			if !errors.Is(err, ErrNotHeld) {
+				unreachable[s] = err
+			}
 		}
 	}
 	var rest []*source

@@ -103,3 +103,52 @@ func TestPrefetchStreams(t *testing.T) {
 		}
 	}
 }
+
+// missingOnce lacks the first range it is asked for, as a peer source
+// lacks what no peer holds yet, and serves the rest.
+type missingOnce struct {
+	Source
+	requests, served atomic.Int64
+}
+
+func (s *missingOnce) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	if s.requests.Add(1) == 1 {
+		return nil, fmt.Errorf("no peer holds it: %w", ErrNotHeld)
+	}
+	s.served.Add(1)
+	return s.Source.FetchFrame(ctx, blob, off, size)
+}
+
+// TestFetchAsksASourceAgainAfterAMiss: a source that lacks one run of a
+// merged fetch is still asked for the next ones; only a source that
+// cannot be read at all is left out for the rest of it.
+func TestFetchAsksASourceAgainAfterAMiss(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	st := upload(t, img)
+	first := &missingOnce{Source: NewStoreSource("peers", st)}
+	f := New(nil, first, NewStoreSource("store", st))
+	b := img.Bootstrap
+	var chunks []uint32
+	for _, ino := range everyInode(b) {
+		if b.Inodes[ino].Type() == bootstrap.ModeRegular {
+			chunks = append(chunks, b.FileChunks(ino)...)
+		}
+	}
+	f.Fetch(context.Background(), b, chunks)
+	f.Flush()
+	if first.requests.Load() < 2 {
+		t.Fatalf("the fetch asked the first source %d times; the image must make several runs", first.requests.Load())
+	}
+	if first.served.Load() == 0 {
+		t.Fatal("after one miss the prefetch never asked the first source again")
+	}
+	checkFiles(t, f, img.Bootstrap, files)
+}
+
+func everyInode(b *bootstrap.Bootstrap) []uint32 {
+	inodes := make([]uint32, len(b.Inodes))
+	for i := range inodes {
+		inodes[i] = uint32(i)
+	}
+	return inodes
+}

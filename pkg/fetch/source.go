@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -10,8 +11,8 @@ import (
 )
 
 // Source is one place the compressed bytes of frames can be read from: the
-// blob store, and later peers and seeders. A Fetcher tries its sources in
-// order and verifies whatever they return, so a source need not be trusted.
+// blob store, peers and seeders. A Fetcher tries its sources in order and
+// verifies whatever they return, so a source need not be trusted.
 type Source interface {
 	// Name identifies the source in logs and stats.
 	Name() string
@@ -20,6 +21,12 @@ type Source interface {
 	// neighbouring requests into one.
 	FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error)
 }
+
+// ErrNotHeld is wrapped by a source's error when the source works but does
+// not hold the range asked for, as when no peer has it yet. Any other
+// error means the source could not be read at all: a prefetch stops
+// asking it, where after ErrNotHeld it still asks it for other ranges.
+var ErrNotHeld = errors.New("source does not hold the range")
 
 // RangeOpener is implemented by sources that can stream a range of a blob.
 // A merged request of many frames then hands each frame to its readers as

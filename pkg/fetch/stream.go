@@ -12,9 +12,10 @@ import (
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
 
-// runTimeout bounds a merged request that outlives the reader who caused
-// it (see fetchAhead): the frames read ahead have waiters of their own,
-// who must not wait forever on a stalled source.
+// runTimeout bounds every request to a source (Fetcher.timeout), also a
+// merged request that outlives the reader who caused it (see fetchAhead):
+// the frames read ahead have waiters of their own, who must not wait
+// forever on a stalled source.
 const runTimeout = 2 * time.Minute
 
 // readRun reads run r from source s and passes each of its frames to
@@ -28,6 +29,8 @@ const runTimeout = 2 * time.Minute
 // an error, having passed nothing, only when the source could not be read
 // at all. Failures are logged here.
 func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap, ix *frameIndex, r run, deliver func(fi uint32, data []byte, err error)) error {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
 	blob := b.Blobs[r.blob]
 	size := r.end - r.off
 	s.requests.Add(1)

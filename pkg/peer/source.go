@@ -126,7 +126,7 @@ func (s *Source) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, siz
 	}
 	if len(parents) == 0 {
 		s.stats.noParents.Add(1)
-		return nil, fmt.Errorf("peer fetch %s [%d,+%d): no peer holds it", blob, off, size)
+		return nil, fmt.Errorf("peer fetch %s [%d,+%d): no peer holds it: %w", blob, off, size, fetch.ErrNotHeld)
 	}
 	var errs []error
 	for _, p := range parents {
@@ -159,9 +159,10 @@ func (s *Source) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, siz
 	}
 	s.stats.failures.Add(1)
 	if len(errs) == 0 {
-		return nil, fmt.Errorf("peer fetch %s [%d,+%d): every parent is banned", blob, off, size)
+		return nil, fmt.Errorf("peer fetch %s [%d,+%d): every parent is banned: %w", blob, off, size, fetch.ErrNotHeld)
 	}
-	return nil, fmt.Errorf("peer fetch %s [%d,+%d): %w", blob, off, size, errors.Join(errs...))
+	// These parents failed; other ranges have parents of their own.
+	return nil, fmt.Errorf("peer fetch %s [%d,+%d): %w (every parent failed): %w", blob, off, size, fetch.ErrNotHeld, errors.Join(errs...))
 }
 
 // parents asks a scheduler, failing at once when NATS is not connected
