@@ -1,7 +1,10 @@
 // Package atomicfile writes files that readers see whole or not at all:
 // state another process reads at any moment (a pid file, a mount's
 // layout or open files for a successor) must never be seen empty or
-// half written.
+// half written. Files are not synced: what they hold lives no longer
+// than the mounts it describes, which a power loss ends too, and every
+// reader checks what it reads (a bootstrap against its digest, a layout
+// by parsing it) and rebuilds it when it fails.
 package atomicfile
 
 import (

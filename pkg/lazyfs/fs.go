@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -289,9 +290,10 @@ func (fsys *fileSystem) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bo
 	return fuse.OK
 }
 
-// parent returns the directory holding directory dir (the root for the
-// root). Directories have exactly one name, so this is well defined.
-func (fsys *fileSystem) parent(dir uint32) uint32 {
+// parent returns the directory holding inode ino (the root for the
+// root). Directories have exactly one name, so for them this is well
+// defined; a file with several names gets one of them.
+func (fsys *fileSystem) parent(ino uint32) uint32 {
 	fsys.parentsOnce.Do(func() {
 		fsys.parents = make([]uint32, len(fsys.b.Inodes))
 		for i := range fsys.b.Inodes {
@@ -299,33 +301,31 @@ func (fsys *fileSystem) parent(dir uint32) uint32 {
 				continue
 			}
 			for _, e := range fsys.b.Children(uint32(i)) {
-				if fsys.b.Inodes[e.Inode].IsDir() {
-					fsys.parents[e.Inode] = uint32(i)
-				}
+				fsys.parents[e.Inode] = uint32(i)
 			}
 		}
 	})
-	return fsys.parents[dir]
+	return fsys.parents[ino]
 }
 
-// path names inode ino for logs: one of its names, found through the
-// parents of directories.
+// path names inode ino for logs: one of its names. A failed read logs
+// it, and while a store is down every read fails: it costs the depth of
+// the tree, not a scan of the image.
 func (fsys *fileSystem) path(ino uint32) string {
-	for dir := range fsys.b.Inodes {
-		if !fsys.b.Inodes[dir].IsDir() {
-			continue
-		}
-		for _, e := range fsys.b.Children(uint32(dir)) {
-			if e.Inode != ino {
-				continue
+	var names []string
+	// A validated tree has no cycles; the bound is for safety only.
+	for cur := ino; cur != bootstrap.RootInode && len(names) < len(fsys.b.Inodes); {
+		dir := fsys.parent(cur)
+		for _, e := range fsys.b.Children(dir) {
+			if e.Inode == cur {
+				names = append(names, e.Name)
+				break
 			}
-			if dir == bootstrap.RootInode {
-				return "/" + e.Name
-			}
-			return path.Join(fsys.path(uint32(dir)), e.Name)
 		}
+		cur = dir
 	}
-	return "/"
+	slices.Reverse(names)
+	return "/" + path.Join(names...)
 }
 
 // Readlink implements fuse.RawFileSystem.
@@ -609,7 +609,7 @@ func (fsys *fileSystem) readFile(ctx *fuse.Context, ino uint32, off, end int64) 
 		// Have the chunks after this read ready for a sequential
 		// reader. Kernel readahead requests need not start on chunk
 		// boundaries, so every sequential read asks; chunks already
-		// in memory or on their way cost nothing.
+		// in memory or on their way are not read again.
 		last := sort.Search(len(refs), func(j int) bool { return offs[j+1] >= end })
 		if last+1 < len(refs) {
 			w.Warm(fsys.b, refs[last+1:min(last+1+warmAhead, len(refs))])
@@ -697,8 +697,9 @@ func (fsys *fileSystem) spliced(refs []uint32, offs []int64, i int, off, end int
 	return fuse.ReadResultPipe(pair, size), true
 }
 
-// chunk reads chunk ci of file ino, mapping failure to EIO (or EINTR when
-// the reader gave up).
+// chunk reads chunk ci of file ino, mapping failure to EIO. Reads are
+// never cancelled (see readContext); a reader the kernel gives up on, at a
+// fatal signal, is gone before the reply.
 func (fsys *fileSystem) chunk(ctx context.Context, ino, ci uint32) ([]byte, syscall.Errno) {
 	c := fsys.b.Chunks[ci]
 	data, err := fsys.r.ReadChunk(ctx, fsys.b, ci)
@@ -707,9 +708,6 @@ func (fsys *fileSystem) chunk(ctx context.Context, ino, ci uint32) ([]byte, sysc
 	}
 	if err == nil {
 		return data, 0
-	}
-	if ctx.Err() != nil {
-		return nil, syscall.EINTR
 	}
 	fsys.log.Error("lazyfs: read failed", "path", fsys.path(ino), "ino", inoOf(ino), "chunk", c.Digest, "err", err)
 	return nil, syscall.EIO

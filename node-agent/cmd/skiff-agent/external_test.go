@@ -78,7 +78,7 @@ func TestHelpNamesModes(t *testing.T) {
 	if got := run([]string{"--help"}, &stdout, &stdout); got != 0 {
 		t.Fatalf("--help = %d", got)
 	}
-	for _, want := range []string{"skiff-agent check", "skiff-agent status", "skiff-agent parked", "SKIFF_AGENT_MOUNTD", `"spawn"`} {
+	for _, want := range []string{"skiff-agent check", "skiff-agent status", "skiff-agent parked", "SKIFF_AGENT_MOUNTD", "spawn", "skiff-agent mountd"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
@@ -122,7 +122,7 @@ func TestMountdStopNeverLooksDead(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- runMountd(ctx, cfg, slog.New(slog.DiscardHandler)) }()
+	go func() { done <- runMountd(ctx, cfg, "v-test", slog.New(slog.DiscardHandler)) }()
 	sock := mountdSocket(cfg)
 	deadline := time.Now().Add(20 * time.Second)
 	for mountdState(sock) != mountdAlive {

@@ -45,56 +45,34 @@ import (
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
 	"github.com/skiff-dev/skiff/pkg/atomicfile"
 	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/envdoc"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
+	"github.com/skiff-dev/skiff/pkg/telemetry"
 )
 
 // config is every setting, read from SKIFF_AGENT_* variables.
 type config struct {
-	Root          string        `env:"ROOT" envDefault:"/var/lib/skiff-agent"`
-	Socket        string        `env:"SOCKET" envDefault:"/run/skiff-agent/snapshotter.sock"`
-	Store         string        `env:"STORE" envDefault:"file:///var/lib/skiff/store"`
-	CacheSize     int64         `env:"CACHE_SIZE" envDefault:"10737418240"`
-	RecordWindow  time.Duration `env:"RECORD_WINDOW" envDefault:"30s"`
-	WarmSmall     int64         `env:"WARM_SMALL" envDefault:"268435456"`
-	PrefetchAll   bool          `env:"PREFETCH_ALL" envDefault:"false"`
-	PrefetchRate  int64         `env:"PREFETCH_RATE" envDefault:"0"`
-	Passthrough   bool          `env:"PASSTHROUGH" envDefault:"false"`
-	EROFS         bool          `env:"EROFS" envDefault:"true"`
-	Mountd        string        `env:"MOUNTD" envDefault:"spawn"`
-	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info"`
-	MetricsListen string        `env:"METRICS_LISTEN"`
-	CRISocket     string        `env:"CRI_SOCKET"`
-	CRIUpstream   string        `env:"CRI_UPSTREAM" envDefault:"/run/containerd/containerd.sock"`
+	Root          string        `env:"ROOT" envDefault:"/var/lib/skiff-agent" help:"state directory: snapshots, chunk cache, bootstraps, mountpoints"`
+	Socket        string        `env:"SOCKET" envDefault:"/run/skiff-agent/snapshotter.sock" help:"unix socket containerd's proxy plugin connects to"`
+	Store         string        `env:"STORE" envDefault:"file:///var/lib/skiff/store" help:"blob store URL: file:///path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"`
+	CacheSize     int64         `env:"CACHE_SIZE" envDefault:"10737418240" help:"chunk cache size limit in bytes (least recently used chunks are evicted)"`
+	RecordWindow  time.Duration `env:"RECORD_WINDOW" envDefault:"30s" help:"how long after an image is mounted the files read are recorded as its startup set (0 disables)"`
+	WarmSmall     int64         `env:"WARM_SMALL" envDefault:"268435456" help:"bytes of an image's small files (under 128 KiB) read into the page cache once its containers have read and then paused for a second, waiting whenever they read again, on the first nodes that run it (later nodes prefetch its startup set instead): on demand, a program walking many small files waits for a fetch every few files (0 disables)"`
+	PrefetchAll   bool          `env:"PREFETCH_ALL" envDefault:"false" help:"after the startup set, prefetch the rest of each image"`
+	PrefetchRate  int64         `env:"PREFETCH_RATE" envDefault:"0" help:"bytes per second (as stored, compressed) PREFETCH_ALL fetches at most, over every image together, so that warming images leaves the node's network and CPU to its containers; WARM_SMALL reads at most as many bytes of images a second (0: unlimited)"`
+	Passthrough   bool          `env:"PASSTHROUGH" envDefault:"false" help:"let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free"`
+	EROFS         bool          `env:"EROFS" envDefault:"true" help:"mount images with the kernel's EROFS over one lazily filled image file (Linux 6.12+), so names, attributes and cached pages never reach this process; images are served as FUSE trees where the kernel cannot, and with PASSTHROUGH"`
+	Mountd        string        `env:"MOUNTD" envDefault:"spawn" help:"who runs the mount process: spawn (the agent starts it detached, and replaces it when it dies or its build changes) or external (another container of the pod, or another service, runs 'skiff-agent mountd' with the same settings; the agent waits for it, and holds its FUSE connections while it restarts, so either can restart without breaking containers)"`
+	LogLevel      string        `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	MetricsListen string        `env:"METRICS_LISTEN" help:"address the mount process serves Prometheus metrics on, at /metrics: mounts, chunk reads by where they were found, bytes and errors per source, the disk cache (e.g. :9094; empty: off)"`
+	CRISocket     string        `env:"CRI_SOCKET" help:"unix socket to serve the CRI image service on, in front of containerd's, for the kubelet's --image-service-endpoint: the agent then keeps the credentials of each pull (imagePullSecrets) and finds Skiff conversions in registries that require them (empty: off; the host's Docker credentials are used either way)"`
+	CRIUpstream   string        `env:"CRI_UPSTREAM" envDefault:"/run/containerd/containerd.sock" help:"containerd's socket, whose CRI image service CRI_SOCKET passes every call on to"`
 	// Peer-to-peer distribution, off unless NATS_URL is set.
-	NATSURL       string `env:"NATS_URL"`
-	PeerListen    string `env:"PEER_LISTEN" envDefault:":8094"`
-	PeerAdvertise string `env:"PEER_ADVERTISE"`
-	PeerID        string `env:"PEER_ID"`
-	PeerCacheSize int64  `env:"PEER_CACHE_SIZE" envDefault:"10737418240"`
-}
-
-// help describes each setting for --help, by variable suffix.
-var help = map[string]string{
-	"ROOT":            "state directory: snapshots, chunk cache, bootstraps, mountpoints",
-	"SOCKET":          "unix socket containerd's proxy plugin connects to",
-	"STORE":           "blob store URL: file:///path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
-	"CACHE_SIZE":      "chunk cache size limit in bytes (least recently used chunks are evicted)",
-	"RECORD_WINDOW":   "how long after an image is mounted the files read are recorded as its startup set (0 disables)",
-	"WARM_SMALL":      "bytes of an image's small files (under 128 KiB) read into the page cache once its containers have read and then paused for a second, waiting whenever they read again, on the first nodes that run it (later nodes prefetch its startup set instead): on demand, a program walking many small files waits for a fetch every few files (0 disables)",
-	"PREFETCH_ALL":    "after the startup set, prefetch the rest of each image",
-	"PREFETCH_RATE":   "bytes per second (as stored, compressed) PREFETCH_ALL fetches at most, over every image together, so that warming images leaves the node's network and CPU to its containers; WARM_SMALL reads at most as many bytes of images a second (0: unlimited)",
-	"PASSTHROUGH":     "let the kernel read large files that are entirely cached straight from disk (FUSE passthrough, Linux 6.9+); for images of large files read again and again (models, datasets): it costs an open round trip per file, which off is free",
-	"EROFS":           "mount images with the kernel's EROFS over one lazily filled image file (Linux 6.12+), so names, attributes and cached pages never reach this process; images are served as FUSE trees where the kernel cannot, and with PASSTHROUGH",
-	"MOUNTD":          "who runs the mount process: spawn (the agent starts it detached, and replaces it when it dies or its build changes) or external (another container of the pod, or another service, runs `skiff-agent mountd` with the same settings; the agent waits for it, and holds its FUSE connections while it restarts, so either can restart without breaking containers)",
-	"LOG_LEVEL":       "debug, info, warn or error",
-	"METRICS_LISTEN":  "address the mount process serves Prometheus metrics on, at /metrics: mounts, chunk reads by where they were found, bytes and errors per source, the disk cache (e.g. :9094; empty: off)",
-	"CRI_SOCKET":      "unix socket to serve the CRI image service on, in front of containerd's, for the kubelet's --image-service-endpoint: the agent then keeps the credentials of each pull (imagePullSecrets) and finds Skiff conversions in registries that require them (empty: off; the host's Docker credentials are used either way)",
-	"CRI_UPSTREAM":    "containerd's socket, whose CRI image service CRI_SOCKET passes every call on to",
-	"NATS_URL":        "NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them",
-	"PEER_LISTEN":     "address this node serves pieces to peers on (with NATS_URL)",
-	"PEER_ADVERTISE":  "host:port other nodes reach PEER_LISTEN at (default: host name and the listen port)",
-	"PEER_ID":         "id of this node among peers, unique in the cluster (default: host name)",
-	"PEER_CACHE_SIZE": "bytes of pieces (chunk data as stored, for peers) kept besides the chunk cache",
+	NATSURL       string `env:"NATS_URL" help:"NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them"`
+	PeerListen    string `env:"PEER_LISTEN" envDefault:":8094" help:"address this node serves pieces to peers on (with NATS_URL)"`
+	PeerAdvertise string `env:"PEER_ADVERTISE" help:"host:port other nodes reach PEER_LISTEN at (default: host name and the listen port)"`
+	PeerID        string `env:"PEER_ID" help:"id of this node among peers, unique in the cluster (default: host name)"`
+	PeerCacheSize int64  `env:"PEER_CACHE_SIZE" envDefault:"10737418240" help:"bytes of pieces (chunk data as stored, for peers) kept besides the chunk cache"`
 }
 
 const envPrefix = "SKIFF_AGENT_"
@@ -144,9 +122,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var err error
+	service := "skiff-agent"
 	if mode == "mountd" {
-		err = runMountd(ctx, cfg, log)
+		service = "skiff-agent-mountd"
+	}
+	// The build identifies itself to tracing as to the agent (see
+	// ensureMountd).
+	self, err := os.Executable()
+	if err != nil {
+		log.Error("skiff-agent: exiting", "err", err)
+		return 1
+	}
+	version, err := buildVersion(self)
+	if err != nil {
+		log.Error("skiff-agent: exiting", "err", err)
+		return 1
+	}
+	shutdown, err := telemetry.Setup(ctx, service, version)
+	if err != nil {
+		log.Error("skiff-agent: tracing", "err", err)
+		return 1
+	}
+	defer shutdown(context.WithoutCancel(ctx))
+	if mode == "mountd" {
+		err = runMountd(ctx, cfg, version, log)
 	} else {
 		err = runAgent(ctx, cfg, log)
 	}
@@ -168,13 +167,8 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "       skiff-agent parked   what a mount process becomes after handing its mounts over with")
 	fmt.Fprintln(w, "                            SKIFF_AGENT_MOUNTD=external: it holds nothing and waits to be stopped")
 	fmt.Fprintln(w, "\nsettings (environment):")
-	params, err := env.GetFieldParamsWithOptions(&config{}, env.Options{Prefix: envPrefix})
-	if err != nil {
+	if err := envdoc.Write[config](w, env.Options{Prefix: envPrefix}); err != nil {
 		fmt.Fprintln(w, err)
-		return
-	}
-	for _, p := range params {
-		fmt.Fprintf(w, "  %-28s %s (default %q)\n", p.Key, help[strings.TrimPrefix(p.Key, envPrefix)], p.DefaultValue)
 	}
 }
 
@@ -195,7 +189,16 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 	sn := snapshot.New(base, res, mounts, res, log)
 	defer sn.Close()
 
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
+	// A setup step failing after the snapshotter serves stops it first:
+	// its metadata closes (sn.Close) only once nothing serves from it.
+	fail := func(err error) error {
+		cancel()
+		g.Wait()
+		return err
+	}
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 	if err := serve(ctx, g, srv, cfg.Socket); err != nil {
@@ -206,13 +209,13 @@ func runAgent(ctx context.Context, cfg config, log *slog.Logger) error {
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(criMaxMessage), grpc.MaxCallSendMsgSize(criMaxMessage)))
 		if err != nil {
-			return fmt.Errorf("CRI upstream %s: %w", cfg.CRIUpstream, err)
+			return fail(fmt.Errorf("CRI upstream %s: %w", cfg.CRIUpstream, err))
 		}
 		defer conn.Close()
 		criSrv := grpc.NewServer(grpc.MaxRecvMsgSize(criMaxMessage), grpc.MaxSendMsgSize(criMaxMessage))
 		cri.RegisterImageServiceServer(criSrv, keychain.NewProxy(cri.NewImageServiceClient(conn), keys, log))
 		if err := serve(ctx, g, criSrv, cfg.CRISocket); err != nil {
-			return err
+			return fail(err)
 		}
 		log.Info("skiff-agent: serving the CRI image service", "socket", cfg.CRISocket, "upstream", cfg.CRIUpstream)
 	}
@@ -523,15 +526,7 @@ const handoverGrace = 10 * time.Second
 // mount process is running already, it takes that one's mounts over
 // first; when a successor takes them from this one, it exits and leaves
 // them mounted.
-func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	version, err := buildVersion(self)
-	if err != nil {
-		return err
-	}
+func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger) error {
 	st, err := storeurl.Open(ctx, cfg.Store)
 	if err != nil {
 		return err
@@ -566,7 +561,17 @@ func runMountd(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	}
 	if takeover != nil {
-		if err := takeover.Commit(ctx, handoverGrace); err != nil {
+		err := takeover.Commit(ctx, handoverGrace)
+		if errors.Is(err, lazymount.ErrNotCommitted) {
+			// Two processes reading one FUSE device would each answer
+			// requests the other read; the old one keeps them all.
+			m.DropResumed()
+			l.Close()
+			removeSock()
+			m.Close()
+			return fmt.Errorf("take over the mounts: %w", err)
+		}
+		if err != nil {
 			log.Error("skiff-agent mountd: the old mount process did not confirm its exit", "err", err)
 		}
 		if err := m.StartResumed(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/cache"
@@ -62,16 +63,20 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 		mux := http.NewServeMux()
 		mux.Handle(piece.Path, server)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			<-ctx.Done()
-			srv.Close()
-		}()
-		go ann.Run(ctx)
 		log.Info("skiff-agent mountd: sharing pieces with peers", "id", id, "listen", ln.Addr().String(), "advertise", addr, "nats", cfg.NATSURL)
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("piece server: %w", err)
-		}
-		return nil
+		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return ann.Run(ctx) })
+		g.Go(func() error {
+			<-ctx.Done()
+			return srv.Close()
+		})
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("piece server: %w", err)
+			}
+			return nil
+		})
+		return g.Wait()
 	}
 	return f, run, nil
 }

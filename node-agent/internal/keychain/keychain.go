@@ -58,11 +58,39 @@ func (k *Keychain) Add(image string, cfg authn.AuthConfig) error {
 	k.byHost[ref.Context().RegistryStr()] = repo
 	k.order = append(k.order, repo)
 	for len(k.order) > maxEntries {
-		old := k.order[0]
-		k.order = k.order[1:]
-		delete(k.byRepo, old)
+		k.evictOldest()
 	}
 	return nil
+}
+
+// evictOldest forgets the repository pulled from longest ago. Its
+// registry then falls back to the newest other repository of it, if any.
+// k.mu is held.
+func (k *Keychain) evictOldest() {
+	old := k.order[0]
+	k.order = slices.Delete(k.order, 0, 1)
+	delete(k.byRepo, old)
+	host := registryOf(old)
+	if k.byHost[host] != old {
+		return
+	}
+	delete(k.byHost, host)
+	for _, repo := range slices.Backward(k.order) {
+		if registryOf(repo) == host {
+			k.byHost[host] = repo
+			return
+		}
+	}
+}
+
+// registryOf returns the registry part of a repository name, as
+// name.Repository.RegistryStr would.
+func registryOf(repo string) string {
+	r, err := name.NewRepository(repo)
+	if err != nil {
+		return ""
+	}
+	return r.RegistryStr()
 }
 
 // Resolve implements authn.Keychain: the credentials of the repository

@@ -93,6 +93,51 @@ func TestAddBounded(t *testing.T) {
 	}
 }
 
+// TestEvictedHostFallsBack: when the repository a registry's fallback
+// points at is evicted, the registry falls back to its newest other
+// repository, not to anonymous.
+func TestEvictedHostFallsBack(t *testing.T) {
+	k := New()
+	add := func(image, user string) {
+		t.Helper()
+		if err := k.Add(image, authn.AuthConfig{Username: user}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("a.example.com/team/one:v1", "one")
+	add("b.example.com/other:v1", "b")
+	add("a.example.com/team/two:v1", "two")
+	add("a.example.com/team/three:v1", "three")
+	// a.example.com falls back to three; evict up to and including it
+	// but keep two.
+	k.mu.Lock()
+	k.order = []string{"a.example.com/team/three", "a.example.com/team/two", "b.example.com/other"}
+	k.evictOldest()
+	k.mu.Unlock()
+	res, err := name.NewRepository("a.example.com/team/unknown")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := k.Resolve(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := auth.Authorization()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Username != "two" {
+		t.Fatalf("registry fallback after eviction: user %q, want two", cfg.Username)
+	}
+	// With no repository of the registry left, it resolves anonymously.
+	k.mu.Lock()
+	k.evictOldest()
+	k.mu.Unlock()
+	if auth, _ := k.Resolve(res); auth != authn.Anonymous {
+		t.Fatal("a registry with no credentials left did not resolve anonymously")
+	}
+}
+
 func TestAuthConfig(t *testing.T) {
 	tests := []struct {
 		name    string

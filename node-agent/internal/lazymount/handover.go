@@ -101,16 +101,18 @@ func (m *Manager) EndHandover(done bool) {
 	// this process to exit, and kills it after a grace period, so the
 	// store gets a bounded time: an outage costs the startup sets, not
 	// the upgrade.
-	ctx, cancel := context.WithTimeout(context.Background(), handoverSaveTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
 	defer cancel()
 	for d, mt := range mounts {
 		m.saveStartupSet(ctx, d, mt.rec, mt.layout)
 	}
 }
 
-// handoverSaveTimeout bounds saving startup sets at a handover, well
-// within the grace a successor gives (skiff-agent's handoverGrace).
-const handoverSaveTimeout = 5 * time.Second
+// saveTimeout bounds saving startup sets when the process hands its
+// mounts over or stops: well within the grace a successor gives
+// (skiff-agent's handoverGrace), and within the kubelet's grace before
+// SIGKILL, which would leave the mounts half unmounted.
+const saveTimeout = 5 * time.Second
 
 // Resume serves a mount handed over by the previous mount process. The
 // mount's files were being recorded, if ever, by that process.

@@ -1,9 +1,9 @@
 // Package lazymount keeps the lazy mounts of the Skiff images a node runs:
 // one mount per image (the kernel's EROFS over a FUSE-served image file,
 // or a FUSE tree), however many containers use it, all served by one
-// process through one fetch path (cache, then the blob store), and warmed
-// in the background with the files containers of the image read at
-// startup last time.
+// process through one fetch path (cache, peers and seeders, then the blob
+// store), and warmed in the background with the files containers of the
+// image read at startup last time.
 package lazymount
 
 import (
@@ -83,6 +83,11 @@ type Manager struct {
 
 	mu     sync.Mutex
 	mounts map[bootstrap.Digest]*mounted
+	// mounting holds the images being mounted, each closed when its
+	// mount is done: the work (loading the bootstrap, building the
+	// layout, the mount itself) runs without mu, so that other images,
+	// unmounts and status requests need not wait for it.
+	mounting map[bootstrap.Digest]chan struct{}
 	// handingOver refuses mount requests while a successor takes over;
 	// resumed are mounts taken over and not yet served.
 	handingOver bool
@@ -106,6 +111,8 @@ type mounted struct {
 	layout *erofs.Image // nil for a FUSE tree
 	// stop ends the mount's background work when it is unmounted.
 	stop context.CancelFunc
+	// warm is that work, started once the mount is recorded.
+	warm func()
 }
 
 // New returns a Manager keeping its state in dir, fetching bootstraps and
@@ -120,7 +127,7 @@ func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, 
 		opts.Logger = slog.Default()
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	m := &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}}
+	m := &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}, mounting: map[bootstrap.Digest]chan struct{}{}}
 	if opts.PrefetchRate > 0 {
 		m.limit = rate.NewLimiter(rate.Limit(opts.PrefetchRate), prefetchBurst)
 		m.rest = append(m.rest, fetch.Limit(m.limit))
@@ -191,25 +198,83 @@ func (m *Manager) load(ctx context.Context, d bootstrap.Digest) (*bootstrap.Boot
 
 // Mount implements snapshot.Mounter.
 func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error) {
+	mp := m.Mountpoint(d)
+	for {
+		m.mu.Lock()
+		if err := m.refusing(); err != nil {
+			m.mu.Unlock()
+			return "", err
+		}
+		if _, ok := m.mounts[d]; ok {
+			m.mu.Unlock()
+			return mp, nil
+		}
+		busy, ok := m.mounting[d]
+		if !ok {
+			break
+		}
+		m.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	done := make(chan struct{})
+	m.mounting[d] = done
+	m.mu.Unlock()
+
+	mt, err := m.mountImage(ctx, d)
+
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.handingOver {
-		return "", errHandingOver
-	}
-	if m.ctx.Err() != nil {
-		// Closing: what it mounted now would be left behind.
-		return "", errClosed
-	}
-	mp := m.Mountpoint(d)
-	if _, ok := m.mounts[d]; ok {
-		return mp, nil
-	}
-	b, err := m.load(ctx, d)
+	delete(m.mounting, d)
+	close(done)
 	if err != nil {
 		return "", err
 	}
+	if err := m.refusing(); err != nil {
+		// A handover or Close began meanwhile, and has not seen this
+		// mount: it must not outlive them.
+		mt.stop()
+		if uerr := mt.srv.Unmount(); uerr != nil {
+			m.log.Warn("lazymount: unmount", "bootstrap", d, "err", uerr)
+		}
+		return "", err
+	}
+	m.mounts[d] = mt
+	m.gen++
+	m.log.Info("lazymount: mounted image", "bootstrap", d, "mountpoint", mp)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		mt.warm()
+	}()
+	return mp, nil
+}
+
+// refusing says why mounts are refused now, if they are. m.mu is held.
+func (m *Manager) refusing() error {
+	if m.handingOver {
+		return errHandingOver
+	}
+	if m.ctx.Err() != nil {
+		// Closing: what it mounted now would be left behind.
+		return errClosed
+	}
+	return nil
+}
+
+// mountImage mounts image d, which is not mounted, and returns it with
+// its background work ready to start.
+func (m *Manager) mountImage(ctx context.Context, d bootstrap.Digest) (*mounted, error) {
+	mp := m.Mountpoint(d)
+	b, err := m.load(ctx, d)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(mp, 0o755); err != nil {
-		return "", fmt.Errorf("mount %s: %w", d, err)
+		return nil, fmt.Errorf("mount %s: %w", d, err)
 	}
 	// A mount left by a process that died is dead (ENOTCONN); it has to
 	// go before a new one can take its place.
@@ -221,21 +286,15 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	rec := newRecorder(b, m.fetch, m.opts.RecordWindow)
 	srv, layout, err := m.mount(ctx, d, b, rec)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if layout != nil {
 		rec.arm() // for warm
 	}
 	wctx, stop := context.WithCancel(m.ctx)
-	m.mounts[d] = &mounted{srv: srv, rec: rec, layout: layout, stop: stop}
-	m.gen++
-	m.log.Info("lazymount: mounted image", "bootstrap", d, "mountpoint", mp, "files", len(b.Dirents))
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.warm(wctx, d, b, rec, layout)
-	}()
-	return mp, nil
+	mt := &mounted{srv: srv, rec: rec, layout: layout, stop: stop}
+	mt.warm = func() { m.warm(wctx, d, b, rec, layout) }
+	return mt, nil
 }
 
 // mount mounts b at its mountpoint, in image mode if it can, and returns
@@ -332,6 +391,10 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	if err := mt.srv.Unmount(); err != nil {
 		return err
 	}
+	// Serving ends when the kernel lets go of the mount, at once or, for
+	// a busy mount detached lazily, when its last file closes; then the
+	// device is closed, not whenever the collector finds it.
+	go mt.srv.Wait()
 	os.Remove(m.openState(d))
 	os.Remove(m.layoutPath(d))
 	m.log.Info("lazymount: unmounted image", "bootstrap", d)
@@ -350,7 +413,7 @@ func (m *Manager) Release(ctx context.Context, d bootstrap.Digest) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.mounts[d]; ok || m.handingOver {
+	if _, ok := m.mounts[d]; ok || m.mounting[d] != nil || m.handingOver {
 		return nil
 	}
 	// os.Remove, not RemoveAll: a directory still mounted on is refused
@@ -396,9 +459,13 @@ var errClosed = errors.New("lazy mounts: closed")
 func (m *Manager) Close() error {
 	m.stop()
 	m.wg.Wait()
+	// One bound for every image's startup set: with the store down, the
+	// unmounts still all happen in time.
+	ctx, cancel := context.WithTimeout(context.Background(), saveTimeout)
+	defer cancel()
 	var errs []error
 	for _, mi := range m.Mounts() {
-		errs = append(errs, m.Unmount(context.Background(), mi.Bootstrap))
+		errs = append(errs, m.Unmount(ctx, mi.Bootstrap))
 	}
 	m.fetch.Flush()
 	return errors.Join(errs...)

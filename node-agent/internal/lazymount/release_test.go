@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/skiff-dev/skiff/pkg/store"
 )
 
 // TestRelease: releasing an image no snapshot uses unmounts it and drops
@@ -97,4 +101,64 @@ func TestRelease(t *testing.T) {
 			t.Fatalf("still mounted after the release: %+v", ms)
 		}
 	})
+}
+
+// slowBootstrapStore holds every bootstrap download until released.
+type slowBootstrapStore struct {
+	store.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowBootstrapStore) Get(ctx context.Context, key string, off, n int64) (io.ReadCloser, error) {
+	if strings.HasPrefix(key, store.BootstrapKey("")) {
+		s.entered <- struct{}{}
+		<-s.release
+	}
+	return s.Store.Get(ctx, key, off, n)
+}
+
+// TestMountWaitsForNobody: while an image's bootstrap downloads, the
+// mount process still answers for its other mounts, and a second mount
+// of the same image waits for the first and shares its mount.
+func TestMountWaitsForNobody(t *testing.T) {
+	e := newTakeoverEnv(t, false)
+	ctx := context.Background()
+	slow := &slowBootstrapStore{Store: e.st, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	m := e.manager(t)
+	m.store = slow
+	defer m.Close()
+
+	first := make(chan error, 1)
+	go func() { _, err := m.Mount(ctx, e.d); first <- err }()
+	<-slow.entered
+	second := make(chan string, 1)
+	go func() {
+		mp, err := m.Mount(ctx, e.d)
+		if err != nil {
+			t.Error(err)
+		}
+		second <- mp
+	}()
+	listed := make(chan []MountInfo, 1)
+	go func() { listed <- m.Mounts() }()
+	select {
+	case ms := <-listed:
+		if len(ms) != 0 {
+			t.Fatalf("mounts while the only one is in progress: %+v", ms)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("listing the mounts waited for a bootstrap download")
+	}
+	close(slow.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	mp := <-second
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read: %d bytes, %v", len(got), err)
+	}
+	if ms := m.Mounts(); len(ms) != 1 {
+		t.Fatalf("%d mounts of one image", len(ms))
+	}
 }

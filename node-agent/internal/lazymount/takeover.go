@@ -47,6 +47,10 @@ const (
 	handoverTimeout = 30 * time.Second
 )
 
+// ackTimeout bounds the successor's resuming of the mounts (a variable
+// for tests).
+var ackTimeout = 2 * time.Minute
+
 // mountSource is what hands mounts over: a Manager, or the devices an
 // agent kept of a mount process that died (see ServeHeld).
 type mountSource interface {
@@ -123,6 +127,10 @@ func sendMounts(conn net.Conn, hs []HandedMount) error {
 			return fmt.Errorf("send FUSE devices: %w", err)
 		}
 	}
+	// The successor resumes every mount, loading each bootstrap, before
+	// it acks: that gets a time of its own, not what the list and the
+	// devices left of handoverTimeout.
+	uc.SetDeadline(time.Now().Add(ackTimeout))
 	return expectByte(uc, ackByte)
 }
 
@@ -143,6 +151,11 @@ type Takeover struct {
 	Mounts []HandedMount
 	conn   *net.UnixConn
 }
+
+// ErrNotCommitted is returned by Commit when the old process did not take
+// the ack: it gave up on the handover and serves its mounts still, so
+// this process must not serve them too.
+var ErrNotCommitted = errors.New("the old mount process keeps its mounts")
 
 // ErrNoHandover is returned by TakeOver when the running mount process
 // cannot hand its mounts over (a version before handovers).
@@ -211,12 +224,17 @@ func takeOver(conn *net.UnixConn, path string) (*Takeover, error) {
 	oob := make([]byte, unix.CmsgSpace(4*maxRights))
 	for got := 0; got < len(t.Mounts); {
 		var b [1]byte
-		_, oobn, _, _, err := conn.ReadMsgUnix(b[:], oob)
+		_, oobn, flags, _, err := conn.ReadMsgUnix(b[:], oob)
 		if err != nil {
 			t.closeDevs()
 			return nil, fmt.Errorf("receive FUSE devices: %w", err)
 		}
 		fds, err := rights(oob[:oobn])
+		if err == nil && flags&unix.MSG_CTRUNC != 0 {
+			// The kernel dropped devices it could not install, as at
+			// the open-files limit: the mounts cannot all change hands.
+			err = fmt.Errorf("devices dropped in transit (MSG_CTRUNC): raise the open files limit (%d mounts)", len(t.Mounts))
+		}
 		if err == nil && got+len(fds) > len(t.Mounts) {
 			err = fmt.Errorf("got %d devices for %d mounts", got+len(fds), len(t.Mounts))
 		}
@@ -283,7 +301,7 @@ func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
 	t.conn.SetDeadline(time.Time{})
 	pid := peerPID(t.conn)
 	if _, err := t.conn.Write([]byte{ackByte}); err != nil {
-		return fmt.Errorf("commit takeover: %w", err)
+		return fmt.Errorf("commit takeover: %w: %w", ErrNotCommitted, err)
 	}
 	exited := make(chan struct{})
 	go func() {

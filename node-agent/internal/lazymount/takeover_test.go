@@ -320,8 +320,8 @@ func TestHandoverSavesStartupSet(t *testing.T) {
 			if outage {
 				select {
 				case d := <-down.deadline:
-					if d <= 0 || d > handoverSaveTimeout {
-						t.Fatalf("the startup set was saved with %s left, want at most %s", d, handoverSaveTimeout)
+					if d <= 0 || d > saveTimeout {
+						t.Fatalf("the startup set was saved with %s left, want at most %s", d, saveTimeout)
 					}
 				default:
 					t.Fatal("no startup set was saved")
@@ -355,4 +355,62 @@ func (s *downStore) Put(ctx context.Context, key string, r io.Reader, size int64
 	default:
 	}
 	return errors.New("store is down")
+}
+
+// TestCloseSavesStartupSetInBoundedTime: a process that stops saves what
+// its mounts recorded, giving the store a bounded time, so that a store
+// outage cannot hold its unmounts past the kubelet's grace.
+func TestCloseSavesStartupSetInBoundedTime(t *testing.T) {
+	e := newTakeoverEnv(t, true)
+	e.old.opts.RecordWindow = time.Minute
+	down := &downStore{Store: e.st, deadline: make(chan time.Duration, 1)}
+	e.old.store = down
+	_, mp := e.mount(t)
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read: %d bytes, %v", len(got), err)
+	}
+	if err := e.old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-down.deadline:
+		if d <= 0 || d > saveTimeout {
+			t.Fatalf("the startup set was saved with %s left, want at most %s", d, saveTimeout)
+		}
+	default:
+		t.Fatal("no startup set was saved")
+	}
+	if len(e.old.Mounts()) != 0 {
+		t.Fatal("mounts left after Close")
+	}
+}
+
+// TestCommitAfterTheOldProcessGaveUp: a successor that took longer to
+// resume the mounts than the old process waits for its ack learns that
+// the old one keeps the mounts, and the old one serves them on.
+func TestCommitAfterTheOldProcessGaveUp(t *testing.T) {
+	defer func(d time.Duration) { ackTimeout = d }(ackTimeout)
+	ackTimeout = 100 * time.Millisecond
+	e := newTakeoverEnv(t, true)
+	ctx := context.Background()
+	_, mp := e.mount(t)
+	tk, err := TakeOver(ctx, e.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // resuming, slowly
+	if err := tk.Commit(ctx, time.Second); !errors.Is(err, ErrNotCommitted) {
+		t.Fatalf("commit after the old process gave up: %v, want ErrNotCommitted", err)
+	}
+	select {
+	case <-e.handedOver:
+		t.Fatal("the old process handed its mounts over")
+	default:
+	}
+	if len(e.old.Mounts()) != 1 {
+		t.Fatalf("the old process has %d mounts, want its one", len(e.old.Mounts()))
+	}
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read from the old process after the failed takeover: %d bytes, %v", len(got), err)
+	}
 }

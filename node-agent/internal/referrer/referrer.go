@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -30,6 +31,10 @@ import (
 // is used by the next pull.
 const negativeTTL = 30 * time.Second
 
+// maxFound bounds the manifests remembered; past it they are all
+// forgotten, costing each image pulled again one more lookup.
+const maxFound = 4096
+
 // Resolver answers snapshot.Resolver from registry lookups, remembering
 // results per manifest.
 type Resolver struct {
@@ -38,6 +43,9 @@ type Resolver struct {
 
 	mu    sync.Mutex
 	found map[string]*conversion // by repository@manifest-digest
+	// lookups shares one registry query among the layers of an image,
+	// which containerd prepares at once.
+	lookups singleflight.Group
 }
 
 var (
@@ -104,23 +112,32 @@ func (r *Resolver) lookup(ctx context.Context, ref, md string) (*conversion, err
 	if ok && (c.ok || time.Since(c.at) < negativeTTL) {
 		return c, nil
 	}
-	c, err = r.query(ctx, dref)
+	v, err, _ := r.lookups.Do(key, func() (any, error) {
+		c, err := r.query(ctx, dref)
+		if err != nil {
+			return nil, err
+		}
+		r.mu.Lock()
+		if len(r.found) >= maxFound {
+			clear(r.found)
+		}
+		r.found[key] = c
+		r.mu.Unlock()
+		if c.ok {
+			r.log.Info("referrer: found skiff conversion", "image", ref, "manifest", md, "bootstrap", c.bootstrap)
+		}
+		return c, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	r.mu.Lock()
-	r.found[key] = c
-	r.mu.Unlock()
-	if c.ok {
-		r.log.Info("referrer: found skiff conversion", "image", ref, "manifest", md, "bootstrap", c.bootstrap)
-	}
-	return c, nil
+	return v.(*conversion), nil
 }
 
 // query asks the registry for the referrers of dref and picks the Skiff
 // image among them.
 func (r *Resolver) query(ctx context.Context, dref name.Digest) (*conversion, error) {
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(r.keys)}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(r.keys), remote.WithTransport(image.Transport)}
 	idx, err := remote.Referrers(dref, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("referrers of %s: %w", dref, err)
@@ -165,7 +182,7 @@ func (r *Resolver) Uncompressed(ctx context.Context, imageRef, layerDigest strin
 	if err != nil {
 		return nil, fmt.Errorf("image reference %q: %w", imageRef, err)
 	}
-	l, err := remote.Layer(src.Context().Digest(layerDigest), remote.WithContext(ctx), remote.WithAuthFromKeychain(r.keys))
+	l, err := remote.Layer(src.Context().Digest(layerDigest), remote.WithContext(ctx), remote.WithAuthFromKeychain(r.keys), remote.WithTransport(image.Transport))
 	if err != nil {
 		return nil, fmt.Errorf("layer %s of %s: %w", layerDigest, imageRef, err)
 	}

@@ -3,7 +3,10 @@ package referrer
 import (
 	"archive/tar"
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -99,6 +102,30 @@ func TestResolve(t *testing.T) {
 		})
 	}
 
+	// containerd prepares an image's layers at once: they share one
+	// lookup. Each keychain use is slow, so that lookups not shared would
+	// overlap and each ask on its own.
+	t.Run("concurrent layers share a lookup", func(t *testing.T) {
+		count := func(n int) int64 {
+			keys := &slowKeychain{Keychain: known}
+			r := New(keys, nil)
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Go(func() {
+					if _, ok, err := r.Resolve(ctx, labels(converted, src, i%2)); err != nil || !ok {
+						t.Errorf("resolve: %v, %v", ok, err)
+					}
+				})
+			}
+			wg.Wait()
+			return keys.uses.Load()
+		}
+		one, eight := count(1), count(8)
+		if one == 0 || eight != one {
+			t.Fatalf("8 concurrent layers used the keychain %d times, one layer %d", eight, one)
+		}
+	})
+
 	t.Run("layer download", func(t *testing.T) {
 		ld := labels(converted, src, 1)[snapshot.LabelLayerDigest]
 		if _, err := New(fixedKeychain{}, nil).Uncompressed(ctx, converted, ld); err == nil {
@@ -114,6 +141,18 @@ func TestResolve(t *testing.T) {
 			t.Fatalf("layer's first entry %v, %v; want app/data", hdr, err)
 		}
 	})
+}
+
+// slowKeychain counts its uses and takes its time over each.
+type slowKeychain struct {
+	authn.Keychain
+	uses atomic.Int64
+}
+
+func (k *slowKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	k.uses.Add(1)
+	time.Sleep(100 * time.Millisecond)
+	return k.Keychain.Resolve(r)
 }
 
 // fixedKeychain has credentials per registry host.
