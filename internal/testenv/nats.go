@@ -4,6 +4,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // NATSOptions configures StartNATS.
@@ -53,4 +56,26 @@ func (n NATS) Stop() { n.proc.stop() }
 func (n NATS) Start() {
 	n.proc.t.Helper()
 	n.proc.start()
+}
+
+// StartEmbeddedNATS runs nats-server inside the test process, with
+// JetStream in a temporary directory when jetStream is set, and returns
+// its client URL. It serves tests of NATS logic; StartNATS runs the
+// released binary, which integration tests stop and restart.
+func StartEmbeddedNATS(t testing.TB, jetStream bool) string {
+	t.Helper()
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}
+	if jetStream {
+		opts.JetStream, opts.StoreDir = true, t.TempDir()
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("testenv: embedded nats-server: %v", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("testenv: embedded nats-server did not start")
+	}
+	t.Cleanup(s.Shutdown)
+	return s.ClientURL()
 }

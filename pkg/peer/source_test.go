@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/skiff-dev/skiff/internal/testenv"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/piece"
@@ -24,16 +24,7 @@ import (
 // tests use a real nats-server process, this is for the source's logic.
 func startNATS(t *testing.T) *nats.Conn {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("embedded nats-server did not start")
-	}
-	t.Cleanup(s.Shutdown)
-	nc, err := bus.Connect(s.ClientURL(), "peer-test")
+	nc, err := bus.Connect(testenv.StartEmbeddedNATS(t, false), "peer-test")
 	if err != nil {
 		t.Fatal(err)
 	}
