@@ -1,16 +1,17 @@
 // Package config is the converter service's configuration: one struct read
-// from the environment, with its documented defaults, and the help text
-// that lists them.
+// from the environment, with its documented defaults (which --help lists,
+// see pkg/daemon).
 package config
 
 import (
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/google/go-containerregistry/pkg/name"
 
-	"github.com/skiff-dev/skiff/pkg/envdoc"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/convert"
 )
 
 // Config configures skiff-converter. Each field's help tag is what --help
@@ -24,7 +25,7 @@ type Config struct {
 	// service reaches it by.
 	Registry    string        `env:"SKIFF_CONVERTER_REGISTRY" help:"registry host:port to pull from and push to instead of the one named in notifications"`
 	Concurrency int           `env:"SKIFF_CONVERTER_CONCURRENCY" envDefault:"2" help:"conversions run at once by this process"`
-	MaxAttempts int           `env:"SKIFF_CONVERTER_MAX_ATTEMPTS" envDefault:"6" help:"deliveries of a request before it is reported failed"`
+	MaxAttempts int           `env:"SKIFF_CONVERTER_MAX_ATTEMPTS" envDefault:"6" help:"conversion attempts of a request before it is reported failed"`
 	AckWait     time.Duration `env:"SKIFF_CONVERTER_ACK_WAIT" envDefault:"30s" help:"time after which a request held by a silent (dead) worker is redelivered"`
 	Backoff     time.Duration `env:"SKIFF_CONVERTER_BACKOFF" envDefault:"2s" help:"delay before the first retry; doubles on every retry"`
 	BackoffMax  time.Duration `env:"SKIFF_CONVERTER_BACKOFF_MAX" envDefault:"1m" help:"longest delay between retries"`
@@ -58,8 +59,29 @@ func (c Config) Validate() error {
 	case c.Listen == "" || c.NATS == "" || c.Store == "":
 		return fmt.Errorf("config: SKIFF_CONVERTER_LISTEN, SKIFF_NATS_URL and SKIFF_STORE must not be empty")
 	}
-	return nil
+	if c.Registry != "" {
+		if _, err := name.NewRegistry(c.Registry, name.StrictValidation); err != nil {
+			return fmt.Errorf("config: SKIFF_CONVERTER_REGISTRY: %w", err)
+		}
+	}
+	_, err := c.ConvertOptions()
+	return err
 }
 
-// Help writes every variable with its default and meaning.
-func Help(w io.Writer) error { return envdoc.Write[Config](w) }
+// minChunkSize is the smallest chunk pkg/convert accepts; it does not
+// export its bound.
+const minChunkSize = 4096
+
+// ConvertOptions returns the conversion settings. Validate checks them, so
+// that a setting every conversion would refuse stops the service at start
+// instead of failing each request after its retries.
+func (c Config) ConvertOptions() (convert.Options, error) {
+	if c.ChunkSize < minChunkSize || c.ChunkSize > bootstrap.MaxChunkSize {
+		return convert.Options{}, fmt.Errorf("config: SKIFF_CHUNK_SIZE must be in %d..%d, got %d", minChunkSize, bootstrap.MaxChunkSize, c.ChunkSize)
+	}
+	comp, err := bootstrap.ParseCompression(c.Compression)
+	if err != nil {
+		return convert.Options{}, fmt.Errorf("config: SKIFF_COMPRESSION: %w", err)
+	}
+	return convert.Options{ChunkSize: c.ChunkSize, Compression: comp, WorkDir: c.WorkDir}, nil
+}

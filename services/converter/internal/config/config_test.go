@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
 
 func TestLoadDefaults(t *testing.T) {
@@ -26,6 +28,12 @@ func TestLoadRejects(t *testing.T) {
 		{"short ack wait", "SKIFF_CONVERTER_ACK_WAIT", "10ms", "ACK_WAIT"},
 		{"backoff above max", "SKIFF_CONVERTER_BACKOFF", "2h", "BACKOFF"},
 		{"zero backoff", "SKIFF_CONVERTER_BACKOFF", "0s", "BACKOFF"},
+		{"tiny chunks", "SKIFF_CHUNK_SIZE", "4095", "CHUNK_SIZE"},
+		{"huge chunks", "SKIFF_CHUNK_SIZE", "16777217", "CHUNK_SIZE"},
+		{"negative chunks", "SKIFF_CHUNK_SIZE", "-1", "CHUNK_SIZE"},
+		{"unknown compression", "SKIFF_COMPRESSION", "brotli", "COMPRESSION"},
+		{"registry with a scheme", "SKIFF_CONVERTER_REGISTRY", "http://r.example:5000", "REGISTRY"},
+		{"registry with a path", "SKIFF_CONVERTER_REGISTRY", "r.example:5000/mirror", "REGISTRY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -38,14 +46,38 @@ func TestLoadRejects(t *testing.T) {
 	}
 }
 
-func TestHelpListsEveryVariable(t *testing.T) {
-	var b strings.Builder
-	if err := Help(&b); err != nil {
+func TestLoadAccepts(t *testing.T) {
+	tests := []struct {
+		name, key, value string
+	}{
+		{"smallest chunks", "SKIFF_CHUNK_SIZE", "4096"},
+		{"largest chunks", "SKIFF_CHUNK_SIZE", "16777216"},
+		{"lz4", "SKIFF_COMPRESSION", "lz4"},
+		{"no compression", "SKIFF_COMPRESSION", "none"},
+		{"registry host", "SKIFF_CONVERTER_REGISTRY", "registry.internal"},
+		{"registry host and port", "SKIFF_CONVERTER_REGISTRY", "127.0.0.1:5000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(tt.key, tt.value)
+			if _, err := Load(); err != nil {
+				t.Fatalf("Load with %s=%q: %v", tt.key, tt.value, err)
+			}
+		})
+	}
+}
+
+func TestConvertOptions(t *testing.T) {
+	c, err := Load()
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"SKIFF_NATS_URL", "nats://127.0.0.1:4222", "SKIFF_CONVERTER_CONCURRENCY", "SKIFF_STORE", "SKIFF_CONVERTER_REGISTRY", "conversions run at once"} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("help lacks %q:\n%s", want, b.String())
-		}
+	c.ChunkSize, c.Compression, c.WorkDir = 65536, "lz4", "/work"
+	o, err := c.ConvertOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.ChunkSize != 65536 || o.Compression != bootstrap.LZ4 || o.WorkDir != "/work" {
+		t.Errorf("convert options %+v", o)
 	}
 }

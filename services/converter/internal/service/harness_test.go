@@ -1,9 +1,11 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -21,15 +23,19 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
 	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/conversion"
+	"github.com/skiff-dev/skiff/pkg/convert"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 	"github.com/skiff-dev/skiff/services/converter/internal/config"
+	"github.com/skiff-dev/skiff/services/converter/internal/worker"
 )
 
 // harness runs the converter service in process against real servers:
@@ -103,15 +109,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("service stopped with: %v", err)
-		}
-	})
+	done := start(t, cfg)
 	testenv.WaitHTTP(t, h.webhook+"/healthz", done)
 
 	nc, err := bus.Connect(h.nats.URL, "harness")
@@ -122,6 +120,8 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if h.bus, err = bus.New(nc); err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	out, err := h.bus.Outcomes(ctx, true)
 	if err != nil {
 		t.Fatal(err)
@@ -134,6 +134,67 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		}
 	}()
 	return h
+}
+
+// start builds the service from cfg as skiff-converter does (without
+// telemetry) and runs it until the test ends. The channel reports an early
+// stop.
+func start(t *testing.T, cfg config.Config) <-chan error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := storeurl.Open(ctx, cfg.Store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	convOpts, err := cfg.ConvertOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := bus.Connect(cfg.NATS, "skiff-converter", nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	b, err := bus.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := b.Records(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := b.ConverterConsumer(ctx, cfg.AckWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := New(Deps{Bus: b, Conn: nc, Records: kv, Requests: cons, Converter: convert.New(st, convOpts)},
+		WithConcurrency(cfg.Concurrency),
+		WithWorker(worker.Options{
+			MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait, Backoff: cfg.Backoff, BackoffMax: cfg.BackoffMax,
+			Registry: cfg.Registry, Name: cfg.Worker,
+		}))
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return svc.Serve(gctx, ln) })
+	g.Go(func() error { return svc.Convert(gctx) })
+	// Closed after the error, so that the cleanup does not wait for
+	// an error WaitHTTP took.
+	done := make(chan error, 1)
+	go func() { done <- g.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("service stopped with: %v", err)
+		}
+	})
+	return done
 }
 
 // sampleImage is a two-layer image whose content depends on seed: a few
@@ -211,6 +272,39 @@ func (h *harness) push(ref string, img v1.Image) v1.Hash {
 	}
 	d, _ := img.Digest()
 	return d
+}
+
+// putManifest pushes img's manifest to ref again, as docker push does
+// (go-containerregistry skips a tag that already has it), so the registry
+// notifies the push again.
+func (h *harness) putManifest(ref string, img v1.Image) {
+	h.t.Helper()
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	u := fmt.Sprintf("http://%s/v2/%s/manifests/%s", h.registry.Addr, tag.RepositoryStr(), tag.TagStr())
+	req, err := http.NewRequest(http.MethodPut, u, bytes.NewReader(raw))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", string(mt))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		h.t.Fatalf("PUT %s: %s", u, resp.Status)
+	}
 }
 
 // waitOutcome waits for the first outcome of digest.

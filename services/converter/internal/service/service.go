@@ -1,93 +1,132 @@
-// Package service composes the converter service from its parts: the
-// store, the bus, the webhook and the worker pool. The skiff-converter
-// command runs it after reading its configuration; tests run it in process.
+// Package service is the converter service: the webhook and /healthz on
+// one HTTP handler, and the worker pool over the converter's consumer. It
+// is built from dependencies its caller makes (the skiff-converter
+// command, or tests in process) and runs as two parts, Serve and Convert,
+// which the caller runs for as long as it likes.
 package service
 
 import (
 	"context"
 	"errors"
-	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"golang.org/x/sync/errgroup"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
-	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/bus"
-	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/conversion"
 	"github.com/skiff-dev/skiff/pkg/daemon"
-	"github.com/skiff-dev/skiff/pkg/store/storeurl"
-	"github.com/skiff-dev/skiff/pkg/telemetry"
-	"github.com/skiff-dev/skiff/services/converter/internal/config"
 	"github.com/skiff-dev/skiff/services/converter/internal/webhook"
 	"github.com/skiff-dev/skiff/services/converter/internal/worker"
 )
 
-// Version is reported to tracing backends.
+// Version is reported to tracing backends. It lives here, not in the
+// command, because the release build sets it here.
 var Version = "dev"
 
-// Run serves the webhook and converts requests until ctx ends. The
-// logger is slog.Default.
-func Run(ctx context.Context, cfg config.Config) error {
-	shutdown, err := telemetry.Setup(ctx, "skiff-converter", Version)
-	if err != nil {
-		return err
-	}
-	defer shutdown(context.Background())
+// PathHealth answers 200 while the service can take requests, 503 while
+// NATS is not connected.
+const PathHealth = "/healthz"
 
-	st, err := storeurl.Open(ctx, cfg.Store)
-	if err != nil {
-		return err
-	}
-	comp, err := bootstrap.ParseCompression(cfg.Compression)
-	if err != nil {
-		return fmt.Errorf("SKIFF_COMPRESSION: %w", err)
-	}
-	nc, err := bus.Connect(cfg.NATS, "skiff-converter", nats.RetryOnFailedConnect(true))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	b, err := bus.New(nc)
-	if err != nil {
-		return err
-	}
-	// NATS may come up after us (one compose file, one demo): wait for it.
-	if err := daemon.Retry(ctx, "set up jetstream", func() error { return b.Setup(ctx) }); err != nil {
-		return err
-	}
-	kv, err := b.Records(ctx)
-	if err != nil {
-		return err
-	}
-	cons, err := b.ConverterConsumer(ctx, cfg.AckWait)
-	if err != nil {
-		return err
-	}
-	conv := convert.New(st, convert.Options{ChunkSize: cfg.ChunkSize, Compression: comp, WorkDir: cfg.WorkDir})
-	w := worker.New(b, kv, conv, worker.Options{
-		MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait, Backoff: cfg.Backoff, BackoffMax: cfg.BackoffMax,
-		Registry: cfg.Registry, Name: cfg.Worker,
-	})
+// Bus is what the service needs of pkg/bus: publishing requests and
+// outcomes, and reading conversion records.
+type Bus interface {
+	Publish(ctx context.Context, subject, msgID string, m proto.Message) (*jetstream.PubAck, error)
+	Record(ctx context.Context, digest string) (*conversion.Record, error)
+}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
-	srv := &http.Server{Handler: webhook.New(b, slog.Default()), ReadHeaderTimeout: 10 * time.Second}
-	slog.Info("skiff-converter ready", "listen", ln.Addr().String(), "nats", cfg.NATS, "store", cfg.Store, "concurrency", cfg.Concurrency)
+// Conn is the NATS connection under Bus, whose state /healthz reports.
+type Conn interface {
+	IsConnected() bool
+}
 
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return daemon.Serve(ctx, srv, ln) })
-	g.Go(func() error {
-		err := bus.Consume(ctx, cons, cfg.Concurrency, w.Handle)
-		if errors.Is(err, context.Canceled) {
-			return nil
+// Deps are the service's dependencies. JetStream must be set up (see
+// bus.Bus.Setup) before Records and Requests are opened.
+type Deps struct {
+	Bus  Bus
+	Conn Conn
+	// Records is the conversion-record bucket.
+	Records jetstream.KeyValue
+	// Requests is the converter's durable consumer of conversion
+	// requests.
+	Requests jetstream.Consumer
+	// Converter converts images into the blob store.
+	Converter worker.Converter
+}
+
+type options struct {
+	concurrency int
+	worker      worker.Options
+	log         *slog.Logger
+}
+
+// Option tunes the service.
+type Option func(*options)
+
+// WithConcurrency sets how many conversions run at once (default 1).
+func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
+
+// WithWorker sets the retry policy and the name the worker records.
+func WithWorker(w worker.Options) Option { return func(o *options) { o.worker = w } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Service is a converter service built from its dependencies.
+type Service struct {
+	handler     http.Handler
+	worker      *worker.Worker
+	requests    jetstream.Consumer
+	concurrency int
+}
+
+// New returns the service made of deps.
+func New(deps Deps, opts ...Option) *Service {
+	o := options{concurrency: 1, log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.worker.Logger == nil {
+		o.worker.Logger = o.log
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", webhook.New(deps.Bus, o.log))
+	mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, _ *http.Request) {
+		// Without NATS a notification cannot be queued (the webhook
+		// answers 503) and nothing converts.
+		if !deps.Conn.IsConnected() {
+			http.Error(w, "nats not connected", http.StatusServiceUnavailable)
+			return
 		}
-		return err
+		io.WriteString(w, "ok\n")
 	})
-	return g.Wait()
+	return &Service{
+		handler:     mux,
+		worker:      worker.New(deps.Bus, deps.Records, deps.Converter, o.worker),
+		requests:    deps.Requests,
+		concurrency: o.concurrency,
+	}
+}
+
+// Handler serves the webhook endpoints and /healthz.
+func (s *Service) Handler() http.Handler { return s.handler }
+
+// Serve serves Handler on ln until ctx ends, then shuts down gracefully.
+func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+	return daemon.Serve(ctx, srv, ln)
+}
+
+// Convert handles conversion requests until ctx ends, and returns nil
+// then.
+func (s *Service) Convert(ctx context.Context) error {
+	err := bus.Consume(ctx, s.requests, s.concurrency, s.worker.Handle)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
 }

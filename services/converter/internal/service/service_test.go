@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -61,6 +62,37 @@ func TestPushConvertsOnce(t *testing.T) {
 	}
 	if len(recs) != 1 {
 		t.Errorf("%d conversion records, want 1 (own output converted?):\n%s", len(recs), h.dumpRecords())
+	}
+}
+
+type conn bool
+
+func (c conn) IsConnected() bool { return bool(c) }
+
+// TestHealth checks that /healthz follows the NATS connection, and that
+// the webhook is served beside it.
+func TestHealth(t *testing.T) {
+	tests := []struct {
+		name       string
+		connected  bool
+		method     string
+		path       string
+		wantStatus int
+	}{
+		{"connected", true, http.MethodGet, PathHealth, http.StatusOK},
+		{"nats down", false, http.MethodGet, PathHealth, http.StatusServiceUnavailable},
+		{"webhook", true, http.MethodGet, "/notify", http.StatusMethodNotAllowed},
+		{"unknown path", true, http.MethodGet, "/nothing", http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := New(Deps{Conn: conn(tt.connected)})
+			w := httptest.NewRecorder()
+			s.Handler().ServeHTTP(w, httptest.NewRequest(tt.method, tt.path, nil))
+			if w.Code != tt.wantStatus {
+				t.Errorf("%s %s: %d, want %d", tt.method, tt.path, w.Code, tt.wantStatus)
+			}
+		})
 	}
 }
 
@@ -126,7 +158,8 @@ func TestRegistryErrors(t *testing.T) {
 
 	h.failing.Store(true)
 	ref = h.ref("broken/app:v1")
-	src = h.push(ref, sampleImage(t, 3))
+	img := sampleImage(t, 3)
+	src = h.push(ref, img)
 	o = h.waitOutcome(src, 2*time.Minute)
 	h.failing.Store(false)
 	if o.Failed == nil {
@@ -145,6 +178,22 @@ func TestRegistryErrors(t *testing.T) {
 	if r := h.record(src); r.State != conversion.Failed || r.Reason == "" {
 		t.Errorf("record %+v", r)
 	}
+
+	// Pushed again, within the notifications' duplicate window, the tag
+	// is converted: its notification names the digest and tag of the
+	// failed request, but is not a duplicate of it.
+	h.putManifest(ref, img)
+	deadline = time.Now().Add(2 * time.Minute)
+	for h.outcomeCount(src) < 2 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.mu.Lock()
+	outs := h.outcomes[src.String()]
+	h.mu.Unlock()
+	if len(outs) != 2 || outs[1].Completed == nil {
+		t.Fatalf("outcomes after pushing %s again: %+v; records:\n%s", ref, outs, h.dumpRecords())
+	}
+	h.checkConverted(ref, src)
 }
 
 // TestFiftyPushes pushes 50 images at once; each is converted exactly once.
@@ -216,6 +265,9 @@ func TestNATSRestart(t *testing.T) {
 	ref2 := h.ref("restart/app:v2")
 	src2 := h.push(ref2, sampleImage(t, 6))
 	time.Sleep(3 * time.Second)
+	if code := h.health(); code != http.StatusServiceUnavailable {
+		t.Errorf("with NATS down: GET /healthz %d, want 503", code)
+	}
 	h.nats.Start()
 	if o := h.waitOutcome(src2, 3*time.Minute); o.Completed == nil {
 		t.Fatalf("conversion after the restart failed: %s", o.Failed.GetReason())
@@ -230,6 +282,16 @@ func TestNATSRestart(t *testing.T) {
 	if r := h.record(src1); r.State != conversion.Done {
 		t.Errorf("record of the first image after the restart: %+v", r)
 	}
+}
+
+func (h *harness) health() int {
+	h.t.Helper()
+	resp, err := http.Get(h.webhook + PathHealth)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func (h *harness) recordOrNil(digest v1.Hash) *conversion.Record {

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,14 +27,18 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/conversion"
 	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/telemetry"
 	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
 )
 
-// Publisher is the part of the bus the handler needs.
-type Publisher interface {
+// Bus is the part of pkg/bus the handler needs: it publishes requests,
+// and reads the conversion record of a pushed digest to tell a push made
+// after a failed conversion from a repeated notification.
+type Bus interface {
 	Publish(ctx context.Context, subject, msgID string, m proto.Message) (*jetstream.PubAck, error)
+	Record(ctx context.Context, digest string) (*conversion.Record, error)
 }
 
 // maxBody bounds a notification body; distribution batches a handful of
@@ -44,22 +49,20 @@ const maxBody = 4 << 20
 const (
 	PathDistribution = "/notify"
 	PathHarbor       = "/harbor"
-	PathHealth       = "/healthz"
 )
 
 // Handler serves the webhook endpoints.
 type Handler struct {
-	pub Publisher
+	bus Bus
 	log *slog.Logger
 	mux *http.ServeMux
 }
 
-// New returns a handler publishing to pub.
-func New(pub Publisher, log *slog.Logger) *Handler {
-	h := &Handler{pub: pub, log: log, mux: http.NewServeMux()}
+// New returns a handler publishing to b.
+func New(b Bus, log *slog.Logger) *Handler {
+	h := &Handler{bus: b, log: log, mux: http.NewServeMux()}
 	h.mux.HandleFunc("POST "+PathDistribution, h.serve(parseDistribution))
 	h.mux.HandleFunc("POST "+PathHarbor, h.serve(parseHarbor))
-	h.mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	return h
 }
 
@@ -89,7 +92,13 @@ func (h *Handler) serve(parse parser) http.HandlerFunc {
 			return
 		}
 		for i, req := range reqs {
-			ack, err := h.pub.Publish(ctx, bus.SubjectImagePushed, MsgID(req), req)
+			id, err := h.msgID(ctx, req)
+			if err != nil {
+				h.log.Error("read conversion record", "image", Source(req), "err", err)
+				reply(w, http.StatusServiceUnavailable, Response{Published: i, Ignored: ignored, Error: err.Error()})
+				return
+			}
+			ack, err := h.bus.Publish(ctx, bus.SubjectImagePushed, id, req)
 			if err != nil {
 				h.log.Error("publish conversion request", "image", Source(req), "err", err)
 				reply(w, http.StatusServiceUnavailable, Response{Published: i, Ignored: ignored, Error: err.Error()})
@@ -112,6 +121,27 @@ func reply(w http.ResponseWriter, status int, r Response) {
 // under another tag is a new request.
 func MsgID(p *skiffv1.ImagePushed) string {
 	return p.GetDigest() + "@" + Source(p)
+}
+
+// msgID is the message id of req as published now. MsgID alone makes a
+// push within bus.DuplicateWindow of an earlier push of the same tag and
+// digest a duplicate, which is right unless the earlier request's
+// conversion failed: then nothing would convert the new push. So after a
+// failure the id also names the failed request. Every notification of the
+// new push finds the same failed record (until a worker claims the new
+// request), so they still make one request.
+func (h *Handler) msgID(ctx context.Context, req *skiffv1.ImagePushed) (string, error) {
+	id := MsgID(req)
+	rec, err := h.bus.Record(ctx, req.GetDigest())
+	switch {
+	case errors.Is(err, bus.ErrNoRecord), errors.Is(err, bus.ErrNoService):
+		return id, nil
+	case err != nil:
+		return "", err
+	case rec.State == conversion.Failed:
+		return id + "#retry-" + strconv.FormatUint(rec.Seq, 10), nil
+	}
+	return id, nil
 }
 
 // Source is the reference a request names, "<registry>/<repository>:<tag>".

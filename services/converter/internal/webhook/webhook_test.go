@@ -15,15 +15,28 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiff-dev/skiff/pkg/bus"
+	"github.com/skiff-dev/skiff/pkg/conversion"
 	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
 )
 
 // recorder fakes the bus, the one seam of these tests; the converter's
 // integration tests publish to a real NATS server.
 type recorder struct {
-	ids  []string
-	reqs []*skiffv1.ImagePushed
-	err  error
+	ids     []string
+	reqs    []*skiffv1.ImagePushed
+	err     error
+	records map[string]*conversion.Record // by digest
+	recErr  error
+}
+
+func (r *recorder) Record(_ context.Context, digest string) (*conversion.Record, error) {
+	if r.recErr != nil {
+		return nil, r.recErr
+	}
+	if rec, ok := r.records[digest]; ok {
+		return rec, nil
+	}
+	return nil, fmt.Errorf("%s: %w", digest, bus.ErrNoRecord)
 }
 
 func (r *recorder) Publish(_ context.Context, subject, msgID string, m proto.Message) (*jetstream.PubAck, error) {
@@ -166,17 +179,58 @@ func TestBusDownIsRetryable(t *testing.T) {
 	}
 }
 
-func TestMethodsAndHealth(t *testing.T) {
+// TestMessageIDs checks which notifications JetStream stores once: a push
+// after a failed conversion of its digest is a new request, while repeated
+// notifications of any one push share an id.
+func TestMessageIDs(t *testing.T) {
+	const plain = dgst + "@127.0.0.1:5000/a:1"
+	tests := []struct {
+		name   string
+		record *conversion.Record // nil: none yet
+		want   string
+	}{
+		{"first push", nil, plain},
+		{"converting", &conversion.Record{State: conversion.Running, Seq: 3}, plain},
+		{"retrying", &conversion.Record{State: conversion.Pending, Seq: 3}, plain},
+		{"converted", &conversion.Record{State: conversion.Done, Seq: 3}, plain},
+		{"after a failure", &conversion.Record{State: conversion.Failed, Seq: 3}, plain + "#retry-3"},
+		{"after another failure", &conversion.Record{State: conversion.Failed, Seq: 9}, plain + "#retry-9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{records: map[string]*conversion.Record{}}
+			if tt.record != nil {
+				rec.records[dgst] = tt.record
+			}
+			h := New(rec, slog.Default())
+			// The registry reports the push twice (a retried
+			// notification): both must carry the same id.
+			for range 2 {
+				if resp := post(t, h, PathDistribution, notification(event("push", ociManifest, "a", "1", dgst))); resp.code != http.StatusOK {
+					t.Fatalf("status %d (%s)", resp.code, resp.body.Error)
+				}
+			}
+			if len(rec.ids) != 2 || rec.ids[0] != tt.want || rec.ids[1] != tt.want {
+				t.Errorf("message ids %q, want %q twice", rec.ids, tt.want)
+			}
+		})
+	}
+}
+
+func TestRecordUnreadableIsRetryable(t *testing.T) {
+	rec := &recorder{recErr: errors.New("nats: timeout")}
+	resp := post(t, New(rec, slog.Default()), PathDistribution, notification(event("push", ociManifest, "a", "1", dgst)))
+	if resp.code != http.StatusServiceUnavailable || len(rec.ids) != 0 {
+		t.Fatalf("status %d with %d published, want 503 and none, so the registry retries", resp.code, len(rec.ids))
+	}
+}
+
+func TestMethods(t *testing.T) {
 	h := New(&recorder{}, slog.Default())
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, PathDistribution, nil))
 	if w.Code != http.StatusMethodNotAllowed {
 		t.Errorf("GET %s: %d", PathDistribution, w.Code)
-	}
-	w = httptest.NewRecorder()
-	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, PathHealth, nil))
-	if w.Code != http.StatusOK {
-		t.Errorf("GET %s: %d", PathHealth, w.Code)
 	}
 }
 

@@ -3,7 +3,9 @@
 // KV record per source digest, claimed and advanced by compare-and-swap,
 // decides whether a delivery converts, waits, retags or only acks, and the
 // message is acked only once the Skiff manifest is pushed and the outcome
-// published.
+// published. The record also counts the request's conversion attempts:
+// JetStream's delivery count would count the deliveries that only waited
+// for another request of the same digest as well.
 package worker
 
 import (
@@ -12,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -44,6 +47,8 @@ type Publisher interface {
 
 // Options tune retries and name the worker.
 type Options struct {
+	// MaxAttempts bounds the conversion attempts of a request, and the
+	// failed claims of its record in a row, before it is reported failed.
 	MaxAttempts int
 	AckWait     time.Duration
 	Backoff     time.Duration
@@ -62,6 +67,8 @@ type Worker struct {
 	conv Converter
 	opts Options
 	log  *slog.Logger
+
+	claimFailures tally
 }
 
 // New returns a worker recording conversions in kv.
@@ -73,7 +80,11 @@ func New(pub Publisher, kv jetstream.KeyValue, conv Converter, opts Options) *Wo
 		host, _ := os.Hostname()
 		opts.Name = fmt.Sprintf("%s/%d", host, os.Getpid())
 	}
-	return &Worker{pub: pub, kv: kv, conv: conv, opts: opts, log: opts.Logger}
+	// A request that failed its claim here and then went to another
+	// process is forgotten after a while; its next delivery comes
+	// within BackoffMax of the last failure, wherever it goes.
+	ttl := max(time.Hour, 4*opts.BackoffMax)
+	return &Worker{pub: pub, kv: kv, conv: conv, opts: opts, log: opts.Logger, claimFailures: tally{ttl: ttl}}
 }
 
 // job is one delivery of one request.
@@ -82,7 +93,7 @@ type job struct {
 	req     *skiffv1.ImagePushed
 	key     string
 	seq     uint64
-	attempt int
+	attempt int    // conversion attempts so far, this one included; set by claim
 	source  string // as reported
 	target  string // as reported
 	log     *slog.Logger
@@ -98,9 +109,13 @@ func (w *Worker) Handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	ctx, span := telemetry.Tracer("skiff/converter").Start(j.ctx, "convert "+j.source)
-	span.SetAttributes(attribute.String("skiff.source", j.source), attribute.String("skiff.digest", j.req.GetDigest()), attribute.Int("skiff.attempt", j.attempt))
+	span.SetAttributes(attribute.String("skiff.source", j.source), attribute.String("skiff.digest", j.req.GetDigest()))
 	defer span.End()
-	if err := w.handle(ctx, &j.job); err != nil {
+	err = w.handle(ctx, &j.job)
+	if j.attempt > 0 {
+		span.SetAttributes(attribute.Int("skiff.attempt", j.attempt))
+	}
+	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 	}
@@ -134,9 +149,9 @@ func (w *Worker) decode(ctx context.Context, msg jetstream.Msg) (decoded, error)
 	}
 	src := webhook.Source(req)
 	return decoded{ctx: ctx, job: job{
-		msg: msg, req: req, key: key, seq: md.Sequence.Stream, attempt: int(md.NumDelivered),
+		msg: msg, req: req, key: key, seq: md.Sequence.Stream,
 		source: src, target: src + image.TagSuffix,
-		log: w.log.With("image", src, "digest", req.GetDigest(), "attempt", md.NumDelivered),
+		log: w.log.With("image", src, "digest", req.GetDigest(), "delivery", md.NumDelivered),
 	}}, nil
 }
 
@@ -145,27 +160,29 @@ var errBusy = errors.New("conversion owned by another request")
 
 func (w *Worker) handle(ctx context.Context, j *job) error {
 	rec, rev, err := w.claim(ctx, j)
+	if err != nil && !errors.Is(err, errBusy) {
+		return w.claimFailed(ctx, j, err)
+	}
+	w.claimFailures.forget(j.seq)
 	switch {
 	case errors.Is(err, errBusy):
 		// Come back once the owner is likely done; then this request
 		// only retags.
 		settle(j.msg.NakWithDelay(w.opts.Backoff))
 		return nil
-	case err != nil:
-		j.log.Warn("cannot claim conversion", "err", err)
-		settle(j.msg.NakWithDelay(w.backoff(j.attempt)))
-		return err
 	case rec == nil:
 		settle(j.msg.DoubleAck(ctx))
 		return nil
 	}
+	j.attempt = rec.Attempts
+	j.log = j.log.With("attempt", j.attempt)
 	if j.attempt > w.opts.MaxAttempts {
-		// The previous delivery was the last one and its worker died.
+		// The last attempt began and never ended: its worker died.
 		reason := "worker stopped during the last attempt"
 		if rec.Reason != "" {
 			reason = rec.Reason
 		}
-		return w.fail(ctx, j, rec, rev, fmt.Errorf("%s", reason), time.Time{})
+		return w.fail(ctx, j, rec, rev, errors.New(reason), time.Time{})
 	}
 	start := time.Now()
 	kctx, stop := context.WithCancel(ctx)
@@ -206,8 +223,8 @@ func (w *Worker) handle(ctx context.Context, j *job) error {
 }
 
 // claim decides what this delivery does. It returns the record (now
-// Running and owned by this request) to convert, nil to only ack, or
-// errBusy.
+// Running, owned by this request and counting this attempt) to convert,
+// nil to only ack, or errBusy.
 func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64, error) {
 	for range 10 {
 		now := time.Now().UTC()
@@ -215,7 +232,7 @@ func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64,
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			rec := &conversion.Record{
 				Source: j.source, SourceDigest: j.req.GetDigest(), Target: j.target, State: conversion.Running,
-				Seq: j.seq, Attempts: j.attempt, Worker: w.opts.Name, Created: now, Updated: now,
+				Seq: j.seq, Attempts: 1, Worker: w.opts.Name, Created: now, Updated: now,
 			}
 			b, err := rec.Marshal()
 			if err != nil {
@@ -264,7 +281,7 @@ func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64,
 		}
 		// Ours: a first delivery, or a redelivery after a failure or the
 		// death of the worker that held it.
-		rec.State, rec.Seq, rec.Attempts, rec.Worker, rec.Updated = conversion.Running, j.seq, j.attempt, w.opts.Name, now
+		rec.State, rec.Seq, rec.Attempts, rec.Worker, rec.Updated = conversion.Running, j.seq, rec.Attempts+1, w.opts.Name, now
 		rev, err := w.update(ctx, j.key, rec, entry.Revision())
 		if isConflict(err) {
 			continue
@@ -379,23 +396,155 @@ func (w *Worker) fail(ctx context.Context, j *job, rec *conversion.Record, rev u
 	if !start.IsZero() {
 		took = time.Since(start)
 	}
-	reason := fmt.Sprintf("gave up after %d attempts: %v", min(j.attempt, w.opts.MaxAttempts), cause)
-	j.log.Error("conversion failed", "reason", reason)
-	ev := &skiffv1.ConversionFailed{
-		Source: j.source, SourceDigest: j.req.GetDigest(), Reason: reason, Attempts: int32(min(j.attempt, w.opts.MaxAttempts)),
-		Duration: durationpb.New(took), FailedAt: timestamppb.Now(),
-	}
-	if _, err := w.pub.Publish(ctx, bus.SubjectFailed, fmt.Sprintf("failed:%s:%d", j.req.GetDigest(), j.seq), ev); err != nil {
+	attempts := min(j.attempt, w.opts.MaxAttempts)
+	reason, err := w.publishFailed(ctx, j, attempts, cause, took)
+	if err != nil {
 		settle(j.msg.NakWithDelay(w.backoff(1)))
 		return err
 	}
-	rec.State, rec.Reason, rec.Duration, rec.Updated = conversion.Failed, reason, took, time.Now().UTC()
+	rec.State, rec.Reason, rec.Attempts, rec.Duration, rec.Updated = conversion.Failed, reason, attempts, took, time.Now().UTC()
 	if _, err := w.update(ctx, j.key, rec, rev); err != nil {
 		settle(j.msg.NakWithDelay(w.backoff(1)))
 		return err
 	}
 	settle(j.msg.DoubleAck(ctx))
 	return cause
+}
+
+// publishFailed publishes the failure of j's request and returns its
+// reason.
+func (w *Worker) publishFailed(ctx context.Context, j *job, attempts int, cause error, took time.Duration) (string, error) {
+	reason := fmt.Sprintf("gave up after %d attempts: %v", attempts, cause)
+	j.log.Error("conversion failed", "reason", reason)
+	ev := &skiffv1.ConversionFailed{
+		Source: j.source, SourceDigest: j.req.GetDigest(), Reason: reason, Attempts: int32(attempts),
+		Duration: durationpb.New(took), FailedAt: timestamppb.Now(),
+	}
+	if _, err := w.pub.Publish(ctx, bus.SubjectFailed, fmt.Sprintf("failed:%s:%d", j.req.GetDigest(), j.seq), ev); err != nil {
+		return "", err
+	}
+	return reason, nil
+}
+
+// claimFailed settles a delivery whose record could not be claimed (the
+// record cannot be read or written, or the conversion it holds cannot be
+// tagged for this request). The consumer redelivers without limit, so
+// after MaxAttempts failures in a row the request is reported failed
+// rather than left waiting, unanswered, for ever.
+func (w *Worker) claimFailed(ctx context.Context, j *job, err error) error {
+	if ctx.Err() != nil {
+		// Shutting down: hand the request straight to another worker.
+		settle(j.msg.Nak())
+		return err
+	}
+	n := w.claimFailures.add(j.seq, time.Now())
+	if n < w.opts.MaxAttempts {
+		delay := w.backoff(n)
+		j.log.Warn("cannot claim conversion, will retry", "err", err, "failures", n, "retry_in", delay)
+		settle(j.msg.NakWithDelay(delay))
+		return err
+	}
+	reason, perr := w.publishFailed(ctx, j, w.opts.MaxAttempts, err, 0)
+	if perr != nil {
+		settle(j.msg.NakWithDelay(w.backoff(1)))
+		return perr
+	}
+	if rerr := w.recordFailure(ctx, j, reason); rerr != nil {
+		// The event is out; the record is only what status shows.
+		j.log.Warn("record failure", "err", rerr)
+	}
+	w.claimFailures.forget(j.seq)
+	settle(j.msg.DoubleAck(ctx))
+	return err
+}
+
+// recordFailure makes the record say that j's request failed, as the
+// record follows the latest request: `skiffctl convert --remote`, which
+// follows it, gets its answer, and the next push of the digest converts
+// it anew (the conversion a Done record names may be what could not be
+// tagged). A record another request is still converting is left to that
+// request, and one that already answers this request is left alone.
+func (w *Worker) recordFailure(ctx context.Context, j *job, reason string) error {
+	for range 10 {
+		now := time.Now().UTC()
+		rec := &conversion.Record{
+			Source: j.source, SourceDigest: j.req.GetDigest(), Target: j.target, State: conversion.Failed,
+			Seq: j.seq, Attempts: w.opts.MaxAttempts, Worker: w.opts.Name, Reason: reason, Created: now, Updated: now,
+		}
+		entry, err := w.kv.Get(ctx, j.key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			b, err := rec.Marshal()
+			if err != nil {
+				return err
+			}
+			if _, err := w.kv.Create(ctx, j.key, b); errors.Is(err, jetstream.ErrKeyExists) {
+				continue
+			} else if err != nil {
+				return fmt.Errorf("create record %s: %w", j.key, err)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read record %s: %w", j.key, err)
+		}
+		// A record that cannot be decoded is replaced.
+		if old, err := conversion.Unmarshal(entry.Value()); err == nil {
+			switch {
+			case !old.State.Final() && old.Seq != j.seq,
+				old.State == conversion.Done && (old.Seq == j.seq || old.Target == j.target):
+				return nil
+			}
+			rec.Created = old.Created
+		}
+		if _, err := w.update(ctx, j.key, rec, entry.Revision()); !isConflict(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("record %s: too many concurrent updates", j.key)
+}
+
+// tally counts the failed claims in a row of each request, by stream
+// sequence. It lives in memory because a failed claim owns no record to
+// count in; with several converter processes each counts the failures it
+// sees, so a request may be tried more often before one gives up, but
+// never for ever.
+type tally struct {
+	ttl time.Duration
+
+	mu sync.Mutex
+	m  map[uint64]tallied
+}
+
+type tallied struct {
+	n    int
+	last time.Time
+}
+
+// add counts a failure of seq at now and returns its failures in a row.
+func (t *tally) add(seq uint64, now time.Time) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[uint64]tallied{}
+	}
+	for s, e := range t.m {
+		if now.Sub(e.last) > t.ttl {
+			delete(t.m, s)
+		}
+	}
+	e := t.m[seq]
+	e.n++
+	e.last = now
+	t.m[seq] = e
+	return e.n
+}
+
+// forget drops the count of seq, after a claim that did not fail or the
+// request's end.
+func (t *tally) forget(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.m, seq)
 }
 
 func (w *Worker) update(ctx context.Context, key string, rec *conversion.Record, rev uint64) (uint64, error) {
