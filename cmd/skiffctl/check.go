@@ -12,9 +12,9 @@ import (
 	"github.com/skiff-dev/skiff/pkg/fetch"
 )
 
-func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runCheck(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("check", "IMAGE", stderr)
-	storeURL := fs.String("store", defaultStoreURL(), storeFlagHelp)
+	storeURL := fs.String("store", env.Store, storeFlagHelp)
 	concurrency := fs.Int("concurrency", max(8, 2*runtime.NumCPU()), "requests in flight")
 	if err := parseArgs(fs, args, 1); err != nil {
 		return err

@@ -11,16 +11,16 @@ import (
 	"github.com/skiff-dev/skiff/pkg/image"
 )
 
-func runConvert(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runConvert(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("convert", "SOURCE [TARGET]", stderr)
-	storeURL := fs.String("store", defaultStoreURL(), storeFlagHelp)
+	storeURL := fs.String("store", env.Store, storeFlagHelp)
 	chunkSize := fs.Int("chunk-size", convert.DefaultChunkSize, "chunk size in bytes (fixed chunking) or average chunk size (cdc)")
 	compression := fs.String("compression", convert.DefaultCompression.String(), "frame compression: zstd, lz4 or none")
 	chunking := fs.String("chunking", string(convert.DefaultChunking), "chunking: fixed or cdc")
 	batchSize := fs.Int("batch-size", convert.DefaultBatchSize, "pack chunks smaller than this into shared frames of up to this size")
 	workDir := fs.String("work-dir", os.TempDir(), "directory for blob files before upload")
 	remote := fs.Bool("remote", false, "ask the converter service to convert SOURCE (published as TAG-skiff) instead of converting here")
-	natsURL := fs.String("nats", envOr("SKIFF_NATS_URL", "nats://127.0.0.1:4222"), "NATS server of the converter service, with --remote")
+	natsURL := fs.String("nats", env.NATS, "NATS server of the converter service, with --remote")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,11 +96,4 @@ func ratio(a, b int64) float64 {
 		return 0
 	}
 	return float64(a) / float64(b)
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }

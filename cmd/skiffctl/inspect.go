@@ -37,7 +37,7 @@ type inspectFile struct {
 	Target string `json:"target,omitempty"`
 }
 
-func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runInspect(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("inspect", "IMAGE", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	files := fs.Bool("files", false, "also list every file with its size and chunk count")

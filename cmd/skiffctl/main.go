@@ -12,13 +12,29 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/skiff-dev/skiff/pkg/envdoc"
+	"github.com/skiff-dev/skiff/pkg/telemetry"
 )
 
 // command is one skiffctl subcommand. run receives the arguments after the
 // subcommand name and owns their parsing.
 type command struct {
 	summary string
-	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	run     func(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error
+}
+
+// settings are skiffctl's environment, read once: the defaults of the
+// flags that name where things are, so that a shell set up for one
+// cluster need not repeat them.
+type settings struct {
+	Store               string `env:"SKIFF_STORE" help:"default --store (default: a directory in the user's cache)"`
+	NATS                string `env:"SKIFF_NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"default --nats: the NATS server of the services"`
+	ContainerdAddress   string `env:"CONTAINERD_ADDRESS" envDefault:"/run/containerd/containerd.sock" help:"default --address of pull"`
+	ContainerdNamespace string `env:"CONTAINERD_NAMESPACE" envDefault:"default" help:"default --namespace of pull"`
+	Debug               bool   `env:"SKIFF_DEBUG" help:"log at debug level"`
 }
 
 var commands = map[string]command{
@@ -27,6 +43,7 @@ var commands = map[string]command{
 	"check":   {"verify every chunk of a Skiff image", runCheck},
 	"mount":   {"mount a Skiff image lazily with FUSE (foreground)", runMount},
 	"pull":    {"pull an image into containerd for the skiff snapshotter", runPull},
+	"preheat": {"have a P2P seeder copy a Skiff image's chunk data from the store", runPreheat},
 	"status":  {"list conversions of the converter service: pending, running, done, failed", runStatus},
 }
 
@@ -34,7 +51,6 @@ var commands = map[string]command{
 var errUsage = errors.New("usage")
 
 func main() {
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()})))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
@@ -54,7 +70,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
-	if err := cmd.run(ctx, args[1:], stdout, stderr); err != nil {
+	s, err := env.ParseAs[settings]()
+	if err != nil {
+		fmt.Fprintf(stderr, "skiffctl: %v\n", err)
+		return 2
+	}
+	if s.Store == "" {
+		s.Store = defaultStoreURL()
+	}
+	level := slog.LevelInfo
+	if s.Debug {
+		level = slog.LevelDebug
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})))
+	// With OTEL_EXPORTER_OTLP_ENDPOINT set, a command's requests join
+	// the traces of the services they reach.
+	shutdown, err := telemetry.Setup(ctx, "skiffctl", "")
+	if err != nil {
+		fmt.Fprintf(stderr, "skiffctl: %v\n", err)
+		return 1
+	}
+	defer shutdown(context.WithoutCancel(ctx))
+	if err := cmd.run(ctx, s, args[1:], stdout, stderr); err != nil {
 		if errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
 			if errors.Is(err, flag.ErrHelp) {
 				return 0
@@ -77,7 +114,10 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nRun 'skiffctl COMMAND --help' for a command's flags.")
+	fmt.Fprintln(w, "\nRun 'skiffctl COMMAND --help' for a command's flags.\n\nEnvironment:")
+	if err := envdoc.Write[settings](w, env.Options{}); err != nil {
+		fmt.Fprintln(w, err)
+	}
 }
 
 // newFlags returns a FlagSet whose usage line names the command and its
@@ -102,11 +142,4 @@ func parseArgs(fs *flag.FlagSet, args []string, want int) error {
 		return errUsage
 	}
 	return nil
-}
-
-func logLevel() slog.Level {
-	if os.Getenv("SKIFF_DEBUG") != "" {
-		return slog.LevelDebug
-	}
-	return slog.LevelInfo
 }

@@ -55,9 +55,9 @@ func openImage(ctx context.Context, ref, storeURL string) (*bootstrap.Bootstrap,
 // to close after detaching.
 const unmountGrace = 5 * time.Second
 
-func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runMount(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("mount", "IMAGE MOUNTPOINT", stderr)
-	storeURL := fs.String("store", defaultStoreURL(), storeFlagHelp)
+	storeURL := fs.String("store", env.Store, storeFlagHelp)
 	cacheDir := fs.String("cache", defaultCacheDir(), "chunk cache directory")
 	cacheSize := fs.Int64("cache-size", 10<<30, "chunk cache size limit in bytes (0: unlimited)")
 	debug := fs.Bool("debug", false, "log every FUSE request")

@@ -7,7 +7,6 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/distribution/reference"
@@ -18,10 +17,10 @@ import (
 // reference, manifest and layer digests exactly as the CRI plugin labels
 // them, so the agent can find the image's Skiff conversion and tell
 // containerd not to download the layers it serves lazily.
-func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runPull(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("pull", "IMAGE", stderr)
-	address := fs.String("address", envOr("CONTAINERD_ADDRESS", defaults.DefaultAddress), "containerd socket")
-	namespace := fs.String("namespace", envOr("CONTAINERD_NAMESPACE", namespaces.Default), "containerd namespace")
+	address := fs.String("address", env.ContainerdAddress, "containerd socket")
+	namespace := fs.String("namespace", env.ContainerdNamespace, "containerd namespace")
 	snapshotter := fs.String("snapshotter", "skiff", "snapshotter to unpack into (the name of the agent's proxy plugin)")
 	if err := parseArgs(fs, args, 1); err != nil {
 		return err

@@ -13,9 +13,9 @@ import (
 	"github.com/skiff-dev/skiff/pkg/conversion"
 )
 
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runStatus(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status", "[IMAGE]", stderr)
-	natsURL := fs.String("nats", envOr("SKIFF_NATS_URL", "nats://127.0.0.1:4222"), "NATS server of the converter service")
+	natsURL := fs.String("nats", env.NATS, "NATS server of the converter service")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

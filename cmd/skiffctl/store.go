@@ -13,9 +13,6 @@ import (
 // convert and mount work on one machine with nothing else running.
 // SKIFF_STORE overrides it for every command.
 func defaultStoreURL() string {
-	if u := os.Getenv("SKIFF_STORE"); u != "" {
-		return u
-	}
 	dir, err := os.UserCacheDir()
 	if err != nil {
 		dir = os.TempDir()

@@ -1,16 +1,12 @@
 // Package config is the scheduler service's configuration: one struct
-// read from the environment, with its documented defaults, and the help
-// text that lists them.
+// read from the environment, with its documented defaults.
 package config
 
 import (
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/caarlos0/env/v11"
-
-	"github.com/skiff-dev/skiff/pkg/envdoc"
 )
 
 // Config configures skiff-scheduler. Each field's help tag is what --help
@@ -47,6 +43,3 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
-
-// Help writes every variable with its default and meaning.
-func Help(w io.Writer) error { return envdoc.Write[Config](w) }

@@ -1,55 +1,80 @@
-// Package service composes the scheduler service: a schedule.Table served
-// on NATS (announcements in, parent requests answered in a queue group so
-// several schedulers share the load, reports of bad peers) and an HTTP
-// endpoint for /healthz and /stats. The skiff-scheduler command runs it
-// after reading its configuration; tests run it in process.
+// Package service is the scheduler of Skiff's peer-to-peer distribution:
+// a schedule.Table served on NATS (announcements in, parent requests
+// answered in a queue group so several schedulers share the load, reports
+// of bad peers) and an HTTP handler for /healthz and /stats. The
+// skiff-scheduler command builds its dependencies from the configuration
+// and runs its parts; tests do the same in process.
 package service
 
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"golang.org/x/sync/errgroup"
 
-	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/daemon"
 	"github.com/skiff-dev/skiff/pkg/schedule"
-	"github.com/skiff-dev/skiff/pkg/telemetry"
-	"github.com/skiff-dev/skiff/services/scheduler/internal/config"
 )
 
 // Version is reported to tracing backends.
 var Version = "dev"
 
-// Run schedules until ctx ends. The logger is slog.Default.
-func Run(ctx context.Context, cfg config.Config) error {
-	shutdown, err := telemetry.Setup(ctx, "skiff-scheduler", Version)
-	if err != nil {
-		return err
-	}
-	defer shutdown(context.Background())
+// Deps are what a Service is made of. Every field is required.
+type Deps struct {
+	NATS  *nats.Conn      // announcements, parent requests and reports
+	Table *schedule.Table // who holds what
+}
 
-	nc, err := bus.Connect(cfg.NATS, "skiff-scheduler", nats.RetryOnFailedConnect(true))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	table := schedule.NewTable(schedule.Options{TTL: cfg.TTL, Quarantine: cfg.Quarantine, MaxParents: cfg.MaxParents})
-	sched := schedule.NewServer(nc, table, slog.Default())
+type options struct {
+	expireEvery time.Duration
+	log         *slog.Logger
+}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+// Option tunes a Service.
+type Option func(*options)
+
+// WithExpireEvery sets how often peers not heard from are dropped from
+// the table; default 1s.
+func WithExpireEvery(d time.Duration) Option { return func(o *options) { o.expireEvery = d } }
+
+// WithLogger sets the logger; default slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Service answers parent requests from its table.
+type Service struct {
+	nc     *nats.Conn
+	server *schedule.Server
+	opts   options
+}
+
+// New returns a Service serving d.Table on d.NATS.
+func New(d Deps, opts ...Option) *Service {
+	o := options{expireEvery: time.Second, log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
 	}
+	return &Service{nc: d.NATS, server: schedule.NewServer(d.NATS, d.Table, o.log), opts: o}
+}
+
+// Schedule serves the table on NATS until ctx ends, and returns nil then.
+func (s *Service) Schedule(ctx context.Context) error { return s.server.Run(ctx, s.opts.expireEvery) }
+
+// Serve serves Handler on ln until ctx ends, then shuts down gracefully.
+func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return daemon.Serve(ctx, srv, ln)
+}
+
+// Handler serves /healthz and /stats.
+func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
+	// Without NATS a scheduler hears no one and answers no one.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if !nc.IsConnected() {
+		if !s.nc.IsConnected() {
 			http.Error(w, "nats not connected", http.StatusServiceUnavailable)
 			return
 		}
@@ -57,15 +82,7 @@ func Run(ctx context.Context, cfg config.Config) error {
 	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(sched.Stats())
+		json.NewEncoder(w).Encode(s.server.Stats())
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	slog.Info("skiff-scheduler ready", "listen", ln.Addr().String(), "nats", cfg.NATS, "ttl", cfg.TTL)
-
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return daemon.Serve(ctx, srv, ln) })
-	// Expire often relative to the TTL, so a dead peer is dropped soon
-	// after it is due.
-	g.Go(func() error { return sched.Run(ctx, max(cfg.TTL/4, 250*time.Millisecond)) })
-	return g.Wait()
+	return mux
 }

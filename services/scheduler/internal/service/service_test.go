@@ -3,9 +3,13 @@ package service
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/skiff-dev/skiff/internal/testenv"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -13,7 +17,6 @@ import (
 	"github.com/skiff-dev/skiff/pkg/piece"
 	"github.com/skiff-dev/skiff/pkg/schedule"
 	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
-	"github.com/skiff-dev/skiff/services/scheduler/internal/config"
 )
 
 // TestSchedulerService runs two schedulers in process against a real
@@ -22,25 +25,7 @@ import (
 // set aside.
 func TestSchedulerService(t *testing.T) {
 	n := testenv.StartNATS(t, testenv.NATSOptions{})
-	var listens []string
-	for range 2 {
-		listen := testenv.FreeAddr(t)
-		listens = append(listens, listen)
-		cfg := config.Config{NATS: n.URL, Listen: listen, TTL: time.Second, Quarantine: time.Minute, MaxParents: 4}
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- Run(ctx, cfg) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("scheduler stopped with: %v", err)
-			}
-		})
-		testenv.WaitHTTP(t, "http://"+listen+"/healthz", nil)
-	}
+	urls := []string{start(t, n.URL), start(t, n.URL)}
 	nc, err := bus.Connect(n.URL, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -90,8 +75,8 @@ func TestSchedulerService(t *testing.T) {
 	announce("p2", schedule.RolePeer, held)
 	announce("s1", schedule.RoleSeeder, nil)
 	eventually("both schedulers know every peer", func() bool {
-		for _, l := range listens {
-			if s := stats(t, l); s.Table.Peers != 2 || s.Table.Seeders != 1 {
+		for _, u := range urls {
+			if s := stats(t, u); s.Table.Peers != 2 || s.Table.Seeders != 1 {
 				return false
 			}
 		}
@@ -108,17 +93,51 @@ func TestSchedulerService(t *testing.T) {
 	}
 	eventually("p1 is set aside", func() bool { return parents("x") == "s1(seeds) " })
 	var requests int64
-	for _, l := range listens {
-		requests += stats(t, l).Requests
+	for _, u := range urls {
+		requests += stats(t, u).Requests
 	}
 	if requests == 0 {
 		t.Error("no scheduler counted a request")
 	}
 }
 
-func stats(t *testing.T, listen string) schedule.ServerStats {
+// start runs a scheduler as skiff-scheduler composes it, until the test
+// ends, and returns the URL of its handler.
+func start(t *testing.T, natsURL string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + listen + "/stats")
+	nc, err := bus.Connect(natsURL, "skiff-scheduler", nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	table := schedule.NewTable(schedule.Options{TTL: time.Second, Quarantine: time.Minute, MaxParents: 4})
+	s := New(Deps{NATS: nc, Table: table}, WithExpireEvery(250*time.Millisecond))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return s.Serve(ctx, ln) })
+		g.Go(func() error { return s.Schedule(ctx) })
+		done <- g.Wait()
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("scheduler stopped with: %v", err)
+		}
+	})
+	url := "http://" + ln.Addr().String()
+	testenv.WaitHTTP(t, url+"/healthz", nil)
+	return url
+}
+
+func stats(t *testing.T, url string) schedule.ServerStats {
+	t.Helper()
+	resp, err := http.Get(url + "/stats")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,18 +1,14 @@
 // Package config is the seeder service's configuration: one struct read
-// from the environment, with its documented defaults, and the help text
-// that lists them.
+// from the environment, with its documented defaults.
 package config
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"time"
 
 	"github.com/caarlos0/env/v11"
-
-	"github.com/skiff-dev/skiff/pkg/envdoc"
 )
 
 // Config configures skiff-seeder. Each field's help tag is what --help
@@ -21,12 +17,12 @@ type Config struct {
 	NATS      string `env:"SKIFF_NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"NATS server with JetStream"`
 	Store     string `env:"SKIFF_STORE" envDefault:"file:///var/lib/skiff/store" help:"blob store URL: file:///abs/path or s3://bucket?endpoint=host:port[&insecure=true] (S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"`
 	Dir       string `env:"SKIFF_SEEDER_DIR" envDefault:"/var/lib/skiff-seeder/pieces" help:"directory of the pieces this seeder holds"`
-	CacheSize int64  `env:"SKIFF_SEEDER_CACHE_SIZE" envDefault:"53687091200" help:"bytes of pieces kept; the oldest are dropped beyond it"`
+	CacheSize int64  `env:"SKIFF_SEEDER_CACHE_SIZE" envDefault:"53687091200" help:"bytes of pieces kept; the oldest are dropped beyond it (0: no limit)"`
 	Listen    string `env:"SKIFF_SEEDER_LISTEN" envDefault:":8092" help:"address of the piece server (GET /pieces/<blob>), /healthz and /stats"`
 	// Advertise is what peers dial; a wildcard listen address cannot be.
 	Advertise   string        `env:"SKIFF_SEEDER_ADVERTISE" help:"host:port peers reach the piece server at (default: host name and the listen port)"`
 	ID          string        `env:"SKIFF_SEEDER_ID" help:"id of this seeder in the cluster, unique (default: host name)"`
-	Concurrency int           `env:"SKIFF_SEEDER_PREHEAT_CONCURRENCY" envDefault:"2" help:"images preheated at once by this process"`
+	Concurrency int           `env:"SKIFF_SEEDER_PREHEAT_CONCURRENCY" envDefault:"2" help:"images preheated at once from conversion events, and as many again on request (skiffctl preheat)"`
 	Interval    time.Duration `env:"SKIFF_SEEDER_ANNOUNCE_INTERVAL" envDefault:"10s" help:"how often holdings are announced to the schedulers (also within a second of a change)"`
 	AckWait     time.Duration `env:"SKIFF_SEEDER_ACK_WAIT" envDefault:"1m" help:"time after which a preheat held by a silent (dead) seeder goes to another"`
 	Debug       bool          `env:"SKIFF_DEBUG" help:"log at debug level"`
@@ -89,6 +85,3 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
-
-// Help writes every variable with its default and meaning.
-func Help(w io.Writer) error { return envdoc.Write[Config](w) }

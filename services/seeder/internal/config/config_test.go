@@ -52,15 +52,3 @@ func TestAdvertiseFollowsListen(t *testing.T) {
 		t.Errorf("advertise %q id %q", c.Advertise, c.ID)
 	}
 }
-
-func TestHelpListsEveryVariable(t *testing.T) {
-	var b strings.Builder
-	if err := Help(&b); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"SKIFF_NATS_URL", "SKIFF_STORE", "SKIFF_SEEDER_DIR", "SKIFF_SEEDER_CACHE_SIZE", "53687091200", "SKIFF_SEEDER_LISTEN", "SKIFF_SEEDER_ADVERTISE", "SKIFF_SEEDER_ID", "SKIFF_SEEDER_PREHEAT_CONCURRENCY", "SKIFF_SEEDER_ANNOUNCE_INTERVAL"} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("help lacks %q:\n%s", want, b.String())
-		}
-	}
-}

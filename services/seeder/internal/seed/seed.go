@@ -12,6 +12,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 
@@ -23,6 +24,10 @@ import (
 
 // maxIndexes bounds the decoded blob indexes kept for on-demand seeding.
 const maxIndexes = 1024
+
+// loadTimeout bounds loading one index, which no single caller's context
+// does (see index).
+const loadTimeout = time.Minute
 
 // Seeder brings pieces in from a store. It implements piece.Seeder.
 type Seeder struct {
@@ -149,7 +154,12 @@ func (s *Seeder) index(ctx context.Context, blob bootstrap.Digest) (*bootstrap.B
 	if ok {
 		return idx, nil
 	}
-	v, err, _ := s.loads.Do(blob.Hex(), func() (any, error) {
+	loaded := s.loads.DoChan(blob.Hex(), func() (any, error) {
+		// Every caller asking for blob meanwhile waits for this load:
+		// the first one leaving (a peer hanging up) must not fail the
+		// others, so the load outlives it, within a bound of its own.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
 		idx, err := s.load(ctx, store.IndexKey(blob.Hex()))
 		if err != nil {
 			return nil, err
@@ -165,10 +175,15 @@ func (s *Seeder) index(ctx context.Context, blob bootstrap.Digest) (*bootstrap.B
 		s.mu.Unlock()
 		return idx, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-loaded:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*bootstrap.Bootstrap), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("load index of %s: %w", blob, ctx.Err())
 	}
-	return v.(*bootstrap.Bootstrap), nil
 }
 
 // loadVerified loads a bootstrap whose blob must hash to digest.

@@ -1,10 +1,18 @@
 package seed
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/store"
+	dirstore "github.com/skiff-dev/skiff/pkg/store/dir"
 )
 
 func TestSpan(t *testing.T) {
@@ -38,5 +46,83 @@ func TestSpan(t *testing.T) {
 				t.Errorf("span(%d, %d) = %s (%v), want %s", tt.off, tt.end, s, err, tt.want)
 			}
 		})
+	}
+}
+
+// gatedStore is a store whose Gets wait for open to be closed, or for
+// their context to end, counting them.
+type gatedStore struct {
+	store.Store
+	open chan struct{}
+	gets atomic.Int32
+}
+
+func (s *gatedStore) Get(ctx context.Context, key string, off, length int64) (io.ReadCloser, error) {
+	s.gets.Add(1)
+	select {
+	case <-s.open:
+		return s.Store.Get(ctx, key, off, length)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestIndexLoadOutlivesItsFirstCaller checks that a caller giving up on a
+// shared index load fails alone: the others waiting for the same blob get
+// the index, loaded once.
+func TestIndexLoadOutlivesItsFirstCaller(t *testing.T) {
+	ctx := context.Background()
+	dir, err := dirstore.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := bootstrap.Sum([]byte("blob"))
+	enc, err := bootstrap.Encode(&bootstrap.Bootstrap{
+		ChunkSize: 4096,
+		Blobs:     []bootstrap.Digest{blob},
+		Frames:    []bootstrap.Frame{{Offset: 0, Size: 100, CompressedSize: 100, Compression: bootstrap.None}},
+		Inodes:    []bootstrap.Inode{{Mode: bootstrap.ModeDir | 0o755}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.Put(ctx, store.IndexKey(blob.Hex()), bytes.NewReader(enc), int64(len(enc))); err != nil {
+		t.Fatal(err)
+	}
+	st := &gatedStore{Store: dir, open: make(chan struct{})}
+	s := New(st, nil, nil)
+
+	// The first caller starts the load, a second one waits for it too.
+	firstCtx, leave := context.WithCancel(ctx)
+	first := make(chan error, 1)
+	go func() {
+		_, err := s.index(firstCtx, blob)
+		first <- err
+	}()
+	for st.gets.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan error, 1)
+	go func() {
+		idx, err := s.index(ctx, blob)
+		if err == nil && idx.Blobs[0] != blob {
+			err = fmt.Errorf("index of %s, want %s", idx.Blobs[0], blob)
+		}
+		second <- err
+	}()
+	// Time for the second caller to join the load: joining late makes
+	// it load again, which the count of Gets below catches.
+	time.Sleep(50 * time.Millisecond)
+
+	leave()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("caller that left: %v, want context.Canceled", err)
+	}
+	close(st.open)
+	if err := <-second; err != nil {
+		t.Fatalf("caller that stayed: %v", err)
+	}
+	if n := st.gets.Load(); n != 1 {
+		t.Errorf("index read %d times, want once", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
@@ -33,7 +34,6 @@ import (
 	"github.com/skiff-dev/skiff/pkg/store"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
-	"github.com/skiff-dev/skiff/services/seeder/internal/config"
 )
 
 // cluster is a P2P cluster in process against real servers: nats-server,
@@ -101,19 +101,58 @@ func newCluster(t *testing.T) *cluster {
 	c.run(func(ctx context.Context) error { return c.scheduler.Run(ctx, 250*time.Millisecond) })
 
 	// The seeder service.
-	listen := testenv.FreeAddr(t)
-	cfg := config.Config{
-		NATS: c.nats.URL, Store: c.storeURL, Dir: t.TempDir(), CacheSize: 1 << 30, Listen: listen, Advertise: listen,
-		ID: "seeder-1", Concurrency: 1, Interval: 300 * time.Millisecond, AckWait: 10 * time.Second,
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	died := c.run(func(ctx context.Context) error { return Run(ctx, cfg) })
-	c.seederURL = "http://" + listen
-	testenv.WaitHTTP(t, c.seederURL+"/healthz", died)
+	c.seederURL = c.startSeeder(t, "seeder-1")
 	eventually(t, "the seeder is announced", func() bool { return c.table.Stats(time.Now()).Seeders == 1 })
 	return c
+}
+
+// startSeeder runs a seeder as skiff-seeder composes it, until the test
+// ends, and returns the URL of its handler.
+func (c *cluster) startSeeder(t *testing.T, id string) string {
+	t.Helper()
+	ctx := context.Background()
+	st, err := storeurl.Open(ctx, c.storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pieces, err := piece.Open(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := bus.Connect(c.nats.URL, "skiff-seeder "+id, nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	b, err := bus.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const ackWait = 10 * time.Second
+	cons, err := b.SeederConsumer(ctx, ackWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Deps{ID: id, Advertise: ln.Addr().String(), Store: st, Pieces: pieces, NATS: nc, Completed: cons},
+		WithConcurrency(1), WithAnnounceInterval(300*time.Millisecond), WithAckWait(ackWait))
+	died := c.run(func(ctx context.Context) error {
+		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return s.Serve(ctx, ln) })
+		g.Go(func() error { return s.Announce(ctx) })
+		g.Go(func() error { return s.ServeSeedRequests(ctx) })
+		g.Go(func() error { return s.Preheat(ctx) })
+		return g.Wait()
+	})
+	url := "http://" + ln.Addr().String()
+	testenv.WaitHTTP(t, url+"/healthz", died)
+	return url
 }
 
 type countingWriter struct {
@@ -440,6 +479,19 @@ func TestPiecesLeaveTheStoreOncePerCluster(t *testing.T) {
 		if !strings.Contains(reply.GetError(), "whole frames") {
 			t.Errorf("seeding a misaligned range: %+v", &reply)
 		}
+		// An image converted with no event the seeder saw (as
+		// `skiffctl preheat` asks): the reply comes when it is held.
+		b3, digest3, total3 := c.convert(t, 3)
+		reply.Reset()
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := bus.Request(pctx, c.nc, bus.SubjectSeed("seeder-1"), &skiffv1.SeedRequest{BootstrapDigest: digest3.String()}, &reply); err != nil {
+			t.Fatal(err)
+		}
+		if reply.GetError() != "" || reply.GetFrames() != int64(len(b3.Frames)) || reply.GetBytes() != total3 {
+			t.Errorf("preheating an image on request: %+v, want %d frames, %d bytes", &reply, len(b3.Frames), total3)
+		}
+		eventually(t, "the seeder is known to hold the image", func() bool { return c.holdsAll("seeder-1", b3) })
 	})
 
 	t.Run("NATS down falls back to the store", func(t *testing.T) {

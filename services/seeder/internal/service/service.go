@@ -1,9 +1,9 @@
-// Package service composes the seeder service: the store, a Fetcher
-// reading it into the piece store, the piece server answering peers (and
-// seeding on demand what nobody holds), the announcer, the preheat worker
-// over conversion.completed events and the SeedRequest handler. The
-// skiff-seeder command runs it after reading its configuration; tests run
-// it in process.
+// Package service is the seeder of Skiff's peer-to-peer distribution: a
+// Fetcher reading the store into the piece store, the piece server
+// answering peers (and seeding on demand what nobody holds), the
+// announcer, the preheat of conversion.completed events and the
+// SeedRequest handler. The skiff-seeder command builds its dependencies
+// from the configuration and runs its parts; tests do the same in process.
 package service
 
 import (
@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,7 +22,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/bus"
@@ -30,10 +30,9 @@ import (
 	"github.com/skiff-dev/skiff/pkg/peer"
 	"github.com/skiff-dev/skiff/pkg/piece"
 	"github.com/skiff-dev/skiff/pkg/schedule"
-	"github.com/skiff-dev/skiff/pkg/store/storeurl"
+	"github.com/skiff-dev/skiff/pkg/store"
 	"github.com/skiff-dev/skiff/pkg/telemetry"
 	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
-	"github.com/skiff-dev/skiff/services/seeder/internal/config"
 	"github.com/skiff-dev/skiff/services/seeder/internal/seed"
 )
 
@@ -44,98 +43,122 @@ var Version = "dev"
 // consumer's MaxDeliver is the backstop.
 const maxPreheatAttempts = 4
 
-type service struct {
-	cfg      config.Config
-	seeder   *seed.Seeder
-	fetcher  *fetch.Fetcher
-	pieces   *piece.Store
-	server   *piece.Server
-	announce *peer.Announcer
+// Deps are what a Service is made of. Every field is required.
+type Deps struct {
+	ID        string       // this seeder's id in the cluster, unique
+	Advertise string       // host:port peers reach Handler at
+	Store     store.Store  // where converted images' data is
+	Pieces    *piece.Store // what this seeder holds and serves
+	NATS      *nats.Conn   // announcements and seed requests
+	// Completed is the seeders' consumer of conversion.completed events
+	// (bus.Bus.SeederConsumer).
+	Completed jetstream.Consumer
+}
+
+type options struct {
+	interval    time.Duration
+	ackWait     time.Duration
+	concurrency int
+	log         *slog.Logger
+}
+
+// Option tunes a Service.
+type Option func(*options)
+
+// WithAnnounceInterval sets how often holdings are announced; default 10s.
+func WithAnnounceInterval(d time.Duration) Option { return func(o *options) { o.interval = d } }
+
+// WithAckWait sets the ack wait of Deps.Completed, so that a long preheat
+// tells JetStream in time that it is still at work; default 1m.
+func WithAckWait(d time.Duration) Option { return func(o *options) { o.ackWait = d } }
+
+// WithConcurrency bounds the images preheated at once from events, and
+// the SeedRequests worked on at once besides; default 2.
+func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
+
+// WithLogger sets the logger; default slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Service preheats images and seeds pieces from the store for its peers.
+type Service struct {
+	id        string
+	nc        *nats.Conn
+	completed jetstream.Consumer
+	opts      options
+	log       *slog.Logger
+	seeder    *seed.Seeder
+	fetcher   *fetch.Fetcher
+	pieces    *piece.Store
+	server    *piece.Server
+	announce  *peer.Announcer
+	slots     chan struct{} // one per SeedRequest being worked on
 
 	preheats, preheatFailures, seeds atomic.Int64
 }
 
-// Run serves pieces and preheats converted images until ctx ends. The
-// logger is slog.Default.
-func Run(ctx context.Context, cfg config.Config) error {
-	shutdown, err := telemetry.Setup(ctx, "skiff-seeder", Version)
-	if err != nil {
-		return err
+// New returns a Service reading d.Store into d.Pieces.
+func New(d Deps, opts ...Option) *Service {
+	o := options{interval: 10 * time.Second, ackWait: time.Minute, concurrency: 2, log: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
 	}
-	defer shutdown(context.Background())
-
-	st, err := storeurl.Open(ctx, cfg.Store)
-	if err != nil {
-		return err
+	f := fetch.New(nil, fetch.NewStoreSource("store", d.Store))
+	f.SetFrameSink(d.Pieces)
+	s := &Service{
+		id: d.ID, nc: d.NATS, completed: d.Completed, opts: o, log: o.log, fetcher: f, pieces: d.Pieces,
+		seeder: seed.New(d.Store, f, d.Pieces), slots: make(chan struct{}, max(o.concurrency, 1)),
 	}
-	pieces, err := piece.Open(cfg.Dir, cfg.CacheSize)
-	if err != nil {
-		return err
-	}
-	f := fetch.New(nil, fetch.NewStoreSource("store", st))
-	f.SetFrameSink(pieces)
-	s := &service{cfg: cfg, fetcher: f, pieces: pieces, seeder: seed.New(st, f, pieces)}
-	s.server = piece.NewServer(pieces, s, slog.Default())
-
-	nc, err := bus.Connect(cfg.NATS, "skiff-seeder "+cfg.ID, nats.RetryOnFailedConnect(true))
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	b, err := bus.New(nc)
-	if err != nil {
-		return err
-	}
-	// NATS may come up after us: wait for it.
-	if err := daemon.Retry(ctx, "set up jetstream", func() error { return b.Setup(ctx) }); err != nil {
-		return err
-	}
-	cons, err := b.SeederConsumer(ctx, cfg.AckWait)
-	if err != nil {
-		return err
-	}
-	s.announce = &peer.Announcer{NC: nc, ID: cfg.ID, Addr: cfg.Advertise, Role: schedule.RoleSeeder, Store: pieces, Load: s.server.Load, Interval: cfg.Interval}
-	sub, err := nc.Subscribe(bus.SubjectSeed(cfg.ID), s.onSeedRequest)
-	if err != nil {
-		return fmt.Errorf("subscribe %s: %w", bus.SubjectSeed(cfg.ID), err)
-	}
-	defer sub.Unsubscribe()
-
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
-	srv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
-	slog.Info("skiff-seeder ready", "id", cfg.ID, "listen", ln.Addr().String(), "advertise", cfg.Advertise, "nats", cfg.NATS, "store", cfg.Store, "pieces", pieces.Size())
-
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return daemon.Serve(ctx, srv, ln) })
-	g.Go(func() error { return s.announce.Run(ctx) })
-	g.Go(func() error {
-		err := bus.Consume(ctx, cons, cfg.Concurrency, s.handleCompleted)
-		if errors.Is(err, context.Canceled) {
-			return nil
-		}
-		return err
-	})
-	return g.Wait()
+	s.server = piece.NewServer(d.Pieces, s, o.log)
+	s.announce = &peer.Announcer{NC: d.NATS, ID: d.ID, Addr: d.Advertise, Role: schedule.RoleSeeder, Store: d.Pieces,
+		Load: s.server.Load, Interval: o.interval, Logger: o.log}
+	return s
 }
 
 // Seed implements piece.Seeder for the piece server, counting.
-func (s *service) Seed(ctx context.Context, blob bootstrap.Digest, off, size int64) error {
+func (s *Service) Seed(ctx context.Context, blob bootstrap.Digest, off, size int64) error {
 	s.seeds.Add(1)
 	return s.seeder.Seed(ctx, blob, off, size)
 }
 
-func (s *service) routes() http.Handler {
+// Handler serves pieces (piece.Path), /healthz and /stats.
+func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(piece.Path, s.server)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	// Without NATS a seeder is neither announced nor sent peers, nor
+	// told what to preheat: not healthy, as the scheduler says of itself.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.nc.IsConnected() {
+			http.Error(w, "nats not connected", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(s.stats())
 	})
 	return mux
+}
+
+// Serve serves Handler on ln until ctx ends, then shuts down gracefully.
+func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return daemon.Serve(ctx, srv, ln)
+}
+
+// Announce announces what the seeder holds until ctx ends.
+func (s *Service) Announce(ctx context.Context) error { return s.announce.Run(ctx) }
+
+// Preheat preheats the image of each conversion.completed event from
+// Deps.Completed until ctx ends, and returns nil then. When ctx ends
+// during a preheat, the event goes back to the stream for another
+// seeder: a rolling restart loses no preheat.
+func (s *Service) Preheat(ctx context.Context) error {
+	err := bus.Consume(ctx, s.completed, s.opts.concurrency, s.handleCompleted)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
 }
 
 // Stats is what /stats reports.
@@ -149,84 +172,157 @@ type Stats struct {
 	Fetch           fetch.Stats       `json:"fetch"`
 }
 
-func (s *service) stats() Stats {
-	return Stats{ID: s.cfg.ID, Preheats: s.preheats.Load(), PreheatFailures: s.preheatFailures.Load(), Seeds: s.seeds.Load(),
+func (s *Service) stats() Stats {
+	return Stats{ID: s.id, Preheats: s.preheats.Load(), PreheatFailures: s.preheatFailures.Load(), Seeds: s.seeds.Load(),
 		PieceBytes: s.pieces.Size(), Server: s.server.Stats(), Fetch: s.fetcher.Stats()}
 }
 
 // handleCompleted preheats the image of one conversion.completed event.
-func (s *service) handleCompleted(ctx context.Context, msg jetstream.Msg) {
+func (s *Service) handleCompleted(ctx context.Context, msg jetstream.Msg) {
 	var ev skiffv1.ConversionCompleted
 	ectx, err := bus.Decode(ctx, msg, &ev)
 	if err != nil {
-		slog.Warn("skiff-seeder: dropping undecodable event", "err", err)
-		msg.Term()
+		s.log.Warn("skiff-seeder: dropping undecodable event", "err", err)
+		s.settle(msg.Term())
 		return
 	}
 	digest, err := bootstrap.ParseDigest(ev.GetBootstrapDigest())
 	if err != nil {
-		slog.Warn("skiff-seeder: event without a bootstrap digest", "target", ev.GetTarget(), "err", err)
-		msg.Term()
+		s.log.Warn("skiff-seeder: event without a bootstrap digest", "target", ev.GetTarget(), "err", err)
+		s.settle(msg.Term())
 		return
 	}
 	ectx, span := telemetry.Tracer("skiff/seeder").Start(ectx, "seeder.preheat")
 	defer span.End()
 	span.SetAttributes(attribute.String("skiff.target", ev.GetTarget()), attribute.String("skiff.bootstrap", digest.String()))
 	kctx, stop := context.WithCancel(ectx)
-	go bus.KeepAlive(kctx, msg, s.cfg.AckWait/3)
+	go bus.KeepAlive(kctx, msg, s.opts.ackWait/3)
 	start := time.Now()
 	res, err := s.seeder.Preheat(ectx, digest)
 	stop()
+	if err != nil && ctx.Err() != nil {
+		// Stopping cut the preheat short; it did not fail. Hand the
+		// event straight back rather than after the ack wait.
+		s.log.Info("skiff-seeder: stopping, preheat handed back", "target", ev.GetTarget())
+		span.SetAttributes(attribute.Bool("skiff.handed_back", true))
+		s.settle(msg.Nak())
+		return
+	}
 	if err != nil {
 		s.preheatFailures.Add(1)
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "preheat failed")
 		md, _ := msg.Metadata()
-		if ctx.Err() == nil && (md == nil || md.NumDelivered < maxPreheatAttempts) {
-			slog.Warn("skiff-seeder: preheat failed, will retry", "target", ev.GetTarget(), "err", err)
-			msg.NakWithDelay(2 * time.Second)
+		if md == nil || md.NumDelivered < maxPreheatAttempts {
+			s.log.Warn("skiff-seeder: preheat failed, will retry", "target", ev.GetTarget(), "err", err)
+			s.settle(msg.NakWithDelay(2 * time.Second))
 			return
 		}
-		slog.Error("skiff-seeder: preheat failed", "target", ev.GetTarget(), "err", err)
-		msg.Term()
+		s.log.Error("skiff-seeder: preheat failed", "target", ev.GetTarget(), "err", err)
+		s.settle(msg.Term())
 		return
 	}
 	s.preheats.Add(1)
-	msg.Ack()
+	s.settle(msg.Ack())
 	// Tell the schedulers now rather than at the next tick.
 	if err := s.announce.Announce(ctx); err != nil {
-		slog.Warn("skiff-seeder: announce after preheat", "err", err)
+		s.log.Warn("skiff-seeder: announce after preheat", "err", err)
 	}
-	slog.Info("skiff-seeder: preheated", "target", ev.GetTarget(), "bootstrap", digest, "frames", res.Frames, "bytes", res.Bytes, "held", res.Held, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("skiff-seeder: preheated", "target", ev.GetTarget(), "bootstrap", digest, "frames", res.Frames, "bytes", res.Bytes, "held", res.Held, "took", time.Since(start).Round(time.Millisecond))
 }
 
-// onSeedRequest answers a SeedRequest: a whole image or one range.
-func (s *service) onSeedRequest(m *nats.Msg) {
-	var req skiffv1.SeedRequest
-	ctx, err := bus.DecodeMsg(context.Background(), m, &req)
-	reply := &skiffv1.SeedReply{}
-	if err == nil {
-		ctx, span := telemetry.Tracer("skiff/seeder").Start(ctx, "seeder.seed")
-		var res seed.Result
-		res, err = s.seed(ctx, &req)
-		reply.Frames, reply.Bytes = int64(res.Frames), res.Bytes
-		if err != nil {
-			span.RecordError(err)
+// settle logs a failed ack, nak or term. There is nothing more to do:
+// JetStream delivers a message nobody settled again after its ack wait.
+func (s *Service) settle(err error) {
+	if err != nil {
+		s.log.Warn("skiff-seeder: settle message", "err", err)
+	}
+}
+
+// ServeSeedRequests answers the SeedRequests sent to this seeder
+// (bus.SubjectSeed) until ctx ends, then waits for those in progress,
+// which ctx ending cuts short. Each request is worked on by itself, so a
+// whole-image preheat holds up no other, and is answered when done: the
+// SeedReply says what was fetched from the store, or why it failed.
+func (s *Service) ServeSeedRequests(ctx context.Context) error {
+	subject := bus.SubjectSeed(s.id)
+	// Messages are handed over on a channel so that the goroutines are
+	// started, and waited for, here only.
+	msgs := make(chan *nats.Msg, 64)
+	sub, err := s.nc.ChanSubscribe(subject, msgs)
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", subject, err)
+	}
+	// A NATS that is down now is not an error: the client resubscribes
+	// when it reconnects.
+	if err := s.nc.FlushTimeout(5 * time.Second); err != nil {
+		s.log.Warn("skiff-seeder: seed request subscription not confirmed yet", "err", err)
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case m := <-msgs:
+			wg.Go(func() { s.answerSeed(ctx, m) })
+		case <-ctx.Done():
+			if err := sub.Unsubscribe(); err != nil {
+				s.log.Warn("skiff-seeder: unsubscribe seed requests", "err", err)
+			}
+			// Requests already received get an answer, not a timeout.
+			for len(msgs) > 0 {
+				m := <-msgs
+				wg.Go(func() { s.answerSeed(ctx, m) })
+			}
+			return nil
 		}
-		span.End()
+	}
+}
+
+// answerSeed works on one SeedRequest and answers it.
+func (s *Service) answerSeed(ctx context.Context, m *nats.Msg) {
+	var req skiffv1.SeedRequest
+	reply := &skiffv1.SeedReply{}
+	rctx, err := bus.DecodeMsg(ctx, m, &req)
+	if err == nil {
+		var res seed.Result
+		res, err = s.seed(rctx, &req)
+		reply.Frames, reply.Bytes = int64(res.Frames), res.Bytes
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("stopping: %w", err)
+		}
 		reply.Error = err.Error()
 	}
-	if err := bus.Respond(ctx, m, reply); err != nil {
-		slog.Warn("skiff-seeder: answer seed request", "err", err)
+	if rerr := bus.Respond(rctx, m, reply); rerr != nil {
+		s.log.Warn("skiff-seeder: answer seed request", "err", rerr)
 	}
 	if err == nil {
-		s.announce.Announce(ctx)
+		if err := s.announce.Announce(rctx); err != nil {
+			s.log.Warn("skiff-seeder: announce after seeding", "err", err)
+		}
 	}
 }
 
-func (s *service) seed(ctx context.Context, req *skiffv1.SeedRequest) (seed.Result, error) {
+// seed brings in a whole image or one range, once a slot is free.
+func (s *Service) seed(ctx context.Context, req *skiffv1.SeedRequest) (seed.Result, error) {
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	case <-ctx.Done():
+		return seed.Result{}, ctx.Err()
+	}
+	ctx, span := telemetry.Tracer("skiff/seeder").Start(ctx, "seeder.seed")
+	defer span.End()
+	res, err := s.seedNow(ctx, req)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "seed failed")
+	}
+	return res, err
+}
+
+func (s *Service) seedNow(ctx context.Context, req *skiffv1.SeedRequest) (seed.Result, error) {
 	if req.GetBootstrapDigest() != "" {
 		d, err := bootstrap.ParseDigest(req.GetBootstrapDigest())
 		if err != nil {
