@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
@@ -77,8 +79,14 @@ func remoteOptions(ctx context.Context) []remote.Option {
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(authn.DefaultKeychain),
 		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: runtime.GOARCH}),
+		remote.WithTransport(Transport),
 	}
 }
+
+// Transport is the HTTP transport of every registry request: go-
+// containerregistry's default, each request a client span with its trace
+// context in the request's headers.
+var Transport http.RoundTripper = otelhttp.NewTransport(remote.DefaultTransport)
 
 // ParseReference parses a registry reference. Registries on localhost and
 // 127.0.0.1 are spoken to over plain HTTP.

@@ -19,6 +19,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/skiff-dev/skiff/pkg/store"
 )
@@ -96,10 +97,12 @@ func New(ctx context.Context, cfg Config) (*S3, error) {
 	tr.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr.ResponseHeaderTimeout = responseHeaderTimeout
 	client, err := minio.New(cfg.Endpoint, &minio.Options{
-		Creds:      credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
-		Secure:     cfg.Secure,
-		Region:     cfg.Region,
-		Transport:  tr,
+		Creds:  credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Secure: cfg.Secure,
+		Region: cfg.Region,
+		// Each request is a client span, its trace context in the
+		// request's headers, under whatever span asked for the blob.
+		Transport:  otelhttp.NewTransport(tr),
 		MaxRetries: maxRetries,
 	})
 	if err != nil {
