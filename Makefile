@@ -228,6 +228,8 @@ images:
 	done
 
 compose-up: images compose-v2
+	SKIFF_CONVERTER_IMAGE=skiff/converter:$(IMAGE_TAG) SKIFF_SCHEDULER_IMAGE=skiff/scheduler:$(IMAGE_TAG) \
+	SKIFF_SEEDER_IMAGE=skiff/seeder:$(IMAGE_TAG) SKIFF_SKIFFCTL_IMAGE=skiff/skiffctl:$(IMAGE_TAG) \
 	docker compose up -d --wait
 
 compose-down: compose-v2

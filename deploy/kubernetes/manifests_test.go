@@ -23,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
 
@@ -148,7 +149,8 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"missing secret key", "converter.yaml", "key: AWS_SECRET_ACCESS_KEY", "key: AWS_SECRET_KEY", "AWS_SECRET_KEY"},
 		{"unlisted file", "kustomization.yaml", "  - agent.yaml\n", "", "agent.yaml"},
 		{"selectorless service", "seeder.yaml", "    app.kubernetes.io/name: seeder\n  ports:", "    app.kubernetes.io/name: seeders\n  ports:", "selects no pods"},
-		{"wrong probe port", "scheduler.yaml", "port: http\n          livenessProbe", "port: healthz\n          livenessProbe", `port "healthz"`},
+		{"wrong probe port", "scheduler.yaml", "path: /healthz\n              port: http\n", "path: /healthz\n              port: healthz\n", `port "healthz"`},
+		{"wrong liveness port", "scheduler.yaml", "tcpSocket:\n              port: http", "tcpSocket:\n              port: status", `port "status"`},
 	}
 	for _, m := range mutations {
 		t.Run(m.name, func(t *testing.T) {
@@ -442,10 +444,19 @@ func checkContainer(where string, c corev1.Container, vars map[string][]string, 
 	}
 
 	for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {
-		if p == nil || p.HTTPGet == nil {
+		if p == nil {
 			continue
 		}
-		if port := p.HTTPGet.Port; !hasPort([]corev1.Container{c}, port.StrVal, port.IntVal) {
+		var port intstr.IntOrString
+		switch {
+		case p.HTTPGet != nil:
+			port = p.HTTPGet.Port
+		case p.TCPSocket != nil:
+			port = p.TCPSocket.Port
+		default:
+			continue
+		}
+		if !hasPort([]corev1.Container{c}, port.StrVal, port.IntVal) {
 			errorf("probe port %q is not a port of the container", port.String())
 		}
 	}
