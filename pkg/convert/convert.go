@@ -367,18 +367,13 @@ func (c *Converter) loadDictionary(ctx context.Context) error {
 }
 
 func (c *Converter) readIndex(ctx context.Context, key string) (*bootstrap.Bootstrap, error) {
-	rc, err := c.store.Get(ctx, key, 0, -1)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, bootstrap.MaxRawSize))
+	data, err := store.ReadAll(ctx, c.store, key, bootstrap.MaxRawSize)
 	if err != nil {
 		return nil, err
 	}
 	idx, err := bootstrap.Decode(data)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("decode %s: %w", key, err)
 	}
 	if len(idx.Blobs) != 1 {
 		return nil, fmt.Errorf("index names %d blobs, want 1", len(idx.Blobs))

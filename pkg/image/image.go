@@ -53,9 +53,6 @@ const (
 	TagSuffix = "-skiff"
 )
 
-// maxBootstrapSize bounds what LoadBootstrap reads from a layer.
-const maxBootstrapSize = 1 << 30
-
 const (
 	layoutPrefix      = "oci:"
 	annotationRefName = "org.opencontainers.image.ref.name"
@@ -304,7 +301,7 @@ func ReadBootstrapBlob(r io.Reader, want bootstrap.Digest) ([]byte, error) {
 		if hdr.Name != BootstrapFile {
 			continue
 		}
-		if hdr.Size > maxBootstrapSize {
+		if hdr.Size > bootstrap.MaxRawSize {
 			return nil, fmt.Errorf("read bootstrap layer: bootstrap of %d bytes exceeds the limit", hdr.Size)
 		}
 		blob, err := io.ReadAll(tr)

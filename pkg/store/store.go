@@ -106,3 +106,28 @@ func CheckRange(off, length, size int64) error {
 	}
 	return nil
 }
+
+// ErrTooLarge is returned (wrapped) by ReadAll for an object over its
+// limit.
+var ErrTooLarge = errors.New("object too large")
+
+// ReadAll reads the whole object at key into memory, as metadata
+// (bootstraps, indexes, startup sets) is read. An object of more than
+// limit bytes is refused, wrapping ErrTooLarge, before more than limit+1
+// bytes are read: what a store holds must not make its readers allocate
+// without bound.
+func ReadAll(ctx context.Context, s Store, key string, limit int64) ([]byte, error) {
+	rc, err := s.Get(ctx, key, 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("read %s: more than %d bytes: %w", key, limit, ErrTooLarge)
+	}
+	return data, nil
+}

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -32,9 +31,6 @@ import (
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 	"github.com/skiff-dev/skiff/pkg/store"
 )
-
-// maxBootstrap bounds a bootstrap read from the store.
-const maxBootstrap = bootstrap.MaxRawSize
 
 // Options configure a Manager.
 type Options struct {
@@ -156,44 +152,46 @@ func (m *Manager) bootstrapPath(d bootstrap.Digest) string {
 	return filepath.Join(m.dir, "bootstraps", d.Hex())
 }
 
-// Fetch implements snapshot.Mounter.
+// Fetch implements snapshot.Mounter: the bootstrap is on local disk,
+// checked, when it returns. containerd prepares every layer of an image,
+// and each asks; decoding is left to the mount.
 func (m *Manager) Fetch(ctx context.Context, d bootstrap.Digest) error {
-	_, err := m.load(ctx, d)
+	_, err := m.blob(ctx, d)
 	return err
 }
 
-// load returns the decoded bootstrap d, from the local copy or the store.
+// load returns the decoded bootstrap d.
+func (m *Manager) load(ctx context.Context, d bootstrap.Digest) (*bootstrap.Bootstrap, error) {
+	blob, err := m.blob(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	b, err := bootstrap.Decode(blob)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap %s: %w", d, err)
+	}
+	return b, nil
+}
+
+// blob returns the encoded bootstrap d, from the local copy or the store.
 // Both are checked against the digest: a local copy that fails is
 // replaced.
-func (m *Manager) load(ctx context.Context, d bootstrap.Digest) (*bootstrap.Bootstrap, error) {
+func (m *Manager) blob(ctx context.Context, d bootstrap.Digest) ([]byte, error) {
 	p := m.bootstrapPath(d)
 	if blob, err := os.ReadFile(p); err == nil && bootstrap.Sum(blob) == d {
-		b, err := bootstrap.Decode(blob)
-		if err != nil {
-			return nil, fmt.Errorf("bootstrap %s: %w", d, err)
-		}
-		return b, nil
+		return blob, nil
 	}
-	rc, err := m.store.Get(ctx, store.BootstrapKey(d.Hex()), 0, -1)
-	if err != nil {
-		return nil, fmt.Errorf("fetch bootstrap %s: %w", d, err)
-	}
-	defer rc.Close()
-	blob, err := io.ReadAll(io.LimitReader(rc, maxBootstrap+1))
+	blob, err := store.ReadAll(ctx, m.store, store.BootstrapKey(d.Hex()), bootstrap.MaxRawSize)
 	if err != nil {
 		return nil, fmt.Errorf("fetch bootstrap %s: %w", d, err)
 	}
 	if got := bootstrap.Sum(blob); got != d {
 		return nil, fmt.Errorf("fetch bootstrap %s: store returned content with digest %s", d, got)
 	}
-	b, err := bootstrap.Decode(blob)
-	if err != nil {
-		return nil, fmt.Errorf("bootstrap %s: %w", d, err)
-	}
 	if err := atomicfile.WriteFile(p, blob, 0o600); err != nil {
 		return nil, fmt.Errorf("save bootstrap %s: %w", d, err)
 	}
-	return b, nil
+	return blob, nil
 }
 
 // Mount implements snapshot.Mounter.
@@ -584,12 +582,7 @@ const prefetchBurst = 16 << 20
 func startupKey(hex string) string { return store.BootstrapKey(hex) + ".startup" }
 
 func (m *Manager) loadStartupSet(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap) ([]uint32, error) {
-	rc, err := m.store.Get(ctx, startupKey(d.Hex()), 0, -1)
-	if err != nil {
-		return nil, err
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxStartupSet))
+	data, err := store.ReadAll(ctx, m.store, startupKey(d.Hex()), maxStartupSet)
 	if err != nil {
 		return nil, err
 	}

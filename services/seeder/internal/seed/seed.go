@@ -6,10 +6,8 @@
 package seed
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"sort"
 	"sync"
 	"time"
@@ -217,14 +215,5 @@ func (s *Seeder) load(ctx context.Context, key string) (*bootstrap.Bootstrap, er
 }
 
 func (s *Seeder) read(ctx context.Context, key string) ([]byte, error) {
-	rc, err := s.store.Get(ctx, key, 0, -1)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	defer rc.Close()
-	var buf bytes.Buffer
-	if _, err := io.Copy(&buf, io.LimitReader(rc, bootstrap.MaxRawSize)); err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	return buf.Bytes(), nil
+	return store.ReadAll(ctx, s.store, key, bootstrap.MaxRawSize)
 }
