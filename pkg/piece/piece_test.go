@@ -63,6 +63,47 @@ func frames(t *testing.T, s *Store, blob bootstrap.Digest, sizes ...int) []byte 
 	return all
 }
 
+// readPiece reads a piece whole.
+func readPiece(s *Store, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	p, err := s.Open(blob, off, size)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	var b bytes.Buffer
+	if _, err := p.WriteTo(&b); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// TestPieceOutlivesEviction: a piece opened before its frames are evicted
+// is still sent whole.
+func TestPieceOutlivesEviction(t *testing.T) {
+	s, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := frames(t, s, blobA, 10, 20)
+	p, err := s.Open(blobA, 0, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, k := range s.span(blobA, 0, 30) {
+		if err := os.Remove(s.path(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b bytes.Buffer
+	if n, err := p.WriteTo(&b); err != nil || n != 30 || !bytes.Equal(b.Bytes(), all) {
+		t.Fatalf("piece after its files went: %d bytes, %v", n, err)
+	}
+	if _, err := s.Open(blobA, 0, 30); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("open after the files went: %v, want ErrNotHeld", err)
+	}
+}
+
 func TestStoreRead(t *testing.T) {
 	s, err := Open(t.TempDir(), 0)
 	if err != nil {
@@ -84,7 +125,7 @@ func TestStoreRead(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := s.Read(blobA, tt.off, tt.size)
+			got, err := readPiece(s, blobA, tt.off, tt.size)
 			if tt.ok != (err == nil) || s.Has(blobA, tt.off, tt.size) != tt.ok {
 				t.Fatalf("Read [%d,+%d): err %v, want ok=%v", tt.off, tt.size, err, tt.ok)
 			}

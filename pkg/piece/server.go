@@ -81,7 +81,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, span := telemetry.Tracer("skiff/piece").Start(telemetry.ExtractHTTP(r.Context(), r.Header), "piece.serve")
 	defer span.End()
 	span.SetAttributes(attribute.String("skiff.blob", blob.String()), attribute.Int64("skiff.offset", off), attribute.Int64("skiff.size", size))
-	data, err := s.store.Read(blob, off, size)
+	piece, err := s.store.Open(blob, off, size)
 	if errors.Is(err, ErrNotHeld) && s.seeder != nil {
 		if serr := s.seeder.Seed(ctx, blob, off, size); serr != nil {
 			s.seedErrors.Add(1)
@@ -92,7 +92,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.seeded.Add(1)
-		data, err = s.store.Read(blob, off, size)
+		piece, err = s.store.Open(blob, off, size)
 	}
 	switch {
 	case errors.Is(err, ErrNotHeld):
@@ -104,11 +104,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	s.served.Add(1)
-	s.servedBytes.Add(int64(len(data)))
+	defer piece.Close()
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
-	w.Write(data)
+	w.Header().Set("Content-Length", strconv.FormatInt(piece.Size(), 10))
+	// Streamed from the frame files, not gathered in memory: a seeder
+	// answers many peers at once, each asking up to MaxSize.
+	n, err := piece.WriteTo(w)
+	s.servedBytes.Add(n)
+	if err != nil {
+		// The peer left, or the connection broke; the peer verifies
+		// what it got and sees a short body.
+		s.log.Debug("piece: send", "blob", blob, "offset", off, "size", size, "err", err)
+		return
+	}
+	s.served.Add(1)
 }
 
 func parseRequest(r *http.Request) (blob bootstrap.Digest, off, size int64, err error) {

@@ -3,6 +3,7 @@ package piece
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -232,32 +233,74 @@ func (s *Store) Has(blob bootstrap.Digest, off, size int64) bool {
 	return size > 0 && s.span(blob, off, size) != nil
 }
 
-// Read returns [off, off+size) of blob, which must be made of whole held
+// Piece is a held range of a blob, open for reading. Its frame files are
+// opened together, so that an eviction while it is sent cannot tear it,
+// and sent as files, which the kernel copies to a socket itself.
+type Piece struct {
+	files []*os.File
+	size  int64
+}
+
+// Size is the piece's length in bytes.
+func (p *Piece) Size() int64 { return p.size }
+
+// WriteTo writes the piece to w.
+func (p *Piece) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	for _, f := range p.files {
+		m, err := io.Copy(w, f)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Close closes the piece's files.
+func (p *Piece) Close() error {
+	var errs []error
+	for _, f := range p.files {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Open opens [off, off+size) of blob, which must be made of whole held
 // frames; otherwise the error wraps ErrNotHeld.
-func (s *Store) Read(blob bootstrap.Digest, off, size int64) ([]byte, error) {
+func (s *Store) Open(blob bootstrap.Digest, off, size int64) (*Piece, error) {
 	if off < 0 || size <= 0 {
-		return nil, fmt.Errorf("read piece %s [%d,+%d): bad range", blob, off, size)
+		return nil, fmt.Errorf("open piece %s [%d,+%d): bad range", blob, off, size)
 	}
 	ks := s.span(blob, off, size)
 	if ks == nil {
-		return nil, fmt.Errorf("read piece %s [%d,+%d): %w", blob, off, size, ErrNotHeld)
+		return nil, fmt.Errorf("open piece %s [%d,+%d): %w", blob, off, size, ErrNotHeld)
 	}
-	buf := make([]byte, 0, size)
+	p := &Piece{size: size}
+	var got int64
 	for _, k := range ks {
-		data, err := os.ReadFile(s.path(k))
+		f, err := os.Open(s.path(k))
+		if err == nil {
+			var fi os.FileInfo
+			if fi, err = f.Stat(); err == nil {
+				got += fi.Size()
+			}
+			p.files = append(p.files, f)
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			// Evicted between span and here.
-			return nil, fmt.Errorf("read piece %s [%d,+%d): %w", blob, off, size, ErrNotHeld)
+			err = ErrNotHeld
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read piece %s [%d,+%d): %w", blob, off, size, err)
+			p.Close()
+			return nil, fmt.Errorf("open piece %s [%d,+%d): %w", blob, off, size, err)
 		}
-		buf = append(buf, data...)
 	}
-	if int64(len(buf)) != size {
-		return nil, fmt.Errorf("read piece %s [%d,+%d): frame files changed size: %w", blob, off, size, ErrNotHeld)
+	if got != size {
+		p.Close()
+		return nil, fmt.Errorf("open piece %s [%d,+%d): frame files changed size: %w", blob, off, size, ErrNotHeld)
 	}
-	return buf, nil
+	return p, nil
 }
 
 // Holdings lists what the store holds, by blob, as merged ranges.
