@@ -1,12 +1,17 @@
 package peer
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/piece"
 	"github.com/skiff-dev/skiff/pkg/schedule"
@@ -41,7 +46,57 @@ func (a *Announcer) send(ctx context.Context, leaving bool) error {
 	if !leaving {
 		holdings = a.Store.Holdings()
 	}
-	return bus.Send(ctx, a.NC, bus.SubjectPeerAnnounce, schedule.AnnounceMessage(p, holdings, leaving))
+	m := schedule.AnnounceMessage(p, holdings, leaving)
+	// Headers (trace context) and the subject ride beside the payload.
+	if limit := int(a.NC.MaxPayload()) - 4<<10; proto.Size(m) > limit {
+		m = schedule.AnnounceMessage(p, fitHoldings(holdings, limit-proto.Size(schedule.AnnounceMessage(p, nil, leaving))), leaving)
+	}
+	return bus.Send(ctx, a.NC, bus.SubjectPeerAnnounce, m)
+}
+
+// Per range and per blob, at most what an announcement spends on them.
+const (
+	announcedRange = 2 * binary.MaxVarintLen64
+	announcedBlob  = len(bootstrap.Digest{}) + 16
+)
+
+// fitHoldings keeps the largest ranges of holdings that an announcement
+// of at most budget bytes can carry. Holdings too fragmented to announce
+// whole (a store full of scattered frames) would otherwise exceed NATS'
+// message limit, every announcement would fail, and schedulers would
+// forget the node: announcing less than it holds only sends fewer peers
+// its way.
+func fitHoldings(holdings []piece.Holding, budget int) []piece.Holding {
+	type ranged struct {
+		blob int
+		r    piece.Range
+	}
+	var all []ranged
+	for i, h := range holdings {
+		for _, r := range h.Ranges {
+			all = append(all, ranged{i, r})
+		}
+	}
+	slices.SortFunc(all, func(a, b ranged) int { return cmp.Compare(b.r.End-b.r.Off, a.r.End-a.r.Off) })
+	kept := make([]piece.Ranges, len(holdings))
+	for _, x := range all {
+		cost := announcedRange
+		if len(kept[x.blob]) == 0 {
+			cost += announcedBlob
+		}
+		if budget < cost {
+			break
+		}
+		budget -= cost
+		kept[x.blob] = append(kept[x.blob], x.r)
+	}
+	var out []piece.Holding
+	for i, rs := range kept {
+		if len(rs) > 0 {
+			out = append(out, piece.Holding{Blob: holdings[i].Blob, Ranges: piece.Normalize(rs)})
+		}
+	}
+	return out
 }
 
 // Run announces until ctx ends, then says goodbye so schedulers stop
