@@ -75,7 +75,7 @@ func responsibleSeeder(ctx context.Context, nc *nats.Conn, b *bootstrap.Bootstra
 		return "", errors.New("the image has no chunk data to preheat")
 	}
 	blob := b.Blobs[fr.Blob]
-	req := &skiffv1.ParentsRequest{PeerId: preheatAsker, Blob: blob[:], Offset: uint64(fr.Offset), Size: uint64(fr.CompressedSize)}
+	req := schedule.ParentsRequestMessage(schedule.ParentsRequest{PeerID: preheatAsker, Blob: blob, Off: fr.Offset, Size: int64(fr.CompressedSize)})
 	var reply skiffv1.ParentsReply
 	err := bus.Request(ctx, nc, bus.SubjectParents, req, &reply)
 	if errors.Is(err, nats.ErrNoResponders) {

@@ -174,7 +174,7 @@ func (s *Source) parents(ctx context.Context, blob bootstrap.Digest, off, size i
 	rctx, cancel := context.WithTimeout(ctx, s.opts.SchedulerTimeout)
 	defer cancel()
 	var reply skiffv1.ParentsReply
-	req := &skiffv1.ParentsRequest{PeerId: s.id, Blob: blob[:], Offset: uint64(off), Size: uint64(size)}
+	req := schedule.ParentsRequestMessage(schedule.ParentsRequest{PeerID: s.id, Blob: blob, Off: off, Size: size})
 	if err := bus.Request(rctx, s.nc, bus.SubjectParents, req, &reply); err != nil {
 		return nil, fmt.Errorf("%w: %w", errNoScheduler, err)
 	}
@@ -217,7 +217,7 @@ func (s *Source) Reject(blob bootstrap.Digest, off, size int64, err error) {
 	}
 	s.stats.rejected.Add(1)
 	s.opts.Logger.Warn("peer: parent sent bad data, banned", "parent", id, "blob", blob, "offset", off, "size", size, "for", s.opts.BanFor, "err", err)
-	report := &skiffv1.PeerReport{ReporterId: s.id, PeerId: id, Blob: blob[:], Offset: uint64(off), Size: uint64(size), Reason: err.Error()}
+	report := schedule.ReportMessage(schedule.Report{Reporter: s.id, Peer: id, Blob: blob, Off: off, Size: size, Reason: err.Error()})
 	if serr := bus.Send(context.Background(), s.nc, bus.SubjectPeerReport, report); serr != nil {
 		s.opts.Logger.Warn("peer: report bad parent", "parent", id, "err", serr)
 	}

@@ -106,9 +106,14 @@ func (s *Server) onReport(m *nats.Msg) {
 		s.log.Warn("schedule: bad report", "err", err)
 		return
 	}
+	rep, err := ReportFromMessage(&r)
+	if err != nil {
+		s.log.Warn("schedule: bad report", "err", err)
+		return
+	}
 	s.reports.Add(1)
-	s.table.Report(r.GetPeerId(), s.now())
-	s.log.Warn("schedule: peer reported for bad data, set aside", "peer", r.GetPeerId(), "reporter", r.GetReporterId(), "reason", r.GetReason())
+	s.table.Report(rep.Peer, s.now())
+	s.log.Warn("schedule: peer reported for bad data, set aside", "peer", rep.Peer, "reporter", rep.Reporter, "blob", rep.Blob, "offset", rep.Off, "reason", rep.Reason)
 }
 
 func (s *Server) onParents(m *nats.Msg) {
@@ -123,10 +128,9 @@ func (s *Server) onParents(m *nats.Msg) {
 	defer span.End()
 	s.requests.Add(1)
 	var ps []Parent
-	blob, err := digest(req.GetBlob())
-	if err == nil && req.GetSize() > 0 {
-		ps = s.table.Parents(req.GetPeerId(), blob, int64(req.GetOffset()), int64(req.GetSize()), s.now())
-		span.SetAttributes(attribute.String("skiff.blob", blob.String()), attribute.Int("skiff.parents", len(ps)))
+	if r, err := ParentsRequestFromMessage(&req); err == nil {
+		ps = s.table.Parents(r.PeerID, r.Blob, r.Off, r.Size, s.now())
+		span.SetAttributes(attribute.String("skiff.blob", r.Blob.String()), attribute.Int("skiff.parents", len(ps)))
 	}
 	if len(ps) == 0 {
 		s.misses.Add(1)

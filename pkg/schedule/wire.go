@@ -39,7 +39,7 @@ func PeerFromMessage(m *skiffv1.PeerAnnounce) (Peer, error) {
 		return p, fmt.Errorf("announcement of %s: %w", p.ID, err)
 	}
 	for _, bh := range m.GetBlobs() {
-		blob, err := digest(bh.GetBlob())
+		blob, err := Digest(bh.GetBlob())
 		if err != nil {
 			return p, fmt.Errorf("announcement of %s: %w", p.ID, err)
 		}
@@ -83,8 +83,58 @@ func ParentsFromMessage(m *skiffv1.ParentsReply) []Parent {
 	return out
 }
 
+// ParentsRequest asks where to fetch [Off, Off+Size) of Blob.
+type ParentsRequest struct {
+	PeerID    string // the asker, never offered as its own parent
+	Blob      bootstrap.Digest
+	Off, Size int64
+}
+
+// ParentsRequestMessage encodes r.
+func ParentsRequestMessage(r ParentsRequest) *skiffv1.ParentsRequest {
+	return &skiffv1.ParentsRequest{PeerId: r.PeerID, Blob: r.Blob[:], Offset: uint64(r.Off), Size: uint64(r.Size)}
+}
+
+// ParentsRequestFromMessage decodes a parents request.
+func ParentsRequestFromMessage(m *skiffv1.ParentsRequest) (ParentsRequest, error) {
+	r := ParentsRequest{PeerID: m.GetPeerId(), Off: int64(m.GetOffset()), Size: int64(m.GetSize())}
+	var err error
+	if r.Blob, err = Digest(m.GetBlob()); err != nil {
+		return r, fmt.Errorf("parents request: %w", err)
+	}
+	if r.Off < 0 || r.Size <= 0 || r.Off+r.Size < r.Off {
+		return r, fmt.Errorf("parents request: range [%d,+%d) out of bounds", m.GetOffset(), m.GetSize())
+	}
+	return r, nil
+}
+
+// Report says that Peer sent Reporter bad bytes for [Off, Off+Size) of
+// Blob.
+type Report struct {
+	Reporter, Peer string
+	Blob           bootstrap.Digest
+	Off, Size      int64
+	Reason         string
+}
+
+// ReportMessage encodes r.
+func ReportMessage(r Report) *skiffv1.PeerReport {
+	return &skiffv1.PeerReport{ReporterId: r.Reporter, PeerId: r.Peer, Blob: r.Blob[:], Offset: uint64(r.Off), Size: uint64(r.Size), Reason: r.Reason}
+}
+
+// ReportFromMessage decodes a report. Only the reported peer is needed;
+// the range is for logs, and left zero when it does not decode.
+func ReportFromMessage(m *skiffv1.PeerReport) (Report, error) {
+	r := Report{Reporter: m.GetReporterId(), Peer: m.GetPeerId(), Off: int64(m.GetOffset()), Size: int64(m.GetSize()), Reason: m.GetReason()}
+	if r.Peer == "" {
+		return r, fmt.Errorf("report without a peer id")
+	}
+	r.Blob, _ = Digest(m.GetBlob())
+	return r, nil
+}
+
 // Digest decodes a 32-byte blob digest from the wire.
-func digest(b []byte) (bootstrap.Digest, error) {
+func Digest(b []byte) (bootstrap.Digest, error) {
 	var d bootstrap.Digest
 	if len(b) != len(d) {
 		return d, fmt.Errorf("blob digest of %d bytes, want %d", len(b), len(d))
@@ -92,9 +142,6 @@ func digest(b []byte) (bootstrap.Digest, error) {
 	copy(d[:], b)
 	return d, nil
 }
-
-// Digest is digest for the other packages that read P2P messages.
-func Digest(b []byte) (bootstrap.Digest, error) { return digest(b) }
 
 func roleMessage(r Role) skiffv1.PeerRole {
 	switch r {

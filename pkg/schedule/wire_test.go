@@ -56,3 +56,36 @@ func TestParentsRoundTrip(t *testing.T) {
 		t.Error("digest round trip")
 	}
 }
+
+func TestParentsRequestWire(t *testing.T) {
+	blob := bootstrap.Digest{7}
+	want := ParentsRequest{PeerID: "n1", Blob: blob, Off: 4096, Size: 1 << 20}
+	got, err := ParentsRequestFromMessage(ParentsRequestMessage(want))
+	if err != nil || got != want {
+		t.Fatalf("round trip: %+v, %v; want %+v", got, err, want)
+	}
+	for _, tc := range []struct {
+		name string
+		m    *skiffv1.ParentsRequest
+	}{
+		{"short digest", &skiffv1.ParentsRequest{Blob: blob[:5], Size: 1}},
+		{"empty range", &skiffv1.ParentsRequest{Blob: blob[:], Size: 0}},
+		{"offset past 2^63", &skiffv1.ParentsRequest{Blob: blob[:], Offset: 1 << 63, Size: 1}},
+		{"end past 2^63", &skiffv1.ParentsRequest{Blob: blob[:], Offset: 1<<63 - 10, Size: 20}},
+	} {
+		if _, err := ParentsRequestFromMessage(tc.m); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+}
+
+func TestReportWire(t *testing.T) {
+	want := Report{Reporter: "n1", Peer: "n2", Blob: bootstrap.Digest{9}, Off: 10, Size: 20, Reason: "digest mismatch"}
+	got, err := ReportFromMessage(ReportMessage(want))
+	if err != nil || got != want {
+		t.Fatalf("round trip: %+v, %v; want %+v", got, err, want)
+	}
+	if _, err := ReportFromMessage(&skiffv1.PeerReport{ReporterId: "n1"}); err == nil {
+		t.Error("a report naming no peer was accepted")
+	}
+}
