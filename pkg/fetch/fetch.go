@@ -489,6 +489,7 @@ func (f *Fetcher) fetchFrameFrom(ctx context.Context, b *bootstrap.Bootstrap, fi
 		actx, cancel := context.WithTimeout(ctx, f.timeout)
 		raw, err := s.FetchFrame(actx, blob, fr.Offset, int64(fr.CompressedSize))
 		cancel()
+		err = stalled(ctx, err)
 		var data []byte
 		if err == nil {
 			s.bytes.Add(int64(len(raw)))

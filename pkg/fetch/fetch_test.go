@@ -863,3 +863,39 @@ func TestStalledSourceIsGivenUp(t *testing.T) {
 		t.Fatal("the stalled source was never asked")
 	}
 }
+
+// TestStalledSourceFailsItsJoinersOnce: when the only source stalls, the
+// readers of a frame all fail with its one request, and a read right
+// after fails at once: a request's own timeout is the source failing,
+// not a reader giving up.
+func TestStalledSourceFailsItsJoinersOnce(t *testing.T) {
+	img, _ := testImage(t, bootstrap.Zstd)
+	stalled := &stalledSource{Source: NewStoreSource("stalled", newStore(t))}
+	f := New(nil, stalled)
+	f.timeout = 200 * time.Millisecond
+	b := img.Bootstrap
+	ino, _ := b.LookupPath("/random")
+	ci := b.FileChunks(ino)[0]
+	const readers = 5
+	errs := make(chan error, readers)
+	for range readers {
+		go func() {
+			_, err := f.ReadChunk(context.Background(), b, ci)
+			errs <- err
+		}()
+	}
+	for range readers {
+		if err := <-errs; !errors.Is(err, errStalled) {
+			t.Fatalf("read from a stalled source: %v, want errStalled", err)
+		}
+	}
+	if n := stalled.requests.Load(); n != 1 {
+		t.Fatalf("%d readers of one frame asked the stalled source %d times, want once", readers, n)
+	}
+	if _, err := f.ReadChunk(context.Background(), b, ci); err == nil {
+		t.Fatal("a read right after succeeded")
+	}
+	if n := stalled.requests.Load(); n != 1 {
+		t.Fatal("a read right after the failure asked the source again")
+	}
+}

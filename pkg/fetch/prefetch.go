@@ -345,9 +345,7 @@ func (f *Fetcher) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []ui
 	mine = append(mine, ahead...)
 	f.streams.Go(func() {
 		// Not bound to ctx: the frames read ahead have readers of their own.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
-		defer cancel()
-		f.fetchClaimed(ctx, b, ix, mine, claimed)
+		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, mine, claimed)
 	})
 	for _, cl := range wait {
 		select {

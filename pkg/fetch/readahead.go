@@ -196,9 +196,7 @@ func (f *Fetcher) readOn(ctx context.Context, b *bootstrap.Bootstrap, ix *frameI
 		claimed[fi] = calls[i]
 	}
 	f.streams.Go(func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
-		defer cancel()
-		f.fetchClaimed(ctx, b, ix, frames, claimed)
+		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, frames, claimed)
 	})
 }
 

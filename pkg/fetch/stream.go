@@ -3,6 +3,7 @@ package fetch
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -12,11 +13,27 @@ import (
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
 
-// runTimeout bounds every request to a source (Fetcher.timeout), also a
-// merged request that outlives the reader who caused it (see fetchAhead):
-// the frames read ahead have waiters of their own, who must not wait
-// forever on a stalled source.
+// runTimeout bounds every request to a source (Fetcher.timeout). Merged
+// requests outlive the reader who caused them (see fetchAhead), so their
+// frames' other waiters rely on it too.
 const runTimeout = 2 * time.Minute
+
+// errStalled stands for the error of a request that ran out of the time a
+// source gets (Fetcher.timeout) while its caller had not: the source
+// failing, which the failure memo and the frame's other readers must see
+// as such. Left a DeadlineExceeded, it would read as a reader giving up:
+// nothing would be remembered, and each joiner would wait out the timeout
+// again, one after another.
+var errStalled = errors.New("source stalled")
+
+// stalled returns err, or errStalled in its place when err is the
+// request's own deadline and not parent's.
+func stalled(parent context.Context, err error) error {
+	if err != nil && parent.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %v", errStalled, err)
+	}
+	return err
+}
 
 // readRun reads run r from source s and passes each of its frames to
 // deliver, in storage order, as soon as that frame's bytes have arrived
@@ -28,8 +45,8 @@ const runTimeout = 2 * time.Minute
 // at once, and every call has returned when readRun does. readRun returns
 // an error, having passed nothing, only when the source could not be read
 // at all. Failures are logged here.
-func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap, ix *frameIndex, r run, deliver func(fi uint32, data []byte, err error)) error {
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootstrap, ix *frameIndex, r run, deliver func(fi uint32, data []byte, err error)) error {
+	ctx, cancel := context.WithTimeout(parent, f.timeout)
 	defer cancel()
 	blob := b.Blobs[r.blob]
 	size := r.end - r.off
@@ -37,6 +54,7 @@ func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap
 	var rd io.Reader
 	if o, ok := s.Source.(RangeOpener); ok {
 		rc, err := o.OpenRange(ctx, blob, r.off, size)
+		err = stalled(parent, err)
 		if err != nil {
 			s.errors.Add(1)
 			f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
@@ -49,6 +67,7 @@ func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap
 		if err == nil && int64(len(raw)) != size {
 			err = fmt.Errorf("fetch %s [%d,+%d): got %d bytes", blob, r.off, size, len(raw))
 		}
+		err = stalled(parent, err)
 		if err != nil {
 			s.errors.Add(1)
 			f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
@@ -77,7 +96,7 @@ func (f *Fetcher) readRun(ctx context.Context, s *source, b *bootstrap.Bootstrap
 			s.bytes.Add(int64(n))
 			if err != nil {
 				s.errors.Add(1)
-				err = fmt.Errorf("fetch %s [%d,+%d): after %d bytes: %w", blob, r.off, size, got, err)
+				err = fmt.Errorf("fetch %s [%d,+%d): after %d bytes: %w", blob, r.off, size, got, stalled(parent, err))
 				f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
 				for _, fj := range frames[i:] {
 					deliver(fj, nil, err)
@@ -126,8 +145,7 @@ type frameResult struct {
 // waiters retry from the start), unless no source could be read at all:
 // then they fail with that.
 func (f *Fetcher) streamAhead(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, r run, fi uint32, ahead map[uint32]*call, mine chan<- frameResult) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runTimeout)
-	defer cancel()
+	ctx = context.WithoutCancel(ctx)
 	var mu sync.Mutex // guards sent and ahead
 	sent := false
 	next := 0
