@@ -111,35 +111,30 @@ func serveResumed(raw fuse.RawFileSystem, dev *os.File, init *fuse.InitIn, mo *f
 		unix.Close(theirs)
 		return nil, fmt.Errorf("replay INIT: %w", err)
 	}
-	// go-fuse owns theirs once serving starts, and closes it when serving
-	// ends; until then, failing here, it is ours to close.
+	// go-fuse owns theirs from here: it closes it itself when NewServer
+	// fails, and after that through the file it wraps it in.
 	server, err := fuse.NewServer(raw, "/dev/fd/"+strconv.Itoa(theirs), mo)
 	if err != nil {
-		unix.Close(theirs)
 		return nil, fmt.Errorf("replay INIT: %w", err)
-	}
-	fail := func(err error) (*fuse.Server, error) {
-		unix.Close(theirs)
-		return nil, err
 	}
 	reply := make([]byte, 4096)
 	n, err := unix.Read(ours, reply)
 	if err != nil {
-		return fail(fmt.Errorf("replay INIT: reply: %w", err))
+		return nil, fmt.Errorf("replay INIT: reply: %w", err)
 	}
 	var hdr fuse.OutHeader
 	if n < int(unsafe.Sizeof(hdr)) {
-		return fail(fmt.Errorf("replay INIT: reply of %d bytes", n))
+		return nil, fmt.Errorf("replay INIT: reply of %d bytes", n)
 	}
 	if err := binary.Read(bytes.NewReader(reply[:n]), binary.NativeEndian, &hdr); err != nil {
-		return fail(fmt.Errorf("replay INIT: reply: %w", err))
+		return nil, fmt.Errorf("replay INIT: reply: %w", err)
 	}
 	if hdr.Status != 0 {
-		return fail(fmt.Errorf("replay INIT: %v", fuse.Status(-hdr.Status)))
+		return nil, fmt.Errorf("replay INIT: %v", fuse.Status(-hdr.Status))
 	}
 	// Nothing reads theirs until Serve: the device takes its number.
 	if err := unix.Dup3(int(dev.Fd()), theirs, unix.O_CLOEXEC); err != nil {
-		return fail(fmt.Errorf("take over FUSE device: %w", err))
+		return nil, fmt.Errorf("take over FUSE device: %w", err)
 	}
 	return server, nil
 }

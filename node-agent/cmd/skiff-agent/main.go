@@ -551,11 +551,21 @@ func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger
 	}
 	// The agent finds this process on the socket the moment the old one
 	// stops answering; the old one, exiting, leaves it.
+	restoreOld, dropOld := func() error { return nil }, func() {}
+	if takeover != nil {
+		if restoreOld, dropOld, err = keepSocket(sock); err != nil {
+			takeover.Abort()
+			m.DropResumed()
+			m.Close()
+			return err
+		}
+	}
 	l, removeSock, err := listenUnix(sock)
 	if err != nil {
 		if takeover != nil {
 			takeover.Abort()
 			m.DropResumed()
+			restoreOld()
 		}
 		m.Close()
 		return err
@@ -564,13 +574,17 @@ func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger
 		err := takeover.Commit(ctx, handoverGrace)
 		if errors.Is(err, lazymount.ErrNotCommitted) {
 			// Two processes reading one FUSE device would each answer
-			// requests the other read; the old one keeps them all.
+			// requests the other read; the old one keeps them all, and
+			// its socket.
 			m.DropResumed()
 			l.Close()
-			removeSock()
+			if rerr := restoreOld(); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
 			m.Close()
 			return fmt.Errorf("take over the mounts: %w", err)
 		}
+		dropOld()
 		if err != nil {
 			log.Error("skiff-agent mountd: the old mount process did not confirm its exit", "err", err)
 		}

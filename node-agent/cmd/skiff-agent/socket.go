@@ -45,3 +45,25 @@ func listenUnix(path string) (l *net.UnixListener, remove func(), err error) {
 	}
 	return l, remove, nil
 }
+
+// keepSocket keeps the socket at path reachable under another name, so
+// that it can be put back: a mount process taking over replaces the old
+// one's socket before the old one has agreed, and if it does not, the
+// old one goes on serving and must still be found there. restore puts it
+// back; drop forgets it.
+func keepSocket(path string) (restore func() error, drop func(), err error) {
+	prev := path + ".prev"
+	if err := os.Remove(prev); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("keep socket: %w", err)
+	}
+	if err := os.Link(path, prev); err != nil {
+		return nil, nil, fmt.Errorf("keep socket: %w", err)
+	}
+	restore = func() error {
+		if err := os.Rename(prev, path); err != nil {
+			return fmt.Errorf("restore socket: %w", err)
+		}
+		return nil
+	}
+	return restore, func() { os.Remove(prev) }, nil
+}

@@ -79,11 +79,15 @@ type Manager struct {
 
 	mu     sync.Mutex
 	mounts map[bootstrap.Digest]*mounted
-	// mounting holds the images being mounted, each closed when its
-	// mount is done: the work (loading the bootstrap, building the
-	// layout, the mount itself) runs without mu, so that other images,
-	// unmounts and status requests need not wait for it.
+	// mounting holds the images being mounted or unmounted, each closed
+	// when that is done: the work (loading the bootstrap, building the
+	// layout, the mount itself; saving the startup set, the unmount) runs
+	// without mu, so that other images and status requests need not
+	// wait for it, while a mount and an unmount of one image never
+	// overlap.
 	mounting map[bootstrap.Digest]chan struct{}
+	// usable holds the bootstraps Fetch decoded, by digest.
+	usable sync.Map
 	// handingOver refuses mount requests while a successor takes over;
 	// resumed are mounts taken over and not yet served.
 	handingOver bool
@@ -153,11 +157,20 @@ func (m *Manager) bootstrapPath(d bootstrap.Digest) string {
 }
 
 // Fetch implements snapshot.Mounter: the bootstrap is on local disk,
-// checked, when it returns. containerd prepares every layer of an image,
-// and each asks; decoding is left to the mount.
+// checked and decoded, when it returns. A bootstrap this agent cannot use
+// (a newer format, say) fails here, so that the snapshotter unpacks the
+// layer as usual rather than a mount failing later. containerd prepares
+// every layer of an image and each asks: a bootstrap is decoded once per
+// process.
 func (m *Manager) Fetch(ctx context.Context, d bootstrap.Digest) error {
-	_, err := m.blob(ctx, d)
-	return err
+	if _, ok := m.usable.Load(d); ok {
+		return nil
+	}
+	if _, err := m.load(ctx, d); err != nil {
+		return err
+	}
+	m.usable.Store(d, struct{}{})
+	return nil
 }
 
 // load returns the decoded bootstrap d.
@@ -370,18 +383,42 @@ func (m *Manager) loadLayout(d bootstrap.Digest) (*erofs.Image, error) {
 
 // Unmount implements snapshot.Mounter.
 func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
-	m.mu.Lock()
-	if m.handingOver {
+	for {
+		m.mu.Lock()
+		if m.handingOver {
+			m.mu.Unlock()
+			return errHandingOver
+		}
+		busy, ok := m.mounting[d]
+		if !ok {
+			break
+		}
 		m.mu.Unlock()
-		return errHandingOver
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	mt, ok := m.mounts[d]
-	delete(m.mounts, d)
-	m.gen++
-	m.mu.Unlock()
 	if !ok {
+		m.mu.Unlock()
 		return nil
 	}
+	delete(m.mounts, d)
+	m.gen++
+	// A mount of d arriving now waits until the old one is gone: it
+	// would otherwise mount at the same place, and have its mount and
+	// its saved layout taken by this unmount.
+	done := make(chan struct{})
+	m.mounting[d] = done
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.mounting, d)
+		close(done)
+		m.mu.Unlock()
+	}()
 	if mt.stop != nil {
 		mt.stop()
 	}

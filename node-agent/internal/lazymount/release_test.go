@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/store"
 )
 
@@ -160,5 +161,81 @@ func TestMountWaitsForNobody(t *testing.T) {
 	}
 	if ms := m.Mounts(); len(ms) != 1 {
 		t.Fatalf("%d mounts of one image", len(ms))
+	}
+}
+
+// blockingPuts holds every Put until released.
+type blockingPuts struct {
+	store.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *blockingPuts) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.Store.Put(ctx, key, r, size)
+}
+
+// TestMountWaitsForUnmount: a mount of an image still being unmounted
+// (saving its startup set) waits for the unmount, then mounts anew; it
+// would otherwise have its mount and layout taken by that unmount.
+func TestMountWaitsForUnmount(t *testing.T) {
+	e := newTakeoverEnvIn(t, false, true)
+	ctx := context.Background()
+	e.old.opts.RecordWindow = time.Minute
+	slow := &blockingPuts{Store: e.st, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	e.old.store = slow
+	_, mp := e.mount(t)
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read: %d bytes, %v", len(got), err)
+	}
+	unmounted := make(chan error, 1)
+	go func() { unmounted <- e.old.Unmount(ctx, e.d) }()
+	<-slow.entered
+	mounted := make(chan error, 1)
+	go func() {
+		_, err := e.old.Mount(ctx, e.d)
+		mounted <- err
+	}()
+	select {
+	case err := <-mounted:
+		t.Fatalf("mount returned while the unmount was in progress: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(slow.release)
+	if err := <-unmounted; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-mounted; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read after mounting again: %d bytes, %v", len(got), err)
+	}
+	if _, err := os.Stat(e.old.layoutPath(e.d)); err != nil {
+		t.Fatalf("the new mount's layout: %v", err)
+	}
+	if err := e.old.Unmount(ctx, e.d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFetchRefusesUnusableBootstrap: a bootstrap with the right digest
+// that this agent cannot decode fails Fetch, so that the snapshotter
+// unpacks the layer as usual instead of a mount failing later.
+func TestFetchRefusesUnusableBootstrap(t *testing.T) {
+	e := newTakeoverEnv(t, false)
+	ctx := context.Background()
+	blob := []byte("SKIFF\x09 a format from the future")
+	d := bootstrap.Sum(blob)
+	if err := e.st.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.old.Fetch(ctx, d); err == nil {
+		t.Fatal("Fetch accepted a bootstrap it cannot decode")
+	}
+	if err := e.old.Fetch(ctx, e.d); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -301,17 +301,27 @@ func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
 	t.conn.SetDeadline(time.Time{})
 	pid := peerPID(t.conn)
 	if _, err := t.conn.Write([]byte{ackByte}); err != nil {
+		if pid > 0 && !alive(pid) {
+			// It died after sending the devices: they are this
+			// process' alone.
+			return nil
+		}
 		return fmt.Errorf("commit takeover: %w: %w", ErrNotCommitted, err)
 	}
-	exited := make(chan struct{})
+	exited := make(chan error, 1)
 	go func() {
-		io.Copy(io.Discard, t.conn)
-		close(exited)
+		_, err := io.Copy(io.Discard, t.conn)
+		exited <- err
 	}()
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
-	case <-exited:
+	case err := <-exited:
+		if errors.Is(err, syscall.ECONNRESET) {
+			// It closed with the ack unread: it gave up on the
+			// handover just as the ack came, and keeps its mounts.
+			return fmt.Errorf("commit takeover: %w: %w", ErrNotCommitted, err)
+		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -329,6 +339,12 @@ func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// alive reports whether process pid exists.
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // peerPID is the process at the other end of conn, or 0.

@@ -31,6 +31,9 @@ import (
 // is used by the next pull.
 const negativeTTL = 30 * time.Second
 
+// lookupTimeout bounds a registry lookup shared by an image's layers.
+const lookupTimeout = time.Minute
+
 // maxFound bounds the manifests remembered; past it they are all
 // forgotten, costing each image pulled again one more lookup.
 const maxFound = 4096
@@ -113,6 +116,10 @@ func (r *Resolver) lookup(ctx context.Context, ref, md string) (*conversion, err
 		return c, nil
 	}
 	v, err, _ := r.lookups.Do(key, func() (any, error) {
+		// Shared with the image's other layers: one of them giving up
+		// must not fail the rest, which would then be unpacked in full.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+		defer cancel()
 		c, err := r.query(ctx, dref)
 		if err != nil {
 			return nil, err
