@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,7 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"selectorless service", "seeder.yaml", "    app.kubernetes.io/name: seeder\n  ports:", "    app.kubernetes.io/name: seeders\n  ports:", "selects no pods"},
 		{"wrong probe port", "scheduler.yaml", "path: /healthz\n              port: http\n", "path: /healthz\n              port: healthz\n", `port "healthz"`},
 		{"wrong liveness port", "scheduler.yaml", "tcpSocket:\n              port: http", "tcpSocket:\n              port: status", `port "status"`},
+		{"wrong metrics port", "seeder.yaml", `prometheus.io/port: "8092"`, `prometheus.io/port: "9092"`, `prometheus.io/port "9092"`},
 	}
 	for _, m := range mutations {
 		t.Run(m.name, func(t *testing.T) {
@@ -367,6 +369,13 @@ func checkDir(dir string, vars map[string][]string) []error {
 		for _, c := range append(slices.Clone(w.pod.Spec.InitContainers), w.pod.Spec.Containers...) {
 			where := fmt.Sprintf("%s: %s container %s", w.where, w.name, c.Name)
 			errs = append(errs, checkContainer(where, c, vars, secrets, volumes)...)
+		}
+		// Prometheus scrapes the port the annotation names, whatever the
+		// pod listens on.
+		if p, ok := w.pod.Annotations["prometheus.io/port"]; ok {
+			if n, err := strconv.ParseInt(p, 10, 32); err != nil || !hasPort(w.pod.Spec.Containers, "", int32(n)) {
+				errorf("%s: %s: annotation prometheus.io/port %q is no port of its containers", w.where, w.name, p)
+			}
 		}
 	}
 

@@ -17,7 +17,7 @@ import (
 // Config configures skiff-converter. Each field's help tag is what --help
 // prints next to the variable and its default.
 type Config struct {
-	Listen string `env:"SKIFF_CONVERTER_LISTEN" envDefault:"127.0.0.1:8090" help:"address of the webhook endpoint (POST /notify for distribution, POST /harbor for Harbor)"`
+	Listen string `env:"SKIFF_CONVERTER_LISTEN" envDefault:"127.0.0.1:8090" help:"address of the webhook endpoint (POST /notify for distribution, POST /harbor for Harbor), /healthz and /metrics (Prometheus)"`
 	NATS   string `env:"SKIFF_NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"NATS server with JetStream"`
 	Store  string `env:"SKIFF_STORE" envDefault:"file:///var/lib/skiff/store" help:"blob store URL: file:///abs/path or s3://bucket?endpoint=host:port[&insecure=true] (S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"`
 	// Registry overrides the registry host taken from notifications,

@@ -1,8 +1,8 @@
-// Package service is the converter service: the webhook and /healthz on
-// one HTTP handler, and the worker pool over the converter's consumer. It
-// is built from dependencies its caller makes (the skiff-converter
-// command, or tests in process) and runs as two parts, Serve and Convert,
-// which the caller runs for as long as it likes.
+// Package service is the converter service: the webhook, /healthz and
+// /metrics (Prometheus) on one HTTP handler, and the worker pool over the
+// converter's consumer. It is built from dependencies its caller makes
+// (the skiff-converter command, or tests in process) and runs as two
+// parts, Serve and Convert, which the caller runs for as long as it likes.
 package service
 
 import (
@@ -31,6 +31,10 @@ var Version = "dev"
 // PathHealth answers 200 while the service can take requests, 503 while
 // NATS is not connected.
 const PathHealth = "/healthz"
+
+// PathMetrics serves the webhook's and the worker's counters to
+// Prometheus.
+const PathMetrics = "/metrics"
 
 // Bus is what the service needs of pkg/bus: publishing requests and
 // outcomes, and reading conversion records.
@@ -79,6 +83,7 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // Service is a converter service built from its dependencies.
 type Service struct {
 	handler     http.Handler
+	webhook     *webhook.Handler
 	worker      *worker.Worker
 	requests    jetstream.Consumer
 	concurrency int
@@ -93,8 +98,14 @@ func New(deps Deps, opts ...Option) *Service {
 	if o.worker.Logger == nil {
 		o.worker.Logger = o.log
 	}
+	s := &Service{
+		webhook:     webhook.New(deps.Bus, o.log),
+		worker:      worker.New(deps.Bus, deps.Records, deps.Converter, o.worker),
+		requests:    deps.Requests,
+		concurrency: o.concurrency,
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/", webhook.New(deps.Bus, o.log))
+	mux.Handle("/", s.webhook)
 	mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, _ *http.Request) {
 		// Without NATS a notification cannot be queued (the webhook
 		// answers 503) and nothing converts.
@@ -104,15 +115,12 @@ func New(deps Deps, opts ...Option) *Service {
 		}
 		io.WriteString(w, "ok\n")
 	})
-	return &Service{
-		handler:     mux,
-		worker:      worker.New(deps.Bus, deps.Records, deps.Converter, o.worker),
-		requests:    deps.Requests,
-		concurrency: o.concurrency,
-	}
+	mux.Handle("GET "+PathMetrics, metricsHandler(s, o.log))
+	s.handler = mux
+	return s
 }
 
-// Handler serves the webhook endpoints and /healthz.
+// Handler serves the webhook endpoints, /healthz and /metrics.
 func (s *Service) Handler() http.Handler { return s.handler }
 
 // Serve serves Handler on ln until ctx ends, then shuts down gracefully.

@@ -70,7 +70,7 @@ type conn bool
 func (c conn) IsConnected() bool { return bool(c) }
 
 // TestHealth checks that /healthz follows the NATS connection, and that
-// the webhook is served beside it.
+// the webhook and /metrics are served beside it.
 func TestHealth(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -81,6 +81,8 @@ func TestHealth(t *testing.T) {
 	}{
 		{"connected", true, http.MethodGet, PathHealth, http.StatusOK},
 		{"nats down", false, http.MethodGet, PathHealth, http.StatusServiceUnavailable},
+		{"metrics", true, http.MethodGet, PathMetrics, http.StatusOK},
+		{"metrics with nats down", false, http.MethodGet, PathMetrics, http.StatusOK},
 		{"webhook", true, http.MethodGet, "/notify", http.StatusMethodNotAllowed},
 		{"unknown path", true, http.MethodGet, "/nothing", http.StatusNotFound},
 	}

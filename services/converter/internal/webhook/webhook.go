@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -56,6 +57,28 @@ type Handler struct {
 	bus Bus
 	log *slog.Logger
 	mux *http.ServeMux
+
+	ok, malformed, unavailable     atomic.Int64
+	published, duplicates, ignored atomic.Int64
+}
+
+// Stats counts the notifications a Handler answered and what became of
+// their events.
+type Stats struct {
+	OK          int64 // notifications answered 200
+	Malformed   int64 // answered 400: nothing published
+	Unavailable int64 // answered 503: the bus failed, the registry retries
+	Published   int64 // conversion requests JetStream stored
+	Duplicates  int64 // requests JetStream had already (a registry's retry), not stored again
+	Ignored     int64 // events that were no push of a convertible tag
+}
+
+// Stats returns current counters.
+func (h *Handler) Stats() Stats {
+	return Stats{
+		OK: h.ok.Load(), Malformed: h.malformed.Load(), Unavailable: h.unavailable.Load(),
+		Published: h.published.Load(), Duplicates: h.duplicates.Load(), Ignored: h.ignored.Load(),
+	}
 }
 
 // New returns a handler publishing to b.
@@ -82,30 +105,41 @@ func (h *Handler) serve(parse parser) http.HandlerFunc {
 		ctx := telemetry.ExtractHTTP(r.Context(), r.Header)
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 		if err != nil {
+			h.malformed.Add(1)
 			reply(w, http.StatusBadRequest, Response{Error: "read body: " + err.Error()})
 			return
 		}
 		reqs, ignored, err := parse(body)
 		if err != nil {
 			h.log.Warn("refused malformed notification", "path", r.URL.Path, "err", err)
+			h.malformed.Add(1)
 			reply(w, http.StatusBadRequest, Response{Error: err.Error()})
 			return
 		}
+		h.ignored.Add(int64(ignored))
 		for i, req := range reqs {
 			id, err := h.msgID(ctx, req)
 			if err != nil {
 				h.log.Error("read conversion record", "image", Source(req), "err", err)
+				h.unavailable.Add(1)
 				reply(w, http.StatusServiceUnavailable, Response{Published: i, Ignored: ignored, Error: err.Error()})
 				return
 			}
 			ack, err := h.bus.Publish(ctx, bus.SubjectImagePushed, id, req)
 			if err != nil {
 				h.log.Error("publish conversion request", "image", Source(req), "err", err)
+				h.unavailable.Add(1)
 				reply(w, http.StatusServiceUnavailable, Response{Published: i, Ignored: ignored, Error: err.Error()})
 				return
 			}
+			if ack.Duplicate {
+				h.duplicates.Add(1)
+			} else {
+				h.published.Add(1)
+			}
 			h.log.Info("conversion requested", "image", Source(req), "digest", req.GetDigest(), "origin", req.GetOrigin(), "duplicate", ack.Duplicate)
 		}
+		h.ok.Add(1)
 		reply(w, http.StatusOK, Response{Published: len(reqs), Ignored: ignored})
 	}
 }

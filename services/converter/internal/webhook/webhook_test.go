@@ -103,7 +103,8 @@ func TestDistribution(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &recorder{}
-			resp := post(t, New(rec, slog.Default()), PathDistribution, tt.body)
+			h := New(rec, slog.Default())
+			resp := post(t, h, PathDistribution, tt.body)
 			if resp.code != tt.wantStatus {
 				t.Fatalf("status %d (%s), want %d", resp.code, resp.body.Error, tt.wantStatus)
 			}
@@ -113,6 +114,13 @@ func TestDistribution(t *testing.T) {
 			}
 			if tt.wantStatus != 200 && resp.body.Error == "" {
 				t.Error("error response without a reason")
+			}
+			want := Stats{Malformed: 1}
+			if tt.wantStatus == 200 {
+				want = Stats{OK: 1, Published: int64(len(tt.wantPublished)), Ignored: int64(tt.wantIgnored)}
+			}
+			if got := h.Stats(); got != want {
+				t.Errorf("counted %+v, want %+v", got, want)
 			}
 		})
 	}
@@ -173,9 +181,13 @@ func TestHarbor(t *testing.T) {
 
 func TestBusDownIsRetryable(t *testing.T) {
 	rec := &recorder{err: errors.New("nats: no responders")}
-	resp := post(t, New(rec, slog.Default()), PathDistribution, notification(event("push", ociManifest, "a", "1", dgst)))
+	h := New(rec, slog.Default())
+	resp := post(t, h, PathDistribution, notification(event("push", ociManifest, "a", "1", dgst)))
 	if resp.code != http.StatusServiceUnavailable {
 		t.Fatalf("status %d, want 503 so the registry retries", resp.code)
+	}
+	if got := h.Stats(); got != (Stats{Unavailable: 1}) {
+		t.Errorf("counted %+v, want one unavailable", got)
 	}
 }
 

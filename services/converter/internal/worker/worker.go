@@ -69,6 +69,7 @@ type Worker struct {
 	log  *slog.Logger
 
 	claimFailures tally
+	counts        counts
 }
 
 // New returns a worker recording conversions in kv.
@@ -97,6 +98,9 @@ type job struct {
 	source  string // as reported
 	target  string // as reported
 	log     *slog.Logger
+	// retagged is set by a claim that tagged an earlier conversion of
+	// the digest for this request.
+	retagged bool
 }
 
 // Handle processes one delivery and always settles it: ack, nak with a
@@ -105,6 +109,7 @@ func (w *Worker) Handle(ctx context.Context, msg jetstream.Msg) {
 	j, err := w.decode(ctx, msg)
 	if err != nil {
 		w.log.Error("dropping undecodable conversion request", "err", err)
+		w.counts.invalid.Add(1)
 		settle(msg.Term())
 		return
 	}
@@ -168,9 +173,15 @@ func (w *Worker) handle(ctx context.Context, j *job) error {
 	case errors.Is(err, errBusy):
 		// Come back once the owner is likely done; then this request
 		// only retags.
+		w.counts.waits.Add(1)
 		settle(j.msg.NakWithDelay(w.opts.Backoff))
 		return nil
 	case rec == nil:
+		if j.retagged {
+			w.counts.retagged.Add(1)
+		} else {
+			w.counts.duplicates.Add(1)
+		}
 		settle(j.msg.DoubleAck(ctx))
 		return nil
 	}
@@ -185,6 +196,9 @@ func (w *Worker) handle(ctx context.Context, j *job) error {
 		return w.fail(ctx, j, rec, rev, errors.New(reason), time.Time{})
 	}
 	start := time.Now()
+	w.counts.attempts.Add(1)
+	w.counts.running.Add(1)
+	defer w.counts.running.Add(-1)
 	kctx, stop := context.WithCancel(ctx)
 	go bus.KeepAlive(kctx, j.msg, w.opts.AckWait/3)
 	res, digest, err := w.convert(ctx, j)
@@ -192,6 +206,7 @@ func (w *Worker) handle(ctx context.Context, j *job) error {
 	if errors.Is(err, errSkiffSource) {
 		// A Skiff image pushed under a plain tag: never convert output.
 		j.log.Info("ignoring push of a Skiff image")
+		w.counts.skiffSources.Add(1)
 		if derr := w.kv.Delete(ctx, j.key, jetstream.LastRevision(rev)); derr != nil {
 			j.log.Warn("remove record", "err", derr)
 		}
@@ -209,6 +224,7 @@ func (w *Worker) handle(ctx context.Context, j *job) error {
 		settle(j.msg.Nak())
 		return err
 	}
+	w.counts.attemptErrors.Add(1)
 	if j.attempt >= w.opts.MaxAttempts {
 		return w.fail(ctx, j, rec, rev, err, start)
 	}
@@ -262,6 +278,7 @@ func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64,
 			if err := w.retag(ctx, j, rec); err != nil {
 				return nil, 0, err
 			}
+			j.retagged = true
 			// The record follows the latest request, so whoever
 			// asked sees it answered.
 			rec.Target, rec.Seq, rec.Updated = j.target, j.seq, now
@@ -383,6 +400,7 @@ func (w *Worker) complete(ctx context.Context, j *job, rec *conversion.Record, r
 	if _, err := w.update(ctx, j.key, rec, rev); err != nil {
 		return err
 	}
+	w.counts.completed(res, took)
 	if err := j.msg.DoubleAck(ctx); err != nil {
 		// The record says done: a redelivery only acks.
 		j.log.Warn("ack after conversion", "err", err)
@@ -407,6 +425,9 @@ func (w *Worker) fail(ctx context.Context, j *job, rec *conversion.Record, rev u
 		settle(j.msg.NakWithDelay(w.backoff(1)))
 		return err
 	}
+	// Counted once the record says so: before, a redelivery fails the
+	// request again.
+	w.counts.failed.Add(1)
 	settle(j.msg.DoubleAck(ctx))
 	return cause
 }
@@ -437,6 +458,7 @@ func (w *Worker) claimFailed(ctx context.Context, j *job, err error) error {
 		settle(j.msg.Nak())
 		return err
 	}
+	w.counts.claimErrors.Add(1)
 	n := w.claimFailures.add(j.seq, time.Now())
 	if n < w.opts.MaxAttempts {
 		delay := w.backoff(n)
@@ -454,6 +476,7 @@ func (w *Worker) claimFailed(ctx context.Context, j *job, err error) error {
 		j.log.Warn("record failure", "err", rerr)
 	}
 	w.claimFailures.forget(j.seq)
+	w.counts.failed.Add(1)
 	settle(j.msg.DoubleAck(ctx))
 	return err
 }

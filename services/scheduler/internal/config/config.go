@@ -13,7 +13,7 @@ import (
 // prints next to the variable and its default.
 type Config struct {
 	NATS       string        `env:"SKIFF_NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"NATS server"`
-	Listen     string        `env:"SKIFF_SCHEDULER_LISTEN" envDefault:"127.0.0.1:8093" help:"address of /healthz and /stats"`
+	Listen     string        `env:"SKIFF_SCHEDULER_LISTEN" envDefault:"127.0.0.1:8093" help:"address of /healthz, /stats and /metrics (Prometheus)"`
 	TTL        time.Duration `env:"SKIFF_SCHEDULER_PEER_TTL" envDefault:"30s" help:"a peer not heard from for this long is forgotten (peers announce every 10s by default)"`
 	Quarantine time.Duration `env:"SKIFF_SCHEDULER_QUARANTINE" envDefault:"5m" help:"how long a peer reported for sending bad data is not offered as a parent"`
 	MaxParents int           `env:"SKIFF_SCHEDULER_MAX_PARENTS" envDefault:"4" help:"holders offered for one piece (the seeder for the blob comes on top)"`

@@ -1,9 +1,9 @@
 // Package service is the scheduler of Skiff's peer-to-peer distribution:
 // a schedule.Table served on NATS (announcements in, parent requests
 // answered in a queue group so several schedulers share the load, reports
-// of bad peers) and an HTTP handler for /healthz and /stats. The
-// skiff-scheduler command builds its dependencies from the configuration
-// and runs its parts; tests do the same in process.
+// of bad peers) and an HTTP handler for /healthz, /stats and /metrics
+// (Prometheus). The skiff-scheduler command builds its dependencies from
+// the configuration and runs its parts; tests do the same in process.
 package service
 
 import (
@@ -46,9 +46,10 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // Service answers parent requests from its table.
 type Service struct {
-	nc     *nats.Conn
-	server *schedule.Server
-	opts   options
+	nc      *nats.Conn
+	server  *schedule.Server
+	metrics http.Handler
+	opts    options
 }
 
 // New returns a Service serving d.Table on d.NATS.
@@ -57,7 +58,8 @@ func New(d Deps, opts ...Option) *Service {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &Service{nc: d.NATS, server: schedule.NewServer(d.NATS, d.Table, o.log), opts: o}
+	server := schedule.NewServer(d.NATS, d.Table, o.log)
+	return &Service{nc: d.NATS, server: server, metrics: metricsHandler(server, o.log), opts: o}
 }
 
 // Schedule serves the table on NATS until ctx ends, and returns nil then.
@@ -69,7 +71,8 @@ func (s *Service) Serve(ctx context.Context, ln net.Listener) error {
 	return daemon.Serve(ctx, srv, ln)
 }
 
-// Handler serves /healthz and /stats.
+// Handler serves /healthz, /stats and /metrics, the same counters as
+// /stats for Prometheus.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	// Without NATS a scheduler hears no one and answers no one.
@@ -84,5 +87,6 @@ func (s *Service) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(s.server.Stats())
 	})
+	mux.Handle("GET /metrics", s.metrics)
 	return mux
 }

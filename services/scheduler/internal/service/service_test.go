@@ -25,7 +25,7 @@ import (
 // set aside.
 func TestSchedulerService(t *testing.T) {
 	n := testenv.StartNATS(t, testenv.NATSOptions{})
-	urls := []string{start(t, n.URL), start(t, n.URL)}
+	urls := []string{start(t, n.URL, time.Second), start(t, n.URL, time.Second)}
 	nc, err := bus.Connect(n.URL, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -101,16 +101,16 @@ func TestSchedulerService(t *testing.T) {
 	}
 }
 
-// start runs a scheduler as skiff-scheduler composes it, until the test
-// ends, and returns the URL of its handler.
-func start(t *testing.T, natsURL string) string {
+// start runs a scheduler as skiff-scheduler composes it, forgetting peers
+// after ttl, until the test ends, and returns the URL of its handler.
+func start(t *testing.T, natsURL string, ttl time.Duration) string {
 	t.Helper()
 	nc, err := bus.Connect(natsURL, "skiff-scheduler", nats.RetryOnFailedConnect(true))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	table := schedule.NewTable(schedule.Options{TTL: time.Second, Quarantine: time.Minute, MaxParents: 4})
+	table := schedule.NewTable(schedule.Options{TTL: ttl, Quarantine: time.Minute, MaxParents: 4})
 	s := New(Deps{NATS: nc, Table: table}, WithExpireEvery(250*time.Millisecond))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

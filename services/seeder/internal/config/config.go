@@ -18,7 +18,7 @@ type Config struct {
 	Store     string `env:"SKIFF_STORE" envDefault:"file:///var/lib/skiff/store" help:"blob store URL: file:///abs/path or s3://bucket?endpoint=host:port[&insecure=true] (S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"`
 	Dir       string `env:"SKIFF_SEEDER_DIR" envDefault:"/var/lib/skiff-seeder/pieces" help:"directory of the pieces this seeder holds"`
 	CacheSize int64  `env:"SKIFF_SEEDER_CACHE_SIZE" envDefault:"53687091200" help:"bytes of pieces kept; the oldest are dropped beyond it (0: no limit)"`
-	Listen    string `env:"SKIFF_SEEDER_LISTEN" envDefault:":8092" help:"address of the piece server (GET /pieces/<blob>), /healthz and /stats"`
+	Listen    string `env:"SKIFF_SEEDER_LISTEN" envDefault:":8092" help:"address of the piece server (GET /pieces/<blob>), /healthz, /stats and /metrics (Prometheus)"`
 	// Advertise is what peers dial; a wildcard listen address cannot be.
 	Advertise   string        `env:"SKIFF_SEEDER_ADVERTISE" help:"host:port peers reach the piece server at (default: host name and the listen port)"`
 	ID          string        `env:"SKIFF_SEEDER_ID" help:"id of this seeder in the cluster, unique (default: host name)"`

@@ -1,9 +1,10 @@
 // Package service is the seeder of Skiff's peer-to-peer distribution: a
 // Fetcher reading the store into the piece store, the piece server
 // answering peers (and seeding on demand what nobody holds), the
-// announcer, the preheat of conversion.completed events and the
-// SeedRequest handler. The skiff-seeder command builds its dependencies
-// from the configuration and runs its parts; tests do the same in process.
+// announcer, the preheat of conversion.completed events, the SeedRequest
+// handler, and /healthz, /stats and /metrics (Prometheus) beside the
+// pieces. The skiff-seeder command builds its dependencies from the
+// configuration and runs its parts; tests do the same in process.
 package service
 
 import (
@@ -91,6 +92,7 @@ type Service struct {
 	pieces    *piece.Store
 	server    *piece.Server
 	announce  *peer.Announcer
+	metrics   http.Handler
 	slots     chan struct{} // one per SeedRequest being worked on
 
 	preheats, preheatFailures, seeds atomic.Int64
@@ -111,6 +113,7 @@ func New(d Deps, opts ...Option) *Service {
 	s.server = piece.NewServer(d.Pieces, s, o.log)
 	s.announce = &peer.Announcer{NC: d.NATS, ID: d.ID, Addr: d.Advertise, Role: schedule.RoleSeeder, Store: d.Pieces,
 		Load: s.server.Load, Interval: o.interval, Logger: o.log}
+	s.metrics = metricsHandler(s, o.log)
 	return s
 }
 
@@ -120,7 +123,8 @@ func (s *Service) Seed(ctx context.Context, blob bootstrap.Digest, off, size int
 	return s.seeder.Seed(ctx, blob, off, size)
 }
 
-// Handler serves pieces (piece.Path), /healthz and /stats.
+// Handler serves pieces (piece.Path), /healthz, /stats and /metrics, the
+// same counters as /stats for Prometheus.
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(piece.Path, s.server)
@@ -137,6 +141,7 @@ func (s *Service) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(s.stats())
 	})
+	mux.Handle("GET /metrics", s.metrics)
 	return mux
 }
 
