@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -182,6 +183,30 @@ func httpOK(url string, v any) (bool, string) {
 	return true, resp.Status
 }
 
+// metric returns the value of sample (a metric name with its labels, as
+// the text format writes them) scraped from url.
+func metric(url, sample string) (float64, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
+			return strconv.ParseFloat(v, 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("%s has no %s", url, sample)
+}
+
 // jaegerTraces is the part of Jaeger's query API answers the test reads.
 type jaegerTraces struct {
 	Data []struct {
@@ -337,7 +362,7 @@ func checkPreheated(t *testing.T, s *composeStack, ref string) {
 	for i, fr := range b.Frames {
 		blob := b.Blobs[fr.Blob]
 		var reply skiffv1.ParentsReply
-		req := &skiffv1.ParentsRequest{PeerId: "compose-test", Blob: blob[:], Offset: uint64(fr.Offset), Size: uint64(fr.CompressedSize)}
+		req := schedule.ParentsRequestMessage(schedule.ParentsRequest{PeerID: "compose-test", Blob: blob, Off: fr.Offset, Size: int64(fr.CompressedSize)})
 		if err := bus.Request(ctx, nc, bus.SubjectParents, req, &reply); err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}
@@ -363,6 +388,22 @@ func checkPreheated(t *testing.T, s *composeStack, ref string) {
 	}
 	if ok, seen := httpOK(s.url("SKIFF_SEEDER_PORT", "/stats"), &ss); !ok || ss.Seeds != 0 {
 		t.Errorf("seeder stats after serving a held frame: %s %+v", seen, ss)
+	}
+
+	// Prometheus sees the same: the conversion, the preheat, the frame
+	// served and the parents asked for.
+	for _, m := range []struct {
+		port, sample string
+		least        float64
+	}{
+		{"SKIFF_CONVERTER_PORT", `skiff_converter_requests_total{outcome="completed"}`, 1},
+		{"SKIFF_SEEDER_PORT", `skiff_seeder_preheats_total{result="completed"}`, 1},
+		{"SKIFF_SEEDER_PORT", `skiff_seeder_piece_requests_total{result="served"}`, 1},
+		{"SKIFF_SCHEDULER_PORT", `skiff_scheduler_parents_requests_total`, float64(len(b.Frames))},
+	} {
+		if v, err := metric(s.url(m.port, "/metrics"), m.sample); err != nil || v < m.least {
+			t.Errorf("%s = %v (%v), want at least %v", m.sample, v, err, m.least)
+		}
 	}
 
 	// The preheat is traced, in the trace of the conversion that
