@@ -99,12 +99,18 @@ type Rejecter interface {
 // Fetcher is used.
 func (f *Fetcher) SetFrameSink(s FrameSink) { f.sink = s }
 
-// sinkFrame hands frame fi's stored bytes to the sink, if any.
+// sinkFrame hands frame fi's stored bytes to the sink, if any, behind the
+// reader's back as the disk cache's writes go: keeping a frame for peers
+// is a file to write, which must not stand between a reader and its
+// bytes. The bytes are copied: raw is part of a request's buffer, which
+// the sink would otherwise hold whole until its write.
 func (f *Fetcher) sinkFrame(b *bootstrap.Bootstrap, fi uint32, raw []byte) {
-	if f.sink != nil {
-		fr := b.Frames[fi]
-		f.sink.KeepFrame(b.Blobs[fr.Blob], fr.Offset, raw)
+	if f.sink == nil {
+		return
 	}
+	fr := b.Frames[fi]
+	raw = bytes.Clone(raw)
+	f.persistAsync(func() { f.sink.KeepFrame(b.Blobs[fr.Blob], fr.Offset, raw) })
 }
 
 // reject tells s, if it wants to know, that the bytes it returned for

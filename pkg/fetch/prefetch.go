@@ -87,7 +87,11 @@ func (f *Fetcher) FetchFrames(ctx context.Context, b *bootstrap.Bootstrap, frame
 			return fmt.Errorf("fetch frames: frame %d out of range", fi)
 		}
 	}
-	if err := f.fetchRuns(ctx, b, frames, prefetchOptions{}, true); err != nil {
+	err := f.fetchRuns(ctx, b, frames, prefetchOptions{}, true)
+	// The sink holds what was fetched when this returns: a seeder answers
+	// a peer's request for the pieces right after.
+	f.writes.Wait()
+	if err != nil {
 		return fmt.Errorf("fetch frames: %w", err)
 	}
 	return nil

@@ -75,7 +75,13 @@ func TestFrameSinkAndRejecter(t *testing.T) {
 			for i := range img.Bootstrap.Frames {
 				all = append(all, uint32(i))
 			}
-			return f.FetchFrames(ctx, img.Bootstrap, all)
+			err := f.FetchFrames(ctx, img.Bootstrap, all)
+			// A seeder serves the pieces right after: they are kept
+			// when FetchFrames returns, without a Flush.
+			if got := f.sink.(*frameRecorder).count(); got != len(img.Bootstrap.Frames) {
+				t.Errorf("sink held %d frames when FetchFrames returned, want all %d", got, len(img.Bootstrap.Frames))
+			}
+			return err
 		}},
 	}
 	for _, tt := range tests {
@@ -87,6 +93,9 @@ func TestFrameSinkAndRejecter(t *testing.T) {
 			if err := tt.read(t, f); err != nil {
 				t.Fatal(err)
 			}
+			// Frames reach the sink behind the readers' backs, as they
+			// reach the disk cache.
+			f.Flush()
 			if got := rec.count(); got != len(img.Bootstrap.Frames) {
 				t.Errorf("sink got %d frames, want all %d", got, len(img.Bootstrap.Frames))
 			}
