@@ -494,8 +494,8 @@ func (f *Fetcher) fetchFrameFrom(ctx context.Context, b *bootstrap.Bootstrap, fi
 		s.requests.Add(1)
 		actx, cancel := context.WithTimeout(ctx, f.timeout)
 		raw, err := s.FetchFrame(actx, blob, fr.Offset, int64(fr.CompressedSize))
+		err = stalled(ctx, actx, err)
 		cancel()
-		err = stalled(ctx, err)
 		var data []byte
 		if err == nil {
 			s.bytes.Add(int64(len(raw)))

@@ -899,3 +899,33 @@ func TestStalledSourceFailsItsJoinersOnce(t *testing.T) {
 		t.Fatal("a read right after the failure asked the source again")
 	}
 }
+
+func TestStalled(t *testing.T) {
+	live := context.Background()
+	expired, cancel := context.WithTimeout(live, -1)
+	defer cancel()
+	parentGone, cancel2 := context.WithCancel(live)
+	cancel2()
+	reqOfGone, cancel3 := context.WithTimeout(parentGone, -1)
+	defer cancel3()
+	peerTimeout := fmt.Errorf("peer fetch: %w (every parent failed): p1: %w", ErrNotHeld, context.DeadlineExceeded)
+	for _, tc := range []struct {
+		name         string
+		parent, req  context.Context
+		err          error
+		stalled, not bool // errStalled; ErrNotHeld kept
+	}{
+		{"the request's own deadline", live, expired, fmt.Errorf("get: %w", context.DeadlineExceeded), true, false},
+		{"a deadline of the source's own", live, live, peerTimeout, false, true},
+		{"the caller gave up", parentGone, reqOfGone, context.Canceled, false, false},
+		{"no error", live, expired, nil, false, false},
+	} {
+		err := stalled(tc.parent, tc.req, tc.err)
+		if errors.Is(err, errStalled) != tc.stalled || errors.Is(err, ErrNotHeld) != tc.not {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		if tc.stalled && errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s: %v still reads as a reader giving up", tc.name, err)
+		}
+	}
+}

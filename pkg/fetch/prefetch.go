@@ -88,6 +88,19 @@ func (f *Fetcher) FetchFrames(ctx context.Context, b *bootstrap.Bootstrap, frame
 		}
 	}
 	err := f.fetchRuns(ctx, b, frames, prefetchOptions{}, true)
+	// Frames another caller was fetching were left to it (two peers ask a
+	// seeder for one piece at once): they are waited for too.
+	for _, fi := range frames {
+		f.mu.Lock()
+		cl := f.flight[frameKey{b, fi}]
+		f.mu.Unlock()
+		if cl != nil {
+			select {
+			case <-cl.done:
+			case <-ctx.Done():
+			}
+		}
+	}
 	// The sink holds what was fetched when this returns: a seeder answers
 	// a peer's request for the pieces right after.
 	f.writes.Wait()
@@ -229,10 +242,16 @@ func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *
 			if unreachable[s] != nil {
 				continue
 			}
+			var broke error // the stream stalled: s is not asked again
 			err := f.readRun(ctx, s, b, ix, sub, func(fi uint32, data []byte, err error) {
 				// A frame that did not arrive intact is left to the
 				// per-frame path below, which tries every source.
 				if err != nil {
+					if errors.Is(err, errStalled) {
+						mu.Lock()
+						broke = err
+						mu.Unlock()
+					}
 					return
 				}
 				mu.Lock()
@@ -243,6 +262,11 @@ func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *
 					f.finish(frameKey{b, fi}, cl, data, nil)
 				}
 			})
+			if err == nil && broke != nil {
+				// A source that stalled mid-stream would have each
+				// frame left over wait out its time again, one by one.
+				err = broke
+			}
 			if err == nil {
 				break
 			}

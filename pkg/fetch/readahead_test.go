@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -318,4 +319,78 @@ func TestReadsAhead(t *testing.T) {
 			}
 		})
 	}
+}
+
+// partitioned sends the first frame of a stream, then nothing more, and
+// answers no new request: a network partition in mid-transfer.
+type partitioned struct {
+	*StoreSource
+	b        *bootstrap.Bootstrap
+	requests atomic.Int64
+}
+
+func (s *partitioned) OpenRange(ctx context.Context, blob bootstrap.Digest, off, size int64) (io.ReadCloser, error) {
+	if s.requests.Add(1) > 1 {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	rc, err := s.StoreSource.OpenRange(ctx, blob, off, size)
+	if err != nil {
+		return nil, err
+	}
+	first := size
+	for _, fr := range s.b.Frames {
+		if s.b.Blobs[fr.Blob] == blob && fr.Offset == off {
+			first = int64(fr.CompressedSize)
+		}
+	}
+	return &hangingReader{ReadCloser: rc, ctx: ctx, left: first}, nil
+}
+
+func (s *partitioned) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	s.requests.Add(1)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+type hangingReader struct {
+	io.ReadCloser
+	ctx  context.Context
+	left int64
+}
+
+func (r *hangingReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		<-r.ctx.Done()
+		return 0, r.ctx.Err()
+	}
+	n, err := r.ReadCloser.Read(p[:min(int64(len(p)), r.left)])
+	r.left -= int64(n)
+	return n, err
+}
+
+// TestStalledStreamLeavesTheRestToOthers: when a source's stream stalls
+// mid-transfer and the source answers nothing more, the frames left over
+// go to the next source at once, not one by one after a timeout each.
+func TestStalledStreamLeavesTheRestToOthers(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	st := upload(t, img)
+	b := img.Bootstrap
+	bad := &partitioned{StoreSource: NewStoreSource("partitioned", st), b: b}
+	f := New(nil, bad, NewStoreSource("good", st))
+	f.timeout = 100 * time.Millisecond
+	ino, _ := b.LookupPath("/big")
+	chunks := b.FileChunks(ino)
+	frames := map[uint32]bool{}
+	for _, ci := range chunks {
+		frames[b.Chunks[ci].Frame] = true
+	}
+	if len(frames) < 4 {
+		t.Fatalf("/big spans %d frames; the test needs several", len(frames))
+	}
+	f.Fetch(context.Background(), b, chunks)
+	if n := bad.requests.Load(); n > 2 {
+		t.Fatalf("the stalled source was asked %d times for %d frames", n, len(frames))
+	}
+	checkFiles(t, f, b, map[string][]byte{"/big": files["/big"]})
 }

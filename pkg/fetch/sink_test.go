@@ -5,6 +5,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
@@ -130,5 +131,34 @@ func TestFetchFramesRefetchesCachedChunks(t *testing.T) {
 	}
 	if err := f.FetchFrames(ctx, img.Bootstrap, []uint32{uint32(len(img.Bootstrap.Frames))}); err == nil {
 		t.Error("frame out of range accepted")
+	}
+}
+
+// TestConcurrentFetchFramesBothWait: two callers asking for the same
+// frames at once (two peers asking a seeder for one piece) both return
+// with the frames kept, the second waiting for the first's fetch.
+func TestConcurrentFetchFramesBothWait(t *testing.T) {
+	ctx := context.Background()
+	img, _ := testImage(t, bootstrap.Zstd)
+	src := &gate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
+	f := New(nil, src)
+	rec := &frameRecorder{}
+	f.SetFrameSink(rec)
+	var all []uint32
+	for i := range img.Bootstrap.Frames {
+		all = append(all, uint32(i))
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- f.FetchFrames(ctx, img.Bootstrap, all) }()
+	go func() { errs <- f.FetchFrames(ctx, img.Bootstrap, all) }()
+	time.Sleep(50 * time.Millisecond)
+	close(src.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		if got := rec.count(); got != len(all) {
+			t.Fatalf("a caller returned with %d of %d frames kept", got, len(all))
+		}
 	}
 }

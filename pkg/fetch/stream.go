@@ -26,10 +26,12 @@ const runTimeout = 2 * time.Minute
 // again, one after another.
 var errStalled = errors.New("source stalled")
 
-// stalled returns err, or errStalled in its place when err is the
-// request's own deadline and not parent's.
-func stalled(parent context.Context, err error) error {
-	if err != nil && parent.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+// stalled returns err, or errStalled in its place when the request's own
+// deadline (req's) ended it and not parent's. A deadline of the source's
+// own (a peer's, say) is left as it is: that source's error says what it
+// means.
+func stalled(parent, req context.Context, err error) error {
+	if err != nil && errors.Is(req.Err(), context.DeadlineExceeded) && parent.Err() == nil {
 		return fmt.Errorf("%w: %v", errStalled, err)
 	}
 	return err
@@ -54,7 +56,7 @@ func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootst
 	var rd io.Reader
 	if o, ok := s.Source.(RangeOpener); ok {
 		rc, err := o.OpenRange(ctx, blob, r.off, size)
-		err = stalled(parent, err)
+		err = stalled(parent, ctx, err)
 		if err != nil {
 			s.errors.Add(1)
 			f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
@@ -67,7 +69,7 @@ func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootst
 		if err == nil && int64(len(raw)) != size {
 			err = fmt.Errorf("fetch %s [%d,+%d): got %d bytes", blob, r.off, size, len(raw))
 		}
-		err = stalled(parent, err)
+		err = stalled(parent, ctx, err)
 		if err != nil {
 			s.errors.Add(1)
 			f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
@@ -96,7 +98,7 @@ func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootst
 			s.bytes.Add(int64(n))
 			if err != nil {
 				s.errors.Add(1)
-				err = fmt.Errorf("fetch %s [%d,+%d): after %d bytes: %w", blob, r.off, size, got, stalled(parent, err))
+				err = fmt.Errorf("fetch %s [%d,+%d): after %d bytes: %w", blob, r.off, size, got, stalled(parent, ctx, err))
 				f.log.Warn("fetch: source failed", "source", s.Name(), "blob", blob, "offset", r.off, "size", size, "err", err)
 				for _, fj := range frames[i:] {
 					deliver(fj, nil, err)

@@ -576,11 +576,15 @@ func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger
 			// Two processes reading one FUSE device would each answer
 			// requests the other read; the old one keeps them all, and
 			// its socket.
+			// The old socket comes back before this one closes: the
+			// agent, finding neither answering, would take the old
+			// process for dead and hand its devices on.
 			m.DropResumed()
-			l.Close()
 			if rerr := restoreOld(); rerr != nil {
 				err = errors.Join(err, rerr)
+				removeSock()
 			}
+			l.Close()
 			m.Close()
 			return fmt.Errorf("take over the mounts: %w", err)
 		}

@@ -79,13 +79,14 @@ type Manager struct {
 
 	mu     sync.Mutex
 	mounts map[bootstrap.Digest]*mounted
-	// mounting holds the images being mounted or unmounted, each closed
-	// when that is done: the work (loading the bootstrap, building the
-	// layout, the mount itself; saving the startup set, the unmount) runs
-	// without mu, so that other images and status requests need not
-	// wait for it, while a mount and an unmount of one image never
-	// overlap.
-	mounting map[bootstrap.Digest]chan struct{}
+	// mounting and unmounting hold the images being mounted and being
+	// unmounted, each closed when that is done: the work (loading the
+	// bootstrap, building the layout, the mount itself; saving the
+	// startup set, the unmount) runs without mu, so that other images and
+	// status requests need not wait for it. A mount waits for either of
+	// its image; an unmount only for another unmount, finding nothing to
+	// do while a mount is in progress (and Release then leaves it).
+	mounting, unmounting map[bootstrap.Digest]chan struct{}
 	// usable holds the bootstraps Fetch decoded, by digest.
 	usable sync.Map
 	// handingOver refuses mount requests while a successor takes over;
@@ -127,7 +128,7 @@ func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, 
 		opts.Logger = slog.Default()
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	m := &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}, mounting: map[bootstrap.Digest]chan struct{}{}}
+	m := &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}, mounting: map[bootstrap.Digest]chan struct{}{}, unmounting: map[bootstrap.Digest]chan struct{}{}}
 	if opts.PrefetchRate > 0 {
 		m.limit = rate.NewLimiter(rate.Limit(opts.PrefetchRate), prefetchBurst)
 		m.rest = append(m.rest, fetch.Limit(m.limit))
@@ -221,6 +222,9 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 			return mp, nil
 		}
 		busy, ok := m.mounting[d]
+		if !ok {
+			busy, ok = m.unmounting[d]
+		}
 		if !ok {
 			break
 		}
@@ -389,7 +393,7 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 			m.mu.Unlock()
 			return errHandingOver
 		}
-		busy, ok := m.mounting[d]
+		busy, ok := m.unmounting[d]
 		if !ok {
 			break
 		}
@@ -411,11 +415,11 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	// would otherwise mount at the same place, and have its mount and
 	// its saved layout taken by this unmount.
 	done := make(chan struct{})
-	m.mounting[d] = done
+	m.unmounting[d] = done
 	m.mu.Unlock()
 	defer func() {
 		m.mu.Lock()
-		delete(m.mounting, d)
+		delete(m.unmounting, d)
 		close(done)
 		m.mu.Unlock()
 	}()
@@ -451,6 +455,8 @@ func (m *Manager) Release(ctx context.Context, d bootstrap.Digest) error {
 	if _, ok := m.mounts[d]; ok || m.mounting[d] != nil || m.handingOver {
 		return nil
 	}
+	// The bootstrap copy goes: Fetch must check it anew.
+	m.usable.Delete(d)
 	// os.Remove, not RemoveAll: a directory still mounted on is refused
 	// (EBUSY), never emptied.
 	var errs []error

@@ -239,3 +239,60 @@ func TestFetchRefusesUnusableBootstrap(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFetchAfterRelease: once an image is released, Fetch checks its
+// bootstrap anew: with the store's copy gone too, it fails (and the
+// snapshotter unpacks the layer as usual) rather than promise a mount
+// that cannot happen.
+func TestFetchAfterRelease(t *testing.T) {
+	e := newTakeoverEnv(t, false)
+	ctx := context.Background()
+	if err := e.old.Fetch(ctx, e.d); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.old.Release(ctx, e.d); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.Delete(ctx, store.BootstrapKey(e.d.Hex())); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.old.Fetch(ctx, e.d); err == nil {
+		t.Fatal("Fetch succeeded with the bootstrap gone from the node and the store")
+	}
+}
+
+// TestReleaseLeavesMountInProgress: releasing an image whose mount is in
+// progress (a new pull of it) neither waits for nor undoes that mount.
+func TestReleaseLeavesMountInProgress(t *testing.T) {
+	e := newTakeoverEnv(t, false)
+	ctx := context.Background()
+	slow := &slowBootstrapStore{Store: e.st, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	m := e.manager(t)
+	m.store = slow
+	defer m.Close()
+	mounted := make(chan error, 1)
+	var mp string
+	go func() {
+		var err error
+		mp, err = m.Mount(ctx, e.d)
+		mounted <- err
+	}()
+	<-slow.entered
+	released := make(chan error, 1)
+	go func() { released <- m.Release(ctx, e.d) }()
+	select {
+	case err := <-released:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Release waited for a mount in progress")
+	}
+	close(slow.release)
+	if err := <-mounted; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
+		t.Fatalf("read from the mount after the release: %d bytes, %v", len(got), err)
+	}
+}

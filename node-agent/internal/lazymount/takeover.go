@@ -317,7 +317,7 @@ func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
 	defer timer.Stop()
 	select {
 	case err := <-exited:
-		if errors.Is(err, syscall.ECONNRESET) {
+		if errors.Is(err, syscall.ECONNRESET) && (pid <= 0 || alive(pid)) {
 			// It closed with the ack unread: it gave up on the
 			// handover just as the ack came, and keeps its mounts.
 			return fmt.Errorf("commit takeover: %w: %w", ErrNotCommitted, err)
