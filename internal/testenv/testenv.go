@@ -357,3 +357,21 @@ func WaitHTTP(t testing.TB, url string, died <-chan error) {
 	}
 	t.Fatalf("%s did not answer within a minute", url)
 }
+
+// WaitStatus waits up to 30 s for GET url to answer with status want, as a
+// health check does after what it reports on changed.
+func WaitStatus(t testing.TB, url string, want int) {
+	t.Helper()
+	got := 0
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get(url)
+		if err != nil {
+			continue
+		}
+		resp.Body.Close()
+		if got = resp.StatusCode; got == want {
+			return
+		}
+	}
+	t.Fatalf("GET %s: %d, want %d", url, got, want)
+}

@@ -88,9 +88,9 @@ func TestRun(t *testing.T) {
 	}
 
 	n.Stop()
-	waitStatus(t, base+"/healthz", http.StatusServiceUnavailable)
+	testenv.WaitStatus(t, base+"/healthz", http.StatusServiceUnavailable)
 	n.Start()
-	waitStatus(t, base+"/healthz", http.StatusOK)
+	testenv.WaitStatus(t, base+"/healthz", http.StatusOK)
 
 	cancel()
 	select {
@@ -101,20 +101,4 @@ func TestRun(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("run did not return after its context ended")
 	}
-}
-
-func waitStatus(t *testing.T, url string, want int) {
-	t.Helper()
-	got := 0
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get(url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if got = resp.StatusCode; got == want {
-			return
-		}
-	}
-	t.Fatalf("GET %s: %d, want %d", url, got, want)
 }

@@ -29,9 +29,9 @@ func TestRun(t *testing.T) {
 	testenv.WaitHTTP(t, url, done)
 
 	n.Stop()
-	waitStatus(t, url, http.StatusServiceUnavailable)
+	testenv.WaitStatus(t, url, http.StatusServiceUnavailable)
 	n.Start()
-	waitStatus(t, url, http.StatusOK)
+	testenv.WaitStatus(t, url, http.StatusOK)
 
 	cancel()
 	if err := <-done; err != nil {
@@ -50,21 +50,4 @@ func TestHelp(t *testing.T) {
 			t.Errorf("help lacks %q:\n%s", want, &stdout)
 		}
 	}
-}
-
-func waitStatus(t *testing.T, url string, want int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	got := 0
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if got = resp.StatusCode; got == want {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("GET %s: %d, want %d", url, got, want)
 }
