@@ -11,9 +11,8 @@ import (
 // and without it every request would re-read and re-hash the whole chunk.
 // Chunks are shared with callers, who must not modify them.
 type Memory struct {
-	mu           sync.Mutex
-	idx          *lru[[]byte]
-	hits, misses int64
+	mu  sync.Mutex
+	idx *lru[[]byte]
 }
 
 // NewMemory returns a memory cache holding at most maxBytes of chunks; with
@@ -26,16 +25,10 @@ func NewMemory(maxBytes int64) *Memory {
 func (m *Memory) Get(d bootstrap.Digest) ([]byte, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	v, ok := m.idx.get(d)
-	if ok {
-		m.hits++
-	} else {
-		m.misses++
-	}
-	return v, ok
+	return m.idx.get(d)
 }
 
-// Has reports whether d is held, without counting a hit or a miss.
+// Has reports whether d is held, without making it recently used.
 func (m *Memory) Has(d bootstrap.Digest) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -50,11 +43,4 @@ func (m *Memory) Put(d bootstrap.Digest, data []byte) {
 	if m.idx.max > 0 && m.idx.fits(int64(len(data))) {
 		m.idx.add(d, int64(len(data)), data)
 	}
-}
-
-// Stats returns current counters.
-func (m *Memory) Stats() Stats {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return Stats{Entries: m.idx.len(), Bytes: m.idx.bytes, MaxBytes: m.idx.max, Hits: m.hits, Misses: m.misses}
 }

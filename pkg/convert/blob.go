@@ -255,8 +255,9 @@ func (bw *blobWriter) writeLoop() {
 	bw.werr <- err
 }
 
-// close finishes the blob and returns its digest; an empty blob (every
-// chunk deduplicated) has the zero digest and no file.
+// close finishes the blob and sets its digest; an empty blob (every chunk
+// deduplicated) keeps the zero digest, and its empty file goes with
+// discard. Closing again returns the first close's error.
 func (bw *blobWriter) close() error {
 	if bw.closed {
 		return bw.closeErr

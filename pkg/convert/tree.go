@@ -294,8 +294,9 @@ type chunkLoc struct {
 	offset uint32
 }
 
-// build emits the merged tree as a bootstrap. Inodes are numbered in
-// depth-first name order, so the same tree always encodes to the same bytes.
+// build emits the merged tree as a bootstrap. Each directory's children
+// are numbered together, in name order, before its subdirectories are
+// visited in that order: the same tree always encodes to the same bytes.
 func (t *tree) build(chunkSize uint32, loc chunkLocator) (*bootstrap.Bootstrap, error) {
 	b := &bootstrap.Bootstrap{ChunkSize: chunkSize}
 	blobIdx := map[bootstrap.Digest]uint32{}

@@ -209,8 +209,8 @@ func (s *Store) Put(blob bootstrap.Digest, off int64, raw []byte) error {
 	return nil
 }
 
-// frames lists the frames making up exactly [off, off+size) of blob, or
-// nil when the store does not hold all of them.
+// span lists the frames making up exactly [off, off+size) of blob, or nil
+// when the store does not hold all of them.
 func (s *Store) span(blob bootstrap.Digest, off, size int64) []frameKey {
 	s.mu.Lock()
 	defer s.mu.Unlock()
