@@ -134,13 +134,21 @@ func loadLayout(dir, tag string) (v1.Image, error) {
 		}
 		switch {
 		case d.MediaType.IsImage():
-			return idx.Image(d.Digest)
+			img, err := idx.Image(d.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("open layout %s: image %s: %w", dir, d.Digest, err)
+			}
+			return img, nil
 		case d.MediaType.IsIndex():
 			child, err := idx.ImageIndex(d.Digest)
 			if err != nil {
 				return nil, fmt.Errorf("open layout %s: %w", dir, err)
 			}
-			return platformImage(child)
+			img, err := platformImage(child)
+			if err != nil {
+				return nil, fmt.Errorf("open layout %s: index %s: %w", dir, d.Digest, err)
+			}
+			return img, nil
 		}
 	}
 	return nil, fmt.Errorf("layout %s has no image tagged %q", dir, tag)
@@ -149,11 +157,15 @@ func loadLayout(dir, tag string) (v1.Image, error) {
 func platformImage(idx v1.ImageIndex) (v1.Image, error) {
 	im, err := idx.IndexManifest()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("index manifest: %w", err)
 	}
 	for _, d := range im.Manifests {
 		if d.Platform == nil || (d.Platform.OS == "linux" && d.Platform.Architecture == runtime.GOARCH) {
-			return idx.Image(d.Digest)
+			img, err := idx.Image(d.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("image %s: %w", d.Digest, err)
+			}
+			return img, nil
 		}
 	}
 	return nil, fmt.Errorf("no linux/%s image in index", runtime.GOARCH)
