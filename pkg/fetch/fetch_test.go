@@ -908,6 +908,10 @@ func TestStalled(t *testing.T) {
 	cancel2()
 	reqOfGone, cancel3 := context.WithTimeout(parentGone, -1)
 	defer cancel3()
+	parentExpired, cancel4 := context.WithTimeout(live, -1)
+	defer cancel4()
+	reqOfExpired, cancel5 := context.WithTimeout(parentExpired, time.Hour)
+	defer cancel5()
 	peerTimeout := fmt.Errorf("peer fetch: %w (every parent failed): p1: %w", ErrNotHeld, context.DeadlineExceeded)
 	for _, tc := range []struct {
 		name         string
@@ -918,6 +922,7 @@ func TestStalled(t *testing.T) {
 		{"the request's own deadline", live, expired, fmt.Errorf("get: %w", context.DeadlineExceeded), true, false},
 		{"a deadline of the source's own", live, live, peerTimeout, false, true},
 		{"the caller gave up", parentGone, reqOfGone, context.Canceled, false, false},
+		{"the caller's own deadline", parentExpired, reqOfExpired, context.DeadlineExceeded, false, false},
 		{"no error", live, expired, nil, false, false},
 	} {
 		err := stalled(tc.parent, tc.req, tc.err)

@@ -88,19 +88,6 @@ func (f *Fetcher) FetchFrames(ctx context.Context, b *bootstrap.Bootstrap, frame
 		}
 	}
 	err := f.fetchRuns(ctx, b, frames, prefetchOptions{}, true)
-	// Frames another caller was fetching were left to it (two peers ask a
-	// seeder for one piece at once): they are waited for too.
-	for _, fi := range frames {
-		f.mu.Lock()
-		cl := f.flight[frameKey{b, fi}]
-		f.mu.Unlock()
-		if cl != nil {
-			select {
-			case <-cl.done:
-			case <-ctx.Done():
-			}
-		}
-	}
 	// The sink holds what was fetched when this returns: a seeder answers
 	// a peer's request for the pieces right after.
 	f.writes.Wait()
@@ -187,12 +174,25 @@ func (f *Fetcher) cached(d bootstrap.Digest) bool {
 }
 
 // prefetchRun fetches the frames of r that nobody else is fetching.
-// Unless force is set, frames whose chunks are all cached are skipped.
+// Unless force is set, frames whose chunks are all cached are skipped;
+// with force, frames another caller is fetching are waited for, and their
+// failures are this run's (two peers ask a seeder for one piece at once:
+// each must hear whether it was brought in).
 func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run, errc chan<- error, force bool) {
 	ix := f.frameIndex(b)
-	claimed, mine := f.claimFrames(b, ix, r.frames, force)
+	claimed, mine, others := f.claimFrames(b, ix, r.frames, force)
 	for _, err := range f.fetchClaimed(ctx, b, ix, mine, claimed) {
 		errc <- err
+	}
+	for fi, cl := range others {
+		select {
+		case <-cl.done:
+			if cl.err != nil {
+				errc <- fmt.Errorf("frame %d: %w", fi, cl.err)
+			}
+		case <-ctx.Done():
+			errc <- fmt.Errorf("frame %d: %w", fi, ctx.Err())
+		}
 	}
 }
 
@@ -200,15 +200,22 @@ func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run
 // their calls and, in the given order, the frames. Frames that failed a
 // moment ago are left alone (their readers hear of the failure at once),
 // and so, unless force is set, are frames whose chunks are all cached.
-func (f *Fetcher) claimFrames(b *bootstrap.Bootstrap, ix *frameIndex, frames []uint32, force bool) (map[uint32]*call, []uint32) {
-	claimed := map[uint32]*call{}
-	var mine []uint32
+// With force, it also returns the calls of the frames others are
+// fetching.
+func (f *Fetcher) claimFrames(b *bootstrap.Bootstrap, ix *frameIndex, frames []uint32, force bool) (claimed map[uint32]*call, mine []uint32, others map[uint32]*call) {
+	claimed = map[uint32]*call{}
 	for _, fi := range frames {
 		if !force && f.recentFailure(frameKey{b, fi}) != nil {
 			continue
 		}
 		cl, leader := f.claim(frameKey{b, fi})
 		if !leader {
+			if force {
+				if others == nil {
+					others = map[uint32]*call{}
+				}
+				others[fi] = cl
+			}
 			continue
 		}
 		if !force && f.frameCached(b, ix, fi) { // a reader got there first
@@ -218,7 +225,7 @@ func (f *Fetcher) claimFrames(b *bootstrap.Bootstrap, ix *frameIndex, frames []u
 		claimed[fi] = cl
 		mine = append(mine, fi)
 	}
-	return claimed, mine
+	return claimed, mine, others
 }
 
 // fetchClaimed fetches frames mine, claimed with calls claimed, with one
@@ -354,7 +361,7 @@ func (f *Fetcher) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []ui
 	if len(frames) < 2 {
 		return
 	}
-	claimed, mine := f.claimFrames(b, ix, frames, false)
+	claimed, mine, _ := f.claimFrames(b, ix, frames, false)
 	if len(mine) == 0 {
 		return
 	}

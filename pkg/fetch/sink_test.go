@@ -3,6 +3,7 @@ package fetch
 import (
 	"bytes"
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -159,6 +160,38 @@ func TestConcurrentFetchFramesBothWait(t *testing.T) {
 		}
 		if got := rec.count(); got != len(all) {
 			t.Fatalf("a caller returned with %d of %d frames kept", got, len(all))
+		}
+	}
+}
+
+// failingGate holds every request until released, then fails it.
+type failingGate struct {
+	Source
+	release chan struct{}
+}
+
+func (g *failingGate) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]byte, error) {
+	<-g.release
+	return nil, errors.New("store down")
+}
+
+// TestConcurrentFetchFramesBothFail: the caller that waited for another's
+// fetch hears of its failure, rather than report frames it never got.
+func TestConcurrentFetchFramesBothFail(t *testing.T) {
+	ctx := context.Background()
+	img, _ := testImage(t, bootstrap.Zstd)
+	src := &failingGate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
+	f := New(nil, src)
+	f.SetFrameSink(&frameRecorder{})
+	frames := []uint32{0}
+	errs := make(chan error, 2)
+	go func() { errs <- f.FetchFrames(ctx, img.Bootstrap, frames) }()
+	go func() { errs <- f.FetchFrames(ctx, img.Bootstrap, frames) }()
+	time.Sleep(50 * time.Millisecond)
+	close(src.release)
+	for range 2 {
+		if err := <-errs; err == nil {
+			t.Fatal("a caller reported a frame no source could give")
 		}
 	}
 }

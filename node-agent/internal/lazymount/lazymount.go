@@ -170,7 +170,13 @@ func (m *Manager) Fetch(ctx context.Context, d bootstrap.Digest) error {
 	if _, err := m.load(ctx, d); err != nil {
 		return err
 	}
-	m.usable.Store(d, struct{}{})
+	// Under mu, as Release forgets: a Release since the load has taken
+	// the copy away.
+	m.mu.Lock()
+	if _, err := os.Stat(m.bootstrapPath(d)); err == nil {
+		m.usable.Store(d, struct{}{})
+	}
+	m.mu.Unlock()
 	return nil
 }
 

@@ -2,6 +2,7 @@ package lazymount
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -301,7 +302,7 @@ func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
 	t.conn.SetDeadline(time.Time{})
 	pid := peerPID(t.conn)
 	if _, err := t.conn.Write([]byte{ackByte}); err != nil {
-		if pid > 0 && !alive(pid) {
+		if pid > 0 && gone(pid, time.Second) {
 			// It died after sending the devices: they are this
 			// process' alone.
 			return nil
@@ -317,7 +318,7 @@ func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
 	defer timer.Stop()
 	select {
 	case err := <-exited:
-		if errors.Is(err, syscall.ECONNRESET) && (pid <= 0 || alive(pid)) {
+		if errors.Is(err, syscall.ECONNRESET) && (pid <= 0 || !gone(pid, time.Second)) {
 			// It closed with the ack unread: it gave up on the
 			// handover just as the ack came, and keeps its mounts.
 			return fmt.Errorf("commit takeover: %w: %w", ErrNotCommitted, err)
@@ -341,10 +342,36 @@ func (t *Takeover) Commit(ctx context.Context, grace time.Duration) error {
 	}
 }
 
-// alive reports whether process pid exists.
-func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+// gone reports whether process pid has exited, waiting up to wait for
+// it. A process' sockets close while it exits, before it is a zombie, and
+// a zombie still answers kill(pid, 0): its state in /proc tells.
+func gone(pid int, wait time.Duration) bool {
+	for deadline := time.Now().Add(wait); ; time.Sleep(10 * time.Millisecond) {
+		if exited(pid) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+// exited reports whether process pid is a zombie or no more.
+func exited(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return errors.Is(err, os.ErrNotExist)
+	}
+	// "pid (comm) state ...": comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false
+	}
+	switch stat[i+2] {
+	case 'Z', 'X', 'x':
+		return true
+	}
+	return false
 }
 
 // peerPID is the process at the other end of conn, or 0.

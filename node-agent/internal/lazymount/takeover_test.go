@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -412,5 +413,32 @@ func TestCommitAfterTheOldProcessGaveUp(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || !bytes.Equal(got, e.data) {
 		t.Fatalf("read from the old process after the failed takeover: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestGone: a process is gone once it is a zombie, which kill(pid, 0)
+// does not tell from a live one, and once it is reaped.
+func TestGone(t *testing.T) {
+	if gone(os.Getpid(), 0) {
+		t.Fatal("this process is gone")
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	if gone(pid, 0) {
+		t.Fatal("a sleeping child is gone")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	// Not reaped yet: a zombie.
+	if !gone(pid, 5*time.Second) {
+		t.Fatal("a killed, unreaped child is not gone")
+	}
+	cmd.Wait()
+	if !gone(pid, 0) {
+		t.Fatal("a reaped child is not gone")
 	}
 }
