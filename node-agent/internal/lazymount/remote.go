@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/skiff-dev/skiff/node-agent/internal/snapshot"
@@ -171,9 +172,36 @@ func (c *Client) Mounts(ctx context.Context) ([]MountInfo, error) {
 	return ms, c.do(ctx, http.MethodGet, "mounts", &ms)
 }
 
-// call asks the mount process to do op on image d.
+// restartWait is how long a call waits for a mount process to answer on
+// its socket again.
+const restartWait = 15 * time.Second
+
+// call asks the mount process to do op on image d. A mount process that
+// is being replaced (restarted by the kubelet, taken over by a successor,
+// stood in for by the agent) does not answer for a moment: the call waits
+// for it rather than fail a container's creation. Ping and Status, which
+// tell a dead process, do not wait.
 func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out any) error {
-	return c.do(ctx, http.MethodPost, op+"?bootstrap="+d.String(), out)
+	delay := 50 * time.Millisecond
+	deadline := time.Now().Add(restartWait)
+	for {
+		err := c.do(ctx, http.MethodPost, op+"?bootstrap="+d.String(), out)
+		if err == nil || !notListening(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+}
+
+// notListening reports whether err is a dial that found no mount process
+// on the socket: none there, or one no longer accepting.
+func notListening(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
 }
 
 // do sends a request for path and decodes the JSON reply into out. A
