@@ -47,6 +47,10 @@ func Handler(m *Manager, opts HandlerOptions) http.Handler {
 				return
 			}
 			v, err := fn(r.Context(), d)
+			if errors.Is(err, errHandingOver) {
+				replacing(w)
+				return
+			}
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
@@ -186,7 +190,7 @@ func (c *Client) call(ctx context.Context, op string, d bootstrap.Digest, out an
 	deadline := time.Now().Add(restartWait)
 	for {
 		err := c.do(ctx, http.MethodPost, op+"?bootstrap="+d.String(), out)
-		if err == nil || !notListening(err) || time.Now().After(deadline) {
+		if err == nil || !(notListening(err) || errors.Is(err, errReplacing)) || time.Now().After(deadline) {
 			return err
 		}
 		select {
@@ -223,6 +227,8 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	switch {
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
 		return fmt.Errorf("%s: %w", path, errNotServed)
+	case resp.StatusCode == http.StatusServiceUnavailable:
+		return fmt.Errorf("%s: %w: %s", path, errReplacing, strings.TrimSpace(string(body)))
 	case resp.StatusCode != http.StatusOK:
 		return fmt.Errorf("%s: %w", path, errors.New(strings.TrimSpace(string(body))))
 	}
@@ -258,3 +264,14 @@ func (c *Client) Release(ctx context.Context, d bootstrap.Digest) error {
 
 // errNotServed is a request the mount process does not know.
 var errNotServed = errors.New("not served by this mount process")
+
+// errReplacing is the answer of a mount process handing its mounts over,
+// or of the agent standing in for a dead one (503): a moment later the
+// next one answers.
+var errReplacing = errors.New("the mount process is being replaced")
+
+// replacing answers a request for the mounts while they change hands.
+func replacing(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", "1")
+	http.Error(w, errReplacing.Error(), http.StatusServiceUnavailable)
+}

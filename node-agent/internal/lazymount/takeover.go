@@ -463,6 +463,11 @@ func ServeHeld(ctx context.Context, l net.Listener, mounts []HandedMount, log *s
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, "{}\n")
 	})
+	// Requests for the mounts wait for the next mount process (Client
+	// retries them); only it can serve them.
+	for _, op := range []string{"fetch", "mount", "unmount", "release"} {
+		mux.HandleFunc("POST /"+op, func(w http.ResponseWriter, r *http.Request) { replacing(w) })
+	}
 	h := &held{mounts: mounts}
 	mux.Handle("POST /handover", serveHandover(func() mountSource { return h }, log, func(conn net.Conn) {
 		// Nothing here reads the devices: the successor may go on.
