@@ -62,14 +62,22 @@ type fileSystem struct {
 	stateFile string
 	stateMu   sync.Mutex
 	opens     map[uint32]openRecord
+
+	// earlier, on a passthrough mount taken over, holds the backing ids
+	// that the records of the servers before this one named; nil on a
+	// mount made here. See sweep.
+	earlier   map[int32]bool
+	sweepOnce sync.Once
+	sweeping  sync.WaitGroup
 }
 
 // openRecord is how the kernel has one inode open.
 type openRecord struct {
-	Ino     uint32 `json:"ino"`
-	Cached  int    `json:"cached,omitempty"`
-	Backing int32  `json:"backing,omitempty"`
-	Refs    int    `json:"refs,omitempty"`
+	Ino     uint32   `json:"ino"`
+	Cached  int      `json:"cached,omitempty"`
+	Backing int32    `json:"backing,omitempty"`
+	Refs    int      `json:"refs,omitempty"`
+	Handles []uint64 `json:"handles,omitempty"`
 }
 
 // fileState is what reading one regular file needs beyond the bootstrap.
@@ -84,13 +92,27 @@ type fileState struct {
 	cachedOpens int
 	backingID   int32 // registered backing file, 0: none
 	backingRefs int   // passthrough handles using backingID
+	// handles are the handles of the opens counted above, but for those
+	// of servers from before handles named their opens (fhOldCached,
+	// fhOldPassthrough), which are only counted.
+	handles []uint64
 }
 
-// Handle values tell Release what an open was. Only passthrough mounts
-// hand them out; other mounts never see OPEN (see Open).
+// An open's handle is the number of its OPEN request, which the kernel
+// gives no other request of the connection, with fhPassthrough set for a
+// passthrough open. A server that dies between counting an open and
+// answering it leaves the request to its successor, which the kernel
+// sends it again (see Server.Start) under that number, with
+// uniqueResend: the open is then counted once and answered the same. The
+// kernel numbers requests evenly from 2, INIT's, so no open's handle is
+// fhOldCached or fhOldPassthrough, which servers before named every
+// cached and every passthrough open by. Only passthrough mounts hand
+// handles out; other mounts never see OPEN (see Open).
 const (
-	fhCached      = 1
-	fhPassthrough = 2
+	fhPassthrough    = 1
+	fhOldCached      = 1
+	fhOldPassthrough = 2
+	uniqueResend     = 1 << 63 // FUSE_UNIQUE_RESEND
 )
 
 func newFileSystem(b *bootstrap.Bootstrap, r ChunkReader, opts Options) *fileSystem {
@@ -430,19 +452,29 @@ func (fsys *fileSystem) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.
 	st := fsys.file(ino)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.cachedOpens == 0 && fsys.passthrough(&fuse.Context{Caller: in.Caller, Cancel: cancel}, ino, st) {
-		st.backingRefs++
-		out.Fh = fhPassthrough
+	fh := in.Unique &^ uniqueResend
+	if i := slices.IndexFunc(st.handles, func(h uint64) bool { return h&^fhPassthrough == fh }); i >= 0 {
+		// Counted by a server that died before answering.
+		fh = st.handles[i]
+	} else {
+		if st.cachedOpens == 0 && fsys.passthrough(&fuse.Context{Caller: in.Caller, Cancel: cancel}, ino, st) {
+			st.backingRefs++
+			fh |= fhPassthrough
+		} else {
+			st.cachedOpens++
+		}
+		st.handles = append(st.handles, fh)
+		// Recorded before the kernel hears of the open: a successor must
+		// not know less than the kernel.
+		fsys.saveOpens(ino, st)
+	}
+	out.Fh = fh
+	if fh&fhPassthrough != 0 {
 		out.BackingID = st.backingID
 		out.OpenFlags = fuse.FOPEN_PASSTHROUGH
 	} else {
-		st.cachedOpens++
-		out.Fh = fhCached
 		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 	}
-	// Recorded before the kernel hears of the open: a successor must not
-	// know less than the kernel.
-	fsys.saveOpens(ino, st)
 	return fuse.OK
 }
 
@@ -467,23 +499,71 @@ func (fsys *fileSystem) passthrough(ctx context.Context, ino uint32, st *fileSta
 		return false
 	}
 	st.backingID = id
+	fsys.sweepOnce.Do(func() {
+		if fsys.earlier != nil {
+			fsys.sweeping.Add(1)
+			go func() {
+				defer fsys.sweeping.Done()
+				fsys.sweep(id)
+			}()
+		}
+	})
 	return true
 }
 
-// Release implements fuse.RawFileSystem. A handle this process never
-// handed out (one from before a takeover) holds nothing here.
+// sweep unregisters the backing files that servers of the mount before
+// this one registered and did not record: one that dies between
+// registering a file and recording the open leaves it with the kernel,
+// which holds it (and the cache file) until the mount goes. The kernel
+// numbers registrations upwards, so all of them come before below, this
+// server's first. No handle uses one, since every open is recorded before
+// the kernel hears of it; and one still in use would keep working, as the
+// kernel holds the file for each handle.
+func (fsys *fileSystem) sweep(below int32) {
+	n := 0
+	for id := int32(1); id < below; id++ {
+		if fsys.earlier[id] {
+			continue
+		}
+		switch errno := fsys.server.UnregisterBackingFd(id); errno {
+		case 0:
+			n++
+		case syscall.ENOENT:
+		default:
+			fsys.log.Warn("lazyfs: unregister passthrough files of the previous server", "id", id, "err", errno)
+			return
+		}
+	}
+	if n > 0 {
+		fsys.log.Info("lazyfs: unregistered passthrough files the previous server left", "count", n)
+	}
+}
+
+// Release implements fuse.RawFileSystem. A handle not counted holds
+// nothing here: that of a small file (0), or one a server that died
+// before answering the release counted out already.
 func (fsys *fileSystem) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	ino, ok := fsys.inode(in.NodeId)
-	if !ok || (in.Fh != fhCached && in.Fh != fhPassthrough) {
+	if !ok || in.Fh == 0 {
 		return
 	}
 	st := fsys.file(ino)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	switch {
-	case in.Fh == fhCached && st.cachedOpens > 0:
+	passthrough := in.Fh&fhPassthrough != 0
+	switch i := slices.Index(st.handles, in.Fh); {
+	case i >= 0:
+		st.handles = slices.Delete(st.handles, i, i+1)
+	case in.Fh == fhOldCached && st.cachedOpens > st.named(false):
+		passthrough = false
+	case in.Fh == fhOldPassthrough && st.backingRefs > st.named(true):
+		passthrough = true
+	default:
+		return
+	}
+	if !passthrough {
 		st.cachedOpens--
-	case in.Fh == fhPassthrough && st.backingRefs > 0:
+	} else {
 		st.backingRefs--
 		if st.backingRefs == 0 && st.backingID != 0 {
 			if errno := fsys.server.UnregisterBackingFd(st.backingID); errno != 0 {
@@ -491,10 +571,19 @@ func (fsys *fileSystem) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 			}
 			st.backingID = 0
 		}
-	default:
-		return
 	}
 	fsys.saveOpens(ino, st)
+}
+
+// named counts the handles of st's passthrough or cached opens.
+func (st *fileState) named(passthrough bool) int {
+	n := 0
+	for _, h := range st.handles {
+		if (h&fhPassthrough != 0) == passthrough {
+			n++
+		}
+	}
+	return n
 }
 
 // saveOpens records st, the state of inode ino, whose lock the caller
@@ -508,7 +597,7 @@ func (fsys *fileSystem) saveOpens(ino uint32, st *fileState) {
 	if st.cachedOpens == 0 && st.backingRefs == 0 {
 		delete(fsys.opens, ino)
 	} else {
-		fsys.opens[ino] = openRecord{Ino: ino, Cached: st.cachedOpens, Backing: st.backingID, Refs: st.backingRefs}
+		fsys.opens[ino] = openRecord{Ino: ino, Cached: st.cachedOpens, Backing: st.backingID, Refs: st.backingRefs, Handles: slices.Clone(st.handles)}
 	}
 	recs := make([]openRecord, 0, len(fsys.opens))
 	for _, r := range fsys.opens {
@@ -524,7 +613,10 @@ func (fsys *fileSystem) saveOpens(ino uint32, st *fileState) {
 }
 
 // loadOpens takes the records a previous server of the mount kept.
+// Whatever it finds, the backing ids they do not name are swept (see
+// sweep): without records, no handle can use them again.
 func (fsys *fileSystem) loadOpens() error {
+	fsys.earlier = map[int32]bool{}
 	data, err := os.ReadFile(fsys.stateFile)
 	if err != nil {
 		return err
@@ -534,7 +626,9 @@ func (fsys *fileSystem) loadOpens() error {
 		return fmt.Errorf("%s: %w", fsys.stateFile, err)
 	}
 	for _, r := range recs {
-		if int(r.Ino) >= len(fsys.b.Inodes) || r.Cached < 0 || r.Refs < 0 || (r.Refs > 0) != (r.Backing != 0) {
+		st := &fileState{cachedOpens: r.Cached, backingRefs: r.Refs, handles: r.Handles}
+		if int(r.Ino) >= len(fsys.b.Inodes) || r.Cached < 0 || r.Refs < 0 || (r.Refs > 0) != (r.Backing != 0) ||
+			st.named(false) > r.Cached || st.named(true) > r.Refs || slices.ContainsFunc(r.Handles, func(h uint64) bool { return h <= fhOldPassthrough }) {
 			return fmt.Errorf("%s: bad record %+v", fsys.stateFile, r)
 		}
 	}
@@ -543,9 +637,12 @@ func (fsys *fileSystem) loadOpens() error {
 	for _, r := range recs {
 		st := fsys.file(r.Ino)
 		st.mu.Lock()
-		st.cachedOpens, st.backingID, st.backingRefs = r.Cached, r.Backing, r.Refs
+		st.cachedOpens, st.backingID, st.backingRefs, st.handles = r.Cached, r.Backing, r.Refs, slices.Clone(r.Handles)
 		st.mu.Unlock()
 		fsys.opens[r.Ino] = r
+		if r.Backing != 0 {
+			fsys.earlier[r.Backing] = true
+		}
 	}
 	return nil
 }

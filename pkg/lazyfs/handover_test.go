@@ -12,9 +12,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
@@ -78,7 +80,12 @@ func runOldServer(mp string) error {
 		return err
 	}
 	r := &stallingReader{Fetcher: f, stall: b.FileChunks(stall)[0], marker: stalled}
-	srv, err := Mount(context.Background(), mp, b, r, opts)
+	var srv *Server
+	if how := os.Getenv(stallOpenEnv); how != "" {
+		srv, err = mountStallingOpen(mp, b, r, opts, how, stalled)
+	} else {
+		srv, err = Mount(context.Background(), mp, b, r, opts)
+	}
 	if err != nil {
 		return err
 	}
@@ -106,8 +113,9 @@ const passthroughEnv = "LAZYFS_TEST_PASSTHROUGH"
 const imageEnv = "LAZYFS_TEST_IMAGE"
 
 // handoverFetcher is what each server of a handover test reads through,
-// with the mount options: with passthrough, a disk cache holding /big
-// entirely (so it is opened by passthrough) and the open-state file.
+// with the mount options: with passthrough, a disk cache holding /big and
+// /big2 entirely (so they are opened by passthrough) and the open-state
+// file.
 func handoverFetcher(mp string, b *bootstrap.Bootstrap, st *dir.Dir) (*fetch.Fetcher, Options, error) {
 	if os.Getenv(imageEnv) != "" {
 		// Both servers lay the image out alike: the same build of Build.
@@ -125,14 +133,77 @@ func handoverFetcher(mp string, b *bootstrap.Bootstrap, st *dir.Dir) (*fetch.Fet
 		return nil, Options{}, err
 	}
 	f := fetch.New(c, fetch.NewStoreSource("store", st))
-	big, _ := b.LookupPath("/big")
-	if err := f.Prefetch(context.Background(), b, []uint32{big}); err != nil {
-		return nil, Options{}, err
-	}
-	if err := f.Materialize(context.Background(), b, big); err != nil {
-		return nil, Options{}, err
+	for _, p := range []string{"/big", "/big2"} {
+		ino, _ := b.LookupPath(p)
+		if err := f.Prefetch(context.Background(), b, []uint32{ino}); err != nil {
+			return nil, Options{}, err
+		}
+		if err := f.Materialize(context.Background(), b, ino); err != nil {
+			return nil, Options{}, err
+		}
 	}
 	return f, Options{Passthrough: true, OpenState: filepath.Join(filepath.Dir(mp), "opens")}, nil
+}
+
+// stallOpenEnv, set, has the old server of a passthrough handover test
+// stop in the middle of the first open of /big and never answer it:
+// "registered" once it has registered the backing file, "counted" once
+// it has counted and recorded the open.
+const stallOpenEnv = "LAZYFS_TEST_STALL_OPEN"
+
+// mountStallingOpen mounts like Mount, with Open stopping as how says
+// (see stallOpenEnv).
+func mountStallingOpen(mp string, b *bootstrap.Bootstrap, r ChunkReader, opts Options, how, marker string) (*Server, error) {
+	big, ok := b.LookupPath("/big")
+	if !ok {
+		return nil, errors.New("no /big")
+	}
+	opts = opts.withDefaults()
+	fsys := newFileSystem(b, r, opts)
+	if fsys.backing == nil {
+		return nil, errors.New("no passthrough")
+	}
+	mo := mountOptions(opts, true)
+	dev, err := mountDevice(mp, mo.AllowOther)
+	if err != nil {
+		return nil, err
+	}
+	return serveMounted(&stallingOpen{fileSystem: fsys, ino: big, how: how, marker: marker}, fsys, dev, mp, &mo)
+}
+
+// stallingOpen serves like its fileSystem, except for the first open of
+// inode ino, which it takes as far as how says and never answers: the
+// server dies there.
+type stallingOpen struct {
+	*fileSystem
+	ino     uint32
+	how     string
+	marker  string
+	stalled atomic.Bool
+}
+
+func (s *stallingOpen) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if ino, _ := s.inode(in.NodeId); ino != s.ino || s.stalled.Swap(true) {
+		return s.fileSystem.Open(cancel, in, out)
+	}
+	switch s.how {
+	case "registered":
+		st := s.file(s.ino)
+		st.mu.Lock()
+		ok := s.passthrough(context.Background(), s.ino, st)
+		st.mu.Unlock()
+		if !ok {
+			panic("no backing file registered")
+		}
+	case "counted":
+		if st := s.fileSystem.Open(cancel, in, out); !st.Ok() || out.OpenFlags&fuse.FOPEN_PASSTHROUGH == 0 {
+			panic(fmt.Sprintf("open: %v, flags %#x", st, out.OpenFlags))
+		}
+	default:
+		panic("stall an open how? " + s.how)
+	}
+	os.WriteFile(s.marker, nil, 0o600)
+	select {}
 }
 
 type stallingReader struct {
@@ -158,6 +229,7 @@ func handoverEntries() []fetchtest.Entry {
 		// small files, where no read ahead of them reaches it.
 		{Path: stallFile, Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(2, erofs.SmallFile+3000)},
 		{Path: "/link", Mode: bootstrap.ModeSymlink | 0o777, Target: "big"},
+		{Path: "/big2", Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(3, 70*chunkSize+5)},
 	}
 	for i := range 50 {
 		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/d/f%02d", i), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(uint64(10+i), 100+i), Pack: true})
@@ -422,6 +494,155 @@ func TestHandoverPassthrough(t *testing.T) {
 	first.Close()
 }
 
+// TestHandoverUnansweredOpen: the server of a mount dies in the middle of
+// a passthrough open, which the kernel then sends its successor again.
+// However far the open got, once the files are closed no backing file is
+// left registered with the kernel, which would hold it (and the cache
+// file behind it) until the mount goes; and what the successor does about
+// the old server's backing files spares those still in use.
+func TestHandoverUnansweredOpen(t *testing.T) {
+	for _, how := range []string{"registered", "counted"} {
+		t.Run(how, func(t *testing.T) {
+			entries := handoverEntries()
+			bigData := entries[1].Data
+			t.Setenv(passthroughEnv, "1")
+			o := startOldServer(t, entries, stallOpenEnv+"="+how)
+			big := filepath.Join(o.mp, "big")
+			type result struct {
+				f   *os.File
+				err error
+			}
+			opened := make(chan result, 1)
+			go func() {
+				f, err := os.Open(big)
+				opened <- result{f, err}
+			}()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if _, err := os.Stat(o.stalled); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the old server never stalled the open: %s", o.stderr.String())
+				}
+			}
+			o.kill()
+			srv := o.resume(t)
+			defer func() {
+				srv.Unmount()
+				srv.Wait()
+			}()
+			if err := srv.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var first *os.File
+			select {
+			case res := <-opened:
+				if res.err != nil {
+					t.Fatalf("the open the old server left: %v", res.err)
+				}
+				first = res.f
+			case <-time.After(30 * time.Second):
+				t.Fatal("the open the old server left was never answered")
+			}
+			defer first.Close()
+
+			// The successor registers a file of its own, which is when it
+			// sweeps the old server's, while /big is open.
+			big2, _ := o.img.Bootstrap.LookupPath("/big2")
+			openedByPassthrough(t, srv.resumed, filepath.Join(o.mp, "big2"), big2)
+			if got, err := os.ReadFile(big); err != nil || !bytes.Equal(got, bigData) {
+				t.Fatalf("open /big beside the one the old server left: %d bytes, %v", len(got), err)
+			}
+			if got, err := io.ReadAll(first); err != nil || !bytes.Equal(got, bigData) {
+				t.Fatalf("read through the open the old server left: %d bytes, %v", len(got), err)
+			}
+			first.Close()
+			if recs := waitReleased(srv.resumed); len(recs) != 0 {
+				t.Errorf("open files recorded after the last was closed: %+v", recs)
+			}
+			boot, _, _, _ := oldServerFiles(o.mp)
+			if ids := registeredBackingIDs(t, srv, boot); len(ids) != 0 {
+				t.Errorf("backing files registered with no file open: ids %v", ids)
+			}
+		})
+	}
+}
+
+// openedByPassthrough reads p, inode ino of fsys's mount, until an open
+// of it is served by passthrough: a new server checks a cache file in the
+// background before it backs an open.
+func openedByPassthrough(t *testing.T, fsys *fileSystem, p string, ino uint32) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fsys.file(ino)
+		st.mu.Lock()
+		registered := st.backingID != 0
+		st.mu.Unlock()
+		_, err = io.Copy(io.Discard, f)
+		f.Close()
+		if err != nil {
+			t.Fatalf("read %s: %v", p, err)
+		}
+		if registered {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never opened by passthrough", p)
+		}
+	}
+}
+
+// waitReleased waits a while for fsys to hear that every file is closed
+// (the kernel releases a file after close returns) and returns the
+// records of the files still open.
+func waitReleased(fsys *fileSystem) []openRecord {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		fsys.stateMu.Lock()
+		recs := make([]openRecord, 0, len(fsys.opens))
+		for _, r := range fsys.opens {
+			recs = append(recs, r)
+		}
+		fsys.stateMu.Unlock()
+		if len(recs) == 0 || time.Now().After(deadline) {
+			return recs
+		}
+	}
+}
+
+// registeredBackingIDs returns the backing files registered with the
+// connection of srv, which nothing may use, and unregisters them. The
+// kernel numbers registrations upwards from 1, so registering a file,
+// probe, tells how far to look.
+func registeredBackingIDs(t *testing.T, srv *Server, probe string) []int32 {
+	t.Helper()
+	if srv.resumed != nil {
+		srv.resumed.sweeping.Wait()
+	}
+	f, err := os.Open(probe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	top, errno := srv.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
+	if errno != 0 {
+		t.Fatalf("register %s: %v", probe, errno)
+	}
+	var ids []int32
+	for id := int32(1); id < top; id++ {
+		if srv.server.UnregisterBackingFd(id) == 0 {
+			ids = append(ids, id)
+		}
+	}
+	if errno := srv.server.UnregisterBackingFd(top); errno != 0 {
+		t.Fatalf("unregister %s: %v", probe, errno)
+	}
+	return ids
+}
+
 // readDirents lists up to calls getdents(2) calls' worth of f with a
 // buffer of a few entries (all of it for calls < 0), names in order.
 func readDirents(t *testing.T, f *os.File, calls int) []string {
@@ -482,6 +703,63 @@ func TestResumeRejectsBadSettings(t *testing.T) {
 	}
 }
 
+// TestOpensCountedOnce: an open or release the kernel sends again, after
+// the server that counted it died before answering, counts once; the
+// opens of a server from before handles named their opens are counted out
+// by their handles too.
+func TestOpensCountedOnce(t *testing.T) {
+	img, err := fetchtest.Build([]fetchtest.Entry{
+		{Path: "/big", Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Text(1, PassthroughMinSize)},
+	}, fetchtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := mustLookup(t, img.Bootstrap, "/big")
+	state := filepath.Join(t.TempDir(), "opens")
+	if err := os.WriteFile(state, []byte(fmt.Sprintf(`[{"ino":%d,"cached":1}]`, big)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Without a disk cache, every open is a cached one.
+	fsys := newFileSystem(img.Bootstrap, &fetch.Fetcher{}, Options{Passthrough: true, OpenState: state}.withDefaults())
+	if err := fsys.loadOpens(); err != nil {
+		t.Fatal(err)
+	}
+	open := func(unique uint64) uint64 {
+		t.Helper()
+		var out fuse.OpenOut
+		if st := fsys.Open(nil, &fuse.OpenIn{InHeader: fuse.InHeader{Unique: unique, NodeId: inoOf(big)}}, &out); !st.Ok() {
+			t.Fatalf("open: %v", st)
+		}
+		return out.Fh
+	}
+	release := func(fh uint64) {
+		fsys.Release(nil, &fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: inoOf(big)}, Fh: fh})
+	}
+	opens := func() int {
+		st := fsys.file(big)
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.cachedOpens
+	}
+	fh := open(40)
+	if again := open(40 | uniqueResend); again != fh || opens() != 2 {
+		t.Fatalf("open sent again: handle %d, first %d; %d opens, want 2", again, fh, opens())
+	}
+	release(fh)
+	release(fh)
+	if opens() != 1 {
+		t.Fatalf("released twice: %d opens, want 1", opens())
+	}
+	release(fhOldCached)
+	release(fhOldCached)
+	if opens() != 0 {
+		t.Fatalf("the open from before released twice: %d opens, want 0", opens())
+	}
+	if data, err := os.ReadFile(state); err != nil || string(data) != "[]" {
+		t.Fatalf("state file: %q, %v", data, err)
+	}
+}
+
 // FuzzOpenState: whatever a state file holds, loading it either fails
 // or leaves only counts that make sense for the image.
 func FuzzOpenState(f *testing.F) {
@@ -489,6 +767,8 @@ func FuzzOpenState(f *testing.F) {
 	f.Add([]byte(`[]`))
 	f.Add([]byte(`[{"ino":9}]`))
 	f.Add([]byte(`[{"ino":1,"refs":1}]`))
+	f.Add([]byte(`[{"ino":1,"backing":3,"refs":1,"cached":1,"handles":[41,64]}]`))
+	f.Add([]byte(`[{"ino":1,"cached":1,"handles":[2]}]`))
 	img, err := fetchtest.Build([]fetchtest.Entry{
 		{Path: "/a", Mode: bootstrap.ModeRegular | 0o644, Data: []byte("a")},
 		{Path: "/b", Mode: bootstrap.ModeRegular | 0o644, Data: []byte("b")},
@@ -510,7 +790,8 @@ func FuzzOpenState(f *testing.F) {
 		}
 		for ino, r := range fsys.opens {
 			st := fsys.file(ino)
-			if int(ino) >= len(img.Bootstrap.Inodes) || st.cachedOpens < 0 || st.backingRefs < 0 || (st.backingRefs > 0) != (st.backingID != 0) || r.Ino != ino {
+			if int(ino) >= len(img.Bootstrap.Inodes) || st.cachedOpens < 0 || st.backingRefs < 0 || (st.backingRefs > 0) != (st.backingID != 0) || r.Ino != ino ||
+				st.named(false) > st.cachedOpens || st.named(true) > st.backingRefs {
 				t.Fatalf("loaded %+v as %+v", r, st)
 			}
 		}
