@@ -210,7 +210,7 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 	// first node recorded what its containers read in their first seconds
 	// (both commands here) beside the bootstrap as the image's startup
 	// set, which the second prefetches as it mounts.
-	startupKey := store.BootstrapKey(res.Bootstrap.Hex()) + ".startup"
+	startupKey := store.StartupKey(res.Bootstrap.Hex())
 	waitFor(b, ctx, func() error { _, err := e.store.Stat(ctx, startupKey); return err })
 	second := e.node(testenv.ContainerdOptions{})
 	s3.reset()

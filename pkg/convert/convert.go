@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -328,21 +329,36 @@ func (c *Converter) publish(ctx context.Context, bw *blobWriter) (int64, error) 
 
 // loadDictionary merges chunk indexes that appeared in the store since the
 // last conversion, so chunks already stored by other images are reused.
-// An index whose blob has gone missing is ignored.
+// An index whose blob has gone missing is ignored. An index that has gone
+// since it was merged (garbage collection takes a blob's index away
+// before it deletes the blob, see pkg/gc) makes the dictionary start
+// over: a long-lived converter must not place chunks in a blob that is
+// about to go, and the chunks it held may also be in blobs still here.
 func (c *Converter) loadDictionary(ctx context.Context) error {
-	var keys []string
+	c.mu.Lock()
+	merged := maps.Clone(c.loaded)
+	c.mu.Unlock()
+	var listed []string
 	err := c.store.List(ctx, store.IndexPrefix, func(info store.Info) error {
-		c.mu.Lock()
-		seen := c.loaded[info.Key]
-		c.mu.Unlock()
-		if !seen {
-			keys = append(keys, info.Key)
-		}
+		listed = append(listed, info.Key)
+		delete(merged, info.Key)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("list chunk indexes: %w", err)
 	}
+	var keys []string
+	c.mu.Lock()
+	if len(merged) > 0 {
+		c.log.Info("chunk indexes removed from the store, reloading the dedup dictionary", "removed", len(merged))
+		c.dict, c.loaded = map[bootstrap.Digest]chunkLoc{}, map[string]bool{}
+	}
+	for _, key := range listed {
+		if !c.loaded[key] {
+			keys = append(keys, key)
+		}
+	}
+	c.mu.Unlock()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for _, key := range keys {

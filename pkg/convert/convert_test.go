@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -226,6 +227,44 @@ func TestConvertDedupAcrossImages(t *testing.T) {
 	}
 	if r3.Bootstrap != r1.Bootstrap {
 		t.Fatal("converting the same image twice gave different bootstraps")
+	}
+}
+
+// TestConvertForgetsRemovedIndexes: a converter kept for the life of a
+// process (the converter service) must not keep placing chunks in a blob
+// whose index garbage collection took away, since the blob goes next.
+func TestConvertForgetsRemovedIndexes(t *testing.T) {
+	var entries []fixture.Entry
+	for i := 0; i < 8; i++ {
+		entries = append(entries, fixture.Entry{Header: fixtureHeader(fmt.Sprintf("f%d", i)), Data: fixture.Random(uint64(i), 100<<10)})
+	}
+	l1, _ := fixture.Layer(fixture.Gzip, entries)
+	img1, _ := fixture.Image(l1)
+	l2, _ := fixture.Layer(fixture.Gzip, append(entries, fixture.Entry{Header: fixtureHeader("new"), Data: []byte("new")}))
+	img2, _ := fixture.Image(l2)
+
+	st := newStore(t)
+	c := convert.New(st, convert.Options{})
+	_, b1 := convertImage(t, c, img1)
+	removed := map[bootstrap.Digest]bool{}
+	for _, blob := range b1.Blobs {
+		removed[blob] = true
+		if err := st.Delete(context.Background(), store.IndexKey(blob.Hex())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r2, b2 := convertImage(t, c, img2)
+	for _, blob := range b2.Blobs {
+		if removed[blob] {
+			t.Fatalf("the second image uses blob %s, whose index was removed", blob)
+		}
+	}
+	if r2.NewBytes == 0 {
+		t.Fatal("the second image stored nothing new")
+	}
+	ino, _ := b2.LookupPath("/f3")
+	if got := readFile(t, st, b2, ino); !bytes.Equal(got, fixture.Random(3, 100<<10)) {
+		t.Fatal("f3 reads back wrong")
 	}
 }
 

@@ -55,6 +55,11 @@ const (
 	BlobPrefix      = "blobs/sha256/"
 	IndexPrefix     = "index/sha256/"
 	BootstrapPrefix = "bootstraps/sha256/"
+	// CondemnedPrefix holds the chunk indexes that garbage collection
+	// (pkg/gc) moved out of IndexPrefix because no image used their blob:
+	// converters no longer dedup against the blob, and it is deleted once
+	// it has stayed unused for a grace period.
+	CondemnedPrefix = "gc/condemned/"
 )
 
 // BlobKey is where the chunk-data blob with the given hex sha256 lives.
@@ -66,6 +71,18 @@ func IndexKey(hex string) string { return IndexPrefix + hex }
 
 // BootstrapKey is where a bootstrap blob with the given hex sha256 lives.
 func BootstrapKey(hex string) string { return BootstrapPrefix + hex }
+
+// StartupSuffix ends the key of the startup set node agents record beside
+// a bootstrap: the files its containers read first, which other nodes
+// prefetch.
+const StartupSuffix = ".startup"
+
+// StartupKey is where the startup set of bootstrap hex lives.
+func StartupKey(hex string) string { return BootstrapKey(hex) + StartupSuffix }
+
+// CondemnedKey is where the chunk index of condemned blob hex waits for
+// the blob's deletion or its return to IndexKey(hex).
+func CondemnedKey(hex string) string { return CondemnedPrefix + hex }
 
 // ValidKey reports whether key is a relative, clean, slash-separated path;
 // implementations reject anything else so that a key can never escape a

@@ -626,12 +626,10 @@ func startupHead(b *bootstrap.Bootstrap, set []uint32) (head, tail []uint32) {
 // merged request (8 MiB of frames) and then some.
 const prefetchBurst = 16 << 20
 
-// startupKey is where the startup set of bootstrap hex lives in the store,
-// beside the bootstrap, so that every node benefits from the first.
-func startupKey(hex string) string { return store.BootstrapKey(hex) + ".startup" }
-
+// loadStartupSet reads the startup set stored beside bootstrap d (see
+// store.StartupKey), so that every node benefits from the first.
 func (m *Manager) loadStartupSet(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap) ([]uint32, error) {
-	data, err := store.ReadAll(ctx, m.store, startupKey(d.Hex()), maxStartupSet)
+	data, err := store.ReadAll(ctx, m.store, store.StartupKey(d.Hex()), maxStartupSet)
 	if err != nil {
 		return nil, err
 	}
@@ -655,7 +653,7 @@ func (m *Manager) saveStartupSet(ctx context.Context, d bootstrap.Digest, rec *r
 		return
 	}
 	data := formatStartupSet(rec.b, files)
-	if err := m.store.Put(ctx, startupKey(d.Hex()), bytes.NewReader(data), int64(len(data))); err != nil {
+	if err := m.store.Put(ctx, store.StartupKey(d.Hex()), bytes.NewReader(data), int64(len(data))); err != nil {
 		m.log.Warn("lazymount: save startup set", "bootstrap", d, "err", err)
 		return
 	}

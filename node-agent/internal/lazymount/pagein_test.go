@@ -243,7 +243,7 @@ func testStartupSetPagedIn(t *testing.T, corrupt bool) {
 		inodes = append(inodes, inode(fmt.Sprintf("/e%d", i)))
 	}
 	set := formatStartupSet(b, inodes)
-	if err := e.st.Put(ctx, startupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
+	if err := e.st.Put(ctx, store.StartupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
 		t.Fatal(err)
 	}
 	if corrupt {
@@ -318,7 +318,7 @@ func TestStartupSetOfEROFSMountListsFilesRead(t *testing.T) {
 	var data []byte
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		rc, err := st.Get(ctx, startupKey(d.Hex()), 0, -1)
+		rc, err := st.Get(ctx, store.StartupKey(d.Hex()), 0, -1)
 		if err == nil {
 			data, err = io.ReadAll(rc)
 			rc.Close()
@@ -555,7 +555,7 @@ func TestStartupSetRestWaitsForARead(t *testing.T) {
 		inodes = append(inodes, e.inode(t, fmt.Sprintf("/e%d", i)))
 	}
 	set := formatStartupSet(e.img.Bootstrap, inodes)
-	if err := e.st.Put(ctx, startupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
+	if err := e.st.Put(ctx, store.StartupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
 		t.Fatal(err)
 	}
 	mp := e.mount(t, time.Minute)

@@ -321,7 +321,7 @@ func TestHandoverSavesStartupSet(t *testing.T) {
 			}
 			next := e.commit(t, tk)
 			defer next.Unmount(ctx, e.d)
-			_, err = e.st.Stat(ctx, startupKey(e.d.Hex()))
+			_, err = e.st.Stat(ctx, store.StartupKey(e.d.Hex()))
 			if outage {
 				select {
 				case d := <-down.deadline:
