@@ -45,6 +45,7 @@ var commands = map[string]command{
 	"pull":    {"pull an image into containerd for the skiff snapshotter", runPull},
 	"preheat": {"have a P2P seeder copy a Skiff image's chunk data from the store", runPreheat},
 	"status":  {"list conversions of the converter service: pending, running, done, failed", runStatus},
+	"gc":      {"delete store data of Skiff images the named registries no longer hold", runGC},
 }
 
 // errUsage makes main exit with status 2 after the flag package printed usage.

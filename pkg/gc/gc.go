@@ -1,0 +1,538 @@
+// Package gc deletes from a blob store what no live Skiff image needs any
+// more: bootstraps of images gone from the registries, their startup sets,
+// and chunk-data blobs that no remaining bootstrap references.
+//
+// The store has no transactions and no locks, and conversions run while
+// the collector does. A converter deduplicates against every chunk index it
+// finds under store.IndexPrefix when a conversion starts, uploads new
+// blobs, and writes the bootstrap naming all of them only at the very end.
+// So a blob that no bootstrap references now may be referenced by a
+// bootstrap written minutes from now, and deleting it at once could leave
+// that image pointing at nothing. Collection therefore works in two phases,
+// a grace period (default 24h, longer than any conversion) apart:
+//
+//   - condemn: the index of an unreferenced blob is moved to a tombstone
+//     (store.CondemnedKey), so no conversion starting from then on can
+//     dedup against the blob; the blob itself stays.
+//   - delete: once the tombstone is older than the grace period, every
+//     bootstrap in the store is read again. A blob still unreferenced is
+//     deleted, then its tombstone. A blob that a conversion started before
+//     the condemnation came to use gets its index back instead.
+//
+// The grace period also shields what is being made: bootstraps younger
+// than it (converted, not pushed yet) count as live, and so do blobs whose
+// blob or index object is younger than it (uploaded or republished by a
+// conversion whose bootstrap is not written yet). Ages come from the
+// objects' modification times, the only clock every store keeps, so a
+// tombstone carries nothing but the index bytes it saves.
+//
+// Dead bootstraps are deleted before blobs are judged, so that an image's
+// blobs become garbage in the same run that drops the image. Every change
+// is ordered so that a run failing anywhere leaves a store in which each
+// bootstrap still finds all its blobs, and the next run carries on.
+//
+// This relies on two things outside the package: one collector runs at a
+// time per store, and a converter takes its dedup dictionary from the
+// indexes present when each conversion starts, never from a memory of
+// indexes that have since been condemned.
+package gc
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
+	"github.com/skiff-dev/skiff/pkg/store"
+)
+
+// DefaultGrace is the grace period when Options.Grace is zero: far longer
+// than any conversion, and short enough that a store does not hold a
+// deleted image's data for long.
+const DefaultGrace = 24 * time.Hour
+
+// Options tune Collect.
+type Options struct {
+	// Grace is how old an object must be before it can be condemned or
+	// deleted, and how long a condemned blob waits; zero means
+	// DefaultGrace.
+	Grace time.Duration
+	// DryRun reports what a run would do and changes nothing.
+	DryRun bool
+	// Now is the collector's clock, time.Now by default; tests move it
+	// instead of sleeping through grace periods.
+	Now func() time.Time
+	// Concurrency bounds the store requests in flight; default 8.
+	Concurrency int
+	// Logger receives a line per object changed at debug level and a
+	// summary at info; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Tally counts objects and their bytes.
+type Tally struct {
+	Count int
+	Bytes int64
+}
+
+func (t *Tally) add(n int64) {
+	t.Count++
+	t.Bytes += n
+}
+
+// Report says what a Collect run did, or with Options.DryRun would do.
+// Bytes are the stored sizes of the objects named.
+type Report struct {
+	DryRun bool
+	// LiveMissing counts live bootstraps the store does not hold: the
+	// registries name images converted into another store, or data was
+	// lost.
+	LiveMissing int
+	// BootstrapsKept are live or younger than the grace period.
+	BootstrapsKept    Tally
+	BootstrapsDeleted Tally
+	// StartupSetsDeleted went with their bootstraps, or had lost theirs.
+	StartupSetsDeleted Tally
+	// BlobsKept are referenced, or too young to judge.
+	BlobsKept Tally
+	// BlobsCondemned lost their index in this run.
+	BlobsCondemned Tally
+	// BlobsPending were condemned less than the grace period ago and
+	// are still unreferenced.
+	BlobsPending Tally
+	BlobsDeleted Tally
+	// IndexesRestored are indexes of condemned blobs that came back into
+	// use, counted with the tombstone's size.
+	IndexesRestored Tally
+	// BlobsMissing counts blobs that bootstraps reference and the store
+	// does not hold: damage that collection did not cause, reported so
+	// that it is seen.
+	BlobsMissing int
+}
+
+// Collect collects garbage in st, keeping the images whose bootstrap
+// digests are in live: it deletes dead bootstraps, deletes blobs condemned
+// at least a grace period ago that are still unreferenced (restoring the
+// index of those referenced again), and condemns blobs newly unreferenced.
+// On error the report counts what was done before it.
+func Collect(ctx context.Context, st store.Store, live []bootstrap.Digest, opts Options) (*Report, error) {
+	if opts.Grace < 0 {
+		return nil, fmt.Errorf("gc: negative grace period %s", opts.Grace)
+	}
+	if opts.Grace == 0 {
+		opts.Grace = DefaultGrace
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 8
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	c := &collector{
+		st:   st,
+		opts: opts,
+		// One instant for the whole run: objects written while it runs
+		// only ever look younger than they are.
+		now: opts.Now(),
+		log: opts.Logger.With("dry_run", opts.DryRun),
+		rep: &Report{DryRun: opts.DryRun},
+	}
+	liveHex := make(map[string]bool, len(live))
+	for _, d := range live {
+		liveHex[d.Hex()] = true
+	}
+	if err := c.run(ctx, liveHex); err != nil {
+		return c.report(), err
+	}
+	r := c.report()
+	c.log.Info("gc: done",
+		"bootstraps_deleted", r.BootstrapsDeleted.Count, "blobs_condemned", r.BlobsCondemned.Count,
+		"blobs_deleted", r.BlobsDeleted.Count, "bytes_deleted", r.BlobsDeleted.Bytes+r.BootstrapsDeleted.Bytes+r.StartupSetsDeleted.Bytes,
+		"indexes_restored", r.IndexesRestored.Count, "blobs_pending", r.BlobsPending.Count)
+	return r, nil
+}
+
+type collector struct {
+	st   store.Store
+	opts Options
+	now  time.Time
+	log  *slog.Logger
+
+	mu  sync.Mutex // guards rep
+	rep *Report
+}
+
+func (c *collector) report() *Report {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := *c.rep
+	return &r
+}
+
+func (c *collector) count(fn func(r *Report)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fn(c.rep)
+}
+
+func (c *collector) old(t time.Time) bool { return c.now.Sub(t) >= c.opts.Grace }
+
+func (c *collector) run(ctx context.Context, live map[string]bool) error {
+	gone, err := c.sweepBootstraps(ctx, live)
+	if err != nil {
+		return err
+	}
+	// Listed after the bootstraps are read: every blob a bootstrap read
+	// here names was uploaded before it, so a referenced blob absent from
+	// this listing is really missing.
+	refs, err := c.references(ctx, gone)
+	if err != nil {
+		return err
+	}
+	blobs, err := c.list(ctx, store.BlobPrefix)
+	if err != nil {
+		return err
+	}
+	indexes, err := c.list(ctx, store.IndexPrefix)
+	if err != nil {
+		return err
+	}
+	tombstones, err := c.list(ctx, store.CondemnedPrefix)
+	if err != nil {
+		return err
+	}
+	for hex := range refs {
+		if _, ok := blobs[hex]; !ok {
+			c.log.Error("gc: a bootstrap references a missing blob", "blob", hex)
+			c.count(func(r *Report) { r.BlobsMissing++ })
+		}
+	}
+	if err := c.settle(ctx, refs, blobs, indexes, tombstones); err != nil {
+		return err
+	}
+	return c.condemn(ctx, refs, blobs, indexes, tombstones)
+}
+
+// list returns the objects under prefix whose name is a sha256 hex
+// digest, by that hex. Other keys are not Skiff's to judge.
+func (c *collector) list(ctx context.Context, prefix string) (map[string]store.Info, error) {
+	objs := map[string]store.Info{}
+	err := c.st.List(ctx, prefix, func(info store.Info) error {
+		if hex := strings.TrimPrefix(info.Key, prefix); validHex(hex) {
+			objs[hex] = info
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc: list %s: %w", prefix, err)
+	}
+	return objs, nil
+}
+
+func validHex(s string) bool {
+	_, err := bootstrap.ParseDigest("sha256:" + s)
+	return err == nil
+}
+
+// sweepBootstraps deletes the bootstraps neither live nor young, each
+// with its startup set, and startup sets whose bootstrap is gone. It
+// returns the hex digests of the bootstraps deleted (or, in a dry run,
+// that would be).
+func (c *collector) sweepBootstraps(ctx context.Context, live map[string]bool) (map[string]bool, error) {
+	boots := map[string]store.Info{}
+	startups := map[string]store.Info{}
+	err := c.st.List(ctx, store.BootstrapPrefix, func(info store.Info) error {
+		name := strings.TrimPrefix(info.Key, store.BootstrapPrefix)
+		if hex, ok := strings.CutSuffix(name, store.StartupSuffix); ok && validHex(hex) {
+			startups[hex] = info
+		} else if validHex(name) {
+			boots[name] = info
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc: list bootstraps: %w", err)
+	}
+	for hex := range live {
+		if _, ok := boots[hex]; !ok {
+			c.log.Warn("gc: live image's bootstrap is not in the store", "bootstrap", hex)
+			c.count(func(r *Report) { r.LiveMissing++ })
+		}
+	}
+	gone := map[string]bool{}
+	var dead []string
+	for hex, info := range boots {
+		if live[hex] || !c.old(info.ModTime) {
+			c.count(func(r *Report) { r.BootstrapsKept.add(info.Size) })
+			continue
+		}
+		gone[hex] = true
+		dead = append(dead, hex)
+	}
+	// A startup set is written for a mounted bootstrap, so one without
+	// its bootstrap lost it, to an earlier run that failed in between
+	// or to an agent that saved it late; once old it is garbage too.
+	var orphans []string
+	for hex, info := range startups {
+		if _, ok := boots[hex]; !ok && c.old(info.ModTime) {
+			orphans = append(orphans, hex)
+		}
+	}
+	err = c.each(ctx, dead, func(ctx context.Context, hex string) error {
+		// The startup set goes first: a failure in between leaves a
+		// dead bootstrap the next run finds again, never an orphan.
+		if s, ok := startups[hex]; ok {
+			if err := c.delete(ctx, "delete startup set", s.Key); err != nil {
+				return err
+			}
+			c.count(func(r *Report) { r.StartupSetsDeleted.add(s.Size) })
+		}
+		if err := c.delete(ctx, "delete bootstrap", store.BootstrapKey(hex)); err != nil {
+			return err
+		}
+		c.count(func(r *Report) { r.BootstrapsDeleted.add(boots[hex].Size) })
+		c.log.Debug("gc: deleted bootstrap", "bootstrap", hex, "bytes", boots[hex].Size)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = c.each(ctx, orphans, func(ctx context.Context, hex string) error {
+		s := startups[hex]
+		if err := c.delete(ctx, "delete startup set", s.Key); err != nil {
+			return err
+		}
+		c.count(func(r *Report) { r.StartupSetsDeleted.add(s.Size) })
+		return nil
+	})
+	return gone, err
+}
+
+// references reads every bootstrap in the store but those in gone and
+// returns the hex digests of the blobs they name. It lists the store
+// afresh, so bootstraps written since the sweep count too.
+func (c *collector) references(ctx context.Context, gone map[string]bool) (map[string]bool, error) {
+	boots, err := c.list(ctx, store.BootstrapPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var keep []string
+	for hex := range boots {
+		if !gone[hex] {
+			keep = append(keep, hex)
+		}
+	}
+	var mu sync.Mutex
+	refs := map[string]bool{}
+	err = c.each(ctx, keep, func(ctx context.Context, hex string) error {
+		key := store.BootstrapKey(hex)
+		data, err := store.ReadAll(ctx, c.st, key, bootstrap.MaxRawSize)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // deleted since listed: it references nothing now
+		}
+		if err != nil {
+			return fmt.Errorf("gc: read bootstrap: %w", err)
+		}
+		// A bootstrap that cannot be decoded stops the run: its blobs
+		// are unknown, and guessing could delete an image's data.
+		b, err := bootstrap.Decode(data)
+		if err != nil {
+			return fmt.Errorf("gc: decode bootstrap %s: %w", key, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, d := range b.Blobs {
+			refs[d.Hex()] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return refs, nil
+}
+
+// settle decides the blobs condemned earlier: those referenced again, or
+// whose index a conversion published again, are reprieved; those
+// unreferenced for a grace period since are deleted.
+func (c *collector) settle(ctx context.Context, refs map[string]bool, blobs, indexes, tombstones map[string]store.Info) error {
+	return c.each(ctx, sortedKeys(tombstones), func(ctx context.Context, hex string) error {
+		ts := tombstones[hex]
+		_, indexed := indexes[hex]
+		switch {
+		case refs[hex]:
+			if _, ok := blobs[hex]; !ok {
+				// Restoring would advertise chunks that are not there;
+				// the bootstrap is already reported as broken.
+				return nil
+			}
+			if !indexed {
+				if err := c.restoreIndex(ctx, hex); err != nil {
+					return err
+				}
+			}
+			if err := c.delete(ctx, "delete tombstone", ts.Key); err != nil {
+				return err
+			}
+			c.count(func(r *Report) { r.IndexesRestored.add(ts.Size) })
+			c.log.Debug("gc: restored index of a blob referenced again", "blob", hex)
+		case indexed:
+			return c.reprieve(ctx, hex, ts)
+		case !c.old(ts.ModTime):
+			c.count(func(r *Report) { r.BlobsPending.add(blobs[hex].Size) })
+		default:
+			return c.deleteBlob(ctx, hex, blobs[hex].Size, ts)
+		}
+		return nil
+	})
+}
+
+// reprieve drops the tombstone of a blob whose index a conversion has
+// published again since it was condemned: that conversion produced the
+// very same blob and is about to reference it.
+func (c *collector) reprieve(ctx context.Context, hex string, ts store.Info) error {
+	if err := c.delete(ctx, "delete tombstone", ts.Key); err != nil {
+		return err
+	}
+	c.count(func(r *Report) { r.IndexesRestored.add(ts.Size) })
+	c.log.Debug("gc: blob published again since condemned", "blob", hex)
+	return nil
+}
+
+func (c *collector) restoreIndex(ctx context.Context, hex string) error {
+	key := store.CondemnedKey(hex)
+	data, err := store.ReadAll(ctx, c.st, key, bootstrap.MaxRawSize)
+	if err != nil {
+		return fmt.Errorf("gc: restore index of %s: %w", hex, err)
+	}
+	if len(data) == 0 {
+		return nil // the blob had no index when it was condemned
+	}
+	if c.opts.DryRun {
+		return nil
+	}
+	if err := c.st.Put(ctx, store.IndexKey(hex), bytes.NewReader(data), int64(len(data))); err != nil {
+		return fmt.Errorf("gc: restore index of %s: %w", hex, err)
+	}
+	return nil
+}
+
+// deleteBlob deletes a condemned blob of size bytes (0 if it is gone
+// already) and then its tombstone.
+func (c *collector) deleteBlob(ctx context.Context, hex string, size int64, ts store.Info) error {
+	// The index listing is a moment old; a conversion republishing the
+	// blob since would have put its index back.
+	if _, err := c.st.Stat(ctx, store.IndexKey(hex)); err == nil {
+		return c.reprieve(ctx, hex, ts)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("gc: delete blob %s: stat index: %w", hex, err)
+	}
+	// The blob goes first: a failure in between leaves a tombstone that
+	// the next run finishes, never a blob nothing will judge again.
+	if err := c.delete(ctx, "delete blob", store.BlobKey(hex)); err != nil {
+		return err
+	}
+	if err := c.delete(ctx, "delete tombstone", ts.Key); err != nil {
+		return err
+	}
+	c.count(func(r *Report) { r.BlobsDeleted.add(size) })
+	c.log.Debug("gc: deleted blob", "blob", hex, "bytes", size)
+	return nil
+}
+
+// condemn moves the index of every unreferenced blob older than the grace
+// period to its tombstone. Blobs that had a tombstone when this run began
+// were settled already.
+func (c *collector) condemn(ctx context.Context, refs map[string]bool, blobs, indexes, tombstones map[string]store.Info) error {
+	var doomed []string
+	for _, hex := range sortedKeys(blobs) {
+		if _, ok := tombstones[hex]; ok {
+			continue
+		}
+		info := blobs[hex]
+		// A republished blob keeps its old modification time; its
+		// fresh index is what shows that a conversion just used it.
+		newest := info.ModTime
+		if idx, ok := indexes[hex]; ok && idx.ModTime.After(newest) {
+			newest = idx.ModTime
+		}
+		if refs[hex] || !c.old(newest) {
+			c.count(func(r *Report) { r.BlobsKept.add(info.Size) })
+			continue
+		}
+		doomed = append(doomed, hex)
+	}
+	return c.each(ctx, doomed, func(ctx context.Context, hex string) error {
+		var data []byte
+		if _, ok := indexes[hex]; ok {
+			var err error
+			data, err = store.ReadAll(ctx, c.st, store.IndexKey(hex), bootstrap.MaxRawSize)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("gc: condemn blob %s: %w", hex, err)
+			}
+		}
+		if !c.opts.DryRun {
+			// The tombstone is written before the index goes: a failure
+			// in between leaves both, which the next run reads as a
+			// blob published again, never as an unmarked loss of its
+			// index.
+			if err := c.st.Put(ctx, store.CondemnedKey(hex), bytes.NewReader(data), int64(len(data))); err != nil {
+				return fmt.Errorf("gc: condemn blob %s: write tombstone: %w", hex, err)
+			}
+		}
+		if err := c.delete(ctx, "condemn blob "+hex+": delete index", store.IndexKey(hex)); err != nil {
+			return err
+		}
+		c.count(func(r *Report) { r.BlobsCondemned.add(blobs[hex].Size) })
+		c.log.Debug("gc: condemned blob", "blob", hex, "bytes", blobs[hex].Size)
+		return nil
+	})
+}
+
+// delete deletes key unless this is a dry run.
+func (c *collector) delete(ctx context.Context, op, key string) error {
+	if c.opts.DryRun {
+		return nil
+	}
+	if err := c.st.Delete(ctx, key); err != nil {
+		return fmt.Errorf("gc: %s %s: %w", op, key, err)
+	}
+	return nil
+}
+
+// each runs fn for every item, Options.Concurrency at a time, and stops
+// starting new ones after the first error.
+func (c *collector) each(ctx context.Context, items []string, fn func(context.Context, string) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.opts.Concurrency)
+	for _, it := range items {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error { return fn(gctx, it) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+func sortedKeys(m map[string]store.Info) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
