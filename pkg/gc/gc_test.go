@@ -19,7 +19,6 @@ import (
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
-	"github.com/skiff-dev/skiff/pkg/codec"
 	"github.com/skiff-dev/skiff/pkg/convert"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/gc"
@@ -296,31 +295,18 @@ func verifyImage(t *testing.T, st store.Store, c converted) {
 	}
 }
 
-// readFile reassembles a file straight from the store's frames.
+// readFile reads a file through the node's fetch path, straight from the
+// store: every chunk checked against its digest.
 func readFile(t *testing.T, st store.Store, b *bootstrap.Bootstrap, ino uint32) []byte {
 	t.Helper()
+	f := fetch.New(nil, fetch.NewStoreSource("store", st))
 	var out []byte
 	for _, ci := range b.FileChunks(ino) {
-		c := b.Chunks[ci]
-		if c.Zero() {
-			out = append(out, make([]byte, c.Size)...)
-			continue
-		}
-		f := b.Frames[c.Frame]
-		rc, err := st.Get(context.Background(), store.BlobKey(b.Blobs[f.Blob].Hex()), f.Offset, int64(f.CompressedSize))
+		data, err := f.ReadChunk(context.Background(), b, ci)
 		if err != nil {
 			t.Fatal(err)
 		}
-		comp, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, err := codec.Decompress(f.Compression, nil, comp, int(f.Size))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, data[c.Offset:c.Offset+c.Size]...)
+		out = append(out, data...)
 	}
 	return out
 }
