@@ -246,7 +246,8 @@ type schedulerStats struct {
 // an image to its registry from the host, and checks the converter
 // published <tag>-skiff with every chunk in MinIO (`skiffctl check` run in
 // the stack), recorded it as done on NATS, and traced the conversion in
-// Jaeger; and that the seeder preheated the converted image, the
+// Jaeger; that `skiffctl gc` on the stack's registry, dry run and real,
+// keeps it; and that the seeder preheated the converted image, the
 // scheduler offers it as the holder of every frame, and the preheat is
 // traced too.
 func TestComposeStack(t *testing.T) {
@@ -281,6 +282,7 @@ func TestComposeStack(t *testing.T) {
 	if out, err := s.compose("run", "--rm", "skiffctl", "check", "registry.localhost:5000/compose/none:v1"+image.TagSuffix); err == nil {
 		t.Errorf("skiffctl check of an image that does not exist succeeded:\n%s", out)
 	}
+	checkGC(t, s, "registry.localhost:5000", inStack+image.TagSuffix)
 
 	// Spans are exported in batches: wait for the conversion's to land,
 	// and for the registry's, which the compose file sends there too.
@@ -309,6 +311,49 @@ func TestComposeStack(t *testing.T) {
 	})
 
 	checkPreheated(t, s, ref+image.TagSuffix)
+}
+
+// Lines of skiffctl gc's report (writeGCReport in cmd/skiffctl/gc.go).
+var (
+	gcDryRun     = regexp.MustCompile(`(?m)^dry run: nothing was changed$`)
+	gcLive       = regexp.MustCompile(`(?m)^live: +(\d+) bootstraps named by Skiff images`)
+	gcBootstraps = regexp.MustCompile(`(?m)^bootstraps: +(\d+) kept \([^)]*\), (\d+) (?:would be )?deleted`)
+)
+
+// checkGC runs skiffctl gc in the stack, as the compose file's header
+// shows, on the registry holding the converted image converted (both as
+// the stack reaches them): a dry run, then a real one. The image is live
+// and younger than the grace period, so neither deletes a bootstrap, and
+// the image still checks out afterwards.
+func checkGC(t *testing.T, s *composeStack, registry, converted string) {
+	t.Helper()
+	for _, dryRun := range []bool{true, false} {
+		args := []string{"run", "--rm", "skiffctl", "gc"}
+		if dryRun {
+			args = append(args, "--dry-run")
+		}
+		out, err := s.compose(append(args, registry)...)
+		if err != nil {
+			t.Fatalf("skiffctl gc (dry run %v) in the stack: %v\n%s", dryRun, err, out)
+		}
+		t.Logf("skiffctl gc (dry run %v):\n%s", dryRun, out)
+		if got := gcDryRun.MatchString(out); got != dryRun {
+			t.Errorf("skiffctl gc (dry run %v): report says dry run: %v", dryRun, got)
+		}
+		if m := gcLive.FindStringSubmatch(out); m == nil {
+			t.Errorf("skiffctl gc (dry run %v): no live line in the report", dryRun)
+		} else if n, _ := strconv.Atoi(m[1]); n < 1 {
+			t.Errorf("skiffctl gc (dry run %v): %d live bootstraps, want the converted image's at least", dryRun, n)
+		}
+		if m := gcBootstraps.FindStringSubmatch(out); m == nil {
+			t.Errorf("skiffctl gc (dry run %v): no bootstraps line in the report", dryRun)
+		} else if kept, _ := strconv.Atoi(m[1]); kept < 1 || m[2] != "0" {
+			t.Errorf("skiffctl gc (dry run %v): %s bootstraps kept, %s deleted; want the converted image's kept, none deleted", dryRun, m[1], m[2])
+		}
+	}
+	if out, err := s.compose("run", "--rm", "skiffctl", "check", converted); err != nil {
+		t.Fatalf("skiffctl check after skiffctl gc: %v\n%s", err, out)
+	}
 }
 
 // checkPreheated checks the P2P side of the stack saw the conversion of

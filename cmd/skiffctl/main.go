@@ -30,7 +30,7 @@ type command struct {
 // flags that name where things are, so that a shell set up for one
 // cluster need not repeat them.
 type settings struct {
-	Store               string `env:"SKIFF_STORE" help:"default --store (default: a directory in the user's cache)"`
+	Store               string `env:"SKIFF_STORE" help:"default --store (default: a directory in the user's cache); S3 credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"`
 	NATS                string `env:"SKIFF_NATS_URL" envDefault:"nats://127.0.0.1:4222" help:"default --nats: the NATS server of the services"`
 	ContainerdAddress   string `env:"CONTAINERD_ADDRESS" envDefault:"/run/containerd/containerd.sock" help:"default --address of pull"`
 	ContainerdNamespace string `env:"CONTAINERD_NAMESPACE" envDefault:"default" help:"default --namespace of pull"`

@@ -1,9 +1,9 @@
 // Package kubernetes_test checks the manifests in this directory: every
 // document decodes strictly into its Kubernetes type, the kustomization
 // lists every manifest, images are Skiff's own or pinned, every variable a
-// Skiff container sets is one its binary documents in --help, and the
-// objects' references to each other (secrets, services, ports, volumes)
-// resolve.
+// Skiff container sets is one its binary documents in --help (that of the
+// subcommand it runs too, for skiffctl), and the objects' references to
+// each other (secrets, services, ports, volumes) resolve.
 package kubernetes_test
 
 import (
@@ -21,6 +21,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -35,6 +36,16 @@ var skiffImages = map[string]string{
 	"skiff/scheduler": "./services/scheduler/cmd/skiff-scheduler",
 	"skiff/seeder":    "./services/seeder/cmd/skiff-seeder",
 	"skiff/agent":     "./node-agent/cmd/skiff-agent",
+	"skiff/skiffctl":  "./cmd/skiffctl",
+}
+
+// skiffSubcommands lists, per Skiff image whose binary takes a command
+// with flags of its own as first argument, the commands the manifests run.
+// A container of the image must run one of them, and may set what the
+// command's --help documents besides what the binary's --help does:
+// skiffctl names the S3 credentials only in its commands' --store flag.
+var skiffSubcommands = map[string][]string{
+	"skiff/skiffctl": {"gc"},
 }
 
 // kustomization is the part of kustomization.yaml these manifests use;
@@ -57,8 +68,9 @@ type kustomization struct {
 }
 
 // helpVars returns, per Skiff image name, the environment variable names
-// the --help output of its binary mentions. The binaries are built from
-// this checkout once per test run.
+// the --help output of its binary mentions, and per "image command" of
+// skiffSubcommands those "binary command --help" mentions. The binaries
+// are built from this checkout once per test run.
 func helpVars(t *testing.T) map[string][]string {
 	t.Helper()
 	vars, err := loadHelpVars()
@@ -89,14 +101,25 @@ var loadHelpVars = sync.OnceValues(func() (map[string][]string, error) {
 	}
 	envName := regexp.MustCompile(`\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b`)
 	vars := map[string][]string{}
-	for img, pkg := range skiffImages {
-		out, err := exec.Command(filepath.Join(bin, filepath.Base(pkg)), "--help").CombinedOutput()
+	help := func(pkg string, args ...string) ([]string, error) {
+		args = append(args, "--help")
+		out, err := exec.Command(filepath.Join(bin, filepath.Base(pkg)), args...).CombinedOutput()
 		if err != nil {
-			return nil, fmt.Errorf("%s --help: %v\n%s", filepath.Base(pkg), err, out)
+			return nil, fmt.Errorf("%s %s: %v\n%s", filepath.Base(pkg), strings.Join(args, " "), err, out)
 		}
-		vars[img] = envName.FindAllString(string(out), -1)
+		return envName.FindAllString(string(out), -1), nil
+	}
+	for img, pkg := range skiffImages {
+		if vars[img], err = help(pkg); err != nil {
+			return nil, err
+		}
 		if len(vars[img]) == 0 {
-			return nil, fmt.Errorf("%s --help names no variables:\n%s", filepath.Base(pkg), out)
+			return nil, fmt.Errorf("%s --help names no variables", filepath.Base(pkg))
+		}
+		for _, sub := range skiffSubcommands[img] {
+			if vars[img+" "+sub], err = help(pkg, sub); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return vars, nil
@@ -153,6 +176,14 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"wrong probe port", "scheduler.yaml", "path: /healthz\n              port: http\n", "path: /healthz\n              port: healthz\n", `port "healthz"`},
 		{"wrong liveness port", "scheduler.yaml", "tcpSocket:\n              port: http", "tcpSocket:\n              port: status", `port "status"`},
 		{"wrong metrics port", "seeder.yaml", `prometheus.io/port: "8092"`, `prometheus.io/port: "9092"`, `prometheus.io/port "9092"`},
+		{"unknown field in a cron job", "gc.yaml", "concurrencyPolicy:", "concurrentPolicy:", `unknown field "concurrentPolicy"`},
+		{"unknown field in a job template", "gc.yaml", "activeDeadlineSeconds:", "activeDeadlineSecond:", `unknown field "activeDeadlineSecond"`},
+		{"unknown skiffctl env var", "gc.yaml", "name: SKIFF_STORE", "name: SKIFF_STORE_URL", "SKIFF_STORE_URL"},
+		{"cron job secret key", "gc.yaml", "key: AWS_ACCESS_KEY_ID", "key: AWS_ACCESS_KEY", "has no key AWS_ACCESS_KEY"},
+		{"unknown skiffctl command", "gc.yaml", `args: ["gc", `, `args: ["collect", `, `"collect"`},
+		{"gc without registry", "gc.yaml", `args: ["gc", "registry.example.com"]`, `args: ["gc", "--grace", "48h"]`, "names no registry"},
+		{"concurrent collectors", "gc.yaml", "concurrencyPolicy: Forbid", "concurrencyPolicy: Allow", "concurrencyPolicy"},
+		{"unpinned skiffctl image", "gc.yaml", "image: skiff/skiffctl:dev", "image: skiff/skiffctl:latest", "tag dev"},
 	}
 	for _, m := range mutations {
 		t.Run(m.name, func(t *testing.T) {
@@ -205,6 +236,8 @@ func (o object) meta() metav1.ObjectMeta {
 		return v.ObjectMeta
 	case *appsv1.DaemonSet:
 		return v.ObjectMeta
+	case *batchv1.CronJob:
+		return v.ObjectMeta
 	}
 	return metav1.ObjectMeta{}
 }
@@ -224,6 +257,8 @@ func newObject(tm metav1.TypeMeta) (any, error) {
 		return &appsv1.StatefulSet{}, nil
 	case "apps/v1 DaemonSet":
 		return &appsv1.DaemonSet{}, nil
+	case "batch/v1 CronJob":
+		return &batchv1.CronJob{}, nil
 	}
 	return nil, fmt.Errorf("apiVersion %q kind %q is not one these manifests use", tm.APIVersion, tm.Kind)
 }
@@ -278,10 +313,27 @@ func stripComments(doc string) string {
 
 // workload is a pod template and where it comes from.
 type workload struct {
-	where, name string
-	selector    *metav1.LabelSelector
-	pod         corev1.PodTemplateSpec
-	claims      []corev1.PersistentVolumeClaim
+	where, kind, name string
+	// selector is nil for a CronJob: the Job controller makes the
+	// selector of each Job.
+	selector *metav1.LabelSelector
+	pod      corev1.PodTemplateSpec
+	claims   []corev1.PersistentVolumeClaim
+}
+
+// workloadOf returns the pod template of an object that runs pods.
+func workloadOf(o object) (workload, bool) {
+	switch v := o.obj.(type) {
+	case *appsv1.Deployment:
+		return workload{o.where, "Deployment", v.Name, v.Spec.Selector, v.Spec.Template, nil}, true
+	case *appsv1.StatefulSet:
+		return workload{o.where, "StatefulSet", v.Name, v.Spec.Selector, v.Spec.Template, v.Spec.VolumeClaimTemplates}, true
+	case *appsv1.DaemonSet:
+		return workload{o.where, "DaemonSet", v.Name, v.Spec.Selector, v.Spec.Template, nil}, true
+	case *batchv1.CronJob:
+		return workload{o.where, "CronJob", v.Name, nil, v.Spec.JobTemplate.Spec.Template, nil}, true
+	}
+	return workload{}, false
 }
 
 // checkDir checks the kustomization and manifests in dir against the
@@ -341,23 +393,29 @@ func checkDir(dir string, vars map[string][]string) []error {
 			secrets[v.Name] = v
 		case *corev1.Service:
 			services[v.Name], serviceWhere[v.Name] = v, o.where
-		case *appsv1.Deployment:
-			workloads = append(workloads, workload{o.where, v.Name, v.Spec.Selector, v.Spec.Template, nil})
 		case *appsv1.StatefulSet:
-			workloads = append(workloads, workload{o.where, v.Name, v.Spec.Selector, v.Spec.Template, v.Spec.VolumeClaimTemplates})
 			if s, ok := services[v.Spec.ServiceName]; !ok || s.Spec.ClusterIP != corev1.ClusterIPNone {
 				// Services come first in each file.
 				errorf("%s: StatefulSet %s: serviceName %q is not a headless Service defined before it", o.where, v.Name, v.Spec.ServiceName)
 			}
-		case *appsv1.DaemonSet:
-			workloads = append(workloads, workload{o.where, v.Name, v.Spec.Selector, v.Spec.Template, nil})
+		case *batchv1.CronJob:
+			// The garbage collector must never run beside itself
+			// (pkg/gc): a run still going skips the next.
+			if runsGC(v.Spec.JobTemplate.Spec.Template.Spec) && v.Spec.ConcurrencyPolicy != batchv1.ForbidConcurrent {
+				errorf("%s: CronJob %s runs skiffctl gc with concurrencyPolicy %q, want %s", o.where, v.Name, v.Spec.ConcurrencyPolicy, batchv1.ForbidConcurrent)
+			}
+		}
+		if w, ok := workloadOf(o); ok {
+			workloads = append(workloads, w)
 		}
 	}
 
 	for _, w := range workloads {
-		sel, err := metav1.LabelSelectorAsSelector(w.selector)
-		if err != nil || sel.Empty() || !sel.Matches(labels.Set(w.pod.Labels)) {
-			errorf("%s: %s: selector %v does not select its own pods (%v, %v)", w.where, w.name, w.selector, w.pod.Labels, err)
+		if w.kind != "CronJob" {
+			sel, err := metav1.LabelSelectorAsSelector(w.selector)
+			if err != nil || sel.Empty() || !sel.Matches(labels.Set(w.pod.Labels)) {
+				errorf("%s: %s: selector %v does not select its own pods (%v, %v)", w.where, w.name, w.selector, w.pod.Labels, err)
+			}
 		}
 		volumes := map[string]bool{}
 		for _, v := range w.pod.Spec.Volumes {
@@ -445,10 +503,25 @@ func checkContainer(where string, c corev1.Container, vars map[string][]string, 
 		}
 	}
 	if skiff {
-		for _, e := range c.Env {
-			if !slices.Contains(vars[name], e.Name) && !used[e.Name] {
-				errorf("env %s is not a setting of %s (see its --help)", e.Name, filepath.Base(skiffImages[name]))
+		documented := vars[name]
+		help := filepath.Base(skiffImages[name]) + " --help"
+		if subs := skiffSubcommands[name]; subs != nil {
+			// The image's entrypoint is the binary: the command is the
+			// first argument.
+			if len(c.Command) > 0 || len(c.Args) == 0 || !slices.Contains(subs, c.Args[0]) {
+				errorf("runs %q %q, not one of the %s commands %v (add it to skiffSubcommands)", c.Command, c.Args, filepath.Base(skiffImages[name]), subs)
+			} else {
+				documented = append(slices.Clone(documented), vars[name+" "+c.Args[0]]...)
+				help += ", " + filepath.Base(skiffImages[name]) + " " + c.Args[0] + " --help"
 			}
+		}
+		for _, e := range c.Env {
+			if !slices.Contains(documented, e.Name) && !used[e.Name] {
+				errorf("env %s is not a setting of %s (see %s)", e.Name, filepath.Base(skiffImages[name]), help)
+			}
+		}
+		if name == "skiff/skiffctl" && len(c.Command) == 0 && len(c.Args) > 0 && c.Args[0] == "gc" && len(gcTargets(c.Args[1:])) == 0 {
+			errorf("skiffctl gc names no registry: it would refuse to run")
 		}
 	}
 
@@ -479,6 +552,37 @@ func checkContainer(where string, c corev1.Container, vars map[string][]string, 
 		}
 	}
 	return errs
+}
+
+// runsGC reports whether a pod runs skiffctl gc.
+func runsGC(pod corev1.PodSpec) bool {
+	for _, c := range pod.Containers {
+		name, _, _ := strings.Cut(c.Image, ":")
+		if name == "skiff/skiffctl" && len(c.Command) == 0 && len(c.Args) > 0 && c.Args[0] == "gc" {
+			return true
+		}
+	}
+	return false
+}
+
+// gcTargets returns the positional arguments of skiffctl gc: the
+// registries and repositories (its flags --store and --grace take a
+// value, --dry-run none).
+func gcTargets(args []string) []string {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return args[i+1:]
+		case !strings.HasPrefix(a, "-"):
+			return args[i:]
+		case !strings.Contains(a, "="):
+			if f := strings.TrimLeft(a, "-"); f == "store" || f == "grace" {
+				i++
+			}
+		}
+	}
+	return nil
 }
 
 // hasPort reports whether a container declares the named or numbered port.
