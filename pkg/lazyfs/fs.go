@@ -62,13 +62,6 @@ type fileSystem struct {
 	stateFile string
 	stateMu   sync.Mutex
 	opens     map[uint32]openRecord
-
-	// earlier, on a passthrough mount taken over, holds the backing ids
-	// that the records of the servers before this one named; nil on a
-	// mount made here. See sweep.
-	earlier   map[int32]bool
-	sweepOnce sync.Once
-	sweeping  sync.WaitGroup
 }
 
 // openRecord is how the kernel has one inode open.
@@ -109,10 +102,14 @@ type fileState struct {
 // cached and every passthrough open by. Only passthrough mounts hand
 // handles out; other mounts never see OPEN (see Open).
 const (
-	fhPassthrough    = 1
+	fhPassthrough = 1       // a bit of a handle: request numbers are even
+	uniqueResend  = 1 << 63 // FUSE_UNIQUE_RESEND
+)
+
+// Whole handles of servers from before handles named their opens.
+const (
 	fhOldCached      = 1
 	fhOldPassthrough = 2
-	uniqueResend     = 1 << 63 // FUSE_UNIQUE_RESEND
 )
 
 func newFileSystem(b *bootstrap.Bootstrap, r ChunkReader, opts Options) *fileSystem {
@@ -499,44 +496,7 @@ func (fsys *fileSystem) passthrough(ctx context.Context, ino uint32, st *fileSta
 		return false
 	}
 	st.backingID = id
-	fsys.sweepOnce.Do(func() {
-		if fsys.earlier != nil {
-			fsys.sweeping.Add(1)
-			go func() {
-				defer fsys.sweeping.Done()
-				fsys.sweep(id)
-			}()
-		}
-	})
 	return true
-}
-
-// sweep unregisters the backing files that servers of the mount before
-// this one registered and did not record: one that dies between
-// registering a file and recording the open leaves it with the kernel,
-// which holds it (and the cache file) until the mount goes. The kernel
-// numbers registrations upwards, so all of them come before below, this
-// server's first. No handle uses one, since every open is recorded before
-// the kernel hears of it; and one still in use would keep working, as the
-// kernel holds the file for each handle.
-func (fsys *fileSystem) sweep(below int32) {
-	n := 0
-	for id := int32(1); id < below; id++ {
-		if fsys.earlier[id] {
-			continue
-		}
-		switch errno := fsys.server.UnregisterBackingFd(id); errno {
-		case 0:
-			n++
-		case syscall.ENOENT:
-		default:
-			fsys.log.Warn("lazyfs: unregister passthrough files of the previous server", "id", id, "err", errno)
-			return
-		}
-	}
-	if n > 0 {
-		fsys.log.Info("lazyfs: unregistered passthrough files the previous server left", "count", n)
-	}
 }
 
 // Release implements fuse.RawFileSystem. A handle not counted holds
@@ -613,10 +573,7 @@ func (fsys *fileSystem) saveOpens(ino uint32, st *fileState) {
 }
 
 // loadOpens takes the records a previous server of the mount kept.
-// Whatever it finds, the backing ids they do not name are swept (see
-// sweep): without records, no handle can use them again.
 func (fsys *fileSystem) loadOpens() error {
-	fsys.earlier = map[int32]bool{}
 	data, err := os.ReadFile(fsys.stateFile)
 	if err != nil {
 		return err
@@ -640,9 +597,6 @@ func (fsys *fileSystem) loadOpens() error {
 		st.cachedOpens, st.backingID, st.backingRefs, st.handles = r.Cached, r.Backing, r.Refs, slices.Clone(r.Handles)
 		st.mu.Unlock()
 		fsys.opens[r.Ino] = r
-		if r.Backing != 0 {
-			fsys.earlier[r.Backing] = true
-		}
 	}
 	return nil
 }
