@@ -299,32 +299,156 @@ func (c *Converter) convertLayer(ctx context.Context, l v1.Layer, bw *blobWriter
 	return ents, nil
 }
 
-// publish uploads a blob and then its chunk index, and returns the bytes
-// written (0 when the store already had the blob).
+// publish makes a blob and its chunk index available in the store, and
+// returns the bytes uploaded (0 when the store already had the blob).
+//
+// The blob may be one garbage collection condemned (pkg/gc): this
+// conversion reproduced its content, so its digest, but its index went to
+// the tombstone store.CondemnedKey. Collection deletes such a blob in three
+// steps: Stat the index (present: reprieve), delete the blob, delete the
+// tombstone. Checking that the blob exists and then writing the index
+// would lose it if collection ran between the two: it sees no index,
+// deletes the blob, and the bootstrap written next names nothing. So the
+// index goes first, then the tombstone is looked at, then the blob:
+//
+//   - a collection that Stats the index after it is written reprieves;
+//   - one that did so before and has not deleted the tombstone when we
+//     look leaves it for us to see, and we upload the blob whether or not
+//     it is still there;
+//   - one that has deleted the tombstone when we look deleted the blob
+//     before that, hence before we Stat the blob, and we see it missing
+//     and upload it.
+//
+// The tombstone is checked before the blob for that last case: in the
+// other order the blob could go between the two checks unseen. One
+// interleaving is left: a collection that Stats the index before our Put
+// and deletes the blob only after our whole upload, all within its two
+// back-to-back requests. Nothing short of a change in pkg/gc closes it.
+//
+// The index may thus name a blob not uploaded yet, or never if the upload
+// fails; loadDictionary ignores an index whose blob is missing.
 func (c *Converter) publish(ctx context.Context, bw *blobWriter) (int64, error) {
-	key := store.BlobKey(bw.digest.Hex())
-	var n int64
-	if info, err := c.store.Stat(ctx, key); err == nil && info.Size == bw.size {
-		c.log.Debug("blob already stored", "blob", bw.digest)
-	} else {
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return 0, fmt.Errorf("stat blob: %w", err)
-		}
-		if err := bw.upload(ctx, c.store, key); err != nil {
-			return 0, err
-		}
-		n = bw.size
-	}
+	hex := bw.digest.Hex()
 	idx := bw.index(uint32(c.opts.ChunkSize))
 	enc, err := bootstrap.Encode(idx)
 	if err != nil {
 		return 0, fmt.Errorf("encode index of %s: %w", bw.digest, err)
 	}
-	if err := c.store.Put(ctx, store.IndexKey(bw.digest.Hex()), bytes.NewReader(enc), int64(len(enc))); err != nil {
+	if err := c.store.Put(ctx, store.IndexKey(hex), bytes.NewReader(enc), int64(len(enc))); err != nil {
 		return 0, fmt.Errorf("store index of %s: %w", bw.digest, err)
+	}
+	stored, err := c.blobStored(ctx, hex, bw.size)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	if stored {
+		c.log.Debug("blob already stored", "blob", bw.digest)
+	} else {
+		if err := bw.upload(ctx, c.store, store.BlobKey(hex)); err != nil {
+			return 0, err
+		}
+		n = bw.size
 	}
 	c.learn(idx)
 	return n, nil
+}
+
+// blobStored reports whether blob hex of size bytes is in the store and
+// not condemned by garbage collection; see publish for why the order of
+// the checks matters.
+func (c *Converter) blobStored(ctx context.Context, hex string, size int64) (bool, error) {
+	if _, err := c.store.Stat(ctx, store.CondemnedKey(hex)); err == nil {
+		c.log.Debug("blob condemned by garbage collection, uploading it again", "blob", hex)
+		return false, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return false, fmt.Errorf("stat tombstone of %s: %w", hex, err)
+	}
+	info, err := c.store.Stat(ctx, store.BlobKey(hex))
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("stat blob %s: %w", hex, err)
+	}
+	return info.Size == size, nil
+}
+
+// ErrIncomplete is what Reuse wraps when the store lacks something an
+// image needs.
+var ErrIncomplete = errors.New("image data incomplete in the store")
+
+// Reuse checks that the bootstrap d and every blob it names are in the
+// store, each blob long enough for the frames read from it, so that an
+// image made earlier can be tagged again rather than converted anew, and
+// then writes the bootstrap again. A missing, short or corrupt object is
+// an error wrapping ErrIncomplete (garbage collection, pkg/gc, deletes the
+// bootstraps of images no registry tags any more, and then their blobs);
+// any other error is the store's. Writing the bootstrap again is what
+// tells a collector that marked it dead, from a scan of the registries
+// made before the new tag, to spare it: it deletes a dead bootstrap only
+// if it has not been written since.
+func (c *Converter) Reuse(ctx context.Context, d bootstrap.Digest) error {
+	data, err := store.ReadAll(ctx, c.store, store.BootstrapKey(d.Hex()), bootstrap.MaxRawSize)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: bootstrap %s: %w", ErrIncomplete, d, err)
+	} else if err != nil {
+		return fmt.Errorf("bootstrap %s: %w", d, err)
+	}
+	if bootstrap.Sum(data) != d {
+		return fmt.Errorf("%w: bootstrap %s: stored content does not match the digest", ErrIncomplete, d)
+	}
+	b, err := bootstrap.Decode(data)
+	if err != nil {
+		return fmt.Errorf("%w: bootstrap %s: %w", ErrIncomplete, d, err)
+	}
+	need := make([]int64, len(b.Blobs))
+	for _, f := range b.Frames {
+		if int(f.Blob) < len(need) {
+			need[f.Blob] = max(need[f.Blob], f.Offset+int64(f.CompressedSize))
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, blob := range b.Blobs {
+		g.Go(func() error {
+			info, err := c.store.Stat(gctx, store.BlobKey(blob.Hex()))
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				err = fmt.Errorf("%w: blob %s of bootstrap %s: %w", ErrIncomplete, blob, d, err)
+			case err != nil:
+				return fmt.Errorf("blob %s of bootstrap %s: %w", blob, d, err)
+			case info.Size < need[i]:
+				err = fmt.Errorf("%w: blob %s of bootstrap %s has %d bytes, its frames reach %d", ErrIncomplete, blob, d, info.Size, need[i])
+			default:
+				return nil
+			}
+			// Garbage collection takes the index before the blob, and
+			// loadDictionary then forgets the blob's chunks; a blob gone
+			// with its index left is news to the dictionary, which
+			// would place the chunks of the next conversion in it.
+			c.forget(store.IndexKey(blob.Hex()))
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := c.store.Put(ctx, store.BootstrapKey(d.Hex()), bytes.NewReader(data), int64(len(data))); err != nil {
+		return fmt.Errorf("write bootstrap %s again: %w", d, err)
+	}
+	return nil
+}
+
+// forget makes the next conversion reload the dictionary, as if the
+// index under key had gone, unless it was never merged.
+func (c *Converter) forget(key string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.loaded[key] {
+		c.log.Info("a blob in the dedup dictionary is missing from the store, reloading the dictionary", "index", key)
+		c.dict, c.loaded = map[bootstrap.Digest]chunkLoc{}, map[string]bool{}
+	}
 }
 
 // loadDictionary merges chunk indexes that appeared in the store since the

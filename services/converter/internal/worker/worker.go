@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/conversion"
 	"github.com/skiff-dev/skiff/pkg/convert"
@@ -38,6 +39,10 @@ import (
 // Converter turns a source image into a Skiff image whose blobs are stored.
 type Converter interface {
 	Convert(ctx context.Context, src v1.Image) (*convert.Result, error)
+	// Reuse checks that an earlier conversion's bootstrap and blobs are
+	// still in the store, failing with an error wrapping
+	// convert.ErrIncomplete if not (see convert.Converter.Reuse).
+	Reuse(ctx context.Context, bootstrap bootstrap.Digest) error
 }
 
 // Publisher publishes outcome events.
@@ -275,6 +280,14 @@ func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64,
 			j.log.Info("already converted", "target", rec.Target, "target_digest", rec.TargetDigest)
 			return nil, 0, nil
 		case rec.State == conversion.Done:
+			if ok, err := w.stored(ctx, j, rec); err != nil {
+				return nil, 0, err
+			} else if !ok {
+				// Tagging the earlier conversion would publish an
+				// image whose data is gone: start over.
+				rec = &conversion.Record{Source: j.source, SourceDigest: rec.SourceDigest, Target: j.target, Created: now}
+				break
+			}
 			if err := w.retag(ctx, j, rec); err != nil {
 				return nil, 0, err
 			}
@@ -356,6 +369,32 @@ func (w *Worker) convert(ctx context.Context, j *job) (*convert.Result, v1.Hash,
 		return nil, v1.Hash{}, fmt.Errorf("skiff manifest digest: %w", err)
 	}
 	return res, digest, nil
+}
+
+// stored reports whether the data of the conversion rec records is still
+// in the store, so that it can be tagged for j: garbage collection deletes
+// the bootstrap of an image no registry tags any more, and then its
+// blobs, and the Skiff tag rec names may have moved on since. An error is
+// a check that could not be made; the claim is retried.
+func (w *Worker) stored(ctx context.Context, j *job, rec *conversion.Record) (bool, error) {
+	if rec.BootstrapDigest == "" {
+		return true, nil // nothing to check it by
+	}
+	d, err := bootstrap.ParseDigest(rec.BootstrapDigest)
+	if err != nil {
+		j.log.Warn("earlier conversion names an unreadable bootstrap digest, converting anew", "bootstrap", rec.BootstrapDigest, "err", err)
+		return false, nil
+	}
+	err = w.conv.Reuse(ctx, d)
+	if errors.Is(err, convert.ErrIncomplete) {
+		j.log.Warn("earlier conversion's data is gone from the store, converting anew instead of tagging it",
+			"target_digest", rec.TargetDigest, "bootstrap", rec.BootstrapDigest, "err", err)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("check earlier conversion: %w", err)
+	}
+	return true, nil
 }
 
 // retag gives an already converted image the Skiff tag of a new request
