@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"strings"
+	"time"
 
 	"github.com/skiff-dev/skiff/pkg/gc"
 	"github.com/skiff-dev/skiff/pkg/image"
 )
+
+// minGrace is the shortest --grace accepted. The grace period must exceed
+// the longest conversion, which no run can know; a minute at least
+// catches a unit typed wrong ("24s" for "24h"). Tests lower it.
+var minGrace = time.Minute
 
 // runGC deletes from the store what no Skiff image in the named
 // registries needs (see pkg/gc): the registries are the only record of
@@ -18,7 +22,7 @@ func runGC(ctx context.Context, env settings, args []string, stdout, stderr io.W
 	fs := newFlags("gc", "REGISTRY[/REPOSITORY]...", stderr)
 	storeURL := fs.String("store", env.Store, storeFlagHelp)
 	dryRun := fs.Bool("dry-run", false, "report what would be deleted and change nothing")
-	grace := fs.Duration("grace", gc.DefaultGrace, "age before anything unused is condemned, and again before it is deleted; must exceed the longest conversion")
+	grace := fs.Duration("grace", gc.DefaultGrace, "age before anything unused is marked dead or condemned, and again before it is deleted; must exceed the longest conversion (at least "+minGrace.String()+")")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -27,8 +31,8 @@ func runGC(ctx context.Context, env settings, args []string, stdout, stderr io.W
 		fs.Usage()
 		return errUsage
 	}
-	if *grace <= 0 {
-		return fmt.Errorf("--grace %s: must be positive", *grace)
+	if *grace < minGrace {
+		return fmt.Errorf("--grace %s: must be at least %s, and longer than the longest conversion", *grace, minGrace)
 	}
 	st, err := openStore(ctx, *storeURL)
 	if err != nil {
@@ -38,11 +42,14 @@ func runGC(ctx context.Context, env settings, args []string, stdout, stderr io.W
 	if err != nil {
 		return err
 	}
-	if len(live.Bootstraps) == 0 {
-		// More likely a wrong name than a registry emptied on purpose.
-		return errors.New("no Skiff image found in " + strings.Join(fs.Args(), ", ") + ": refusing to collect, which would delete every image in the store")
+	for _, t := range fs.Args() {
+		if live.Targets[t] == 0 {
+			// More likely a wrong name, or a catalog that permissions
+			// filter, than a registry emptied on purpose.
+			return fmt.Errorf("no Skiff image found in %s: refusing to collect, which would delete every image of the store that only it holds; name only registries and repositories holding Skiff images", t)
+		}
 	}
-	rep, err := gc.Collect(ctx, st, live.Digests(), gc.Options{Grace: *grace, DryRun: *dryRun})
+	rep, err := gc.Collect(ctx, st, live.Digests(), gc.Options{Grace: *grace, DryRun: *dryRun, ReadMissing: live.ReadBootstrap})
 	if rep != nil {
 		writeGCReport(stdout, live, rep)
 	}
@@ -57,11 +64,12 @@ func writeGCReport(w io.Writer, live *image.Live, r *gc.Report) {
 	}
 	fmt.Fprintf(w, "live:       %d bootstraps named by Skiff images in %d repositories (%d manifests read)", len(live.Bootstraps), live.Repositories, live.Manifests)
 	if r.LiveMissing > 0 {
-		fmt.Fprintf(w, ", %d of them not in this store", r.LiveMissing)
+		fmt.Fprintf(w, ", %d of them not in this store (the blobs they name are kept)", r.LiveMissing)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "bootstraps: %d kept (%s), %d %sdeleted (%s) with %d startup sets\n",
-		r.BootstrapsKept.Count, bytesString(r.BootstrapsKept.Bytes), r.BootstrapsDeleted.Count, would, bytesString(r.BootstrapsDeleted.Bytes), r.StartupSetsDeleted.Count)
+	fmt.Fprintf(w, "bootstraps: %d kept (%s), %d %sdeleted (%s) with %d startup sets, %d %smarked dead (%s), %d awaiting deletion (%s), %d %srevived\n",
+		r.BootstrapsKept.Count, bytesString(r.BootstrapsKept.Bytes), r.BootstrapsDeleted.Count, would, bytesString(r.BootstrapsDeleted.Bytes), r.StartupSetsDeleted.Count,
+		r.BootstrapsMarked.Count, would, bytesString(r.BootstrapsMarked.Bytes), r.BootstrapsPending.Count, bytesString(r.BootstrapsPending.Bytes), r.BootstrapsRevived.Count, would)
 	fmt.Fprintf(w, "blobs:      %d kept (%s), %d %scondemned (%s), %d %sdeleted (%s), %d awaiting deletion (%s)\n",
 		r.BlobsKept.Count, bytesString(r.BlobsKept.Bytes), r.BlobsCondemned.Count, would, bytesString(r.BlobsCondemned.Bytes),
 		r.BlobsDeleted.Count, would, bytesString(r.BlobsDeleted.Bytes), r.BlobsPending.Count, bytesString(r.BlobsPending.Bytes))

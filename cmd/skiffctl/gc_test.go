@@ -29,7 +29,8 @@ func TestGCUsage(t *testing.T) {
 	}{
 		{[]string{"gc"}, 2, "collecting without knowing the live images would delete them all"},
 		{[]string{"gc", "--store", storeURL, "--dry-run"}, 2, "usage: skiffctl gc"},
-		{[]string{"gc", "--store", storeURL, "--grace", "0s", "127.0.0.1:1"}, 1, "--grace 0s: must be positive"},
+		{[]string{"gc", "--store", storeURL, "--grace", "0s", "127.0.0.1:1"}, 1, "--grace 0s: must be at least 1m0s"},
+		{[]string{"gc", "--store", storeURL, "--grace", "24s", "127.0.0.1:1"}, 1, "--grace 24s: must be at least 1m0s, and longer than the longest conversion"},
 		{[]string{"gc", "--store", storeURL, "127.0.0.1:1/app:v1"}, 1, "without tag or digest"},
 		{[]string{"gc", "--store", storeURL, "127.0.0.1:1"}, 1, "catalog of 127.0.0.1:1"},
 		{[]string{"help"}, 0, "gc "},
@@ -44,10 +45,14 @@ func TestGCUsage(t *testing.T) {
 }
 
 // TestGCRegistryMinIO collects a real MinIO store against a real registry:
-// two images share chunks, one's Skiff manifest is deleted, and two runs
+// two images share chunks, one's Skiff manifest is deleted, and three runs
 // a grace period apart delete what only it used, while the other still
-// checks out and new conversions dedup against the data they share.
+// checks out and new conversions dedup against the data they share. A
+// live image whose bootstrap the store lost keeps its blobs, and naming a
+// repository without Skiff images stops the collection.
 func TestGCRegistryMinIO(t *testing.T) {
+	defer func(g time.Duration) { minGrace = g }(minGrace)
+	minGrace = 0
 	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
 	s3 := testenv.StartMinIO(t)
 	bucket := s3.Bucket(t, "skiff")
@@ -92,6 +97,16 @@ func TestGCRegistryMinIO(t *testing.T) {
 		t.Fatalf("want a with a blob of its own and one shared with b: a %v, b %v", bootA.Blobs, bootB.Blobs)
 	}
 
+	// A repository without Skiff images, named by mistake, would make
+	// every image look dead.
+	if err := image.Write(ctx, reg.Addr+"/plain:v1", mustImage(t, []fixture.Entry{fixture.File("p", 0o644, "p")})); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := run(ctx, []string{"gc", "--store", storeURL, reg.Addr + "/b", reg.Addr + "/plain"}, &out, &out); code != 1 || !strings.Contains(out.String(), "no Skiff image found in "+reg.Addr+"/plain:") {
+		t.Fatalf("gc naming a repository without Skiff images: exit %d, %s", code, out.String())
+	}
+
 	// Deleting a's Skiff manifest leaves its source, and the fallback
 	// index listing it as the source's referrer.
 	skiffA, err := image.Load(ctx, refA)
@@ -121,7 +136,7 @@ func TestGCRegistryMinIO(t *testing.T) {
 	}
 	before := storeKeys(t, st)
 	report := gc("--dry-run")
-	if !strings.Contains(report, "dry run") || !strings.Contains(report, "1 would be deleted") || !strings.Contains(report, "1 would be condemned") {
+	if !strings.Contains(report, "dry run") || !strings.Contains(line(report, "bootstraps:"), ", 1 would be marked dead") || !strings.Contains(line(report, "blobs:"), ", 0 would be condemned") {
 		t.Errorf("dry run report:\n%s", report)
 	}
 	if after := storeKeys(t, st); !slices.Equal(before, after) {
@@ -129,16 +144,24 @@ func TestGCRegistryMinIO(t *testing.T) {
 	}
 
 	report = gc()
-	if !strings.Contains(report, "live:       1 bootstraps") || !strings.Contains(report, "1 deleted") || !strings.Contains(report, ", 1 condemned") {
+	if !strings.Contains(report, "live:       1 bootstraps") || !strings.Contains(line(report, "bootstraps:"), ", 1 marked dead") || !strings.Contains(line(report, "blobs:"), ", 0 condemned") {
 		t.Errorf("first run report:\n%s", report)
 	}
-	if has(t, st, store.BootstrapKey(digestA.Hex())) || has(t, st, store.IndexKey(uniqueA)) || !has(t, st, store.BlobKey(uniqueA)) || !has(t, st, store.CondemnedKey(uniqueA)) {
-		t.Fatalf("after the first run want a's bootstrap and its blob's index gone, the blob condemned; store holds %v", storeKeys(t, st))
+	if !has(t, st, store.BootstrapKey(digestA.Hex())) || !has(t, st, store.DeadKey(digestA.Hex())) || !has(t, st, store.IndexKey(uniqueA)) || !has(t, st, store.ClockKey) {
+		t.Fatalf("after the first run want a's bootstrap marked dead, its blobs untouched, and the store's clock read; store holds %v", storeKeys(t, st))
 	}
 
 	report = gc()
-	if !strings.Contains(report, ", 1 deleted") {
+	if !strings.Contains(line(report, "bootstraps:"), ", 1 deleted") || !strings.Contains(line(report, "blobs:"), ", 1 condemned") {
 		t.Errorf("second run report:\n%s", report)
+	}
+	if has(t, st, store.BootstrapKey(digestA.Hex())) || has(t, st, store.DeadKey(digestA.Hex())) || has(t, st, store.IndexKey(uniqueA)) || !has(t, st, store.BlobKey(uniqueA)) || !has(t, st, store.CondemnedKey(uniqueA)) {
+		t.Fatalf("after the second run want a's bootstrap and its blob's index gone, the blob condemned; store holds %v", storeKeys(t, st))
+	}
+
+	report = gc()
+	if !strings.Contains(line(report, "blobs:"), ", 1 deleted") {
+		t.Errorf("third run report:\n%s", report)
 	}
 	if has(t, st, store.BlobKey(uniqueA)) || has(t, st, store.CondemnedKey(uniqueA)) {
 		t.Fatalf("after the second run a's own blob %s is still stored: %v", uniqueA, storeKeys(t, st))
@@ -161,8 +184,23 @@ func TestGCRegistryMinIO(t *testing.T) {
 	if out := runCLI(t, ctx, "check", "--store", storeURL, refC); !strings.Contains(out, "result:    ok") {
 		t.Fatalf("c:\n%s", out)
 	}
-	if report := gc(); !strings.Contains(report, "live:       2 bootstraps") || !strings.Contains(report, ", 0 condemned") {
+	if report := gc(); !strings.Contains(report, "live:       2 bootstraps") || !strings.Contains(line(report, "blobs:"), ", 0 condemned") {
 		t.Errorf("run with nothing to collect:\n%s", report)
+	}
+
+	// The store loses c's bootstrap: c's own blob stays all the same,
+	// read from c's Skiff manifest in the registry.
+	_, digestC := loadBootstrap(t, refC)
+	if err := st.Delete(ctx, store.BootstrapKey(digestC.Hex())); err != nil {
+		t.Fatal(err)
+	}
+	if report := gc(); !strings.Contains(report, "live:       2 bootstraps") || !strings.Contains(report, "1 of them not in this store") || !strings.Contains(line(report, "blobs:"), ", 0 condemned") {
+		t.Errorf("run with a live bootstrap missing from the store:\n%s", report)
+	}
+	for _, d := range bootC.Blobs {
+		if !has(t, st, store.BlobKey(d.Hex())) || !has(t, st, store.IndexKey(d.Hex())) {
+			t.Errorf("blob %s of live image c, or its index, is gone: %v", d, storeKeys(t, st))
+		}
 	}
 }
 
@@ -211,4 +249,14 @@ func has(t *testing.T, st store.Store, key string) bool {
 		t.Fatal(err)
 	}
 	return err == nil
+}
+
+// line returns the line of report starting with prefix.
+func line(report, prefix string) string {
+	for l := range strings.Lines(report) {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
 }

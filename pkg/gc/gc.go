@@ -19,17 +19,42 @@
 //     deleted, then its tombstone. A blob that a conversion started before
 //     the condemnation came to use gets its index back instead.
 //
+// Bootstraps go in two phases too, because the live set is no snapshot: it
+// comes from registry scans that race with pushes (a manifest copied to a
+// new repository and deleted from the old one while the scan runs is seen
+// in neither), and a conversion may write the very same bootstrap again
+// at any time, for an image about to be pushed.
+//
+//   - mark: a bootstrap that no scanned image names and that is older than
+//     the grace period gets a tombstone (store.DeadKey) recording its size
+//     and modification time. It stays in the store, and so do its blobs,
+//     which it still references.
+//   - delete: once the tombstone is older than the grace period, a
+//     bootstrap that this run's scan does not find live either is deleted
+//     with its startup set, unless a fresh Stat shows it written again
+//     since it was marked. A bootstrap live again, or written again, loses
+//     its tombstone instead.
+//
 // The grace period also shields what is being made: bootstraps younger
 // than it (converted, not pushed yet) count as live, and so do blobs whose
 // blob or index object is younger than it (uploaded or republished by a
 // conversion whose bootstrap is not written yet). Ages come from the
-// objects' modification times, the only clock every store keeps, so a
-// tombstone carries nothing but the index bytes it saves.
+// objects' modification times, which the store stamps with its own clock
+// (an S3 server's, not the collector's): a run starts by writing
+// store.ClockKey and takes its modification time as now, so that a
+// collector whose clock runs ahead cannot make young objects look old. A
+// dry run writes nothing, so it measures with the local clock and says so.
 //
-// Dead bootstraps are deleted before blobs are judged, so that an image's
-// blobs become garbage in the same run that drops the image. Every change
-// is ordered so that a run failing anywhere leaves a store in which each
-// bootstrap still finds all its blobs, and the next run carries on.
+// Bootstraps are deleted before blobs are judged, so that the blobs of a
+// deleted image become garbage in the same run. Every change is ordered so
+// that a run failing anywhere leaves a store in which each bootstrap still
+// finds all its blobs, and the next run carries on.
+//
+// A live image whose bootstrap the store does not hold (converted into
+// another store, or lost) still keeps the blobs its bootstrap names here:
+// Options.ReadMissing reads that bootstrap from where the image is, and
+// without it such a run fails before it marks, condemns or deletes
+// anything.
 //
 // This relies on two things outside the package: one collector runs at a
 // time per store, and a converter takes its dedup dictionary from the
@@ -40,6 +65,7 @@ package gc
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,15 +87,20 @@ const DefaultGrace = 24 * time.Hour
 
 // Options tune Collect.
 type Options struct {
-	// Grace is how old an object must be before it can be condemned or
-	// deleted, and how long a condemned blob waits; zero means
-	// DefaultGrace.
+	// Grace is how old an object must be before it can be marked dead or
+	// condemned, and how long a marked bootstrap or condemned blob waits
+	// before it is deleted; zero means DefaultGrace.
 	Grace time.Duration
 	// DryRun reports what a run would do and changes nothing.
 	DryRun bool
-	// Now is the collector's clock, time.Now by default; tests move it
+	// Now replaces the store's clock (see the package doc); tests move it
 	// instead of sleeping through grace periods.
 	Now func() time.Time
+	// ReadMissing reads a live bootstrap that the store does not hold
+	// from where its image is, so that the blobs it names here are kept.
+	// Nil: a run finding such a bootstrap fails before it marks, condemns
+	// or deletes anything.
+	ReadMissing func(ctx context.Context, d bootstrap.Digest) (*bootstrap.Bootstrap, error)
 	// Concurrency bounds the store requests in flight; default 8.
 	Concurrency int
 	// Logger receives a line per object changed at debug level and a
@@ -94,11 +125,20 @@ type Report struct {
 	DryRun bool
 	// LiveMissing counts live bootstraps the store does not hold: the
 	// registries name images converted into another store, or data was
-	// lost.
+	// lost. The blobs they name were kept all the same.
 	LiveMissing int
-	// BootstrapsKept are live or younger than the grace period.
-	BootstrapsKept    Tally
+	// BootstrapsKept are live or younger than the grace period, those
+	// revived included.
+	BootstrapsKept Tally
+	// BootstrapsMarked were marked dead in this run.
+	BootstrapsMarked Tally
+	// BootstrapsPending were marked dead less than the grace period ago
+	// and are still not live.
+	BootstrapsPending Tally
 	BootstrapsDeleted Tally
+	// BootstrapsRevived were marked dead, and found live again or written
+	// again by a conversion: their tombstone went.
+	BootstrapsRevived Tally
 	// StartupSetsDeleted went with their bootstraps, or had lost theirs.
 	StartupSetsDeleted Tally
 	// BlobsKept are referenced, or too young to judge.
@@ -112,26 +152,24 @@ type Report struct {
 	// IndexesRestored are indexes of condemned blobs that came back into
 	// use, counted with the tombstone's size.
 	IndexesRestored Tally
-	// BlobsMissing counts blobs that bootstraps reference and the store
-	// does not hold: damage that collection did not cause, reported so
-	// that it is seen.
+	// BlobsMissing counts blobs that bootstraps in the store reference
+	// and the store does not hold: damage that collection did not cause,
+	// reported so that it is seen.
 	BlobsMissing int
 }
 
 // Collect collects garbage in st, keeping the images whose bootstrap
-// digests are in live: it deletes dead bootstraps, deletes blobs condemned
-// at least a grace period ago that are still unreferenced (restoring the
-// index of those referenced again), and condemns blobs newly unreferenced.
-// On error the report counts what was done before it.
+// digests are in live: it deletes the bootstraps marked dead a grace
+// period ago and still dead, marks those newly dead, deletes blobs
+// condemned at least a grace period ago that are still unreferenced
+// (restoring the index of those referenced again), and condemns blobs
+// newly unreferenced. On error the report counts what was done before it.
 func Collect(ctx context.Context, st store.Store, live []bootstrap.Digest, opts Options) (*Report, error) {
 	if opts.Grace < 0 {
 		return nil, fmt.Errorf("gc: negative grace period %s", opts.Grace)
 	}
 	if opts.Grace == 0 {
 		opts.Grace = DefaultGrace
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
 	}
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 8
@@ -142,23 +180,21 @@ func Collect(ctx context.Context, st store.Store, live []bootstrap.Digest, opts 
 	c := &collector{
 		st:   st,
 		opts: opts,
-		// One instant for the whole run: objects written while it runs
-		// only ever look younger than they are.
-		now: opts.Now(),
-		log: opts.Logger.With("dry_run", opts.DryRun),
-		rep: &Report{DryRun: opts.DryRun},
+		log:  opts.Logger.With("dry_run", opts.DryRun),
+		rep:  &Report{DryRun: opts.DryRun},
 	}
-	liveHex := make(map[string]bool, len(live))
+	liveHex := make(map[string]bootstrap.Digest, len(live))
 	for _, d := range live {
-		liveHex[d.Hex()] = true
+		liveHex[d.Hex()] = d
 	}
 	if err := c.run(ctx, liveHex); err != nil {
 		return c.report(), err
 	}
 	r := c.report()
 	c.log.Info("gc: done",
-		"bootstraps_deleted", r.BootstrapsDeleted.Count, "blobs_condemned", r.BlobsCondemned.Count,
-		"blobs_deleted", r.BlobsDeleted.Count, "bytes_deleted", r.BlobsDeleted.Bytes+r.BootstrapsDeleted.Bytes+r.StartupSetsDeleted.Bytes,
+		"bootstraps_marked", r.BootstrapsMarked.Count, "bootstraps_deleted", r.BootstrapsDeleted.Count, "bootstraps_revived", r.BootstrapsRevived.Count,
+		"blobs_condemned", r.BlobsCondemned.Count, "blobs_deleted", r.BlobsDeleted.Count,
+		"bytes_deleted", r.BlobsDeleted.Bytes+r.BootstrapsDeleted.Bytes+r.StartupSetsDeleted.Bytes,
 		"indexes_restored", r.IndexesRestored.Count, "blobs_pending", r.BlobsPending.Count)
 	return r, nil
 }
@@ -188,8 +224,25 @@ func (c *collector) count(fn func(r *Report)) {
 
 func (c *collector) old(t time.Time) bool { return c.now.Sub(t) >= c.opts.Grace }
 
-func (c *collector) run(ctx context.Context, live map[string]bool) error {
-	gone, err := c.sweepBootstraps(ctx, live)
+func (c *collector) run(ctx context.Context, live map[string]bootstrap.Digest) error {
+	// One instant for the whole run, taken before anything is listed:
+	// objects written while it runs only ever look younger than they are.
+	now, err := c.clock(ctx)
+	if err != nil {
+		return err
+	}
+	c.now = now
+	boots, err := c.listBootstraps(ctx)
+	if err != nil {
+		return err
+	}
+	// Before any change: without the blobs of every live bootstrap, no
+	// blob can be judged.
+	elsewhere, err := c.liveMissing(ctx, live, boots.boots)
+	if err != nil {
+		return err
+	}
+	gone, err := c.sweepBootstraps(ctx, live, boots)
 	if err != nil {
 		return err
 	}
@@ -218,10 +271,55 @@ func (c *collector) run(ctx context.Context, live map[string]bool) error {
 			c.count(func(r *Report) { r.BlobsMissing++ })
 		}
 	}
+	// The blobs of bootstraps held elsewhere need not be here, but those
+	// that are stay.
+	for hex := range elsewhere {
+		refs[hex] = true
+	}
 	if err := c.settle(ctx, refs, blobs, indexes, tombstones); err != nil {
 		return err
 	}
 	return c.condemn(ctx, refs, blobs, indexes, tombstones)
+}
+
+// clock returns the run's now: Options.Now if set, else the modification
+// time the store gives store.ClockKey when it is written. A dry run
+// writes nothing, so it takes the local clock instead and warns that the
+// ages it reports are only as good as that clock's agreement with the
+// store's.
+func (c *collector) clock(ctx context.Context) (time.Time, error) {
+	if c.opts.Now != nil {
+		return c.opts.Now(), nil
+	}
+	local := time.Now()
+	if c.opts.DryRun {
+		c.log.Warn("gc: dry run: ages are measured with this machine's clock, not the store's as in a real run")
+		return local, nil
+	}
+	// What is written does not matter; the local time helps to see skew.
+	data := []byte(local.UTC().Format(time.RFC3339Nano) + "\n")
+	if err := c.st.Put(ctx, store.ClockKey, bytes.NewReader(data), int64(len(data))); err != nil {
+		return time.Time{}, fmt.Errorf("gc: read the store's clock: write %s: %w", store.ClockKey, err)
+	}
+	// Listed rather than Stat'ed: ages compare now with listed times,
+	// which S3 gives to the millisecond and its Stat to the second.
+	var info store.Info
+	err := c.st.List(ctx, store.ClockKey, func(i store.Info) error {
+		if i.Key == store.ClockKey {
+			info = i
+		}
+		return nil
+	})
+	if err == nil && info.Key == "" {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("gc: read the store's clock: list %s: %w", store.ClockKey, err)
+	}
+	if skew := info.ModTime.Sub(local); skew > time.Minute || skew < -time.Minute {
+		c.log.Warn("gc: the store's clock differs from this machine's; ages are measured with the store's", "skew", skew.Round(time.Second))
+	}
+	return info.ModTime, nil
 }
 
 // list returns the objects under prefix whose name is a sha256 hex
@@ -245,71 +343,127 @@ func validHex(s string) bool {
 	return err == nil
 }
 
-// sweepBootstraps deletes the bootstraps neither live nor young, each
-// with its startup set, and startup sets whose bootstrap is gone. It
-// returns the hex digests of the bootstraps deleted (or, in a dry run,
-// that would be).
-func (c *collector) sweepBootstraps(ctx context.Context, live map[string]bool) (map[string]bool, error) {
-	boots := map[string]store.Info{}
-	startups := map[string]store.Info{}
+// bootstrapObjects are the bootstraps, startup sets and dead-bootstrap
+// tombstones of a store, by hex digest.
+type bootstrapObjects struct {
+	boots, startups, dead map[string]store.Info
+}
+
+func (c *collector) listBootstraps(ctx context.Context) (*bootstrapObjects, error) {
+	o := &bootstrapObjects{boots: map[string]store.Info{}, startups: map[string]store.Info{}}
 	err := c.st.List(ctx, store.BootstrapPrefix, func(info store.Info) error {
 		name := strings.TrimPrefix(info.Key, store.BootstrapPrefix)
 		if hex, ok := strings.CutSuffix(name, store.StartupSuffix); ok && validHex(hex) {
-			startups[hex] = info
+			o.startups[hex] = info
 		} else if validHex(name) {
-			boots[name] = info
+			o.boots[name] = info
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gc: list bootstraps: %w", err)
 	}
+	// Listed after the bootstraps: a tombstone written meanwhile (by no
+	// one, as one collector runs at a time) would only be judged later.
+	if o.dead, err = c.list(ctx, store.DeadPrefix); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// liveMissing reads the live bootstraps that boots lacks with
+// Options.ReadMissing and returns the hex digests of the blobs they name.
+func (c *collector) liveMissing(ctx context.Context, live map[string]bootstrap.Digest, boots map[string]store.Info) (map[string]bool, error) {
+	var missing []string
 	for hex := range live {
 		if _, ok := boots[hex]; !ok {
 			c.log.Warn("gc: live image's bootstrap is not in the store", "bootstrap", hex)
 			c.count(func(r *Report) { r.LiveMissing++ })
+			missing = append(missing, hex)
 		}
 	}
-	gone := map[string]bool{}
-	var dead []string
-	for hex, info := range boots {
-		if live[hex] || !c.old(info.ModTime) {
-			c.count(func(r *Report) { r.BootstrapsKept.add(info.Size) })
-			continue
+	if len(missing) == 0 {
+		return nil, nil
+	}
+	slices.Sort(missing)
+	if c.opts.ReadMissing == nil {
+		return nil, fmt.Errorf("gc: %d live bootstraps are not in the store (%s first), and nothing reads them elsewhere: the blobs they need are unknown", len(missing), missing[0])
+	}
+	return c.blobsOf(ctx, missing, func(ctx context.Context, hex string) (*bootstrap.Bootstrap, error) {
+		b, err := c.opts.ReadMissing(ctx, live[hex])
+		if err != nil {
+			return nil, fmt.Errorf("gc: read live bootstrap %s, which the store does not hold: %w", hex, err)
 		}
-		gone[hex] = true
-		dead = append(dead, hex)
+		return b, nil
+	})
+}
+
+// deadMark is what the tombstone of a dead bootstrap records: the
+// bootstrap as it was when marked, so that one written again since is
+// told apart.
+type deadMark struct {
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"modTime"`
+}
+
+// sweepBootstraps settles the bootstraps marked dead earlier, marks those
+// neither live nor young, and deletes startup sets whose bootstrap is
+// gone. It returns the hex digests of the bootstraps deleted (or, in a
+// dry run, that would be).
+func (c *collector) sweepBootstraps(ctx context.Context, live map[string]bootstrap.Digest, o *bootstrapObjects) (map[string]bool, error) {
+	var marked, unmarked, stale []string
+	for hex, info := range o.boots {
+		_, isLive := live[hex]
+		switch _, dead := o.dead[hex]; {
+		case dead:
+			marked = append(marked, hex)
+		case isLive || !c.old(info.ModTime):
+			c.count(func(r *Report) { r.BootstrapsKept.add(info.Size) })
+		default:
+			unmarked = append(unmarked, hex)
+		}
+	}
+	for hex := range o.dead {
+		if _, ok := o.boots[hex]; !ok {
+			stale = append(stale, hex)
+		}
+	}
+	var mu sync.Mutex
+	gone := map[string]bool{}
+	err := c.each(ctx, marked, func(ctx context.Context, hex string) error {
+		deleted, err := c.settleBootstrap(ctx, live, o, hex)
+		if deleted {
+			mu.Lock()
+			defer mu.Unlock()
+			gone[hex] = true
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.each(ctx, unmarked, func(ctx context.Context, hex string) error { return c.markDead(ctx, hex) }); err != nil {
+		return nil, err
+	}
+	// A tombstone without its bootstrap is left by a run that failed
+	// between deleting the bootstrap and the tombstone.
+	err = c.each(ctx, stale, func(ctx context.Context, hex string) error {
+		return c.delete(ctx, "delete tombstone of deleted bootstrap", store.DeadKey(hex))
+	})
+	if err != nil {
+		return nil, err
 	}
 	// A startup set is written for a mounted bootstrap, so one without
 	// its bootstrap lost it, to an earlier run that failed in between
 	// or to an agent that saved it late; once old it is garbage too.
 	var orphans []string
-	for hex, info := range startups {
-		if _, ok := boots[hex]; !ok && c.old(info.ModTime) {
+	for hex, info := range o.startups {
+		if _, ok := o.boots[hex]; !ok && c.old(info.ModTime) {
 			orphans = append(orphans, hex)
 		}
 	}
-	err = c.each(ctx, dead, func(ctx context.Context, hex string) error {
-		// The startup set goes first: a failure in between leaves a
-		// dead bootstrap the next run finds again, never an orphan.
-		if s, ok := startups[hex]; ok {
-			if err := c.delete(ctx, "delete startup set", s.Key); err != nil {
-				return err
-			}
-			c.count(func(r *Report) { r.StartupSetsDeleted.add(s.Size) })
-		}
-		if err := c.delete(ctx, "delete bootstrap", store.BootstrapKey(hex)); err != nil {
-			return err
-		}
-		c.count(func(r *Report) { r.BootstrapsDeleted.add(boots[hex].Size) })
-		c.log.Debug("gc: deleted bootstrap", "bootstrap", hex, "bytes", boots[hex].Size)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
 	err = c.each(ctx, orphans, func(ctx context.Context, hex string) error {
-		s := startups[hex]
+		s := o.startups[hex]
 		if err := c.delete(ctx, "delete startup set", s.Key); err != nil {
 			return err
 		}
@@ -319,9 +473,114 @@ func (c *collector) sweepBootstraps(ctx context.Context, live map[string]bool) (
 	return gone, err
 }
 
-// references reads every bootstrap in the store but those in gone and
-// returns the hex digests of the blobs they name. It lists the store
-// afresh, so bootstraps written since the sweep count too.
+// markDead writes the tombstone of bootstrap hex, found neither live nor
+// young in the listing.
+func (c *collector) markDead(ctx context.Context, hex string) error {
+	// Stat, not the listing, gives what the tombstone records: deleting
+	// compares it with a Stat, and a store's listing may carry finer
+	// times than its Stat (S3's do).
+	info, err := c.st.Stat(ctx, store.BootstrapKey(hex))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // deleted since listed: nothing to mark
+	}
+	if err != nil {
+		return fmt.Errorf("gc: mark bootstrap %s dead: %w", hex, err)
+	}
+	if !c.old(info.ModTime) {
+		// Written again since listed, by a conversion.
+		c.count(func(r *Report) { r.BootstrapsKept.add(info.Size) })
+		return nil
+	}
+	data, err := json.Marshal(deadMark{Size: info.Size, ModTime: info.ModTime})
+	if err != nil {
+		return fmt.Errorf("gc: mark bootstrap %s dead: %w", hex, err)
+	}
+	if !c.opts.DryRun {
+		if err := c.st.Put(ctx, store.DeadKey(hex), bytes.NewReader(data), int64(len(data))); err != nil {
+			return fmt.Errorf("gc: mark bootstrap %s dead: write tombstone: %w", hex, err)
+		}
+	}
+	c.count(func(r *Report) { r.BootstrapsMarked.add(info.Size) })
+	c.log.Debug("gc: marked bootstrap dead", "bootstrap", hex, "bytes", info.Size)
+	return nil
+}
+
+// settleBootstrap decides bootstrap hex, marked dead by an earlier run:
+// live again, it is revived; dead for a grace period since, it is
+// deleted with its startup set, unless written again meanwhile. It
+// reports whether the bootstrap was deleted.
+func (c *collector) settleBootstrap(ctx context.Context, live map[string]bootstrap.Digest, o *bootstrapObjects, hex string) (bool, error) {
+	ts := o.dead[hex]
+	if _, ok := live[hex]; ok {
+		return false, c.revive(ctx, hex, o.boots[hex].Size, "live again")
+	}
+	if !c.old(ts.ModTime) {
+		c.count(func(r *Report) { r.BootstrapsPending.add(o.boots[hex].Size) })
+		return false, nil
+	}
+	data, err := store.ReadAll(ctx, c.st, ts.Key, bootstrap.MaxRawSize)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil // settled since listed: nothing to do
+	}
+	if err != nil {
+		return false, fmt.Errorf("gc: delete bootstrap %s: read tombstone: %w", hex, err)
+	}
+	var mark deadMark
+	if err := json.Unmarshal(data, &mark); err != nil {
+		// Unknown, so not the same: marking it again is safe.
+		c.log.Warn("gc: unreadable tombstone of a dead bootstrap", "key", ts.Key, "err", err)
+		return false, c.revive(ctx, hex, o.boots[hex].Size, "unreadable tombstone")
+	}
+	// The listing is a moment old, and the mark a grace period: a
+	// conversion may have written the bootstrap again since either.
+	info, err := c.st.Stat(ctx, store.BootstrapKey(hex))
+	if errors.Is(err, store.ErrNotFound) {
+		return false, c.delete(ctx, "delete tombstone of deleted bootstrap", ts.Key)
+	}
+	if err != nil {
+		return false, fmt.Errorf("gc: delete bootstrap %s: stat: %w", hex, err)
+	}
+	if info.Size != mark.Size || !info.ModTime.Equal(mark.ModTime) {
+		return false, c.revive(ctx, hex, info.Size, "written again")
+	}
+	// The startup set goes first and the tombstone last: a failure in
+	// between leaves a dead bootstrap the next run finds again, or a
+	// tombstone without its bootstrap, which it drops; never an orphan
+	// startup set, nor a bootstrap without its blobs.
+	if s, ok := o.startups[hex]; ok {
+		if err := c.delete(ctx, "delete startup set", s.Key); err != nil {
+			return false, err
+		}
+		c.count(func(r *Report) { r.StartupSetsDeleted.add(s.Size) })
+	}
+	if err := c.delete(ctx, "delete bootstrap", store.BootstrapKey(hex)); err != nil {
+		return false, err
+	}
+	c.count(func(r *Report) { r.BootstrapsDeleted.add(info.Size) })
+	c.log.Debug("gc: deleted bootstrap", "bootstrap", hex, "bytes", info.Size)
+	if err := c.delete(ctx, "delete tombstone of deleted bootstrap", ts.Key); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// revive drops the tombstone of bootstrap hex, of size bytes, for why.
+func (c *collector) revive(ctx context.Context, hex string, size int64, why string) error {
+	if err := c.delete(ctx, "revive bootstrap: delete tombstone", store.DeadKey(hex)); err != nil {
+		return err
+	}
+	c.count(func(r *Report) {
+		r.BootstrapsRevived.add(size)
+		r.BootstrapsKept.add(size)
+	})
+	c.log.Debug("gc: revived bootstrap marked dead", "bootstrap", hex, "why", why)
+	return nil
+}
+
+// references reads every bootstrap in the store and returns the hex
+// digests of the blobs they name. It lists the store afresh, so
+// bootstraps written since the sweep count too. A dry run leaves out
+// those in gone, which a real run would have deleted.
 func (c *collector) references(ctx context.Context, gone map[string]bool) (map[string]bool, error) {
 	boots, err := c.list(ctx, store.BootstrapPrefix)
 	if err != nil {
@@ -329,26 +588,40 @@ func (c *collector) references(ctx context.Context, gone map[string]bool) (map[s
 	}
 	var keep []string
 	for hex := range boots {
-		if !gone[hex] {
+		// In a real run, a bootstrap deleted and listed all the same
+		// was written again by a conversion: it counts.
+		if !c.opts.DryRun || !gone[hex] {
 			keep = append(keep, hex)
 		}
 	}
-	var mu sync.Mutex
-	refs := map[string]bool{}
-	err = c.each(ctx, keep, func(ctx context.Context, hex string) error {
+	return c.blobsOf(ctx, keep, func(ctx context.Context, hex string) (*bootstrap.Bootstrap, error) {
 		key := store.BootstrapKey(hex)
 		data, err := store.ReadAll(ctx, c.st, key, bootstrap.MaxRawSize)
 		if errors.Is(err, store.ErrNotFound) {
-			return nil // deleted since listed: it references nothing now
+			return nil, nil // deleted since listed: it references nothing now
 		}
 		if err != nil {
-			return fmt.Errorf("gc: read bootstrap: %w", err)
+			return nil, fmt.Errorf("gc: read bootstrap: %w", err)
 		}
 		// A bootstrap that cannot be decoded stops the run: its blobs
 		// are unknown, and guessing could delete an image's data.
 		b, err := bootstrap.Decode(data)
 		if err != nil {
-			return fmt.Errorf("gc: decode bootstrap %s: %w", key, err)
+			return nil, fmt.Errorf("gc: decode bootstrap %s: %w", key, err)
+		}
+		return b, nil
+	})
+}
+
+// blobsOf returns the hex digests of the blobs that the bootstraps load
+// returns for hexes name; a nil bootstrap names none.
+func (c *collector) blobsOf(ctx context.Context, hexes []string, load func(context.Context, string) (*bootstrap.Bootstrap, error)) (map[string]bool, error) {
+	var mu sync.Mutex
+	refs := map[string]bool{}
+	err := c.each(ctx, hexes, func(ctx context.Context, hex string) error {
+		b, err := load(ctx, hex)
+		if err != nil || b == nil {
+			return err
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -478,7 +751,14 @@ func (c *collector) condemn(ctx context.Context, refs map[string]bool, blobs, in
 		if _, ok := indexes[hex]; ok {
 			var err error
 			data, err = store.ReadAll(ctx, c.st, store.IndexKey(hex), bootstrap.MaxRawSize)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
+			if errors.Is(err, store.ErrNotFound) {
+				// Gone since listed, most likely into a tombstone that
+				// an empty one must not overwrite: that index would be
+				// lost for good if the blob came back into use.
+				c.log.Warn("gc: index of a blob to condemn disappeared; leaving the blob to the next run", "blob", hex)
+				return nil
+			}
+			if err != nil {
 				return fmt.Errorf("gc: condemn blob %s: %w", hex, err)
 			}
 		}

@@ -364,6 +364,9 @@ func checkFinal(t *testing.T, st store.Store, live ...converted) {
 	if got := keys(t, st, store.CondemnedPrefix); len(got) > 0 {
 		t.Errorf("tombstones left: %v", got)
 	}
+	if got := keys(t, st, store.DeadPrefix); len(got) > 0 {
+		t.Errorf("dead-bootstrap tombstones left: %v", got)
+	}
 	for _, c := range live {
 		verifyImage(t, st, c)
 	}
@@ -377,86 +380,80 @@ func sortedSet(s []string) []string {
 
 // counts is the part of a report the tests pin down exactly.
 type counts struct {
-	bootstrapsDeleted, startupsDeleted, condemned, pending, deleted, restored, missing int
+	marked, bootstrapsPending, revived, bootstrapsDeleted, startupsDeleted, condemned, pending, deleted, restored, missing int
 }
 
 func countsOf(r *gc.Report) counts {
-	return counts{r.BootstrapsDeleted.Count, r.StartupSetsDeleted.Count, r.BlobsCondemned.Count, r.BlobsPending.Count, r.BlobsDeleted.Count, r.IndexesRestored.Count, r.LiveMissing}
+	return counts{r.BootstrapsMarked.Count, r.BootstrapsPending.Count, r.BootstrapsRevived.Count, r.BootstrapsDeleted.Count, r.StartupSetsDeleted.Count,
+		r.BlobsCondemned.Count, r.BlobsPending.Count, r.BlobsDeleted.Count, r.IndexesRestored.Count, r.LiveMissing}
 }
 
+// Every object, tombstones included, is written at about base, so each of
+// these times is past the grace period of all of them: runs at them mark
+// dead bootstraps, delete them and condemn their blobs, and delete the
+// blobs.
 const (
-	day   = 24 * time.Hour
-	later = day + time.Hour // everything of the world is past the grace period
-	// Tombstones are written at about base: twice the grace period on,
-	// they are past it too.
+	day       = 24 * time.Hour
+	later     = day + time.Hour
 	muchLater = 2*day + time.Hour
+	evenLater = 3*day + time.Hour
 )
 
 // TestCollect: which images stay live decides exactly which bootstraps and
-// blobs go, over the two runs a condemned blob needs; images kept live
-// still read back byte for byte, shared chunks included.
+// blobs go, over the three runs a grace period apart that an unused blob
+// needs (its bootstrap marked dead, deleted, then the blob condemned and
+// deleted); images kept live still read back byte for byte, shared chunks
+// included.
 func TestCollect(t *testing.T) {
 	tests := []struct {
-		name          string
-		live          func(w *world) []converted
-		first, second time.Duration
-		want1, want2  counts
-		kept          func(w *world) []converted
+		name string
+		live func(w *world) []converted
+		at   [3]time.Duration
+		want [3]counts
+		kept func(w *world) []converted
 	}{
 		{
-			name:  "both live",
-			live:  func(w *world) []converted { return []converted{w.a, w.b} },
-			first: later, second: muchLater,
+			name: "both live",
+			live: func(w *world) []converted { return []converted{w.a, w.b} },
+			at:   [3]time.Duration{later, muchLater, evenLater},
 			kept: func(w *world) []converted { return []converted{w.a, w.b} },
 		},
 		{
-			name:  "a dropped keeps the blob b shares",
-			live:  func(w *world) []converted { return []converted{w.b} },
-			first: later, second: muchLater,
-			want1: counts{bootstrapsDeleted: 1, startupsDeleted: 1, condemned: 1},
-			want2: counts{deleted: 1},
-			kept:  func(w *world) []converted { return []converted{w.b} },
+			name: "a dropped keeps the blob b shares",
+			live: func(w *world) []converted { return []converted{w.b} },
+			at:   [3]time.Duration{later, muchLater, evenLater},
+			want: [3]counts{{marked: 1}, {bootstrapsDeleted: 1, startupsDeleted: 1, condemned: 1}, {deleted: 1}},
+			kept: func(w *world) []converted { return []converted{w.b} },
 		},
 		{
-			name:  "b dropped",
-			live:  func(w *world) []converted { return []converted{w.a} },
-			first: later, second: muchLater,
-			want1: counts{bootstrapsDeleted: 1, startupsDeleted: 1, condemned: 1},
-			want2: counts{deleted: 1},
-			kept:  func(w *world) []converted { return []converted{w.a} },
+			name: "b dropped",
+			live: func(w *world) []converted { return []converted{w.a} },
+			at:   [3]time.Duration{later, muchLater, evenLater},
+			want: [3]counts{{marked: 1}, {bootstrapsDeleted: 1, startupsDeleted: 1, condemned: 1}, {deleted: 1}},
+			kept: func(w *world) []converted { return []converted{w.a} },
 		},
 		{
-			name:  "nothing live",
-			live:  func(w *world) []converted { return nil },
-			first: later, second: muchLater,
-			want1: counts{bootstrapsDeleted: 2, startupsDeleted: 2, condemned: 3},
-			want2: counts{deleted: 3},
-			kept:  func(w *world) []converted { return nil },
+			name: "nothing live",
+			live: func(w *world) []converted { return nil },
+			at:   [3]time.Duration{later, muchLater, evenLater},
+			want: [3]counts{{marked: 2}, {bootstrapsDeleted: 2, startupsDeleted: 2, condemned: 3}, {deleted: 3}},
+			kept: func(w *world) []converted { return nil },
 		},
 		{
-			name:  "nothing old enough",
-			live:  func(w *world) []converted { return nil },
-			first: time.Hour, second: 2 * time.Hour,
+			name: "nothing old enough",
+			live: func(w *world) []converted { return nil },
+			at:   [3]time.Duration{time.Hour, 2 * time.Hour, 3 * time.Hour},
 			kept: func(w *world) []converted { return []converted{w.a, w.b} },
-		},
-		{
-			name:  "live bootstrap missing from the store",
-			live:  func(w *world) []converted { return []converted{w.a, w.b, {digest: bootstrap.Sum([]byte("elsewhere"))}} },
-			first: later, second: muchLater,
-			want1: counts{missing: 1},
-			want2: counts{missing: 1},
-			kept:  func(w *world) []converted { return []converted{w.a, w.b} },
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t)
-			if got := countsOf(w.mustCollect(t, tt.live(w), tt.first)); got != tt.want1 {
-				t.Errorf("first run: %+v, want %+v", got, tt.want1)
-			}
-			checkConsistent(t, w.st)
-			if got := countsOf(w.mustCollect(t, tt.live(w), tt.second)); got != tt.want2 {
-				t.Errorf("second run: %+v, want %+v", got, tt.want2)
+			for run, at := range tt.at {
+				if got := countsOf(w.mustCollect(t, tt.live(w), at)); got != tt.want[run] {
+					t.Errorf("run %d: %+v, want %+v", run+1, got, tt.want[run])
+				}
+				checkConsistent(t, w.st)
 			}
 			checkFinal(t, w.st, tt.kept(w)...)
 		})
@@ -481,21 +478,25 @@ func TestCollectBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := w.mustCollect(t, []converted{w.b}, later)
-	if r.BlobsCondemned != (gc.Tally{Count: 1, Bytes: info.Size}) || r.BootstrapsDeleted != (gc.Tally{Count: 1, Bytes: boot.Size}) {
-		t.Errorf("first run condemned %+v (want 1, %d bytes), deleted bootstraps %+v (want 1, %d bytes)", r.BlobsCondemned, info.Size, r.BootstrapsDeleted, boot.Size)
-	}
-	if r.BlobsKept.Count != 2 || r.BootstrapsKept.Count != 1 {
-		t.Errorf("first run kept %d blobs and %d bootstraps, want 2 and 1", r.BlobsKept.Count, r.BootstrapsKept.Count)
+	if r.BootstrapsMarked != (gc.Tally{Count: 1, Bytes: boot.Size}) || r.BootstrapsKept.Count != 1 || r.BlobsKept.Count != 3 {
+		t.Errorf("first run marked %+v (want 1, %d bytes), kept %d bootstraps and %d blobs (want 1 and 3)", r.BootstrapsMarked, boot.Size, r.BootstrapsKept.Count, r.BlobsKept.Count)
 	}
 	r = w.mustCollect(t, []converted{w.b}, muchLater)
+	if r.BlobsCondemned != (gc.Tally{Count: 1, Bytes: info.Size}) || r.BootstrapsDeleted != (gc.Tally{Count: 1, Bytes: boot.Size}) {
+		t.Errorf("second run condemned %+v (want 1, %d bytes), deleted bootstraps %+v (want 1, %d bytes)", r.BlobsCondemned, info.Size, r.BootstrapsDeleted, boot.Size)
+	}
+	if r.BlobsKept.Count != 2 || r.BootstrapsKept.Count != 1 {
+		t.Errorf("second run kept %d blobs and %d bootstraps, want 2 and 1", r.BlobsKept.Count, r.BootstrapsKept.Count)
+	}
+	r = w.mustCollect(t, []converted{w.b}, evenLater)
 	if r.BlobsDeleted != (gc.Tally{Count: 1, Bytes: info.Size}) {
-		t.Errorf("second run deleted %+v, want 1 blob of %d bytes", r.BlobsDeleted, info.Size)
+		t.Errorf("third run deleted %+v, want 1 blob of %d bytes", r.BlobsDeleted, info.Size)
 	}
 }
 
-// TestCollectGrace: nothing younger than the grace period is condemned or
-// deleted, and a condemned blob waits a whole grace period, whatever the
-// period is.
+// TestCollectGrace: nothing younger than the grace period is marked dead,
+// condemned or deleted, and a marked bootstrap or condemned blob waits a
+// whole grace period, whatever the period is.
 func TestCollectGrace(t *testing.T) {
 	w := newWorld(t)
 	live := []converted{w.b}
@@ -504,6 +505,9 @@ func TestCollectGrace(t *testing.T) {
 		want      counts
 	}{
 		{at: 23 * time.Hour}, // default grace: a is not old enough yet
+		{at: 2 * time.Hour, grace: time.Hour, want: counts{marked: 1}},
+		{at: 23 * time.Hour, want: counts{bootstrapsPending: 1}},
+		{at: 30 * time.Minute, grace: time.Hour, want: counts{bootstrapsPending: 1}},
 		{at: 2 * time.Hour, grace: time.Hour, want: counts{bootstrapsDeleted: 1, startupsDeleted: 1, condemned: 1}},
 		{at: 23 * time.Hour, want: counts{pending: 1}},
 		{at: 30 * time.Minute, grace: time.Hour, want: counts{pending: 1}},
@@ -536,8 +540,9 @@ func TestCollectReprieve(t *testing.T) {
 		uniqueA := uniqueBlob(t, w.a, w.b)
 		index := read(t, w.st, store.IndexKey(uniqueA))
 		w.view.start(t)
-		if got := countsOf(w.mustCollect(t, []converted{w.b}, later)); got.condemned != 1 {
-			t.Fatalf("first run: %+v, want a's own blob condemned", got)
+		w.mustCollect(t, []converted{w.b}, later)
+		if got := countsOf(w.mustCollect(t, []converted{w.b}, muchLater)); got.condemned != 1 {
+			t.Fatalf("second run: %+v, want a's own blob condemned", got)
 		}
 		if exists(t, w.st, store.IndexKey(uniqueA)) || !exists(t, w.st, store.CondemnedKey(uniqueA)) || !exists(t, w.st, store.BlobKey(uniqueA)) {
 			t.Fatal("condemned blob: want its blob and tombstone, not its index")
@@ -548,9 +553,9 @@ func TestCollectReprieve(t *testing.T) {
 		if !slices.Contains(a2.blobs(), uniqueA) {
 			t.Fatalf("a2 does not use a's blob %s: %v", uniqueA, a2.blobs())
 		}
-		got := countsOf(w.mustCollect(t, []converted{w.b, a2}, muchLater))
+		got := countsOf(w.mustCollect(t, []converted{w.b, a2}, evenLater))
 		if want := (counts{restored: 1}); got != want {
-			t.Fatalf("second run: %+v, want %+v", got, want)
+			t.Fatalf("third run: %+v, want %+v", got, want)
 		}
 		if !bytes.Equal(read(t, w.st, store.IndexKey(uniqueA)), index) {
 			t.Fatal("restored index differs from the one condemned")
@@ -561,6 +566,7 @@ func TestCollectReprieve(t *testing.T) {
 		w := newWorld(t)
 		uniqueA := uniqueBlob(t, w.a, w.b)
 		w.mustCollect(t, []converted{w.b}, later)
+		w.mustCollect(t, []converted{w.b}, muchLater)
 		// A converter started after the condemnation does not dedup
 		// against a's blob, but converting a again makes the same
 		// blob, which it finds stored and publishes the index of.
@@ -569,18 +575,20 @@ func TestCollectReprieve(t *testing.T) {
 			t.Fatalf("converting a again did not publish the index of its blob %s next to its tombstone", uniqueA)
 		}
 		// The new image is not pushed (yet): its bootstrap is old by
-		// now and goes, but the blob it made is not deleted under it.
-		got := countsOf(w.mustCollect(t, []converted{w.b}, muchLater))
-		if want := (counts{bootstrapsDeleted: 1, restored: 1}); got != want {
-			t.Fatalf("second run: %+v, want %+v", got, want)
+		// now and is marked dead, but the blob it made is not deleted
+		// under it.
+		got := countsOf(w.mustCollect(t, []converted{w.b}, evenLater))
+		if want := (counts{marked: 1, restored: 1}); got != want {
+			t.Fatalf("third run: %+v, want %+v", got, want)
 		}
 		if !exists(t, w.st, store.BlobKey(uniqueA)) || !exists(t, w.st, store.IndexKey(uniqueA)) || exists(t, w.st, store.CondemnedKey(uniqueA)) {
 			t.Fatal("a blob published again was not reprieved")
 		}
 		checkConsistent(t, w.st)
-		// Still unused a grace period later, it is condemned anew.
-		if got := countsOf(w.mustCollect(t, []converted{w.b}, 3*day)); got != (counts{condemned: 1}) {
-			t.Fatalf("third run: %+v, want the blob condemned again", got)
+		// Still unused a grace period later, it is condemned anew
+		// with the bootstrap.
+		if got := countsOf(w.mustCollect(t, []converted{w.b}, 4*day)); got != (counts{bootstrapsDeleted: 1, condemned: 1}) {
+			t.Fatalf("fourth run: %+v, want the bootstrap deleted and the blob condemned again", got)
 		}
 	})
 }
@@ -601,7 +609,7 @@ func uniqueBlob(t *testing.T, of, other converted) string {
 func TestCollectDryRun(t *testing.T) {
 	w := newWorld(t)
 	live := []converted{w.b}
-	for _, at := range []time.Duration{later, muchLater} {
+	for _, at := range []time.Duration{later, muchLater, evenLater} {
 		before := snapshot(t, w.st)
 		opts := w.at(at, 0)
 		opts.DryRun = true
@@ -654,21 +662,22 @@ func (f failing) Delete(ctx context.Context, key string) error {
 // with all its blobs, and later runs on a healthy store finish the job.
 func TestCollectStoreErrors(t *testing.T) {
 	tests := []struct {
-		name     string
-		op       string
-		prefix   string // keys failing; a trailing ".startup" selects startup sets
-		run      int    // 1: condemning run; 2: deleting run
-		reuse    bool   // a conversion references a's condemned blob between the runs
-		wantOp   string
-		wantKept bool // whether a2's index is restored in the end
+		name   string
+		op     string
+		prefix string // keys failing; a trailing ".startup" selects startup sets
+		run    int    // 1: marking run; 2: bootstrap-deleting and condemning run; 3: blob-deleting run
+		reuse  bool   // a conversion references a's condemned blob before the third run
+		wantOp string
 	}{
-		{name: "startup set", op: "delete", prefix: ".startup", run: 1, wantOp: "delete startup set"},
-		{name: "bootstrap", op: "delete", prefix: store.BootstrapPrefix, run: 1, wantOp: "delete bootstrap"},
-		{name: "tombstone write", op: "put", prefix: store.CondemnedPrefix, run: 1, wantOp: "write tombstone"},
-		{name: "index delete", op: "delete", prefix: store.IndexPrefix, run: 1, wantOp: "delete index"},
-		{name: "blob delete", op: "delete", prefix: store.BlobPrefix, run: 2, wantOp: "delete blob"},
-		{name: "tombstone delete", op: "delete", prefix: store.CondemnedPrefix, run: 2, wantOp: "delete tombstone"},
-		{name: "index restore", op: "put", prefix: store.IndexPrefix, run: 2, reuse: true, wantOp: "restore index"},
+		{name: "mark bootstrap", op: "put", prefix: store.DeadPrefix, run: 1, wantOp: "write tombstone"},
+		{name: "startup set", op: "delete", prefix: ".startup", run: 2, wantOp: "delete startup set"},
+		{name: "bootstrap", op: "delete", prefix: store.BootstrapPrefix, run: 2, wantOp: "delete bootstrap"},
+		{name: "dead tombstone delete", op: "delete", prefix: store.DeadPrefix, run: 2, wantOp: "delete tombstone of deleted bootstrap"},
+		{name: "tombstone write", op: "put", prefix: store.CondemnedPrefix, run: 2, wantOp: "write tombstone"},
+		{name: "index delete", op: "delete", prefix: store.IndexPrefix, run: 2, wantOp: "delete index"},
+		{name: "blob delete", op: "delete", prefix: store.BlobPrefix, run: 3, wantOp: "delete blob"},
+		{name: "tombstone delete", op: "delete", prefix: store.CondemnedPrefix, run: 3, wantOp: "delete tombstone"},
+		{name: "index restore", op: "put", prefix: store.IndexPrefix, run: 3, reuse: true, wantOp: "restore index"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -686,8 +695,8 @@ func TestCollectStoreErrors(t *testing.T) {
 			if tt.reuse {
 				w.view.start(t)
 			}
-			for run, at := range []time.Duration{later, muchLater} {
-				if run == 1 && tt.reuse {
+			for run, at := range []time.Duration{later, muchLater, evenLater} {
+				if run == 2 && tt.reuse {
 					live = append(live, w.convert(t, files{"a.bin": onlyA, "a2.bin": onlyA2}))
 				}
 				st := w.st
@@ -703,8 +712,8 @@ func TestCollectStoreErrors(t *testing.T) {
 				}
 				checkConsistent(t, w.st)
 			}
-			// Healthy again: condemning and deleting finish.
-			for _, at := range []time.Duration{muchLater, 3*day + time.Hour} {
+			// Healthy again: marking, deleting and condemning finish.
+			for _, at := range []time.Duration{4*day + time.Hour, 5*day + time.Hour, 6*day + time.Hour} {
 				w.mustCollect(t, live, at)
 			}
 			checkFinal(t, w.st, live...)

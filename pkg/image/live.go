@@ -32,7 +32,11 @@ type LiveOptions struct {
 type Live struct {
 	// Bootstraps maps the digest of each bootstrap found to the Skiff
 	// manifests naming it, as repository@digest.
-	Bootstraps   map[bootstrap.Digest][]string
+	Bootstraps map[bootstrap.Digest][]string
+	// Targets counts the Skiff manifests found under each target, by the
+	// target as given. One counting none is suspect: a wrong name, a
+	// catalog filtered by permissions, or a registry that lost its images.
+	Targets      map[string]int
 	Repositories int // repositories searched
 	Manifests    int // manifests read
 }
@@ -47,7 +51,31 @@ func (l *Live) Digests() []bootstrap.Digest {
 	return ds
 }
 
-// maxIndexDepth bounds how deep indexes nested in indexes are followed.
+// ReadBootstrap reads the live bootstrap d from a Skiff manifest that
+// names it, for a collector whose store does not hold it (see
+// gc.Options.ReadMissing).
+func (l *Live) ReadBootstrap(ctx context.Context, d bootstrap.Digest) (*bootstrap.Bootstrap, error) {
+	refs := l.Bootstraps[d]
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("read bootstrap %s: no live image names it", d)
+	}
+	var errs []error
+	for _, ref := range refs {
+		b, got, err := LoadBootstrap(ctx, ref)
+		if err == nil && got != d {
+			err = fmt.Errorf("%s: carries bootstrap %s", ref, got)
+		}
+		if err == nil {
+			return b, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("read bootstrap %s: %w", d, errors.Join(errs...))
+}
+
+// maxIndexDepth bounds how deep indexes nested in indexes (and referrers
+// listings, which count as indexes) are followed. Deeper nesting is an
+// error: what lies below might be a live image.
 const maxIndexDepth = 4
 
 // LiveBootstraps returns the bootstraps of every Skiff image that the
@@ -74,13 +102,20 @@ func LiveBootstraps(ctx context.Context, targets []string, opts LiveOptions) (*L
 		ropts: remoteOptions(ctx),
 		log:   opts.Logger,
 		seen:  map[string]bool{},
-		live:  &Live{Bootstraps: map[bootstrap.Digest][]string{}},
+		live:  &Live{Bootstraps: map[bootstrap.Digest][]string{}, Targets: map[string]int{}},
+	}
+	for _, t := range targets {
+		f.live.Targets[t] = 0
 	}
 	repos, err := f.repositories(ctx, targets, opts.Concurrency)
 	if err != nil {
 		return nil, err
 	}
 	f.live.Repositories = len(repos)
+	f.targets = map[string][]string{}
+	for _, r := range repos {
+		f.targets[r.repo.String()] = r.targets
+	}
 	type tagRef struct {
 		repo name.Repository
 		tag  string
@@ -127,14 +162,16 @@ type finder struct {
 	ropts []remote.Option
 	log   *slog.Logger
 
-	mu   sync.Mutex
-	seen map[string]bool // repository@digest of manifests visited
-	live *Live
+	mu      sync.Mutex
+	seen    map[string]bool     // repository@digest of manifests visited
+	targets map[string][]string // by repository: the targets it is under
+	live    *Live
 }
 
 type searchRepo struct {
-	repo  name.Repository
-	named bool // by a target, rather than listed by a catalog
+	repo    name.Repository
+	named   bool     // by a target, rather than listed by a catalog
+	targets []string // that it is under, as given
 }
 
 // opts are the package's remote options, bound to ctx.
@@ -150,14 +187,17 @@ func (f *finder) repositories(ctx context.Context, targets []string, concurrency
 	add := func(r searchRepo) {
 		mu.Lock()
 		defer mu.Unlock()
-		if prev, ok := byName[r.repo.String()]; !ok || r.named && !prev.named {
-			byName[r.repo.String()] = r
+		prev, ok := byName[r.repo.String()]
+		if ok {
+			r.named = r.named || prev.named
+			r.targets = slices.Concat(prev.targets, r.targets)
 		}
+		byName[r.repo.String()] = r
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(concurrency)
-	for _, t := range targets {
-		t = strings.TrimSuffix(t, "/")
+	for _, target := range targets {
+		t := strings.TrimSuffix(target, "/")
 		if strings.Contains(t, "/") {
 			// Default name options, as ParseReference: plain HTTP for
 			// loopback registries.
@@ -165,7 +205,7 @@ func (f *finder) repositories(ctx context.Context, targets []string, concurrency
 			if err != nil {
 				return nil, fmt.Errorf("find live images: %q is no REGISTRY/REPOSITORY (without tag or digest): %w", t, err)
 			}
-			add(searchRepo{repo, true})
+			add(searchRepo{repo, true, []string{target}})
 			continue
 		}
 		reg, err := name.NewRegistry(t)
@@ -182,7 +222,7 @@ func (f *finder) repositories(ctx context.Context, targets []string, concurrency
 				if err != nil {
 					return fmt.Errorf("find live images: catalog of %s lists %q: %w", reg, n, err)
 				}
-				add(searchRepo{repo, false})
+				add(searchRepo{repo, false, []string{target}})
 			}
 			return nil
 		})
@@ -240,7 +280,7 @@ func (f *finder) manifest(ctx context.Context, repo name.Repository, desc *remot
 			return fmt.Errorf("find live images: manifest %s@%s: %w", repo, desc.Digest, err)
 		}
 		if IsSkiff(m) {
-			return f.skiff(repo, desc)
+			return f.skiff(repo, desc, m)
 		}
 	case desc.MediaType.IsIndex():
 		im, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
@@ -253,7 +293,7 @@ func (f *finder) manifest(ctx context.Context, repo name.Repository, desc *remot
 	default:
 		return nil
 	}
-	if fallback || depth >= maxIndexDepth {
+	if fallback {
 		return nil
 	}
 	return f.referrers(ctx, repo, desc.Digest, depth)
@@ -261,13 +301,14 @@ func (f *finder) manifest(ctx context.Context, repo name.Repository, desc *remot
 
 // children visits the manifests an index or referrers listing names.
 func (f *finder) children(ctx context.Context, repo name.Repository, descs []v1.Descriptor, depth int) error {
-	if depth >= maxIndexDepth {
-		f.log.Warn("find live images: indexes nested too deep", "repository", repo.String())
-		return nil
-	}
 	for _, d := range descs {
 		if !d.MediaType.IsImage() && !d.MediaType.IsIndex() {
 			continue
+		}
+		// Checked before the manifest counts as visited, so that it is
+		// never skipped as seen without having been searched.
+		if depth >= maxIndexDepth {
+			return fmt.Errorf("find live images: %s lists manifests nested more than %d indexes deep, which might be live Skiff images", repo.Digest(d.Digest.String()), maxIndexDepth)
 		}
 		if !f.first(repo, d.Digest) {
 			continue
@@ -311,9 +352,11 @@ func (f *finder) referrers(ctx context.Context, repo name.Repository, dg v1.Hash
 	return f.children(ctx, repo, skiff, depth+1)
 }
 
-// skiff records the bootstrap of a Skiff manifest, read as LoadBootstrap
-// reads it.
-func (f *finder) skiff(repo name.Repository, desc *remote.Descriptor) error {
+// skiff records the bootstrap of Skiff manifest m, read as LoadBootstrap
+// reads it, or else from the manifest's own annotation. A Skiff manifest
+// naming no bootstrap is an error: whatever it was converted into might
+// be deleted under it.
+func (f *finder) skiff(repo name.Repository, desc *remote.Descriptor, m *v1.Manifest) error {
 	ref := repo.Digest(desc.Digest.String()).String()
 	img, err := desc.Image()
 	if err != nil {
@@ -321,13 +364,18 @@ func (f *finder) skiff(repo name.Repository, desc *remote.Descriptor) error {
 	}
 	_, d, err := BootstrapLayer(img)
 	if err != nil {
-		// No node can run it either; nothing it names can be kept.
-		f.log.Warn("find live images: Skiff manifest without a usable bootstrap", "manifest", ref, "err", err)
-		return nil
+		var aerr error
+		if d, aerr = bootstrap.ParseDigest(m.Annotations[AnnotationBootstrapDigest]); aerr != nil {
+			return fmt.Errorf("find live images: Skiff manifest %s names no bootstrap (delete it if it is broken): %w; manifest annotation %s: %w", ref, err, AnnotationBootstrapDigest, aerr)
+		}
+		f.log.Warn("find live images: Skiff manifest's bootstrap layer is unusable; taking the manifest's annotation", "manifest", ref, "err", err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.live.Bootstraps[d] = append(f.live.Bootstraps[d], ref)
+	for _, t := range f.targets[repo.String()] {
+		f.live.Targets[t]++
+	}
 	return nil
 }
 

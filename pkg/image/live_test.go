@@ -1,7 +1,11 @@
 package image_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
@@ -116,12 +122,14 @@ func TestLiveBootstraps(t *testing.T) {
 		targets []string
 		want    []bootstrap.Digest
 		repos   int
+		skiff   map[string]int // Skiff manifests by target
 	}{
-		{"whole registry", []string{reg.Addr}, []bootstrap.Digest{appBoot, multiBoot}, 3},
-		{"one repository", []string{reg.Addr + "/app"}, []bootstrap.Digest{appBoot}, 1},
-		{"referrer of an index child", []string{reg.Addr + "/multi/"}, []bootstrap.Digest{multiBoot}, 1},
-		{"deleted", []string{reg.Addr + "/gone"}, nil, 1},
-		{"registry and one of its repositories", []string{reg.Addr + "/app", reg.Addr}, []bootstrap.Digest{appBoot, multiBoot}, 3},
+		{"whole registry", []string{reg.Addr}, []bootstrap.Digest{appBoot, multiBoot}, 3, map[string]int{reg.Addr: 2}},
+		{"one repository", []string{reg.Addr + "/app"}, []bootstrap.Digest{appBoot}, 1, map[string]int{reg.Addr + "/app": 1}},
+		{"referrer of an index child", []string{reg.Addr + "/multi/"}, []bootstrap.Digest{multiBoot}, 1, map[string]int{reg.Addr + "/multi/": 1}},
+		{"deleted", []string{reg.Addr + "/gone"}, nil, 1, map[string]int{reg.Addr + "/gone": 0}},
+		{"registry and one of its repositories", []string{reg.Addr + "/app", reg.Addr}, []bootstrap.Digest{appBoot, multiBoot}, 3, map[string]int{reg.Addr + "/app": 1, reg.Addr: 2}},
+		{"registry and a repository without Skiff images", []string{reg.Addr, reg.Addr + "/gone"}, []bootstrap.Digest{appBoot, multiBoot}, 3, map[string]int{reg.Addr: 2, reg.Addr + "/gone": 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -136,6 +144,9 @@ func TestLiveBootstraps(t *testing.T) {
 			}
 			if live.Repositories != tt.repos {
 				t.Errorf("searched %d repositories, want %d", live.Repositories, tt.repos)
+			}
+			if !maps.Equal(live.Targets, tt.skiff) {
+				t.Errorf("Skiff manifests by target %v, want %v", live.Targets, tt.skiff)
 			}
 		})
 	}
@@ -162,4 +173,110 @@ func mustLive(t *testing.T, targets ...string) *image.Live {
 		t.Fatal(err)
 	}
 	return live
+}
+
+// skiffLike builds a Skiff image without a subject around blob, its
+// bootstrap layer and manifest annotated as given.
+func skiffLike(t *testing.T, blob []byte, layerAnn, manifestAnn map[string]string) v1.Image {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: image.BootstrapFile, Mode: 0o444, Size: int64(len(blob)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(blob); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
+		Layer:       static.NewLayer(buf.Bytes(), types.OCIUncompressedLayer),
+		Annotations: layerAnn,
+		MediaType:   types.OCIUncompressedLayer,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mutate.Annotations(img, manifestAnn).(v1.Image)
+}
+
+// TestLiveBootstrapsFailClosed: what could hide a live image is an error,
+// never a warning: a Skiff manifest naming no bootstrap, and indexes
+// nested too deep to follow. A Skiff manifest whose bootstrap layer lacks
+// its digest falls back to the manifest's annotation.
+func TestLiveBootstrapsFailClosed(t *testing.T) {
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	ctx := context.Background()
+
+	blob := []byte("bootstrap of an odd manifest")
+	d := bootstrap.Sum(blob)
+	skiffOnly := map[string]string{image.AnnotationBootstrap: image.FormatVersion}
+	withDigest := map[string]string{image.AnnotationBootstrap: image.FormatVersion, image.AnnotationBootstrapDigest: d.String()}
+	write(t, reg.Addr+"/fallback:v1", skiffLike(t, blob, skiffOnly, withDigest))
+	if live := mustLive(t, reg.Addr+"/fallback"); !slices.Equal(live.Digests(), []bootstrap.Digest{d}) {
+		t.Errorf("manifest annotation only: bootstraps %v, want %s", live.Digests(), d)
+	}
+
+	write(t, reg.Addr+"/nodigest:v1", skiffLike(t, blob, skiffOnly, skiffOnly))
+	if _, err := image.LiveBootstraps(ctx, []string{reg.Addr + "/nodigest"}, image.LiveOptions{}); err == nil || !strings.Contains(err.Error(), "names no bootstrap") {
+		t.Errorf("Skiff manifest naming no bootstrap: %v, want an error", err)
+	}
+
+	// An image under n nested indexes, tagged.
+	nested := func(n int) v1.ImageIndex {
+		var idx v1.ImageIndex = mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: sourceImage(t, "deep")})
+		for range n - 1 {
+			idx = mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: idx})
+		}
+		return idx
+	}
+	for _, tt := range []struct {
+		depth int
+		ok    bool
+	}{{4, true}, {5, false}} {
+		tag, err := name.NewTag(fmt.Sprintf("%s/nested%d:v1", reg.Addr, tt.depth))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.WriteIndex(tag, nested(tt.depth), remote.WithContext(ctx)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = image.LiveBootstraps(ctx, []string{tag.Context().String()}, image.LiveOptions{})
+		if ok := err == nil; ok != tt.ok || !ok && !strings.Contains(err.Error(), "nested more than") {
+			t.Errorf("image under %d indexes: %v, want success %v", tt.depth, err, tt.ok)
+		}
+	}
+}
+
+// TestLiveReadBootstrap: a live bootstrap is read back from the Skiff
+// manifest naming it, for a store that does not hold it.
+func TestLiveReadBootstrap(t *testing.T) {
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	ctx := context.Background()
+	want := &bootstrap.Bootstrap{
+		ChunkSize: 4096,
+		Blobs:     []bootstrap.Digest{bootstrap.Sum([]byte("blob"))},
+		Frames:    []bootstrap.Frame{{Offset: 0, Size: 100, CompressedSize: 100, Compression: bootstrap.None}},
+		Inodes:    []bootstrap.Inode{{Mode: bootstrap.ModeDir | 0o755}},
+	}
+	blob, err := bootstrap.Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := sourceImage(t, "app")
+	write(t, reg.Addr+"/app:v1", src)
+	img, d := skiffOf(t, src, string(blob))
+	write(t, reg.Addr+"/app:v1-skiff", img)
+	live := mustLive(t, reg.Addr+"/app")
+	got, err := live.ReadBootstrap(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Blobs, want.Blobs) {
+		t.Errorf("read bootstrap names blobs %v, want %v", got.Blobs, want.Blobs)
+	}
+	if _, err := live.ReadBootstrap(ctx, bootstrap.Sum([]byte("other"))); err == nil {
+		t.Error("read a bootstrap no live image names")
+	}
 }

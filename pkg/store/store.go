@@ -60,6 +60,15 @@ const (
 	// converters no longer dedup against the blob, and it is deleted once
 	// it has stayed unused for a grace period.
 	CondemnedPrefix = "gc/condemned/"
+	// DeadPrefix holds the tombstones with which garbage collection
+	// marks bootstraps that no image used: each bootstrap is deleted
+	// once its tombstone is a grace period old, if still unused and not
+	// written again since.
+	DeadPrefix = "gc/dead/"
+	// ClockKey is the object garbage collection writes at the start of a
+	// run to read the store's clock: its modification time is "now" for
+	// ages that the store's modification times measure.
+	ClockKey = "gc/clock"
 )
 
 // BlobKey is where the chunk-data blob with the given hex sha256 lives.
@@ -83,6 +92,10 @@ func StartupKey(hex string) string { return BootstrapKey(hex) + StartupSuffix }
 // CondemnedKey is where the chunk index of condemned blob hex waits for
 // the blob's deletion or its return to IndexKey(hex).
 func CondemnedKey(hex string) string { return CondemnedPrefix + hex }
+
+// DeadKey is where the tombstone of bootstrap hex, marked dead, records
+// the bootstrap's size and modification time at marking.
+func DeadKey(hex string) string { return DeadPrefix + hex }
 
 // ValidKey reports whether key is a relative, clean, slash-separated path;
 // implementations reject anything else so that a key can never escape a
