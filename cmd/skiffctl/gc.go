@@ -11,9 +11,10 @@ import (
 )
 
 // minGrace is the shortest --grace accepted. The grace period must exceed
-// the longest conversion, which no run can know; a minute at least
-// catches a unit typed wrong ("24s" for "24h"). Tests lower it.
-var minGrace = time.Minute
+// the longest conversion, which no run can know; an hour is longer than
+// any conversion seen, and catches a unit typed wrong ("24m" for "24h").
+// Tests lower it.
+var minGrace = time.Hour
 
 // runGC deletes from the store what no Skiff image in the named
 // registries needs (see pkg/gc): the registries are the only record of
@@ -73,8 +74,14 @@ func writeGCReport(w io.Writer, live *image.Live, r *gc.Report) {
 	fmt.Fprintf(w, "blobs:      %d kept (%s), %d %scondemned (%s), %d %sdeleted (%s), %d awaiting deletion (%s)\n",
 		r.BlobsKept.Count, bytesString(r.BlobsKept.Bytes), r.BlobsCondemned.Count, would, bytesString(r.BlobsCondemned.Bytes),
 		r.BlobsDeleted.Count, would, bytesString(r.BlobsDeleted.Bytes), r.BlobsPending.Count, bytesString(r.BlobsPending.Bytes))
-	fmt.Fprintf(w, "indexes:    %d %srestored\n", r.IndexesRestored.Count, would)
+	fmt.Fprintf(w, "indexes:    %d %srestored, %d %sdeleted without their blob (%s)\n", r.IndexesRestored.Count, would, r.IndexesDeleted.Count, would, bytesString(r.IndexesDeleted.Bytes))
+	if r.BootstrapsRestored.Count > 0 {
+		fmt.Fprintf(w, "restored:   %d live bootstraps missing from the store %swritten back (%s)\n", r.BootstrapsRestored.Count, would, bytesString(r.BootstrapsRestored.Bytes))
+	}
 	if r.BlobsMissing > 0 {
 		fmt.Fprintf(w, "damage:     %d blobs referenced by bootstraps are missing from the store (run skiffctl check on the images)\n", r.BlobsMissing)
+	}
+	if r.BlobsRaced > 0 {
+		fmt.Fprintf(w, "damage:     %d blobs were deleted while a conversion published them again (see the error log; re-push or reconvert those images)\n", r.BlobsRaced)
 	}
 }

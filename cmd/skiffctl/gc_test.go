@@ -29,8 +29,8 @@ func TestGCUsage(t *testing.T) {
 	}{
 		{[]string{"gc"}, 2, "collecting without knowing the live images would delete them all"},
 		{[]string{"gc", "--store", storeURL, "--dry-run"}, 2, "usage: skiffctl gc"},
-		{[]string{"gc", "--store", storeURL, "--grace", "0s", "127.0.0.1:1"}, 1, "--grace 0s: must be at least 1m0s"},
-		{[]string{"gc", "--store", storeURL, "--grace", "24s", "127.0.0.1:1"}, 1, "--grace 24s: must be at least 1m0s, and longer than the longest conversion"},
+		{[]string{"gc", "--store", storeURL, "--grace", "0s", "127.0.0.1:1"}, 1, "--grace 0s: must be at least 1h0m0s"},
+		{[]string{"gc", "--store", storeURL, "--grace", "24m", "127.0.0.1:1"}, 1, "--grace 24m0s: must be at least 1h0m0s, and longer than the longest conversion"},
 		{[]string{"gc", "--store", storeURL, "127.0.0.1:1/app:v1"}, 1, "without tag or digest"},
 		{[]string{"gc", "--store", storeURL, "127.0.0.1:1"}, 1, "catalog of 127.0.0.1:1"},
 		{[]string{"help"}, 0, "gc "},

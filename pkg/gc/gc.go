@@ -54,7 +54,14 @@
 // another store, or lost) still keeps the blobs its bootstrap names here:
 // Options.ReadMissing reads that bootstrap from where the image is, and
 // without it such a run fails before it marks, condemns or deletes
-// anything.
+// anything. If every blob it names is here, the bootstrap is written back
+// (checked against its digest first): a conversion can write a dead
+// bootstrap again in the moment between a run's last look at it and its
+// deletion, and the image pushed then would otherwise lack it for good.
+//
+// Indexes are published before their blobs are uploaded, so an upload
+// that fails leaves an index naming nothing; once older than the grace
+// period, and with no tombstone, such an index is deleted.
 //
 // This relies on two things outside the package: one collector runs at a
 // time per store, and a converter takes its dedup dictionary from the
@@ -127,6 +134,10 @@ type Report struct {
 	// registries name images converted into another store, or data was
 	// lost. The blobs they name were kept all the same.
 	LiveMissing int
+	// BootstrapsRestored are live bootstraps missing from the store,
+	// read with Options.ReadMissing and written back because the store
+	// holds every blob they name; counted in LiveMissing too.
+	BootstrapsRestored Tally
 	// BootstrapsKept are live or younger than the grace period, those
 	// revived included.
 	BootstrapsKept Tally
@@ -149,6 +160,10 @@ type Report struct {
 	// are still unreferenced.
 	BlobsPending Tally
 	BlobsDeleted Tally
+	// BlobsRaced were deleted while a conversion published their index
+	// again: an image converted then may lack them. Each is logged as an
+	// error; counted in BlobsDeleted too.
+	BlobsRaced int
 	// IndexesRestored are indexes of condemned blobs that came back into
 	// use, counted with the tombstone's size.
 	IndexesRestored Tally
@@ -156,6 +171,10 @@ type Report struct {
 	// and the store does not hold: damage that collection did not cause,
 	// reported so that it is seen.
 	BlobsMissing int
+	// IndexesDeleted had no blob and no tombstone, and were older than
+	// the grace period: left by uploads that failed after their index
+	// was published.
+	IndexesDeleted Tally
 }
 
 // Collect collects garbage in st, keeping the images whose bootstrap
@@ -195,7 +214,8 @@ func Collect(ctx context.Context, st store.Store, live []bootstrap.Digest, opts 
 		"bootstraps_marked", r.BootstrapsMarked.Count, "bootstraps_deleted", r.BootstrapsDeleted.Count, "bootstraps_revived", r.BootstrapsRevived.Count,
 		"blobs_condemned", r.BlobsCondemned.Count, "blobs_deleted", r.BlobsDeleted.Count,
 		"bytes_deleted", r.BlobsDeleted.Bytes+r.BootstrapsDeleted.Bytes+r.StartupSetsDeleted.Bytes,
-		"indexes_restored", r.IndexesRestored.Count, "blobs_pending", r.BlobsPending.Count)
+		"indexes_restored", r.IndexesRestored.Count, "blobs_pending", r.BlobsPending.Count,
+		"bootstraps_restored", r.BootstrapsRestored.Count, "indexes_deleted", r.IndexesDeleted.Count, "blobs_raced", r.BlobsRaced)
 	return r, nil
 }
 
@@ -238,7 +258,7 @@ func (c *collector) run(ctx context.Context, live map[string]bootstrap.Digest) e
 	}
 	// Before any change: without the blobs of every live bootstrap, no
 	// blob can be judged.
-	elsewhere, err := c.liveMissing(ctx, live, boots.boots)
+	read, err := c.liveMissing(ctx, live, boots.boots)
 	if err != nil {
 		return err
 	}
@@ -273,13 +293,21 @@ func (c *collector) run(ctx context.Context, live map[string]bootstrap.Digest) e
 	}
 	// The blobs of bootstraps held elsewhere need not be here, but those
 	// that are stay.
-	for hex := range elsewhere {
-		refs[hex] = true
+	for _, b := range read {
+		for _, d := range b.Blobs {
+			refs[d.Hex()] = true
+		}
+	}
+	if err := c.restoreBootstraps(ctx, live, read, blobs); err != nil {
+		return err
 	}
 	if err := c.settle(ctx, refs, blobs, indexes, tombstones); err != nil {
 		return err
 	}
-	return c.condemn(ctx, refs, blobs, indexes, tombstones)
+	if err := c.condemn(ctx, refs, blobs, indexes, tombstones); err != nil {
+		return err
+	}
+	return c.dropStaleIndexes(ctx, blobs, indexes, tombstones)
 }
 
 // clock returns the run's now: Options.Now if set, else the modification
@@ -372,8 +400,8 @@ func (c *collector) listBootstraps(ctx context.Context) (*bootstrapObjects, erro
 }
 
 // liveMissing reads the live bootstraps that boots lacks with
-// Options.ReadMissing and returns the hex digests of the blobs they name.
-func (c *collector) liveMissing(ctx context.Context, live map[string]bootstrap.Digest, boots map[string]store.Info) (map[string]bool, error) {
+// Options.ReadMissing and returns them by hex digest.
+func (c *collector) liveMissing(ctx context.Context, live map[string]bootstrap.Digest, boots map[string]store.Info) (map[string]*bootstrap.Bootstrap, error) {
 	var missing []string
 	for hex := range live {
 		if _, ok := boots[hex]; !ok {
@@ -389,12 +417,60 @@ func (c *collector) liveMissing(ctx context.Context, live map[string]bootstrap.D
 	if c.opts.ReadMissing == nil {
 		return nil, fmt.Errorf("gc: %d live bootstraps are not in the store (%s first), and nothing reads them elsewhere: the blobs they need are unknown", len(missing), missing[0])
 	}
-	return c.blobsOf(ctx, missing, func(ctx context.Context, hex string) (*bootstrap.Bootstrap, error) {
+	var mu sync.Mutex
+	read := map[string]*bootstrap.Bootstrap{}
+	err := c.each(ctx, missing, func(ctx context.Context, hex string) error {
 		b, err := c.opts.ReadMissing(ctx, live[hex])
 		if err != nil {
-			return nil, fmt.Errorf("gc: read live bootstrap %s, which the store does not hold: %w", hex, err)
+			return fmt.Errorf("gc: read live bootstrap %s, which the store does not hold: %w", hex, err)
 		}
-		return b, nil
+		if b != nil {
+			mu.Lock()
+			defer mu.Unlock()
+			read[hex] = b
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return read, nil
+}
+
+// restoreBootstraps writes back the live bootstraps read elsewhere
+// whose blobs are all in blobs: most likely deleted as dead in the
+// moment a conversion wrote them again. A bootstrap whose encoding does
+// not give back its digest is left out, and so is one naming a blob not
+// here (converted into another store).
+func (c *collector) restoreBootstraps(ctx context.Context, live map[string]bootstrap.Digest, read map[string]*bootstrap.Bootstrap, blobs map[string]store.Info) error {
+	var hexes []string
+	for hex, b := range read {
+		if !slices.ContainsFunc(b.Blobs, func(d bootstrap.Digest) bool {
+			_, ok := blobs[d.Hex()]
+			return !ok
+		}) {
+			hexes = append(hexes, hex)
+		}
+	}
+	slices.Sort(hexes)
+	return c.each(ctx, hexes, func(ctx context.Context, hex string) error {
+		data, err := bootstrap.Encode(read[hex])
+		if err != nil {
+			c.log.Warn("gc: cannot write back a live bootstrap missing from the store: encode", "bootstrap", hex, "err", err)
+			return nil
+		}
+		if bootstrap.Sum(data) != live[hex] {
+			c.log.Warn("gc: cannot write back a live bootstrap missing from the store: its encoding does not match its digest", "bootstrap", hex)
+			return nil
+		}
+		if !c.opts.DryRun {
+			if err := c.st.Put(ctx, store.BootstrapKey(hex), bytes.NewReader(data), int64(len(data))); err != nil {
+				return fmt.Errorf("gc: write back live bootstrap %s: %w", hex, err)
+			}
+		}
+		c.count(func(r *Report) { r.BootstrapsRestored.add(int64(len(data))) })
+		c.log.Warn("gc: wrote back a live bootstrap missing from the store, whose blobs are all here", "bootstrap", hex, "bytes", len(data))
+		return nil
 	})
 }
 
@@ -716,6 +792,17 @@ func (c *collector) deleteBlob(ctx context.Context, hex string, size int64, ts s
 	if err := c.delete(ctx, "delete blob", store.BlobKey(hex)); err != nil {
 		return err
 	}
+	if !c.opts.DryRun {
+		// A conversion that Stat'ed the blob before it went, and
+		// published its index after the Stat above, deduplicated
+		// against a blob that is gone. Too late to undo; say so.
+		if _, err := c.st.Stat(ctx, store.IndexKey(hex)); err == nil {
+			c.log.Error("gc: a conversion published the index of a blob while it was deleted; a conversion may reference it; re-push or reconvert its image", "blob", hex)
+			c.count(func(r *Report) { r.BlobsRaced++ })
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("gc: delete blob %s: stat index after delete: %w", hex, err)
+		}
+	}
 	if err := c.delete(ctx, "delete tombstone", ts.Key); err != nil {
 		return err
 	}
@@ -747,20 +834,26 @@ func (c *collector) condemn(ctx context.Context, refs map[string]bool, blobs, in
 		doomed = append(doomed, hex)
 	}
 	return c.each(ctx, doomed, func(ctx context.Context, hex string) error {
-		var data []byte
-		if _, ok := indexes[hex]; ok {
-			var err error
-			data, err = store.ReadAll(ctx, c.st, store.IndexKey(hex), bootstrap.MaxRawSize)
-			if errors.Is(err, store.ErrNotFound) {
+		// Read even if not listed: an index published since is fresh.
+		_, listed := indexes[hex]
+		data, err := store.ReadAll(ctx, c.st, store.IndexKey(hex), bootstrap.MaxRawSize)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			if listed {
 				// Gone since listed, most likely into a tombstone that
 				// an empty one must not overwrite: that index would be
 				// lost for good if the blob came back into use.
 				c.log.Warn("gc: index of a blob to condemn disappeared; leaving the blob to the next run", "blob", hex)
 				return nil
 			}
-			if err != nil {
-				return fmt.Errorf("gc: condemn blob %s: %w", hex, err)
-			}
+			data = nil // no index: the tombstone is empty
+		case err != nil:
+			return fmt.Errorf("gc: condemn blob %s: %w", hex, err)
+		case !listed:
+			// Published since listed: a conversion just used the blob.
+			c.count(func(r *Report) { r.BlobsKept.add(blobs[hex].Size) })
+			c.log.Debug("gc: blob to condemn published since listed; keeping it", "blob", hex)
+			return nil
 		}
 		if !c.opts.DryRun {
 			// The tombstone is written before the index goes: a failure
@@ -776,6 +869,45 @@ func (c *collector) condemn(ctx context.Context, refs map[string]bool, blobs, in
 		}
 		c.count(func(r *Report) { r.BlobsCondemned.add(blobs[hex].Size) })
 		c.log.Debug("gc: condemned blob", "blob", hex, "bytes", blobs[hex].Size)
+		return nil
+	})
+}
+
+// dropStaleIndexes deletes the indexes older than the grace period whose
+// blob is not in the store and that have no tombstone: left by uploads
+// that failed after their index was published. Each is checked again
+// first, as a conversion may have published it anew or uploaded its blob
+// since the listing.
+func (c *collector) dropStaleIndexes(ctx context.Context, blobs, indexes, tombstones map[string]store.Info) error {
+	var stale []string
+	for _, hex := range sortedKeys(indexes) {
+		_, hasBlob := blobs[hex]
+		_, hasTombstone := tombstones[hex]
+		if !hasBlob && !hasTombstone && c.old(indexes[hex].ModTime) {
+			stale = append(stale, hex)
+		}
+	}
+	return c.each(ctx, stale, func(ctx context.Context, hex string) error {
+		info, err := c.st.Stat(ctx, store.IndexKey(hex))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("gc: delete stale index %s: stat: %w", hex, err)
+		}
+		if !c.old(info.ModTime) {
+			return nil // published again
+		}
+		if _, err := c.st.Stat(ctx, store.BlobKey(hex)); err == nil {
+			return nil // uploaded since listed
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("gc: delete stale index %s: stat blob: %w", hex, err)
+		}
+		if err := c.delete(ctx, "delete stale index", store.IndexKey(hex)); err != nil {
+			return err
+		}
+		c.count(func(r *Report) { r.IndexesDeleted.add(info.Size) })
+		c.log.Debug("gc: deleted index of a blob not in the store", "blob", hex, "bytes", info.Size)
 		return nil
 	})
 }

@@ -212,10 +212,13 @@ func TestCollectStoreClock(t *testing.T) {
 }
 
 // TestCollectLiveMissing: a live image whose bootstrap the store does not
-// hold keeps the blobs its bootstrap (read elsewhere) names; without a
-// way to read it, or when reading fails, the run changes nothing.
+// hold keeps the blobs its bootstrap (read elsewhere) names, and gets its
+// bootstrap back, byte for byte, if the store holds all those blobs;
+// without a way to read it, or when reading fails, the run changes
+// nothing.
 func TestCollectLiveMissing(t *testing.T) {
-	// a's bootstrap is lost from the store, though a is still live.
+	// a's bootstrap is lost from the store, though a is still live: say
+	// deleted as dead just as a conversion wrote it again for a push.
 	lose := func(t *testing.T, w *world) {
 		t.Helper()
 		for _, key := range []string{store.StartupKey(w.a.digest.Hex()), store.BootstrapKey(w.a.digest.Hex())} {
@@ -227,39 +230,98 @@ func TestCollectLiveMissing(t *testing.T) {
 	elsewhere := bootstrap.Sum([]byte("an image converted into another store"))
 	t.Run("read elsewhere", func(t *testing.T) {
 		w := newWorld(t)
+		stored := read(t, w.st, store.BootstrapKey(w.a.digest.Hex()))
 		lose(t, w)
-		var read []bootstrap.Digest
+		var reads []bootstrap.Digest
 		var mu sync.Mutex
-		for _, at := range []time.Duration{later, muchLater, evenLater} {
-			opts := w.at(at, 0)
-			opts.ReadMissing = func(ctx context.Context, d bootstrap.Digest) (*bootstrap.Bootstrap, error) {
-				mu.Lock()
-				defer mu.Unlock()
-				read = append(read, d)
-				switch d {
-				case w.a.digest:
-					return w.a.b, nil
-				case elsewhere:
-					// Its blobs are in the other store: no damage here.
-					return &bootstrap.Bootstrap{Blobs: []bootstrap.Digest{bootstrap.Sum([]byte("a blob of another store"))}}, nil
-				}
-				return nil, fmt.Errorf("unexpected %s", d)
+		readMissing := func(ctx context.Context, d bootstrap.Digest) (*bootstrap.Bootstrap, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			reads = append(reads, d)
+			switch d {
+			case w.a.digest:
+				return w.a.b, nil
+			case elsewhere:
+				// Its blobs are in the other store: no damage here.
+				return &bootstrap.Bootstrap{Blobs: []bootstrap.Digest{bootstrap.Sum([]byte("a blob of another store"))}}, nil
 			}
-			rep, err := gc.Collect(context.Background(), w.st, []bootstrap.Digest{w.a.digest, w.b.digest, elsewhere}, opts)
+			return nil, fmt.Errorf("unexpected %s", d)
+		}
+		live := []bootstrap.Digest{w.a.digest, w.b.digest, elsewhere}
+		// A dry run says it would write a's bootstrap back, and does not.
+		opts := w.at(later, 0)
+		opts.ReadMissing, opts.DryRun = readMissing, true
+		rep, err := gc.Collect(context.Background(), w.st, live, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.BootstrapsRestored.Count != 1 || exists(t, w.st, store.BootstrapKey(w.a.digest.Hex())) {
+			t.Fatalf("dry run: %d bootstraps restored, a's in the store: %v; want 1 reported and none written", rep.BootstrapsRestored.Count, exists(t, w.st, store.BootstrapKey(w.a.digest.Hex())))
+		}
+		reads = nil
+		for i, at := range []time.Duration{later, muchLater, evenLater} {
+			opts := w.at(at, 0)
+			opts.ReadMissing = readMissing
+			rep, err := gc.Collect(context.Background(), w.st, live, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := countsOf(rep); got != (counts{missing: 2}) || rep.BlobsMissing != 0 {
-				t.Fatalf("run at +%s: %+v, %d blobs missing; want 2 live bootstraps missing and nothing else", at, got, rep.BlobsMissing)
+			// The first run writes a's bootstrap back, as all its
+			// blobs are here; elsewhere's stays missing.
+			want, restored := counts{missing: 1}, 0
+			if i == 0 {
+				want, restored = counts{missing: 2}, 1
+			}
+			if got := countsOf(rep); got != want || rep.BlobsMissing != 0 || rep.BootstrapsRestored.Count != restored {
+				t.Fatalf("run at +%s: %+v, %d blobs missing, %d bootstraps restored; want %+v, 0 and %d", at, got, rep.BlobsMissing, rep.BootstrapsRestored.Count, want, restored)
 			}
 		}
-		if len(read) != 6 {
-			t.Errorf("read %d bootstraps elsewhere, want 2 per run", len(read))
+		if len(reads) != 4 {
+			t.Errorf("read %d bootstraps elsewhere, want 2 in the first run and 1 in each other", len(reads))
+		}
+		if got := read(t, w.st, store.BootstrapKey(w.a.digest.Hex())); !bytes.Equal(got, stored) {
+			t.Errorf("a's bootstrap written back with %d bytes that differ from the %d lost", len(got), len(stored))
 		}
 		for _, hex := range w.a.blobs() {
 			if !exists(t, w.st, store.BlobKey(hex)) || !exists(t, w.st, store.IndexKey(hex)) {
 				t.Errorf("blob %s of live image a, or its index, is gone", hex)
 			}
+		}
+		verifyImage(t, w.st, w.a)
+	})
+	t.Run("blob missing", func(t *testing.T) {
+		// A bootstrap naming a blob the store lacks is not written
+		// back: it would be a broken image.
+		w := newWorld(t)
+		lose(t, w)
+		uniqueA := uniqueBlob(t, w.a, w.b)
+		for _, key := range []string{store.BlobKey(uniqueA), store.IndexKey(uniqueA)} {
+			if err := w.st.Delete(context.Background(), key); err != nil {
+				t.Fatal(err)
+			}
+		}
+		opts := w.at(later, 0)
+		opts.ReadMissing = func(context.Context, bootstrap.Digest) (*bootstrap.Bootstrap, error) { return w.a.b, nil }
+		rep, err := gc.Collect(context.Background(), w.st, []bootstrap.Digest{w.a.digest, w.b.digest}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.BootstrapsRestored.Count != 0 || exists(t, w.st, store.BootstrapKey(w.a.digest.Hex())) {
+			t.Errorf("bootstrap naming a missing blob written back")
+		}
+	})
+	t.Run("digest mismatch", func(t *testing.T) {
+		// What ReadMissing returns must encode to the live digest.
+		w := newWorld(t)
+		lose(t, w)
+		opts := w.at(later, 0)
+		opts.ReadMissing = func(context.Context, bootstrap.Digest) (*bootstrap.Bootstrap, error) { return w.b.b, nil }
+		rep, err := gc.Collect(context.Background(), w.st, []bootstrap.Digest{w.a.digest, w.b.digest}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.BootstrapsRestored.Count != 0 || exists(t, w.st, store.BootstrapKey(w.a.digest.Hex())) {
+			t.Errorf("bootstrap whose encoding does not match its digest written back")
 		}
 	})
 	for _, tt := range []struct {
@@ -414,4 +476,104 @@ func TestCollectReferencedBlobMissing(t *testing.T) {
 	if exists(t, w.st, store.IndexKey(uniqueA)) || !exists(t, w.st, store.CondemnedKey(uniqueA)) {
 		t.Error("index of a missing blob restored, or its tombstone dropped")
 	}
+}
+
+// TestCollectPublishedDuringDelete: a conversion publishing the index of
+// a condemned blob just as it is deleted is too late to save it, but the
+// run says so instead of passing over it.
+func TestCollectPublishedDuringDelete(t *testing.T) {
+	w := newWorld(t)
+	uniqueA := uniqueBlob(t, w.a, w.b)
+	index := read(t, w.st, store.IndexKey(uniqueA))
+	w.mustCollect(t, []converted{w.b}, later)
+	w.mustCollect(t, []converted{w.b}, muchLater)
+	h := &hooked{Store: w.st, afterDelete: func(key string) {
+		if key == store.BlobKey(uniqueA) {
+			put(t, w.st, store.IndexKey(uniqueA), string(index))
+		}
+	}}
+	rep, err := w.collect(t, h, []converted{w.b}, evenLater, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.BlobsRaced != 1 || rep.BlobsDeleted.Count != 1 {
+		t.Errorf("run: %d blobs raced, %d deleted; want 1 and 1", rep.BlobsRaced, rep.BlobsDeleted.Count)
+	}
+	if exists(t, w.st, store.BlobKey(uniqueA)) || !exists(t, w.st, store.IndexKey(uniqueA)) {
+		t.Error("want the blob deleted and the index published meanwhile left alone")
+	}
+}
+
+// TestCollectPublishedBeforeCondemn: a blob without an index when listed,
+// whose index a conversion publishes before it is condemned, was just
+// used: it is kept, with that index, and gets no empty tombstone.
+func TestCollectPublishedBeforeCondemn(t *testing.T) {
+	w := newWorld(t)
+	uniqueA := uniqueBlob(t, w.a, w.b)
+	index := read(t, w.st, store.IndexKey(uniqueA))
+	w.mustCollect(t, []converted{w.b}, later)
+	if err := w.st.Delete(context.Background(), store.IndexKey(uniqueA)); err != nil {
+		t.Fatal(err)
+	}
+	publish := once(func() { put(t, w.st, store.IndexKey(uniqueA), string(index)) })
+	h := &hooked{Store: w.st, afterList: func(prefix string) {
+		if prefix == store.IndexPrefix {
+			publish()
+		}
+	}}
+	rep, err := w.collect(t, h, []converted{w.b}, muchLater, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := countsOf(rep); got != (counts{bootstrapsDeleted: 1, startupsDeleted: 1}) {
+		t.Errorf("run: %+v, want a's bootstrap deleted and nothing condemned", got)
+	}
+	if !bytes.Equal(read(t, w.st, store.IndexKey(uniqueA)), index) || exists(t, w.st, store.CondemnedKey(uniqueA)) {
+		t.Error("want the index published kept, and no tombstone")
+	}
+	checkConsistent(t, w.st)
+
+	// Without an index still, the blob gets an empty tombstone.
+	w = newWorld(t)
+	uniqueA = uniqueBlob(t, w.a, w.b)
+	w.mustCollect(t, []converted{w.b}, later)
+	if err := w.st.Delete(context.Background(), store.IndexKey(uniqueA)); err != nil {
+		t.Fatal(err)
+	}
+	if got := countsOf(w.mustCollect(t, []converted{w.b}, muchLater)); got.condemned != 1 {
+		t.Fatalf("run: %+v, want the blob without an index condemned", got)
+	}
+	if len(read(t, w.st, store.CondemnedKey(uniqueA))) != 0 {
+		t.Error("tombstone of a blob without an index is not empty")
+	}
+}
+
+// TestCollectStaleIndex: an index whose blob never arrived (the upload
+// failed after the index was published) and that has no tombstone is
+// deleted once older than the grace period, not in a dry run.
+func TestCollectStaleIndex(t *testing.T) {
+	w := newWorld(t)
+	key := store.IndexKey(bootstrap.Sum([]byte("never uploaded")).Hex())
+	put(t, w.st, key, "an index")
+	live := []converted{w.a, w.b}
+	if rep := w.mustCollect(t, live, time.Hour); rep.IndexesDeleted.Count != 0 || !exists(t, w.st, key) {
+		t.Fatalf("young index: %d deleted, want it kept", rep.IndexesDeleted.Count)
+	}
+	opts := w.at(later, 0)
+	opts.DryRun = true
+	rep, err := gc.Collect(context.Background(), w.st, []bootstrap.Digest{w.a.digest, w.b.digest}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.IndexesDeleted.Count != 1 || !exists(t, w.st, key) {
+		t.Fatalf("dry run: %d indexes deleted, want 1 reported and it kept", rep.IndexesDeleted.Count)
+	}
+	rep = w.mustCollect(t, live, later)
+	if rep.IndexesDeleted != (gc.Tally{Count: 1, Bytes: int64(len("an index"))}) || exists(t, w.st, key) {
+		t.Fatalf("old index: %+v deleted, want it deleted", rep.IndexesDeleted)
+	}
+	if got := countsOf(rep); got != (counts{}) {
+		t.Errorf("run: %+v, want nothing else changed", got)
+	}
+	checkFinal(t, w.st, w.a, w.b)
 }
