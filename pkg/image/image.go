@@ -95,6 +95,20 @@ func ParseReference(ref string) (name.Reference, error) {
 	return r, nil
 }
 
+// Digest returns the digest of the manifest that ref, a registry
+// reference, names now.
+func Digest(ctx context.Context, ref string) (v1.Hash, error) {
+	r, err := ParseReference(ref)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	desc, err := remote.Head(r, remoteOptions(ctx)...)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("resolve %s: %w", ref, err)
+	}
+	return desc.Digest, nil
+}
+
 // Load resolves ref, a registry reference or "oci:DIR:TAG", to an image.
 // An index resolves to its linux image for this machine's architecture.
 func Load(ctx context.Context, ref string) (v1.Image, error) {

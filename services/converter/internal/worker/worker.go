@@ -13,12 +13,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -276,9 +278,22 @@ func (w *Worker) claim(ctx context.Context, j *job) (*conversion.Record, uint64,
 			return nil, 0, err
 		}
 		switch {
-		case rec.State == conversion.Done && (rec.Seq == j.seq || rec.Target == j.target):
+		case rec.State == conversion.Done && rec.Seq == j.seq:
 			j.log.Info("already converted", "target", rec.Target, "target_digest", rec.TargetDigest)
 			return nil, 0, nil
+		case rec.State == conversion.Done && rec.Target == j.target:
+			moved, err := w.moved(ctx, j, rec)
+			if err != nil {
+				return nil, 0, err
+			}
+			if !moved {
+				j.log.Info("already converted", "target", rec.Target, "target_digest", rec.TargetDigest)
+				return nil, 0, nil
+			}
+			// The tag was pushed with other content in between and is
+			// back (a rollback): its Skiff tag names the other image.
+			j.log.Info("skiff tag names another image now, tagging this conversion again", "target", rec.Target, "target_digest", rec.TargetDigest)
+			fallthrough
 		case rec.State == conversion.Done:
 			if ok, err := w.stored(ctx, j, rec); err != nil {
 				return nil, 0, err
@@ -395,6 +410,24 @@ func (w *Worker) stored(ctx context.Context, j *job, rec *conversion.Record) (bo
 		return false, fmt.Errorf("check earlier conversion: %w", err)
 	}
 	return true, nil
+}
+
+// moved reports whether j's Skiff tag, which rec's conversion was
+// pushed to, names another manifest now, or none.
+func (w *Worker) moved(ctx context.Context, j *job, rec *conversion.Record) (bool, error) {
+	to, err := w.ioRepo(j.target)
+	if err != nil {
+		return false, err
+	}
+	d, err := image.Digest(ctx, to.Tag(j.req.GetTag()+image.TagSuffix).String())
+	var terr *transport.Error
+	if errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("check skiff tag: %w", err)
+	}
+	return d.String() != rec.TargetDigest, nil
 }
 
 // retag gives an already converted image the Skiff tag of a new request

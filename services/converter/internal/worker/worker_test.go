@@ -13,11 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
 	"github.com/skiff-dev/skiff/pkg/bus"
 	"github.com/skiff-dev/skiff/pkg/conversion"
@@ -37,25 +41,51 @@ func TestBackoff(t *testing.T) {
 // NATS): which delivery converts, which waits and which only acks.
 func TestClaim(t *testing.T) {
 	const digest = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
+	// The Skiff tag r/a:1-skiff (in a registry of the test's) names the
+	// earlier conversion, converted, or another image, other.
+	host := emptyRegistry(t)
+	images := map[string]v1.Hash{}
+	for _, content := range []string{"converted", "other"} {
+		l, err := fixture.Layer(fixture.Gzip, []fixture.Entry{fixture.File("f", 0o644, content)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := fixture.Image(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, _ := name.NewTag(host + "/r/a:" + content)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+		images[content], _ = img.Digest()
+	}
+	// The worker names repositories as pushed: "r/a" ("r" is no host).
+	skiffTag, _ := name.NewTag(host + "/r/a:1-skiff")
+	converted := images["converted"].String()
 	tests := []struct {
 		name         string
 		existing     *conversion.Record // nil: no record yet
 		seq          uint64
+		tagged       string // what the Skiff tag names before the claim
 		wantErr      error
 		wantClaim    bool
-		wantAttempts int // counted in the claimed record
+		wantAttempts int    // counted in the claimed record
+		wantTagged   string // what the Skiff tag names after it, if set
 	}{
-		{"first request", nil, 1, nil, true, 1},
-		{"redelivery after a crash", &conversion.Record{State: conversion.Running, Seq: 1, Attempts: 1}, 1, nil, true, 2},
-		{"retry after a failed attempt", &conversion.Record{State: conversion.Pending, Seq: 1, Attempts: 1, Reason: "500"}, 1, nil, true, 2},
-		{"another request converting", &conversion.Record{State: conversion.Running, Seq: 1}, 2, errBusy, false, 0},
-		{"another request retrying", &conversion.Record{State: conversion.Pending, Seq: 1}, 2, errBusy, false, 0},
-		{"redelivery of a done request", &conversion.Record{State: conversion.Done, Seq: 1, Target: "r/a:1-skiff"}, 1, nil, false, 0},
-		{"same tag pushed again", &conversion.Record{State: conversion.Done, Seq: 1, Target: "r/a:1-skiff"}, 2, nil, false, 0},
-		{"redelivery of a failed request", &conversion.Record{State: conversion.Failed, Seq: 1}, 1, nil, false, 0},
-		{"new request after a failure", &conversion.Record{State: conversion.Failed, Seq: 1, Attempts: 6, Reason: "gave up"}, 2, nil, true, 1},
+		{"first request", nil, 1, "", nil, true, 1, ""},
+		{"redelivery after a crash", &conversion.Record{State: conversion.Running, Seq: 1, Attempts: 1}, 1, "", nil, true, 2, ""},
+		{"retry after a failed attempt", &conversion.Record{State: conversion.Pending, Seq: 1, Attempts: 1, Reason: "500"}, 1, "", nil, true, 2, ""},
+		{"another request converting", &conversion.Record{State: conversion.Running, Seq: 1}, 2, "", errBusy, false, 0, ""},
+		{"another request retrying", &conversion.Record{State: conversion.Pending, Seq: 1}, 2, "", errBusy, false, 0, ""},
+		{"redelivery of a done request", &conversion.Record{State: conversion.Done, Seq: 1, Target: "r/a:1-skiff", TargetDigest: converted}, 1, "other", nil, false, 0, "other"},
+		{"same tag pushed again", &conversion.Record{State: conversion.Done, Seq: 1, Target: "r/a:1-skiff", TargetDigest: converted}, 2, "converted", nil, false, 0, "converted"},
+		// a:1 pushed, then other content as a:1, then the first again.
+		{"same tag pushed again after a rollback", &conversion.Record{State: conversion.Done, Seq: 1, Target: "r/a:1-skiff", TargetDigest: converted}, 2, "other", nil, false, 0, "converted"},
+		{"redelivery of a failed request", &conversion.Record{State: conversion.Failed, Seq: 1}, 1, "", nil, false, 0, ""},
+		{"new request after a failure", &conversion.Record{State: conversion.Failed, Seq: 1, Attempts: 6, Reason: "gave up"}, 2, "", nil, true, 1, ""},
 	}
-	w, b, _ := newTestWorker(t, "")
+	w, b, _ := newTestWorker(t, host)
 	ctx := context.Background()
 	kv, err := b.Records(ctx)
 	if err != nil {
@@ -81,9 +111,23 @@ func TestClaim(t *testing.T) {
 				req: &skiffv1.ImagePushed{Registry: "r", Repository: "a", Tag: "1", Digest: digest},
 				key: key, seq: tt.seq, source: "r/a:1", target: "r/a:1-skiff", log: slog.Default(),
 			}
+			if tt.tagged != "" {
+				img, err := remote.Image(skiffTag.Context().Digest(images[tt.tagged].String()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := remote.Write(skiffTag, img); err != nil {
+					t.Fatal(err)
+				}
+			}
 			rec, rev, err := w.claim(ctx, j)
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("claim: %v, want %v", err, tt.wantErr)
+			}
+			if tt.wantTagged != "" {
+				if desc, err := remote.Head(skiffTag); err != nil || desc.Digest != images[tt.wantTagged] {
+					t.Fatalf("the Skiff tag names %v (%v), want the %s image", desc, err, tt.wantTagged)
+				}
 			}
 			if (rec != nil) != tt.wantClaim {
 				t.Fatalf("claimed %v, want %v", rec != nil, tt.wantClaim)
