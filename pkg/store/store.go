@@ -69,7 +69,17 @@ const (
 	// run to read the store's clock: its modification time is "now" for
 	// ages that the store's modification times measure.
 	ClockKey = "gc/clock"
+	// LeasePrefix holds the leases node agents keep on the bootstraps
+	// they have mounted (see LeaseKey): a container reads its image's
+	// chunks from the store for as long as it runs, whatever the
+	// registries say, so garbage collection counts a bootstrap with a
+	// fresh lease as live.
+	LeasePrefix = "gc/lease/"
 )
+
+// LeaseKey is the lease node keeps on bootstrap hex while it has it
+// mounted: written again periodically, deleted at unmount.
+func LeaseKey(node, hex string) string { return LeasePrefix + node + "/" + hex }
 
 // BlobKey is where the chunk-data blob with the given hex sha256 lives.
 func BlobKey(hex string) string { return BlobPrefix + hex }
