@@ -68,6 +68,9 @@ func writeGCReport(w io.Writer, live *image.Live, r *gc.Report) {
 		fmt.Fprintf(w, ", %d of them not in this store (the blobs they name are kept)", r.LiveMissing)
 	}
 	fmt.Fprintln(w)
+	if r.LeasesLive > 0 || r.LeasesDeleted.Count > 0 {
+		fmt.Fprintf(w, "leases:     %d bootstraps no registry names kept live by node agents' leases, %d stale leases %sdeleted\n", r.LeasesLive, r.LeasesDeleted.Count, would)
+	}
 	fmt.Fprintf(w, "bootstraps: %d kept (%s), %d %sdeleted (%s) with %d startup sets, %d %smarked dead (%s), %d awaiting deletion (%s), %d %srevived\n",
 		r.BootstrapsKept.Count, bytesString(r.BootstrapsKept.Bytes), r.BootstrapsDeleted.Count, would, bytesString(r.BootstrapsDeleted.Bytes), r.StartupSetsDeleted.Count,
 		r.BootstrapsMarked.Count, would, bytesString(r.BootstrapsMarked.Bytes), r.BootstrapsPending.Count, bytesString(r.BootstrapsPending.Bytes), r.BootstrapsRevived.Count, would)

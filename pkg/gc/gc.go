@@ -59,6 +59,15 @@
 // bootstrap again in the moment between a run's last look at it and its
 // deletion, and the image pushed then would otherwise lack it for good.
 //
+// A container reads its image's chunks from the store for as long as it
+// runs, whether a registry still names the image or not. So node agents
+// keep a lease (store.LeaseKey) on every bootstrap they have mounted,
+// written again every LeaseRefresh: a bootstrap with a lease younger than
+// LeaseTTL is live for a run just as if a registry named it, except that
+// one the store lacks is only counted, as a lease does not say where it
+// is. A lease older than LeaseTTL was left by an agent gone without
+// deleting it, and is deleted.
+//
 // Indexes are published before their blobs are uploaded, so an upload
 // that fails leaves an index naming nothing; once older than the grace
 // period, and with no tombstone, such an index is deleted.
@@ -76,6 +85,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -175,14 +185,22 @@ type Report struct {
 	// the grace period: left by uploads that failed after their index
 	// was published.
 	IndexesDeleted Tally
+	// LeasesLive counts the bootstraps that no registry named and that
+	// a node agent's lease younger than LeaseTTL kept live: images
+	// still running somewhere. Those the store does not hold are
+	// counted too, and logged; the blobs they name are unknown.
+	LeasesLive int
+	// LeasesDeleted were older than LeaseTTL: left by node agents gone
+	// without deleting them.
+	LeasesDeleted Tally
 }
 
 // Collect collects garbage in st, keeping the images whose bootstrap
-// digests are in live: it deletes the bootstraps marked dead a grace
-// period ago and still dead, marks those newly dead, deletes blobs
-// condemned at least a grace period ago that are still unreferenced
-// (restoring the index of those referenced again), and condemns blobs
-// newly unreferenced. On error the report counts what was done before it.
+// digests are in live and those a node agent holds a fresh lease on: it
+// deletes the bootstraps marked dead a grace period ago and still dead,
+// marks those newly dead, deletes blobs condemned at least a grace period
+// ago that are still unreferenced (restoring the index of those
+// referenced again), and condemns blobs newly unreferenced. On error the report counts what was done before it.
 func Collect(ctx context.Context, st store.Store, live []bootstrap.Digest, opts Options) (*Report, error) {
 	if opts.Grace < 0 {
 		return nil, fmt.Errorf("gc: negative grace period %s", opts.Grace)
@@ -215,7 +233,8 @@ func Collect(ctx context.Context, st store.Store, live []bootstrap.Digest, opts 
 		"blobs_condemned", r.BlobsCondemned.Count, "blobs_deleted", r.BlobsDeleted.Count,
 		"bytes_deleted", r.BlobsDeleted.Bytes+r.BootstrapsDeleted.Bytes+r.StartupSetsDeleted.Bytes,
 		"indexes_restored", r.IndexesRestored.Count, "blobs_pending", r.BlobsPending.Count,
-		"bootstraps_restored", r.BootstrapsRestored.Count, "indexes_deleted", r.IndexesDeleted.Count, "blobs_raced", r.BlobsRaced)
+		"bootstraps_restored", r.BootstrapsRestored.Count, "indexes_deleted", r.IndexesDeleted.Count, "blobs_raced", r.BlobsRaced,
+		"leases_live", r.LeasesLive, "leases_deleted", r.LeasesDeleted.Count)
 	return r, nil
 }
 
@@ -262,7 +281,13 @@ func (c *collector) run(ctx context.Context, live map[string]bootstrap.Digest) e
 	if err != nil {
 		return err
 	}
-	gone, err := c.sweepBootstraps(ctx, live, boots)
+	// Listed as late as possible before bootstraps are judged, and after
+	// the run has checked everything it needs before a change.
+	kept, err := c.leases(ctx, live, boots.boots)
+	if err != nil {
+		return err
+	}
+	gone, err := c.sweepBootstraps(ctx, kept, boots)
 	if err != nil {
 		return err
 	}
@@ -435,6 +460,94 @@ func (c *collector) liveMissing(ctx context.Context, live map[string]bootstrap.D
 		return nil, err
 	}
 	return read, nil
+}
+
+// leases returns live with the bootstraps that a lease younger than
+// LeaseTTL names added, and deletes the leases older than that. A
+// leased bootstrap missing from boots is only counted and logged: a
+// lease does not say where the bootstrap is, so it cannot be read.
+func (c *collector) leases(ctx context.Context, live map[string]bootstrap.Digest, boots map[string]store.Info) (map[string]bootstrap.Digest, error) {
+	var mu sync.Mutex
+	leased := map[string]bootstrap.Digest{} // by hex; those no registry named
+	hold := func(node string, d bootstrap.Digest) {
+		mu.Lock()
+		defer mu.Unlock()
+		hex := d.Hex()
+		if _, ok := live[hex]; ok {
+			return
+		}
+		if _, ok := leased[hex]; ok {
+			return
+		}
+		leased[hex] = d
+		if _, ok := boots[hex]; !ok {
+			c.log.Warn("gc: leased bootstrap is not in the store; the blobs it names are unknown", "bootstrap", hex, "node", node)
+		}
+	}
+	fresh := func(t time.Time) bool { return c.now.Sub(t) < LeaseTTL }
+	var stale []string
+	err := c.st.List(ctx, store.LeasePrefix, func(info store.Info) error {
+		node, d, ok := parseLease(info.Key)
+		switch {
+		case !ok:
+			c.log.Warn("gc: ignoring a lease whose key is not "+store.LeasePrefix+"<node>/<sha256 hex>", "key", info.Key)
+		case fresh(info.ModTime):
+			hold(node, d)
+		default:
+			stale = append(stale, info.Key)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc: list %s: %w", store.LeasePrefix, err)
+	}
+	err = c.each(ctx, stale, func(ctx context.Context, key string) error {
+		// The listing is a moment old: an agent back since may have
+		// written its lease again, or deleted it at unmount.
+		info, err := c.st.Stat(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("gc: delete stale lease %s: stat: %w", key, err)
+		}
+		if fresh(info.ModTime) {
+			node, d, _ := parseLease(key)
+			hold(node, d)
+			return nil
+		}
+		if err := c.delete(ctx, "delete stale lease", key); err != nil {
+			return err
+		}
+		c.count(func(r *Report) { r.LeasesDeleted.add(info.Size) })
+		c.log.Debug("gc: deleted stale lease", "key", key, "age", c.now.Sub(info.ModTime).Round(time.Second))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.count(func(r *Report) { r.LeasesLive = len(leased) })
+	kept := maps.Clone(live)
+	if kept == nil {
+		kept = map[string]bootstrap.Digest{}
+	}
+	maps.Copy(kept, leased)
+	return kept, nil
+}
+
+// parseLease returns the node and the bootstrap digest of the lease at
+// key, store.LeaseKey(node, hex).
+func parseLease(key string) (node string, d bootstrap.Digest, ok bool) {
+	name := strings.TrimPrefix(key, store.LeasePrefix)
+	i := strings.LastIndexByte(name, '/')
+	if i <= 0 {
+		return "", d, false
+	}
+	d, err := bootstrap.ParseDigest("sha256:" + name[i+1:])
+	if err != nil {
+		return "", d, false
+	}
+	return name[:i], d, true
 }
 
 // restoreBootstraps writes back the live bootstraps read elsewhere
