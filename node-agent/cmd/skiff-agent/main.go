@@ -71,7 +71,7 @@ type config struct {
 	NATSURL       string `env:"NATS_URL" help:"NATS server of a skiff-scheduler: when set, chunk data is read from peers and seeders before the store, and this node serves what it holds to them"`
 	PeerListen    string `env:"PEER_LISTEN" envDefault:":8094" help:"address this node serves pieces to peers on (with NATS_URL)"`
 	PeerAdvertise string `env:"PEER_ADVERTISE" help:"host:port other nodes reach PEER_LISTEN at (default: host name and the listen port)"`
-	PeerID        string `env:"PEER_ID" help:"id of this node among peers, unique in the cluster (default: host name)"`
+	PeerID        string `env:"PEER_ID" help:"id of this node among peers and in the leases its mount process keeps in the store on the images it has mounted (which garbage collection honours), unique in the cluster (default: host name)"`
 	PeerCacheSize int64  `env:"PEER_CACHE_SIZE" envDefault:"10737418240" help:"bytes of pieces (chunk data as stored, for peers) kept besides the chunk cache"`
 }
 
@@ -539,7 +539,13 @@ func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, WarmSmallFiles: cfg.WarmSmall, PrefetchAll: cfg.PrefetchAll, PrefetchRate: cfg.PrefetchRate, Passthrough: cfg.Passthrough, EROFS: cfg.EROFS, Logger: log})
+	// The mounts' leases, which keep garbage collection off their images'
+	// data, are under the node's peer id.
+	node, err := peerID(cfg)
+	if err != nil {
+		log.Error("skiff-agent mountd: no leases on the mounted images: garbage collection of the store may take the data of running containers", "err", err)
+	}
+	m, err := lazymount.New(cfg.Root, st, f, lazymount.Options{RecordWindow: cfg.RecordWindow, WarmSmallFiles: cfg.WarmSmall, PrefetchAll: cfg.PrefetchAll, PrefetchRate: cfg.PrefetchRate, Passthrough: cfg.Passthrough, EROFS: cfg.EROFS, Node: node, Logger: log})
 	if err != nil {
 		return err
 	}

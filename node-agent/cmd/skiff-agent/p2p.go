@@ -81,18 +81,31 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 	return f, run, nil
 }
 
+// peerID is the id of this node: PEER_ID, or the host name. Peers know
+// the node by it, and garbage collection of the store its leases.
+func peerID(cfg config) (string, error) {
+	if cfg.PeerID != "" {
+		return cfg.PeerID, nil
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("host name for %sPEER_ID: %w", envPrefix, err)
+	}
+	return host, nil
+}
+
 // peerIdentity fills in the peer id and advertised address from the host
 // name when they are not set.
 func peerIdentity(cfg config) (id, addr string, err error) {
-	id, addr = cfg.PeerID, cfg.PeerAdvertise
-	host, err := os.Hostname()
-	if err != nil && (id == "" || addr == "") {
-		return "", "", fmt.Errorf("host name for %sPEER_ID/PEER_ADVERTISE: %w", envPrefix, err)
+	if id, err = peerID(cfg); err != nil {
+		return "", "", err
 	}
-	if id == "" {
-		id = host
-	}
+	addr = cfg.PeerAdvertise
 	if addr == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return "", "", fmt.Errorf("host name for %sPEER_ADVERTISE: %w", envPrefix, err)
+		}
 		h, port, err := net.SplitHostPort(cfg.PeerListen)
 		if err != nil {
 			return "", "", fmt.Errorf("%sPEER_LISTEN: %w", envPrefix, err)

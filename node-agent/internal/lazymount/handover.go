@@ -150,6 +150,7 @@ func (m *Manager) Resume(ctx context.Context, h HandedMount) error {
 	m.mounts[h.Bootstrap] = &mounted{srv: srv, rec: rec, layout: layout}
 	m.resumed = append(m.resumed, srv)
 	m.gen++
+	m.leaseMounted(h.Bootstrap)
 	m.log.Info("lazymount: took over image", "bootstrap", h.Bootstrap, "mountpoint", h.Mountpoint)
 	return nil
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/gc"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 	"github.com/skiff-dev/skiff/pkg/store"
 )
@@ -62,6 +63,11 @@ type Options struct {
 	// (before Linux 6.12), or an image has what EROFS cannot store, the
 	// image is served as a FUSE tree instead.
 	EROFS bool
+	// Node names this node in the leases it keeps on the bootstraps it
+	// has mounted, which garbage collection of the store honours (see
+	// lease.go); characters a key cannot hold become '_'. Empty: no
+	// leases.
+	Node string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -102,6 +108,8 @@ type Manager struct {
 	// Prefetch.
 	limit *rate.Limiter
 	rest  []fetch.PrefetchOption
+	// leases are kept on the mounted bootstraps (see lease.go).
+	leases leases
 }
 
 var _ snapshot.Mounter = (*Manager)(nil)
@@ -129,6 +137,7 @@ func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, 
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	m := &Manager{dir: dir, store: st, fetch: f, opts: opts, log: opts.Logger, ctx: ctx, stop: stop, mounts: map[bootstrap.Digest]*mounted{}, mounting: map[bootstrap.Digest]chan struct{}{}, unmounting: map[bootstrap.Digest]chan struct{}{}}
+	m.leases.node, m.leases.every = leaseNode(opts.Node), gc.LeaseRefresh
 	if opts.PrefetchRate > 0 {
 		m.limit = rate.NewLimiter(rate.Limit(opts.PrefetchRate), prefetchBurst)
 		m.rest = append(m.rest, fetch.Limit(m.limit))
@@ -266,6 +275,7 @@ func (m *Manager) Mount(ctx context.Context, d bootstrap.Digest) (string, error)
 	m.mounts[d] = mt
 	m.gen++
 	m.log.Info("lazymount: mounted image", "bootstrap", d, "mountpoint", mp)
+	m.leaseMounted(d)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -423,6 +433,14 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	done := make(chan struct{})
 	m.unmounting[d] = done
 	m.mu.Unlock()
+	// After the unmount is done, not within it: a mount of d waiting
+	// for it need not wait for the store too.
+	unmounted := false
+	defer func() {
+		if unmounted {
+			m.dropLease(d)
+		}
+	}()
 	defer func() {
 		m.mu.Lock()
 		delete(m.unmounting, d)
@@ -443,6 +461,7 @@ func (m *Manager) Unmount(ctx context.Context, d bootstrap.Digest) error {
 	os.Remove(m.openState(d))
 	os.Remove(m.layoutPath(d))
 	m.log.Info("lazymount: unmounted image", "bootstrap", d)
+	unmounted = true
 	return nil
 }
 
@@ -502,7 +521,8 @@ func (m *Manager) Mounts() []MountInfo {
 var errClosed = errors.New("lazy mounts: closed")
 
 // Close stops background work and unmounts every image. It may be called
-// again, which does nothing more.
+// again, which does nothing more. It leaves the leases (see lease.go):
+// the mounts may live on with a successor.
 func (m *Manager) Close() error {
 	m.stop()
 	m.wg.Wait()

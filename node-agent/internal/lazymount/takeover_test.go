@@ -32,7 +32,8 @@ type takeoverEnv struct {
 	data       []byte
 	old        *Manager
 	handedOver chan net.Conn
-	erofs      bool // managers mount in EROFS image mode
+	erofs      bool   // managers mount in EROFS image mode
+	node       string // managers made from now on keep leases under it
 }
 
 func newTakeoverEnv(t *testing.T, handover bool) *takeoverEnv {
@@ -87,7 +88,7 @@ func (e *takeoverEnv) mount(t *testing.T) (*Client, string) {
 }
 
 func (e *takeoverEnv) manager(t *testing.T) *Manager {
-	m, err := New(e.root, e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{EROFS: e.erofs, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	m, err := New(e.root, e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{EROFS: e.erofs, Node: e.node, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
