@@ -68,20 +68,7 @@ func convertImage(t *testing.T, c *convert.Converter, img v1.Image) (*convert.Re
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, d, err := image.BootstrapLayer(res.Image)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := layer.Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	blob, err := image.ReadBootstrapBlob(rc, d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := bootstrap.Decode(blob)
+	b, d, err := image.ImageBootstrap(res.Image)
 	if err != nil {
 		t.Fatal(err)
 	}

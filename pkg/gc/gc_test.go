@@ -167,20 +167,7 @@ func convertWith(t *testing.T, c *convert.Converter, layers ...files) converted 
 // conversion carries, as a node would get it.
 func manifestBootstrap(t *testing.T, res *convert.Result) *bootstrap.Bootstrap {
 	t.Helper()
-	layer, d, err := image.BootstrapLayer(res.Image)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := layer.Uncompressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	blob, err := image.ReadBootstrapBlob(rc, d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := bootstrap.Decode(blob)
+	b, _, err := image.ImageBootstrap(res.Image)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -347,22 +347,32 @@ func LoadBootstrap(ctx context.Context, ref string) (*bootstrap.Bootstrap, boots
 	if err != nil {
 		return nil, bootstrap.Digest{}, err
 	}
-	layer, d, err := BootstrapLayer(img)
+	b, d, err := ImageBootstrap(img)
 	if err != nil {
 		return nil, d, fmt.Errorf("%s: %w", ref, err)
 	}
+	return b, d, nil
+}
+
+// ImageBootstrap reads and decodes the bootstrap that Skiff image img
+// carries, checked against the digest its manifest names.
+func ImageBootstrap(img v1.Image) (*bootstrap.Bootstrap, bootstrap.Digest, error) {
+	layer, d, err := BootstrapLayer(img)
+	if err != nil {
+		return nil, d, err
+	}
 	rc, err := layer.Uncompressed()
 	if err != nil {
-		return nil, d, fmt.Errorf("%s: fetch bootstrap: %w", ref, err)
+		return nil, d, fmt.Errorf("fetch bootstrap: %w", err)
 	}
 	defer rc.Close()
 	blob, err := ReadBootstrapBlob(rc, d)
 	if err != nil {
-		return nil, d, fmt.Errorf("%s: %w", ref, err)
+		return nil, d, err
 	}
 	b, err := bootstrap.Decode(blob)
 	if err != nil {
-		return nil, d, fmt.Errorf("%s: %w", ref, err)
+		return nil, d, err
 	}
 	return b, d, nil
 }
