@@ -9,6 +9,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/convert"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
 
 func runConvert(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
@@ -52,7 +53,7 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	if err != nil {
 		return err
 	}
-	st, err := openStore(ctx, *storeURL)
+	st, err := storeurl.Open(ctx, *storeURL)
 	if err != nil {
 		return err
 	}

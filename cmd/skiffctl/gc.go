@@ -8,6 +8,7 @@ import (
 
 	"github.com/skiff-dev/skiff/pkg/gc"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
 
 // minGrace is the shortest --grace accepted. The grace period must exceed
@@ -35,7 +36,7 @@ func runGC(ctx context.Context, env settings, args []string, stdout, stderr io.W
 	if *grace < minGrace {
 		return fmt.Errorf("--grace %s: must be at least %s, and longer than the longest conversion", *grace, minGrace)
 	}
-	st, err := openStore(ctx, *storeURL)
+	st, err := storeurl.OpenExisting(ctx, *storeURL)
 	if err != nil {
 		return err
 	}

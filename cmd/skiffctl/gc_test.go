@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -22,6 +25,7 @@ import (
 
 func TestGCUsage(t *testing.T) {
 	storeURL := "file://" + t.TempDir()
+	missing := filepath.Join(t.TempDir(), "typo")
 	tests := []struct {
 		args []string
 		code int
@@ -33,6 +37,7 @@ func TestGCUsage(t *testing.T) {
 		{[]string{"gc", "--store", storeURL, "--grace", "24m", "127.0.0.1:1"}, 1, "--grace 24m0s: must be at least 1h0m0s, and longer than the longest conversion"},
 		{[]string{"gc", "--store", storeURL, "127.0.0.1:1/app:v1"}, 1, "without tag or digest"},
 		{[]string{"gc", "--store", storeURL, "127.0.0.1:1"}, 1, "catalog of 127.0.0.1:1"},
+		{[]string{"gc", "--store", "file://" + missing, "--dry-run", "127.0.0.1:1"}, 1, "open store file://" + missing + ": dir store: root " + missing + ": not found"},
 		{[]string{"help"}, 0, "gc "},
 	}
 	for _, tt := range tests {
@@ -41,6 +46,10 @@ func TestGCUsage(t *testing.T) {
 		if code != tt.code || !strings.Contains(out.String(), tt.want) {
 			t.Errorf("skiffctl %v: exit %d, output %q; want exit %d containing %q", tt.args, code, out.String(), tt.code, tt.want)
 		}
+	}
+	// A mistyped store is reported, not created empty.
+	if _, err := os.Stat(missing); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("gc created the store it was given: stat %s: %v", missing, err)
 	}
 }
 

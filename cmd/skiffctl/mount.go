@@ -17,6 +17,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
 
 // mountReport is the JSON line `skiffctl mount` prints when it exits.
@@ -44,7 +45,7 @@ func openImage(ctx context.Context, ref, storeURL string) (*bootstrap.Bootstrap,
 	if err != nil {
 		return nil, d, nil, err
 	}
-	st, err := openStore(ctx, storeURL)
+	st, err := storeurl.OpenExisting(ctx, storeURL)
 	if err != nil {
 		return nil, d, nil, err
 	}

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"context"
 	"os"
 	"path/filepath"
-
-	"github.com/skiff-dev/skiff/pkg/store"
-	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
 
 // defaultStoreURL is the embedded default: a local directory store, so
@@ -21,7 +17,3 @@ func defaultStoreURL() string {
 }
 
 const storeFlagHelp = "blob store: file:///abs/path or s3://bucket?endpoint=host:port[&insecure=true] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; default $SKIFF_STORE or a local directory)"
-
-func openStore(ctx context.Context, url string) (store.Store, error) {
-	return storeurl.Open(ctx, url)
-}

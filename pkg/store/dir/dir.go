@@ -34,17 +34,45 @@ var _ store.Store = (*Dir)(nil)
 
 // New returns a store rooted at root, creating the directory if needed.
 func New(root string) (*Dir, error) {
-	if root == "" {
-		return nil, errors.New("dir store: empty root directory")
-	}
-	abs, err := filepath.Abs(root)
+	abs, err := absRoot(root)
 	if err != nil {
-		return nil, fmt.Errorf("dir store: resolve root %q: %w", root, err)
+		return nil, err
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		return nil, fmt.Errorf("dir store: create root: %w", err)
 	}
 	return &Dir{root: abs}, nil
+}
+
+// Open returns the store rooted at root, which must exist: a command
+// that only reads or deletes must not leave an empty directory behind a
+// mistyped path. A missing root is store.ErrNotFound.
+func Open(root string) (*Dir, error) {
+	abs, err := absRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("dir store: root %s: %w", abs, store.ErrNotFound)
+	case err != nil:
+		return nil, fmt.Errorf("dir store: %w", err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("dir store: root %s is not a directory", abs)
+	}
+	return &Dir{root: abs}, nil
+}
+
+func absRoot(root string) (string, error) {
+	if root == "" {
+		return "", errors.New("dir store: empty root directory")
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return "", fmt.Errorf("dir store: resolve root %q: %w", root, err)
+	}
+	return abs, nil
 }
 
 // Root returns the absolute directory the store keeps its files in.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,6 +51,42 @@ func TestNewErrors(t *testing.T) {
 		if _, err := dir.New(root); err == nil {
 			t.Errorf("New(%q) succeeded", root)
 		}
+	}
+}
+
+func TestOpen(t *testing.T) {
+	tmp := t.TempDir()
+	file := filepath.Join(tmp, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		root     string
+		notFound bool // the error is store.ErrNotFound
+		wantErr  bool
+	}{
+		{"existing", tmp, false, false},
+		{"missing", filepath.Join(tmp, "missing"), true, true},
+		{"missing parent", filepath.Join(tmp, "a", "b"), true, true},
+		{"a file", file, false, true},
+		{"empty", "", false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := dir.Open(tt.root)
+			if (err != nil) != tt.wantErr || errors.Is(err, store.ErrNotFound) != tt.notFound {
+				t.Fatalf("Open(%q) = %v, %v; want error %v, not found %v", tt.root, d, err, tt.wantErr, tt.notFound)
+			}
+			if err == nil && d.Root() != tt.root {
+				t.Errorf("Root() = %q, want %q", d.Root(), tt.root)
+			}
+			if tt.notFound {
+				if _, err := os.Stat(tt.root); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("Open created %s: %v", tt.root, err)
+				}
+			}
+		})
 	}
 }
 

@@ -40,6 +40,10 @@ type Config struct {
 	Secure bool
 	// Region is the bucket's region; empty lets the client discover it.
 	Region string
+	// Existing has New fail, with store.ErrNotFound, when the bucket does
+	// not exist, rather than create it: a command that only reads or
+	// deletes must not leave an empty bucket behind a mistyped name.
+	Existing bool
 }
 
 // Client tuning. The library defaults (10 retries, 30 s dial timeout, one
@@ -109,13 +113,13 @@ func New(ctx context.Context, cfg Config) (*S3, error) {
 		return nil, fmt.Errorf("s3 store: client for %s: %w", cfg.Endpoint, err)
 	}
 	s := &S3{client: client, core: minio.Core{Client: client}, bucket: cfg.Bucket, prefix: prefix, endpoint: cfg.Endpoint}
-	if err := s.ensureBucket(ctx, cfg.Region); err != nil {
+	if err := s.ensureBucket(ctx, cfg.Region, cfg.Existing); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *S3) ensureBucket(ctx context.Context, region string) error {
+func (s *S3) ensureBucket(ctx context.Context, region string, existing bool) error {
 	exists, err := s.client.BucketExists(ctx, s.bucket)
 	if err != nil {
 		// Credentials scoped to objects may not check buckets; the
@@ -128,6 +132,9 @@ func (s *S3) ensureBucket(ctx context.Context, region string) error {
 	}
 	if exists {
 		return nil
+	}
+	if existing {
+		return fmt.Errorf("s3 store: bucket %s at %s: %w", s.bucket, s.endpoint, store.ErrNotFound)
 	}
 	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region})
 	if err != nil {

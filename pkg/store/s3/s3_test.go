@@ -128,6 +128,28 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
+// With Existing, New refuses a missing bucket with store.ErrNotFound and
+// leaves it missing; a bucket that exists opens as usual.
+func TestExistingBucket(t *testing.T) {
+	m := testenv.StartMinIO(t)
+	ctx := context.Background()
+	cfg := s3.Config{Endpoint: m.Endpoint, Bucket: "skiff-existing", AccessKey: m.AccessKey, SecretKey: m.SecretKey, Existing: true}
+	if _, err := s3.New(ctx, cfg); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("New of a missing bucket with Existing: %v, want store.ErrNotFound", err)
+	}
+	if ok, err := m.Client(t).BucketExists(ctx, cfg.Bucket); err != nil || ok {
+		t.Fatalf("bucket %s after New with Existing: exists %v, %v", cfg.Bucket, ok, err)
+	}
+	m.Bucket(t, cfg.Bucket)
+	st, err := s3.New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("New of an existing bucket with Existing: %v", err)
+	}
+	if err := st.Put(ctx, "k", strings.NewReader("v"), 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // deadEndpoint returns a loopback address nothing listens on.
 func deadEndpoint(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -40,20 +40,33 @@ const defaultEndpoint = "s3.amazonaws.com"
 var s3Params = []string{"endpoint", "insecure", "region"}
 
 // Open parses rawURL and opens the store it names. For S3 that connects to
-// the service and creates the bucket if it is missing.
+// the service and creates the bucket if it is missing; a directory is
+// created likewise.
 func Open(ctx context.Context, rawURL string) (store.Store, error) {
+	return open(ctx, rawURL, false)
+}
+
+// OpenExisting is Open for commands that only read or delete: a missing
+// bucket or directory is an error (store.ErrNotFound), never created.
+func OpenExisting(ctx context.Context, rawURL string) (store.Store, error) {
+	return open(ctx, rawURL, true)
+}
+
+func open(ctx context.Context, rawURL string, existing bool) (store.Store, error) {
 	t, err := parse(rawURL, os.Getenv)
 	if err != nil {
 		return nil, err
 	}
+	var st store.Store
 	if t.s3 != nil {
-		st, err := s3.New(ctx, *t.s3)
-		if err != nil {
-			return nil, fmt.Errorf("open store %s: %w", redact(rawURL), err)
-		}
-		return st, nil
+		cfg := *t.s3
+		cfg.Existing = existing
+		st, err = s3.New(ctx, cfg)
+	} else if existing {
+		st, err = dir.Open(t.dir)
+	} else {
+		st, err = dir.New(t.dir)
 	}
-	st, err := dir.New(t.dir)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", redact(rawURL), err)
 	}

@@ -3,7 +3,10 @@ package storeurl
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -108,6 +111,38 @@ func TestOpenFile(t *testing.T) {
 		t.Fatalf("Open(file://%s) = %T %v, want a dir store at that root", root, st, st)
 	}
 	roundTrip(t, st)
+}
+
+// OpenExisting opens only what is there: a missing directory or bucket is
+// store.ErrNotFound, and stays missing.
+func TestOpenExisting(t *testing.T) {
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "store")
+	if _, err := OpenExisting(ctx, "file://"+root); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("OpenExisting of a missing directory: %v, want store.ErrNotFound", err)
+	}
+	if _, err := os.Stat(root); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("OpenExisting created %s: %v", root, err)
+	}
+	if _, err := Open(ctx, "file://"+root); err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenExisting(ctx, "file://"+root)
+	if err != nil {
+		t.Fatalf("OpenExisting of an existing directory: %v", err)
+	}
+	roundTrip(t, st)
+
+	m := testenv.StartMinIO(t)
+	t.Setenv(EnvAccessKey, m.AccessKey)
+	t.Setenv(EnvSecretKey, m.SecretKey)
+	url := "s3://skiff-missing?insecure=true&endpoint=" + m.Endpoint
+	if _, err := OpenExisting(ctx, url); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("OpenExisting of a missing bucket: %v, want store.ErrNotFound", err)
+	}
+	if ok, err := m.Client(t).BucketExists(ctx, "skiff-missing"); err != nil || ok {
+		t.Fatalf("bucket after OpenExisting: exists %v, %v", ok, err)
+	}
 }
 
 func TestOpenS3(t *testing.T) {
