@@ -77,7 +77,7 @@ type Options struct {
 type Manager struct {
 	dir   string
 	store store.Store
-	fetch *fetch.Fetcher
+	fetch Fetcher
 	opts  Options
 	log   *slog.Logger
 	ctx   context.Context // background work; cancelled by Close
@@ -124,9 +124,22 @@ type mounted struct {
 	warm func()
 }
 
+// Fetcher is the node's one chunk fetch path (a *fetch.Fetcher), which
+// mounts read through and warming prefetches into. The mounts also use
+// the optional interfaces of package lazyfs it implements (Fetcher,
+// Warmer, BackingFiler), found as lazyfs finds them.
+type Fetcher interface {
+	lazyfs.ChunkReader
+	Prefetch(ctx context.Context, b *bootstrap.Bootstrap, inodes []uint32, opts ...fetch.PrefetchOption) error
+	Flush()
+	Stats() fetch.Stats
+}
+
+var _ Fetcher = (*fetch.Fetcher)(nil)
+
 // New returns a Manager keeping its state in dir, fetching bootstraps and
 // startup sets from st and chunk data through f.
-func New(dir string, st store.Store, f *fetch.Fetcher, opts Options) (*Manager, error) {
+func New(dir string, st store.Store, f Fetcher, opts Options) (*Manager, error) {
 	for _, sub := range []string{"mnt", "bootstraps"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("lazy mounts: %w", err)
