@@ -54,7 +54,10 @@ func formatStartupSet(b *bootstrap.Bootstrap, inodes []uint32) []byte {
 }
 
 // parseStartupSet resolves the paths of a startup set in b. Paths the image
-// does not have are skipped: the set is a hint, never a reason to fail.
+// does not have are skipped: the set is a hint, never a reason to fail. A
+// file named twice (under two paths, say) is listed once, where first
+// named: the set comes from another node, and a set naming the same file
+// over and over must not cost more than one naming each once.
 func parseStartupSet(data []byte, b *bootstrap.Bootstrap) ([]uint32, error) {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
@@ -62,8 +65,10 @@ func parseStartupSet(data []byte, b *bootstrap.Bootstrap) ([]uint32, error) {
 		return nil, fmt.Errorf("startup set: missing header %q", startupHeader)
 	}
 	var inodes []uint32
+	seen := map[uint32]bool{}
 	for sc.Scan() {
-		if ino, ok := b.LookupPath(sc.Text()); ok {
+		if ino, ok := b.LookupPath(sc.Text()); ok && !seen[ino] {
+			seen[ino] = true
 			inodes = append(inodes, ino)
 		}
 	}

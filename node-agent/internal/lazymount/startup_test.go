@@ -3,6 +3,7 @@ package lazymount
 import (
 	"context"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func (nopReader) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uint
 	return make([]byte, b.Chunks[idx].Size), nil
 }
 
-func testImage(t *testing.T) *bootstrap.Bootstrap {
+func testImage(t testing.TB) *bootstrap.Bootstrap {
 	t.Helper()
 	img, err := fetchtest.Build([]fetchtest.Entry{
 		{Path: "/bin/app", Mode: bootstrap.ModeRegular | 0o755, Data: []byte("app binary")},
@@ -83,6 +84,7 @@ func TestRecorderOffOrExpiredRecordsNothing(t *testing.T) {
 func TestParseStartupSet(t *testing.T) {
 	b := testImage(t)
 	app, _ := b.LookupPath("/bin/app")
+	conf, _ := b.LookupPath("/etc/conf")
 	tests := []struct {
 		name    string
 		in      string
@@ -90,6 +92,7 @@ func TestParseStartupSet(t *testing.T) {
 		wantErr bool
 	}{
 		{"unknown paths are skipped", startupHeader + "\n/gone\n/bin/app\n", []uint32{app}, false},
+		{"a file named twice is listed once", startupHeader + "\n/bin/app\n/etc/conf\n//bin/app\n/bin/app\n", []uint32{app, conf}, false},
 		{"empty set", startupHeader + "\n", nil, false},
 		{"no header", "/bin/app\n", nil, true},
 		{"empty input", "", nil, true},
@@ -104,6 +107,37 @@ func TestParseStartupSet(t *testing.T) {
 			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
 		}
 	}
+}
+
+// FuzzParseStartupSet: a startup set comes from the store, written by
+// whichever node ran the image first. Whatever it holds, parsing it never
+// panics and names only inodes of the image, and a set written back from
+// what was parsed parses to the same files.
+func FuzzParseStartupSet(f *testing.F) {
+	b := testImage(f)
+	f.Add([]byte(startupHeader + "\n/bin/app\n/etc/conf\n"))
+	f.Add([]byte(startupHeader + "\n/gone\n/bin\n/\n//bin//app\n/bin/../etc/conf\n"))
+	f.Add([]byte(startupHeader + "\r\n/bin/app\r\n"))
+	f.Add([]byte("/bin/app\n"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := parseStartupSet(data, b)
+		if err != nil {
+			return
+		}
+		for _, ino := range got {
+			if int(ino) >= len(b.Inodes) {
+				t.Fatalf("inode %d of an image of %d", ino, len(b.Inodes))
+			}
+		}
+		again, err := parseStartupSet(formatStartupSet(b, got), b)
+		if err != nil {
+			t.Fatalf("a set written from a parsed one does not parse: %v", err)
+		}
+		if !slices.Equal(again, got) {
+			t.Fatalf("written back and parsed again: %v, want %v", again, got)
+		}
+	})
 }
 
 // TestWaitPauseWaitsOutReads: waitPause returns only once reads have
