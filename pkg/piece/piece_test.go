@@ -308,7 +308,12 @@ func TestServerAndClient(t *testing.T) {
 	if n := seeder.calls.Load(); n != 1 {
 		t.Errorf("seeder called %d times, want once (the second request is served from the store)", n)
 	}
-	for _, bad := range []string{"/pieces/xyz?offset=0&size=1", "/pieces/" + blobA.Hex() + "?offset=-1&size=1", "/pieces/" + blobA.Hex() + "?offset=0&size=0"} {
+	for _, bad := range []string{
+		"/pieces/xyz?offset=0&size=1",
+		"/pieces/" + blobA.Hex() + "?offset=-1&size=1",
+		"/pieces/" + blobA.Hex() + "?offset=0&size=0",
+		"/pieces/" + blobA.Hex() + "?offset=9223372036854775807&size=2", // the end overflows
+	} {
 		resp, err := http.Get(plain.URL + bad)
 		if err != nil {
 			t.Fatal(err)
@@ -317,5 +322,8 @@ func TestServerAndClient(t *testing.T) {
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("GET %s: %s, want 400", bad, resp.Status)
 		}
+	}
+	if n := seeder.calls.Load(); n != 1 {
+		t.Errorf("bad requests reached the seeder: %d calls, want still 1", n)
 	}
 }

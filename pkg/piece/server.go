@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -137,6 +138,11 @@ func parseRequest(r *http.Request) (blob bootstrap.Digest, off, size int64, err 
 	size, err = strconv.ParseInt(q.Get("size"), 10, 64)
 	if err != nil || size <= 0 || size > MaxSize {
 		return blob, 0, 0, fmt.Errorf("bad size %q", q.Get("size"))
+	}
+	if off > math.MaxInt64-size {
+		// The range's end would wrap negative, which every range check
+		// after this one would have to catch.
+		return blob, 0, 0, fmt.Errorf("bad range: offset %d + size %d overflows", off, size)
 	}
 	return blob, off, size, nil
 }
