@@ -1,9 +1,10 @@
 // Package kubernetes_test checks the manifests in this directory: every
-// document decodes strictly into its Kubernetes type, the kustomization
-// lists every manifest, images are Skiff's own or pinned, every variable a
-// Skiff container sets is one its binary documents in --help (that of the
-// subcommand it runs too, for skiffctl), and the objects' references to
-// each other (secrets, services, ports, volumes) resolve.
+// document decodes strictly into its Kubernetes type, every field spelt in
+// Kubernetes' case, the kustomization lists every manifest, images are
+// Skiff's own or pinned, every variable a Skiff container sets is one its
+// binary documents in --help (that of the subcommand it runs too, for
+// skiffctl), and the objects' references to each other (secrets,
+// services, ports, volumes) resolve.
 package kubernetes_test
 
 import (
@@ -178,6 +179,7 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"wrong metrics port", "seeder.yaml", `prometheus.io/port: "8092"`, `prometheus.io/port: "9092"`, `prometheus.io/port "9092"`},
 		{"unknown field in a cron job", "gc.yaml", "concurrencyPolicy:", "concurrentPolicy:", `unknown field "concurrentPolicy"`},
 		{"unknown field in a job template", "gc.yaml", "activeDeadlineSeconds:", "activeDeadlineSecond:", `unknown field "activeDeadlineSecond"`},
+		{"field in another case", "gc.yaml", "backoffLimit:", "backOffLimit:", "backOffLimit is spelt backoffLimit"},
 		{"unknown skiffctl env var", "gc.yaml", "name: SKIFF_STORE", "name: SKIFF_STORE_URL", "SKIFF_STORE_URL"},
 		{"cron job secret key", "gc.yaml", "key: AWS_ACCESS_KEY_ID", "key: AWS_ACCESS_KEY", "has no key AWS_ACCESS_KEY"},
 		{"unknown skiffctl command", "gc.yaml", `args: ["gc", `, `args: ["collect", `, `"collect"`},
@@ -292,6 +294,18 @@ func decodeAll(name string, data []byte) ([]object, []error) {
 			errs = append(errs, fmt.Errorf("%s: %s: %w", where, tm.Kind, err))
 			continue
 		}
+		// Strict decoding matches field names regardless of case, as Go's
+		// JSON decoding does, and the API server does not: it would drop
+		// backOffLimit. The decoded object, written back, names each
+		// field as Kubernetes does.
+		typos, err := caseTypos([]byte(doc), obj)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %s: %w", where, tm.Kind, err))
+			continue
+		}
+		for _, typo := range typos {
+			errs = append(errs, fmt.Errorf("%s: %s: field %s", where, tm.Kind, typo))
+		}
 		o := object{where: where, kind: tm.Kind, obj: obj}
 		if o.meta().Name == "" {
 			errs = append(errs, fmt.Errorf("%s: %s without a name", where, tm.Kind))
@@ -299,6 +313,51 @@ func decodeAll(name string, data []byte) ([]object, []error) {
 		objs = append(objs, o)
 	}
 	return objs, errs
+}
+
+// caseTypos returns the fields of doc spelt in another case than the
+// typed object decoded from it, written back, spells them, by path.
+func caseTypos(doc []byte, obj any) ([]string, error) {
+	var orig, round any
+	if err := yaml.Unmarshal(doc, &orig); err != nil {
+		return nil, err
+	}
+	data, err := yaml.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	if err := yaml.Unmarshal(data, &round); err != nil {
+		return nil, err
+	}
+	var typos []string
+	var walk func(path string, o, r any)
+	walk = func(path string, o, r any) {
+		switch o := o.(type) {
+		case map[string]any:
+			r, _ := r.(map[string]any)
+			for k, ov := range o {
+				if rv, ok := r[k]; ok {
+					walk(path+"."+k, ov, rv)
+					continue
+				}
+				// Absent in both spellings: a zero value left out
+				// when written back.
+				for rk := range r {
+					if strings.EqualFold(rk, k) {
+						typos = append(typos, fmt.Sprintf("%s.%s is spelt %s", path, k, rk))
+					}
+				}
+			}
+		case []any:
+			r, _ := r.([]any)
+			for i := range min(len(o), len(r)) {
+				walk(fmt.Sprintf("%s[%d]", path, i), o[i], r[i])
+			}
+		}
+	}
+	walk("", orig, round)
+	sort.Strings(typos)
+	return typos, nil
 }
 
 func stripComments(doc string) string {
