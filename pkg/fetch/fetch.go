@@ -53,11 +53,13 @@ type Fetcher struct {
 	// sink, when set, sees the stored bytes of every verified frame.
 	sink FrameSink
 
-	// Verified chunks reach the disk cache behind the reader's back: a
-	// frame of packed small files is thousands of files to create, which
-	// must not stand between a reader and the bytes it waits for. The
-	// memory tier holds them meanwhile. writeSlots bounds the frames
-	// being written; past it, the fetching reader writes itself.
+	// pending holds verified chunks until the disk cache has them (see
+	// writeback); writes runs its drain.
+	pending writeback
+	// Frames reach the sink behind the reader's back: keeping a frame is
+	// a file to write, which must not stand between a reader and the
+	// bytes it waits for. writeSlots bounds the frames being written;
+	// past it, the fetching reader writes itself.
 	writeSlots chan struct{}
 	writes     tasks
 	// streams are the merged requests still delivering frames read ahead
@@ -182,7 +184,7 @@ func (f *Fetcher) ReadChunk(ctx context.Context, b *bootstrap.Bootstrap, idx uin
 	for {
 		// A read counts once: a miss that finds the chunk cached on
 		// its retry stays a miss.
-		if data, ok := f.mem.Get(c.Digest); ok {
+		if data, ok := f.memChunk(c.Digest); ok {
 			if !counted {
 				f.memHits.Add(1)
 			}
@@ -279,12 +281,10 @@ func (f *Fetcher) claim(k frameKey) (*call, bool) {
 }
 
 // finish publishes the result of a claimed call, with the frame's chunks
-// in memory, then has them written to the disk cache behind the readers'
-// backs.
+// in memory and queued for the disk cache.
 func (f *Fetcher) finish(k frameKey, cl *call, data []byte, err error) {
-	var persist func()
 	if err == nil {
-		persist = f.keep(k.b, k.frame, data)
+		f.keep(k.b, k.frame, data)
 	}
 	cl.data, cl.err = data, err
 	f.mu.Lock()
@@ -296,9 +296,6 @@ func (f *Fetcher) finish(k frameKey, cl *call, data []byte, err error) {
 	}
 	f.mu.Unlock()
 	close(cl.done)
-	if persist != nil {
-		f.persistAsync(persist)
-	}
 }
 
 // failMemo is how long a frame that every source failed fails at once.
@@ -365,8 +362,9 @@ func (f *Fetcher) persistAsync(persist func()) {
 
 // keep caches every chunk of a verified frame in memory: packed small
 // files are usually read together, so the neighbours are wanted soon. It
-// returns the write of the chunks to the disk cache, nil without one.
-func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) func() {
+// queues the write of the chunks to the disk cache, if there is one (see
+// writeback).
+func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
 	idx := f.frameIndex(b).of(fi)
 	chunks := make([][]byte, len(idx))
 	for i, ci := range idx {
@@ -381,9 +379,14 @@ func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) func() {
 		chunks[i] = chunk
 	}
 	if f.cache == nil {
-		return nil
+		return
 	}
-	return func() {
+	p := &pendingWrite{chunks: make([]bootstrap.Digest, len(idx))}
+	for i, ci := range idx {
+		p.chunks[i] = b.Chunks[ci].Digest
+		p.bytes += int64(len(chunks[i]))
+	}
+	p.persist = func() {
 		if len(idx) == 1 {
 			if err := f.cache.Put(b.Chunks[idx[0]].Digest, chunks[0]); err != nil {
 				f.log.Warn("fetch: cache chunk", "chunk", b.Chunks[idx[0]].Digest, "err", err)
@@ -400,6 +403,9 @@ func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) func() {
 			f.log.Warn("fetch: cache frame", "frame", fi, "chunks", len(idx), "err", err)
 		}
 	}
+	if f.pending.add(p, chunks) {
+		f.writes.Go(f.pending.drain)
+	}
 }
 
 // ChunkFile returns an open file holding chunk idx of b at the returned
@@ -411,7 +417,7 @@ func (f *Fetcher) ChunkFile(b *bootstrap.Bootstrap, idx uint32) (*os.File, int64
 		return nil, 0, false
 	}
 	c := b.Chunks[idx]
-	if c.Zero() || f.mem.Has(c.Digest) {
+	if c.Zero() || f.inMemory(c.Digest) {
 		return nil, 0, false
 	}
 	file, off, size, ok := f.cache.OpenChunk(c.Digest)
@@ -443,7 +449,7 @@ func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 			return
 		}
 		c := b.Chunks[ci]
-		if c.Zero() || f.mem.Has(c.Digest) || !f.cache.Has(c.Digest) || f.cache.WillNeed(c.Digest) {
+		if c.Zero() || f.inMemory(c.Digest) || !f.cache.Has(c.Digest) || f.cache.WillNeed(c.Digest) {
 			continue
 		}
 		if _, busy := f.warming.LoadOrStore(c.Digest, struct{}{}); busy {
@@ -472,8 +478,24 @@ func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 // calls it before exiting, so that what it fetched survives it. Reads may
 // go on meanwhile; Flush does not wait for what they fetch after it began.
 func (f *Fetcher) Flush() {
+	done := f.pending.flush()
+	defer done()
 	f.streams.Wait()
 	f.writes.Wait()
+}
+
+// memChunk returns chunk d from memory: the memory tier, or the chunks
+// waiting for the disk cache.
+func (f *Fetcher) memChunk(d bootstrap.Digest) ([]byte, bool) {
+	if data, ok := f.mem.Get(d); ok {
+		return data, true
+	}
+	return f.pending.get(d)
+}
+
+// inMemory reports whether chunk d is in memory (see memChunk).
+func (f *Fetcher) inMemory(d bootstrap.Digest) bool {
+	return f.mem.Has(d) || f.pending.has(d)
 }
 
 // fetchFrame tries every source in turn for frame fi.
@@ -546,8 +568,11 @@ type Stats struct {
 	// MissWait is the time readers spent waiting on those, summed.
 	MissWait   time.Duration `json:"missWaitNanos"`
 	ZeroChunks int64         `json:"zeroChunks"` // reads of all-zero chunks, which need no I/O
-	Sources    []SourceStats `json:"sources"`
-	Cache      *cache.Stats  `json:"cache,omitempty"`
+	// PendingBytes is how much verified chunk data waits in memory for
+	// the disk cache (see writeback).
+	PendingBytes int64         `json:"pendingBytes"`
+	Sources      []SourceStats `json:"sources"`
+	Cache        *cache.Stats  `json:"cache,omitempty"`
 }
 
 // SourceStats counts one source's traffic.
@@ -570,6 +595,9 @@ func (f *Fetcher) Stats() Stats {
 		MissWait:    time.Duration(f.missWait.Load()),
 		ZeroChunks:  f.zeros.Load(),
 		Sources:     []SourceStats{},
+	}
+	if f.cache != nil {
+		s.PendingBytes = f.pending.pendingBytes()
 	}
 	for _, src := range f.sources {
 		s.Sources = append(s.Sources, SourceStats{

@@ -247,8 +247,8 @@ func TestCacheEvictionRefetches(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := New(c, NewStoreSource("store", upload(t, img)))
-	t.Cleanup(f.Flush)
 	checkFiles(t, f, img.Bootstrap, files)
+	f.Flush()
 	if s := c.Stats(); s.Bytes > 40<<10 || s.Evictions == 0 {
 		t.Fatalf("cache %+v: want evictions and at most 40 KiB", s)
 	}

@@ -156,7 +156,7 @@ func (f *Fetcher) localChunk(c bootstrap.Chunk) ([]byte, bool) {
 	if c.Zero() {
 		return zeros(int(c.Size)), true
 	}
-	if data, ok := f.mem.Get(c.Digest); ok {
+	if data, ok := f.memChunk(c.Digest); ok {
 		return data, true
 	}
 	return f.cache.Get(c.Digest)

@@ -170,7 +170,7 @@ func inOrder(runs []run, frames []uint32) []run {
 }
 
 func (f *Fetcher) cached(d bootstrap.Digest) bool {
-	return f.mem.Has(d) || (f.cache != nil && f.cache.Has(d))
+	return f.inMemory(d) || (f.cache != nil && f.cache.Has(d))
 }
 
 // prefetchRun fetches the frames of r that nobody else is fetching.

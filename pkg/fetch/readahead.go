@@ -32,6 +32,9 @@ const (
 	// aheadGap is how many bytes of frames it passes over a readahead
 	// request reads rather than end; see claimAhead.
 	aheadGap = 2 << 20
+	// raScan bounds how far past the frame missed a window of packed
+	// frames looks for them, passing over large ones.
+	raScan = 64 << 20
 )
 
 // readahead is the sequential-reader state of one bootstrap.
@@ -135,6 +138,15 @@ func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, miss, from 
 // claimAfter claims the frames stored after frame from, up to window
 // compressed bytes, as claimAhead describes, and marks where a reader has
 // the next window read.
+//
+// After a packed frame the window counts only the packed frames claimed,
+// and large frames between them are passed over however large: a tree's
+// small files are stored between its large ones (a toolchain's sources
+// between its binaries), and a window that ended at the first large file
+// would leave a program walking the small files to miss, and wait for a
+// request, once per large file it passes. Frames passed over are not
+// fetched: the frames claimed past a wide gap go in requests of their own
+// (see planRuns).
 func (f *Fetcher) claimAfter(b *bootstrap.Bootstrap, ix *frameIndex, from uint32, window int64, packed bool) ([]uint32, []*call) {
 	rank := ix.rank[from]
 	first := b.Frames[from]
@@ -145,19 +157,24 @@ func (f *Fetcher) claimAfter(b *bootstrap.Bootstrap, ix *frameIndex, from uint32
 	end := first.Offset + int64(first.CompressedSize)
 	last := rank
 	mark := rank + 1
+	var claimed int64
 	var frames []uint32
 	var calls []*call
 	for r := rank + 1; int(r) < len(ix.order); r++ {
 		fj := ix.order[r]
 		fr := b.Frames[fj]
 		fend := fr.Offset + int64(fr.CompressedSize)
-		if fr.Blob != first.Blob || fr.Offset < end || fend-first.Offset > window+int64(first.CompressedSize) {
+		if fr.Blob != first.Blob || fr.Offset < end {
 			break
 		}
-		if packed && !ix.packed(fj) {
-			continue
-		}
-		if fr.Offset-end > gap || f.frameCached(b, ix, fj) {
+		if packed {
+			if fr.Offset-first.Offset > raScan || claimed >= window {
+				break
+			}
+			if !ix.packed(fj) || f.frameCached(b, ix, fj) {
+				continue
+			}
+		} else if fend-first.Offset > window+int64(first.CompressedSize) || fr.Offset-end > gap || f.frameCached(b, ix, fj) {
 			break
 		}
 		cl, leader := f.claim(frameKey{b, fj})
@@ -167,7 +184,8 @@ func (f *Fetcher) claimAfter(b *bootstrap.Bootstrap, ix *frameIndex, from uint32
 		frames = append(frames, fj)
 		calls = append(calls, cl)
 		end, last = fend, r
-		if fr.Offset-first.Offset <= window/2 {
+		claimed += int64(fr.CompressedSize)
+		if (packed && claimed <= window/2) || (!packed && fr.Offset-first.Offset <= window/2) {
 			mark = r
 		}
 	}
@@ -188,6 +206,12 @@ func (f *Fetcher) readOn(ctx context.Context, b *bootstrap.Bootstrap, ix *frameI
 		return
 	}
 	frames, calls := f.claimAfter(b, ix, ix.order[after], window, packed)
+	f.fetchInBackground(ctx, b, ix, frames, calls)
+}
+
+// fetchInBackground fetches frames, claimed with calls, for their
+// waiters, not bound to the reader's ctx.
+func (f *Fetcher) fetchInBackground(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, frames []uint32, calls []*call) {
 	if len(frames) == 0 {
 		return
 	}
@@ -213,8 +237,29 @@ func (f *Fetcher) fetchAhead(ctx context.Context, b *bootstrap.Bootstrap, fi uin
 		return f.fetchFrame(ctx, b, fi, want)
 	}
 	fr := b.Frames[fi]
-	last := b.Frames[ahead[len(ahead)-1]]
-	r := run{blob: fr.Blob, off: fr.Offset, end: last.Offset + int64(last.CompressedSize), frames: append([]uint32{fi}, ahead...)}
+	// The frames up to the first wide gap come in fi's request; those
+	// past it (packed frames beyond large ones) in requests of their own,
+	// in the background.
+	gap := int64(mergeGap)
+	if ix.packed(fi) {
+		gap = aheadGap
+	}
+	n, end := 0, fr.Offset+int64(fr.CompressedSize)
+	for ; n < len(ahead); n++ {
+		fj := b.Frames[ahead[n]]
+		if fj.Offset-end > gap {
+			break
+		}
+		end = fj.Offset + int64(fj.CompressedSize)
+	}
+	if n < len(ahead) {
+		f.fetchInBackground(ctx, b, ix, ahead[n:], calls[n:])
+		ahead, calls = ahead[:n], calls[:n]
+	}
+	if len(ahead) == 0 {
+		return f.fetchFrame(ctx, b, fi, want)
+	}
+	r := run{blob: fr.Blob, off: fr.Offset, end: end, frames: append([]uint32{fi}, ahead...)}
 	claimed := make(map[uint32]*call, len(ahead))
 	for i, fj := range ahead {
 		claimed[fj] = calls[i]

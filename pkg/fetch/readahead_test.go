@@ -394,3 +394,64 @@ func TestStalledStreamLeavesTheRestToOthers(t *testing.T) {
 	}
 	checkFiles(t, f, b, map[string][]byte{"/big": files["/big"]})
 }
+
+// TestReadaheadPassesLargeFrames: a program walking a tree's small files
+// in storage order passes over the large files stored between them. The
+// readahead of packed frames goes on past them, in requests of their own,
+// without fetching them: the walk does not miss again after each large
+// file.
+func TestReadaheadPassesLargeFrames(t *testing.T) {
+	var entries []fetchtest.Entry
+	var small []string
+	want := map[string][]byte{}
+	for g := range 3 {
+		for i := range 8 {
+			p := fmt.Sprintf("/g%d/f%d", g, i)
+			small = append(small, p)
+			want[p] = fixture.Text(uint64(10*g+i), 4<<10)
+			entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: want[p], Pack: true})
+		}
+		if g < 2 {
+			// Incompressible, so that the gap it leaves is wider than
+			// a request would read across (aheadGap).
+			entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/large%d", g), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Random(uint64(100+g), 3<<20)})
+		}
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 1 << 20, PackSize: 8 << 10, Compression: bootstrap.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := img.Bootstrap
+	f := New(nil, NewStoreSource("store", upload(t, img)))
+	ctx := context.Background()
+	read := func(p string) {
+		t.Helper()
+		if got, err := readFile(ctx, f, b, p); err != nil || !bytes.Equal(got, want[p]) {
+			t.Fatalf("%s: %d bytes, %v", p, len(got), err)
+		}
+	}
+	// Two misses in order open the window.
+	for _, p := range small[:4] {
+		read(p)
+	}
+	f.Flush()
+	for _, p := range small[8:] {
+		ino, _ := b.LookupPath(p)
+		for _, ci := range b.FileChunks(ino) {
+			if !f.inMemory(b.Chunks[ci].Digest) {
+				t.Fatalf("%s was not read ahead: the readahead stopped at a large file", p)
+			}
+		}
+	}
+	misses := f.Stats().CacheMisses
+	for _, p := range small[4:] {
+		read(p)
+	}
+	s := f.Stats()
+	if s.CacheMisses != misses {
+		t.Errorf("%d misses reading the files read ahead", s.CacheMisses-misses)
+	}
+	if got := s.Sources[0].Bytes; got >= 1<<20 {
+		t.Errorf("%d bytes fetched for %d small files: the large files came too", got, len(small))
+	}
+}

@@ -98,8 +98,8 @@ func writeStatus(w io.Writer, r statusReport) {
 		tw.Flush()
 	}
 	if c := s.Cache; c != nil {
-		fmt.Fprintf(w, "\ncache: %s of %s in %d files; %d evicted, %d corrupt files removed\n",
-			byteSize(c.Bytes), byteSize(c.MaxBytes), c.Entries, c.Evictions, c.Corrupt)
+		fmt.Fprintf(w, "\ncache: %s of %s in %d files; %d evicted, %d corrupt files removed; %s in memory waiting to be written\n",
+			byteSize(c.Bytes), byteSize(c.MaxBytes), c.Entries, c.Evictions, c.Corrupt, byteSize(s.PendingBytes))
 	}
 }
 

@@ -84,8 +84,9 @@ func TestWriteStatus(t *testing.T) {
 		Mounts: []lazymount.MountInfo{{Bootstrap: d, Mountpoint: "/mnt/a", EROFS: true}, {Bootstrap: d, Mountpoint: "/mnt/b"}},
 		Stats: fetch.Stats{
 			MemoryHits: 1, CacheHits: 2, FileHits: 3, ZeroChunks: 4, CacheMisses: 5, MissWait: 1500 * time.Millisecond,
-			Sources: []fetch.SourceStats{{Name: "peer", Requests: 9, Errors: 1, Frames: 8, Chunks: 80, Bytes: 3 << 20}},
-			Cache:   &cache.Stats{Entries: 12, Bytes: 5 << 30, MaxBytes: 10 << 30, Evictions: 3, Corrupt: 1},
+			Sources:      []fetch.SourceStats{{Name: "peer", Requests: 9, Errors: 1, Frames: 8, Chunks: 80, Bytes: 3 << 20}},
+			Cache:        &cache.Stats{Entries: 12, Bytes: 5 << 30, MaxBytes: 10 << 30, Evictions: 3, Corrupt: 1},
+			PendingBytes: 2 << 20,
 		},
 	}
 	var b bytes.Buffer
@@ -98,7 +99,7 @@ func TestWriteStatus(t *testing.T) {
 		"1 from memory, 2 from the cache, 3 cache files read by the kernel, 4 all-zero, 5 fetched (waited 1.5s in all)",
 		"peer",
 		"3.0 MiB",
-		"cache: 5.0 GiB of 10 GiB in 12 files; 3 evicted, 1 corrupt files removed",
+		"cache: 5.0 GiB of 10 GiB in 12 files; 3 evicted, 1 corrupt files removed; 2.0 MiB in memory waiting to be written",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, b.String())

@@ -23,6 +23,7 @@ type collector struct {
 	mounts, chunkReads, missWait                                 *prometheus.Desc
 	srcRequests, srcErrors, srcFrames, srcChunks, srcBytes       *prometheus.Desc
 	cacheEntries, cacheBytes, cacheMax, cacheEvictions, cacheBad *prometheus.Desc
+	cachePending                                                 *prometheus.Desc
 }
 
 // NewCollector returns the Prometheus collector of m's mounts, chunk
@@ -49,6 +50,7 @@ func newCollector(c counters) *collector {
 		cacheMax:       d("cache_max_bytes", "The chunk cache's size limit (SKIFF_AGENT_CACHE_SIZE)."),
 		cacheEvictions: d("cache_evictions_total", "Chunks evicted from the cache, least recently used first."),
 		cacheBad:       d("cache_corrupt_total", "Cache files deleted because their content did not match their digest."),
+		cachePending:   d("cache_pending_bytes", "Verified chunk bytes held in memory until the node is quiet enough to write them to the chunk cache."),
 	}
 }
 
@@ -57,7 +59,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.mounts, c.chunkReads, c.missWait,
 		c.srcRequests, c.srcErrors, c.srcFrames, c.srcChunks, c.srcBytes,
-		c.cacheEntries, c.cacheBytes, c.cacheMax, c.cacheEvictions, c.cacheBad,
+		c.cacheEntries, c.cacheBytes, c.cacheMax, c.cacheEvictions, c.cacheBad, c.cachePending,
 	} {
 		ch <- d
 	}
@@ -92,5 +94,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.cacheMax, float64(cs.MaxBytes))
 		counter(c.cacheEvictions, cs.Evictions)
 		counter(c.cacheBad, cs.Corrupt)
+		gauge(c.cachePending, float64(s.PendingBytes))
 	}
 }

@@ -29,10 +29,10 @@ func TestCollector(t *testing.T) {
 	}{
 		{
 			name:  "sources and cache",
-			names: []string{"skiff_agent_mounts", "skiff_agent_chunk_reads_total", "skiff_agent_chunk_miss_wait_seconds_total", "skiff_agent_source_bytes_total", "skiff_agent_source_errors_total", "skiff_agent_cache_bytes", "skiff_agent_cache_corrupt_total"},
+			names: []string{"skiff_agent_mounts", "skiff_agent_chunk_reads_total", "skiff_agent_chunk_miss_wait_seconds_total", "skiff_agent_source_bytes_total", "skiff_agent_source_errors_total", "skiff_agent_cache_bytes", "skiff_agent_cache_corrupt_total", "skiff_agent_cache_pending_bytes"},
 			c: fixedCounters{mounted: 2, stats: fetch.Stats{
 				MemoryHits: 5, CacheHits: 4, FileHits: 3, CacheMisses: 2, ZeroChunks: 1,
-				MissWait: 1500 * time.Millisecond,
+				MissWait: 1500 * time.Millisecond, PendingBytes: 8192,
 				Sources: []fetch.SourceStats{
 					{Name: "peer", Requests: 3, Errors: 1, Bytes: 100},
 					{Name: "store", Requests: 7, Bytes: 900},
@@ -46,6 +46,9 @@ skiff_agent_cache_bytes 4096
 # HELP skiff_agent_cache_corrupt_total Cache files deleted because their content did not match their digest.
 # TYPE skiff_agent_cache_corrupt_total counter
 skiff_agent_cache_corrupt_total 1
+# HELP skiff_agent_cache_pending_bytes Verified chunk bytes held in memory until the node is quiet enough to write them to the chunk cache.
+# TYPE skiff_agent_cache_pending_bytes gauge
+skiff_agent_cache_pending_bytes 8192
 # HELP skiff_agent_chunk_miss_wait_seconds_total Time readers spent waiting on chunks fetched from a source, summed.
 # TYPE skiff_agent_chunk_miss_wait_seconds_total counter
 skiff_agent_chunk_miss_wait_seconds_total 1.5
