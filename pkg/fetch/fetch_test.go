@@ -613,6 +613,7 @@ func TestWarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	f1 := New(c, NewStoreSource("store", upload(t, img)))
+	t.Cleanup(f1.Flush)
 	if _, err := readFile(context.Background(), f1, b, "/big"); err != nil {
 		t.Fatal(err)
 	}

@@ -57,13 +57,15 @@ func BenchmarkSequentialRead(b *testing.B) {
 	}
 	mountRead := func(c *cache.Cache) time.Duration {
 		mnt := b.TempDir()
-		srv, err := Mount(context.Background(), mnt, img.Bootstrap, fetch.New(c, fetch.NewStoreSource("store", st)), Options{})
+		f := fetch.New(c, fetch.NewStoreSource("store", st))
+		srv, err := Mount(context.Background(), mnt, img.Bootstrap, f, Options{})
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer func() {
 			srv.Unmount()
 			srv.Wait()
+			f.Flush() // the warm cache is filled before it is read
 		}()
 		return read(filepath.Join(mnt, "f"), false)
 	}

@@ -794,6 +794,7 @@ func TestSplicedReadsFromCache(t *testing.T) {
 	first.Flush()
 	// A fresh fetcher over the same cache: nothing in memory.
 	second := fetch.New(c, fetch.NewStoreSource("store", st))
+	t.Cleanup(second.Flush)
 	readAll(second)
 	s := second.Stats()
 	// Small reads, and reads that also span an all-zero chunk (sparse

@@ -67,8 +67,10 @@ func testStoreOutage(t *testing.T, image bool) {
 		}
 		opts.ImageDir = t.TempDir()
 	}
+	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	t.Cleanup(f.Flush) // chunks wait for the disk cache; written before its directory goes
 	mnt := t.TempDir()
-	srv, err := Mount(ctx, mnt, img.Bootstrap, fetch.New(c, fetch.NewStoreSource("store", st)), opts)
+	srv, err := Mount(ctx, mnt, img.Bootstrap, f, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,6 +88,7 @@ func TestPassthrough(t *testing.T) {
 				t.Fatal(err)
 			}
 			cf := &countingFetcher{Fetcher: fetch.New(c, fetch.NewStoreSource("store", st))}
+			t.Cleanup(cf.Flush)
 			mnt := t.TempDir()
 			srv, err := Mount(ctx, mnt, img.Bootstrap, cf, Options{Passthrough: tt.passthrough})
 			if err != nil {

@@ -288,6 +288,7 @@ func (c *cluster) agent(t *testing.T, id string) *agent {
 	a := &agent{id: id, pieces: pieces}
 	a.src = peer.NewSource(nc, id, nil, peer.SourceOptions{PieceTimeout: time.Second})
 	a.f = fetch.New(ch, a.src, fetch.NewStoreSource("store", st))
+	c.t.Cleanup(a.f.Flush)
 	a.f.SetFrameSink(pieces)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
