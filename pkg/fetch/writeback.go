@@ -25,6 +25,11 @@ var (
 	maxPendingBytes int64 = 256 << 20
 )
 
+// writeWorkers is how many frames are written at once: a Flush after a
+// prefetch (a startup set, before its pages are read in) waits for all
+// of them.
+const writeWorkers = 4
+
 // pendingWrite is one frame's chunks on their way to the disk cache.
 type pendingWrite struct {
 	chunks  []bootstrap.Digest
@@ -99,9 +104,12 @@ func (w *writeback) signal() {
 }
 
 // drain writes the queued frames, each once the node is quiet, at once
-// past maxPendingBytes or while a Flush waits, and returns when the queue
-// is empty.
+// past maxPendingBytes or while a Flush waits, writeWorkers at a time,
+// and returns when the queue is empty and its writes are done.
 func (w *writeback) drain() {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, writeWorkers)
 	for {
 		w.mu.Lock()
 		if len(w.queue) == 0 {
@@ -129,14 +137,17 @@ func (w *writeback) drain() {
 		w.queue = w.queue[1:]
 		w.mu.Unlock()
 
-		p.persist()
-
-		w.mu.Lock()
-		for _, d := range p.chunks {
-			delete(w.held, d)
-		}
-		w.bytes -= p.bytes
-		w.mu.Unlock()
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			p.persist()
+			w.mu.Lock()
+			for _, d := range p.chunks {
+				delete(w.held, d)
+			}
+			w.bytes -= p.bytes
+			w.mu.Unlock()
+		})
 	}
 }
 
