@@ -527,6 +527,7 @@ const handoverGrace = 10 * time.Second
 // first; when a successor takes them from this one, it exits and leaves
 // them mounted.
 func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger) error {
+	tuneGC(os.Getenv)
 	st, err := storeurl.Open(ctx, cfg.Store)
 	if err != nil {
 		return err
