@@ -595,9 +595,8 @@ func (f *Fetcher) Stats() Stats {
 		MissWait:    time.Duration(f.missWait.Load()),
 		ZeroChunks:  f.zeros.Load(),
 		Sources:     []SourceStats{},
-	}
-	if f.cache != nil {
-		s.PendingBytes = f.pending.pendingBytes()
+		// Nothing waits without a disk cache.
+		PendingBytes: f.pending.pendingBytes(),
 	}
 	for _, src := range f.sources {
 		s.Sources = append(s.Sources, SourceStats{
