@@ -137,6 +137,22 @@ func planRuns(b *bootstrap.Bootstrap, frames []uint32) []run {
 // planRunsUpTo is planRuns with runs of at most limit bytes (a frame
 // larger than that is a run of its own).
 func planRunsUpTo(b *bootstrap.Bootstrap, frames []uint32, limit int64) []run {
+	return planRunsGap(b, frames, limit, mergeGap)
+}
+
+// gapAfter is how many bytes a request reading ahead after a miss in
+// frame fi reads past rather than end: more after a packed frame (see
+// claimAfter).
+func (ix *frameIndex) gapAfter(fi uint32) int64 {
+	if ix.packed(fi) {
+		return aheadGap
+	}
+	return mergeGap
+}
+
+// planRunsGap is planRunsUpTo with frames at most gap bytes apart read
+// together.
+func planRunsGap(b *bootstrap.Bootstrap, frames []uint32, limit, gap int64) []run {
 	frames = append([]uint32(nil), frames...)
 	sort.Slice(frames, func(i, j int) bool {
 		fi, fj := b.Frames[frames[i]], b.Frames[frames[j]]
@@ -151,7 +167,7 @@ func planRunsUpTo(b *bootstrap.Bootstrap, frames []uint32, limit int64) []run {
 		end := f.Offset + int64(f.CompressedSize)
 		if n := len(runs); n > 0 {
 			r := &runs[n-1]
-			if r.blob == f.Blob && f.Offset >= r.off && f.Offset-r.end <= mergeGap && max(end, r.end)-r.off <= limit {
+			if r.blob == f.Blob && f.Offset >= r.off && f.Offset-r.end <= gap && max(end, r.end)-r.off <= limit {
 				r.frames = append(r.frames, fi)
 				r.end = max(end, r.end)
 				continue

@@ -181,7 +181,7 @@ func (f *Fetcher) cached(d bootstrap.Digest) bool {
 func (f *Fetcher) prefetchRun(ctx context.Context, b *bootstrap.Bootstrap, r run, errc chan<- error, force bool) {
 	ix := f.frameIndex(b)
 	claimed, mine, others := f.claimFrames(b, ix, r.frames, force)
-	for _, err := range f.fetchClaimed(ctx, b, ix, mine, claimed) {
+	for _, err := range f.fetchClaimed(ctx, b, ix, mine, claimed, mergeGap) {
 		errc <- err
 	}
 	for fi, cl := range others {
@@ -228,60 +228,36 @@ func (f *Fetcher) claimFrames(b *bootstrap.Bootstrap, ix *frameIndex, frames []u
 	return claimed, mine, others
 }
 
+// runRequests is how many requests of one fetchClaimed are in flight at
+// once. The frames a reader walking small files will want next are
+// stored in runs between large files, each run a request; one after
+// another, each waited for its first byte (8–38 ms from MinIO on a busy
+// node) while the reader caught up and waited too.
+const runRequests = 4
+
 // fetchClaimed fetches frames mine, claimed with calls claimed, with one
-// request per run of nearby frames and source tried, and finishes every
-// call. Frames the merged reads could not deliver fall back to the
-// per-frame path, which tries every source; it returns one error per
-// frame that could not be fetched (unless ctx ended).
-func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, mine []uint32, claimed map[uint32]*call) []error {
-	var mu sync.Mutex // guards claimed while a run delivers
+// request per run of frames at most gap bytes apart and source tried,
+// runRequests at once in storage order, and finishes every call. Frames
+// the merged reads could not deliver fall back to the per-frame path,
+// which tries every source; it returns one error per frame that could not
+// be fetched (unless ctx ended).
+func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, mine []uint32, claimed map[uint32]*call, gap int64) []error {
+	var mu sync.Mutex // guards claimed and unreachable while runs deliver
 	// unreachable lists the sources that could not be read at all, with
 	// the error: a frame left over is not asked of them again, one by
 	// one, which while the store is down would cost every frame of the
 	// run a round of retries before its readers hear of it. A source that
 	// only lacks one run (ErrNotHeld) may hold the next.
 	unreachable := map[*source]error{}
-	for _, sub := range planRuns(b, mine) {
-		for _, s := range f.sources {
-			if len(claimed) == 0 || ctx.Err() != nil {
-				break
-			}
-			if unreachable[s] != nil {
-				continue
-			}
-			var broke error // the stream stalled: s is not asked again
-			err := f.readRun(ctx, s, b, ix, sub, func(fi uint32, data []byte, err error) {
-				// A frame that did not arrive intact is left to the
-				// per-frame path below, which tries every source.
-				if err != nil {
-					if errors.Is(err, errStalled) {
-						mu.Lock()
-						broke = err
-						mu.Unlock()
-					}
-					return
-				}
-				mu.Lock()
-				cl, ok := claimed[fi]
-				delete(claimed, fi)
-				mu.Unlock()
-				if ok {
-					f.finish(frameKey{b, fi}, cl, data, nil)
-				}
-			})
-			if err == nil && broke != nil {
-				// A source that stalled mid-stream would have each
-				// frame left over wait out its time again, one by one.
-				err = broke
-			}
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, ErrNotHeld) {
-				unreachable[s] = err
-			}
-		}
+	var g errgroup.Group
+	g.SetLimit(runRequests)
+	for _, sub := range planRunsGap(b, mine, maxRun, gap) {
+		g.Go(func() error {
+			f.fetchRun(ctx, b, ix, sub, claimed, unreachable, &mu)
+			return nil
+		})
 	}
+	g.Wait()
 	var rest []*source
 	var errs []error
 	for _, s := range f.sources {
@@ -309,6 +285,63 @@ func (f *Fetcher) fetchClaimed(ctx context.Context, b *bootstrap.Bootstrap, ix *
 		}
 	}
 	return failed
+}
+
+// fetchRun reads run sub for fetchClaimed from the first source that
+// delivers it, finishing the calls in claimed of the frames that arrive
+// intact and recording in unreachable the sources that could not be read
+// at all; mu guards both.
+func (f *Fetcher) fetchRun(ctx context.Context, b *bootstrap.Bootstrap, ix *frameIndex, sub run, claimed map[uint32]*call, unreachable map[*source]error, mu *sync.Mutex) {
+	for _, s := range f.sources {
+		mu.Lock()
+		done, skip := true, unreachable[s] != nil
+		for _, fi := range sub.frames {
+			if claimed[fi] != nil {
+				done = false
+				break
+			}
+		}
+		mu.Unlock()
+		if done || ctx.Err() != nil {
+			return
+		}
+		if skip {
+			continue
+		}
+		var broke error // the stream stalled: s is not asked again
+		err := f.readRun(ctx, s, b, ix, sub, func(fi uint32, data []byte, err error) {
+			// A frame that did not arrive intact is left to
+			// fetchClaimed's per-frame path, which tries every source.
+			if err != nil {
+				if errors.Is(err, errStalled) {
+					mu.Lock()
+					broke = err
+					mu.Unlock()
+				}
+				return
+			}
+			mu.Lock()
+			cl, ok := claimed[fi]
+			delete(claimed, fi)
+			mu.Unlock()
+			if ok {
+				f.finish(frameKey{b, fi}, cl, data, nil)
+			}
+		})
+		if err == nil && broke != nil {
+			// A source that stalled mid-stream would have each
+			// frame left over wait out its time again, one by one.
+			err = broke
+		}
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, ErrNotHeld) {
+			mu.Lock()
+			unreachable[s] = err
+			mu.Unlock()
+		}
+	}
 }
 
 func (f *Fetcher) frameCached(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) bool {
@@ -380,7 +413,7 @@ func (f *Fetcher) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []ui
 	mine = append(mine, ahead...)
 	f.streams.Go(func() {
 		// Not bound to ctx: the frames read ahead have readers of their own.
-		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, mine, claimed)
+		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, mine, claimed, ix.gapAfter(mine[0]))
 	})
 	for _, cl := range wait {
 		select {

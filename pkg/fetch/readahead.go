@@ -220,7 +220,7 @@ func (f *Fetcher) fetchInBackground(ctx context.Context, b *bootstrap.Bootstrap,
 		claimed[fi] = calls[i]
 	}
 	f.streams.Go(func() {
-		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, frames, claimed)
+		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, frames, claimed, ix.gapAfter(frames[0]))
 	})
 }
 
@@ -240,10 +240,7 @@ func (f *Fetcher) fetchAhead(ctx context.Context, b *bootstrap.Bootstrap, fi uin
 	// The frames up to the first wide gap come in fi's request; those
 	// past it (packed frames beyond large ones) in requests of their own,
 	// in the background.
-	gap := int64(mergeGap)
-	if ix.packed(fi) {
-		gap = aheadGap
-	}
+	gap := ix.gapAfter(fi)
 	n, end := 0, fr.Offset+int64(fr.CompressedSize)
 	for ; n < len(ahead); n++ {
 		fj := b.Frames[ahead[n]]

@@ -455,3 +455,53 @@ func TestReadaheadPassesLargeFrames(t *testing.T) {
 		t.Errorf("%d bytes fetched for %d small files: the large files came too", got, len(small))
 	}
 }
+
+// TestReadaheadRunsInParallel: the packed frames read ahead past large
+// files are several requests, which go out together, not one after
+// another: each would otherwise wait for its first byte while the reader
+// caught up.
+func TestReadaheadRunsInParallel(t *testing.T) {
+	var entries []fetchtest.Entry
+	var small []string
+	want := map[string][]byte{}
+	for g := range 5 {
+		for i := range 4 {
+			p := fmt.Sprintf("/g%d/f%d", g, i)
+			small = append(small, p)
+			want[p] = fixture.Text(uint64(10*g+i), 4<<10)
+			entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: want[p], Pack: true})
+		}
+		if g < 4 {
+			// Wider than aheadGap: each group is a request of its own.
+			entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/large%d", g), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Random(uint64(100+g), 3<<20)})
+		}
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 1 << 20, PackSize: 8 << 10, Compression: bootstrap.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := img.Bootstrap
+	src := &gateSource{Source: NewStoreSource("store", upload(t, img))}
+	f := New(nil, src)
+	ctx := context.Background()
+	// Two misses in order (two files to a frame) open the window.
+	for _, p := range small[:3] {
+		if got, err := readFile(ctx, f, b, p); err != nil || !bytes.Equal(got, want[p]) {
+			t.Fatalf("%s: %d bytes, %v", p, len(got), err)
+		}
+	}
+	f.Flush()
+	// The miss's own request may overlap one more; serial runs make two.
+	if most := src.most.Load(); most < 3 {
+		t.Errorf("%d requests in flight at most: the runs read ahead went one after another", most)
+	}
+	for _, p := range small[4:] {
+		ino, _ := b.LookupPath(p)
+		for _, ci := range b.FileChunks(ino) {
+			if !f.inMemory(b.Chunks[ci].Digest) {
+				t.Fatalf("%s was not read ahead", p)
+			}
+		}
+	}
+	checkFiles(t, f, b, want)
+}
