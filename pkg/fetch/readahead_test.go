@@ -401,26 +401,7 @@ func TestStalledStreamLeavesTheRestToOthers(t *testing.T) {
 // without fetching them: the walk does not miss again after each large
 // file.
 func TestReadaheadPassesLargeFrames(t *testing.T) {
-	var entries []fetchtest.Entry
-	var small []string
-	want := map[string][]byte{}
-	for g := range 3 {
-		for i := range 8 {
-			p := fmt.Sprintf("/g%d/f%d", g, i)
-			small = append(small, p)
-			want[p] = fixture.Text(uint64(10*g+i), 4<<10)
-			entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: want[p], Pack: true})
-		}
-		if g < 2 {
-			// Incompressible, so that the gap it leaves is wider than
-			// a request would read across (aheadGap).
-			entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/large%d", g), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Random(uint64(100+g), 3<<20)})
-		}
-	}
-	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 1 << 20, PackSize: 8 << 10, Compression: bootstrap.Zstd})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, small, want := smallBetweenLarge(t, 3, 8)
 	b := img.Bootstrap
 	f := New(nil, NewStoreSource("store", upload(t, img)))
 	ctx := context.Background()
@@ -461,25 +442,7 @@ func TestReadaheadPassesLargeFrames(t *testing.T) {
 // another: each would otherwise wait for its first byte while the reader
 // caught up.
 func TestReadaheadRunsInParallel(t *testing.T) {
-	var entries []fetchtest.Entry
-	var small []string
-	want := map[string][]byte{}
-	for g := range 5 {
-		for i := range 4 {
-			p := fmt.Sprintf("/g%d/f%d", g, i)
-			small = append(small, p)
-			want[p] = fixture.Text(uint64(10*g+i), 4<<10)
-			entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: want[p], Pack: true})
-		}
-		if g < 4 {
-			// Wider than aheadGap: each group is a request of its own.
-			entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/large%d", g), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Random(uint64(100+g), 3<<20)})
-		}
-	}
-	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 1 << 20, PackSize: 8 << 10, Compression: bootstrap.Zstd})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, small, want := smallBetweenLarge(t, 5, 4)
 	b := img.Bootstrap
 	src := &gateSource{Source: NewStoreSource("store", upload(t, img))}
 	f := New(nil, src)
@@ -504,4 +467,32 @@ func TestReadaheadRunsInParallel(t *testing.T) {
 		}
 	}
 	checkFiles(t, f, b, want)
+}
+
+// smallBetweenLarge builds an image of groups of perGroup small files,
+// packed two to a frame, with a large file between each group and the
+// next: incompressible, so that the gap it leaves is wider than a request
+// reads across (aheadGap). It returns the small files in storage order
+// and every file's content.
+func smallBetweenLarge(t *testing.T, groups, perGroup int) (*fetchtest.Image, []string, map[string][]byte) {
+	t.Helper()
+	var entries []fetchtest.Entry
+	var small []string
+	want := map[string][]byte{}
+	for g := range groups {
+		for i := range perGroup {
+			p := fmt.Sprintf("/g%d/f%d", g, i)
+			small = append(small, p)
+			want[p] = fixture.Text(uint64(10*g+i), 4<<10)
+			entries = append(entries, fetchtest.Entry{Path: p, Mode: bootstrap.ModeRegular | 0o644, Data: want[p], Pack: true})
+		}
+		if g < groups-1 {
+			entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/large%d", g), Mode: bootstrap.ModeRegular | 0o644, Data: fixture.Random(uint64(100+g), 3<<20)})
+		}
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 1 << 20, PackSize: 8 << 10, Compression: bootstrap.Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, small, want
 }
