@@ -131,27 +131,22 @@ type run struct {
 
 // planRuns groups frames into runs of nearby frames of the same blob.
 func planRuns(b *bootstrap.Bootstrap, frames []uint32) []run {
-	return planRunsUpTo(b, frames, maxRun)
+	return planRunsGap(b, frames, maxRun, mergeGap)
 }
 
-// planRunsUpTo is planRuns with runs of at most limit bytes (a frame
-// larger than that is a run of its own).
-func planRunsUpTo(b *bootstrap.Bootstrap, frames []uint32, limit int64) []run {
-	return planRunsGap(b, frames, limit, mergeGap)
-}
-
-// gapAfter is how many bytes a request reading ahead after a miss in
-// frame fi reads past rather than end: more after a packed frame (see
+// readGap is how many bytes a request reading ahead after a miss reads
+// past rather than end: more after a miss in a packed frame (see
 // claimAfter).
-func (ix *frameIndex) gapAfter(fi uint32) int64 {
-	if ix.packed(fi) {
+func readGap(packed bool) int64 {
+	if packed {
 		return aheadGap
 	}
 	return mergeGap
 }
 
-// planRunsGap is planRunsUpTo with frames at most gap bytes apart read
-// together.
+// planRunsGap is planRuns with runs of at most limit bytes (a frame
+// larger than that is a run of its own) and frames at most gap bytes
+// apart read together.
 func planRunsGap(b *bootstrap.Bootstrap, frames []uint32, limit, gap int64) []run {
 	frames = append([]uint32(nil), frames...)
 	sort.Slice(frames, func(i, j int) bool {

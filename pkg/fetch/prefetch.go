@@ -117,7 +117,7 @@ func (f *Fetcher) fetchRuns(ctx context.Context, b *bootstrap.Bootstrap, frames 
 	if o.limit != nil {
 		most = min(most, int64(o.limit.Burst()))
 	}
-	for _, r := range inOrder(planRunsUpTo(b, frames, most), frames) {
+	for _, r := range inOrder(planRunsGap(b, frames, most, mergeGap), frames) {
 		if o.limit != nil {
 			if waitErr = o.limit.WaitN(gctx, int(min(r.end-r.off, int64(o.limit.Burst())))); waitErr != nil {
 				break
@@ -413,7 +413,7 @@ func (f *Fetcher) Fetch(ctx context.Context, b *bootstrap.Bootstrap, chunks []ui
 	mine = append(mine, ahead...)
 	f.streams.Go(func() {
 		// Not bound to ctx: the frames read ahead have readers of their own.
-		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, mine, claimed, ix.gapAfter(mine[0]))
+		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, mine, claimed, readGap(ix.packed(mine[0])))
 	})
 	for _, cl := range wait {
 		select {

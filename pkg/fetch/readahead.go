@@ -150,10 +150,7 @@ func (f *Fetcher) claimAhead(b *bootstrap.Bootstrap, ix *frameIndex, miss, from 
 func (f *Fetcher) claimAfter(b *bootstrap.Bootstrap, ix *frameIndex, from uint32, window int64, packed bool) ([]uint32, []*call) {
 	rank := ix.rank[from]
 	first := b.Frames[from]
-	gap := int64(mergeGap)
-	if packed {
-		gap = aheadGap
-	}
+	gap := readGap(packed)
 	end := first.Offset + int64(first.CompressedSize)
 	last := rank
 	mark := rank + 1
@@ -220,7 +217,7 @@ func (f *Fetcher) fetchInBackground(ctx context.Context, b *bootstrap.Bootstrap,
 		claimed[fi] = calls[i]
 	}
 	f.streams.Go(func() {
-		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, frames, claimed, ix.gapAfter(frames[0]))
+		f.fetchClaimed(context.WithoutCancel(ctx), b, ix, frames, claimed, readGap(ix.packed(frames[0])))
 	})
 }
 
@@ -240,7 +237,7 @@ func (f *Fetcher) fetchAhead(ctx context.Context, b *bootstrap.Bootstrap, fi uin
 	// The frames up to the first wide gap come in fi's request; those
 	// past it (packed frames beyond large ones) in requests of their own,
 	// in the background.
-	gap := ix.gapAfter(fi)
+	gap := readGap(ix.packed(fi))
 	n, end := 0, fr.Offset+int64(fr.CompressedSize)
 	for ; n < len(ahead); n++ {
 		fj := b.Frames[ahead[n]]
