@@ -284,7 +284,7 @@ func (d *demo) mountAndRead(ctx context.Context, ref string, want map[string][]b
 	if err != nil {
 		return err
 	}
-	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	f := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 	defer f.Flush()
 	s := b.Stats()
 	d.say("\n== 3. lazy mount of %s (bootstrap %s: %d files, %s of content)", ref, bd, s.Files, size(s.LogicalBytes))

@@ -75,7 +75,7 @@ func runMount(ctx context.Context, env settings, args []string, stdout, stderr i
 	if err != nil {
 		return err
 	}
-	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	f := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 	opts := lazyfs.Options{Debug: *debug}
 	if *useEROFS {
 		layout, err := erofs.Build(b)

@@ -148,7 +148,7 @@ func TestConvertRepublishesCondemnedBlob(t *testing.T) {
 			if len(rep.Bad) > 0 {
 				t.Fatalf("%d of %d chunks missing or bad after the conversion, first: %v", len(rep.Bad), rep.Chunks, rep.Bad[0].Err)
 			}
-			f := fetch.New(nil, fetch.NewStoreSource("store", st))
+			f := fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)})
 			for i := range entries {
 				ino, ok := b2.LookupPath(fmt.Sprintf("/f%d", i))
 				if !ok {

@@ -97,9 +97,21 @@ type Rejecter interface {
 	Reject(blob bootstrap.Digest, off, size int64, err error)
 }
 
-// SetFrameSink makes s receive every verified frame. Call it before the
-// Fetcher is used.
-func (f *Fetcher) SetFrameSink(s FrameSink) { f.sink = s }
+// Option configures a Fetcher.
+type Option func(*Fetcher)
+
+// WithFrameSink makes s receive the stored bytes of every verified frame.
+func WithFrameSink(s FrameSink) Option { return func(f *Fetcher) { f.sink = s } }
+
+// WithLogger sets where failed sources and cache writes are logged;
+// default slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(f *Fetcher) {
+		if l != nil {
+			f.log = l
+		}
+	}
+}
 
 // sinkFrame hands frame fi's stored bytes to the sink, if any, behind the
 // reader's back as the disk cache's writes go: keeping a frame for peers
@@ -146,7 +158,7 @@ type call struct {
 
 // New returns a Fetcher that caches in c (which may be nil) and reads
 // misses from sources, in order.
-func New(c *cache.Cache, sources ...Source) *Fetcher {
+func New(c *cache.Cache, sources []Source, opts ...Option) *Fetcher {
 	f := &Fetcher{
 		cache:  c,
 		mem:    cache.NewMemory(DefaultMemoryBytes),
@@ -162,6 +174,9 @@ func New(c *cache.Cache, sources ...Source) *Fetcher {
 	}
 	for _, s := range sources {
 		f.sources = append(f.sources, &source{Source: s})
+	}
+	for _, o := range opts {
+		o(f)
 	}
 	return f
 }

@@ -110,7 +110,7 @@ func TestReadChunk(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := New(c, NewStoreSource("store", upload(t, img)))
+			f := New(c, []Source{NewStoreSource("store", upload(t, img))})
 			t.Cleanup(f.Flush)
 			checkFiles(t, f, img.Bootstrap, files)
 			s := f.Stats()
@@ -137,7 +137,7 @@ func TestReadChunk(t *testing.T) {
 
 func TestZeroChunksNeedNoSource(t *testing.T) {
 	img, files := testImage(t, bootstrap.Zstd)
-	f := New(nil) // no sources at all
+	f := New(nil, nil) // no sources at all
 	got, err := readFile(context.Background(), f, img.Bootstrap, "/zeros")
 	if err != nil || !bytes.Equal(got, files["/zeros"]) {
 		t.Fatalf("zeros: %v", err)
@@ -146,7 +146,7 @@ func TestZeroChunksNeedNoSource(t *testing.T) {
 
 func TestBadChunkIndex(t *testing.T) {
 	img, _ := testImage(t, bootstrap.None)
-	if _, err := New(nil).ReadChunk(context.Background(), img.Bootstrap, uint32(len(img.Bootstrap.Chunks))); err == nil {
+	if _, err := New(nil, nil).ReadChunk(context.Background(), img.Bootstrap, uint32(len(img.Bootstrap.Chunks))); err == nil {
 		t.Fatal("out of range chunk accepted")
 	}
 }
@@ -162,10 +162,11 @@ func TestSourceFallthrough(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f := New(nil,
+	f := New(nil, []Source{
 		NewStoreSource("empty", newStore(t)), // blobs missing: every request fails
 		NewStoreSource("corrupt", bad),
-		NewStoreSource("good", good))
+		NewStoreSource("good", good),
+	})
 	checkFiles(t, f, img.Bootstrap, files)
 	s := f.Stats()
 	byName := map[string]SourceStats{}
@@ -198,7 +199,7 @@ func TestAllSourcesFail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := New(c, NewStoreSource("corrupt", bad), NewStoreSource("empty", newStore(t)))
+	f := New(c, []Source{NewStoreSource("corrupt", bad), NewStoreSource("empty", newStore(t))})
 	t.Cleanup(f.Flush)
 	got, err := readFile(ctx, f, img.Bootstrap, "/random")
 	if err == nil || got != nil {
@@ -225,7 +226,7 @@ func TestCachePersistsAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f1 := New(c1, NewStoreSource("store", upload(t, img)))
+	f1 := New(c1, []Source{NewStoreSource("store", upload(t, img))})
 	checkFiles(t, f1, img.Bootstrap, files)
 	f1.Flush()
 
@@ -233,7 +234,7 @@ func TestCachePersistsAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f2 := New(c2) // no sources: everything must come from the cache
+	f2 := New(c2, nil) // no sources: everything must come from the cache
 	checkFiles(t, f2, img.Bootstrap, files)
 	if s := f2.Stats(); s.CacheHits == 0 || s.CacheMisses != 0 {
 		t.Fatalf("stats after reopen %+v", s)
@@ -246,7 +247,7 @@ func TestCacheEvictionRefetches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := New(c, NewStoreSource("store", upload(t, img)))
+	f := New(c, []Source{NewStoreSource("store", upload(t, img))})
 	checkFiles(t, f, img.Bootstrap, files)
 	f.Flush()
 	if s := c.Stats(); s.Bytes > 40<<10 || s.Evictions == 0 {
@@ -272,7 +273,7 @@ func TestSingleflight(t *testing.T) {
 	img, files := testImage(t, bootstrap.Zstd)
 	b := img.Bootstrap
 	g := &gate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
-	f := New(nil, g)
+	f := New(nil, []Source{g})
 	// Every chunk of the packed frame holding /small/f00.
 	ino, _ := b.LookupPath("/small/f00")
 	frame := b.Chunks[b.FileChunks(ino)[0]].Frame
@@ -335,7 +336,7 @@ func TestWaiterSurvivesLeaderCancel(t *testing.T) {
 	img, _ := testImage(t, bootstrap.Zstd)
 	b := img.Bootstrap
 	g := &gate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
-	f := New(nil, g)
+	f := New(nil, []Source{g})
 	ino, _ := b.LookupPath("/random")
 	ci := b.FileChunks(ino)[0]
 	leaderCtx, cancel := context.WithCancel(context.Background())
@@ -381,7 +382,7 @@ func TestPrefetchMergesRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := New(c, NewStoreSource("store", upload(t, img)))
+	f := New(c, []Source{NewStoreSource("store", upload(t, img))})
 	t.Cleanup(f.Flush)
 	var inodes []uint32
 	blobs := map[uint32]bool{}
@@ -427,7 +428,7 @@ func TestPrefetchFallsBackPerFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := New(c, NewStoreSource("corrupt", bad), NewStoreSource("good", upload(t, img)))
+	f := New(c, []Source{NewStoreSource("corrupt", bad), NewStoreSource("good", upload(t, img))})
 	t.Cleanup(f.Flush)
 	var inodes []uint32
 	for i := range 20 {
@@ -440,11 +441,11 @@ func TestPrefetchFallsBackPerFrame(t *testing.T) {
 	if s := f.Stats().Sources[1]; s.Frames != 1 {
 		t.Fatalf("good source served %d frames, want just the corrupt one", s.Frames)
 	}
-	checkFiles(t, New(c), b, map[string][]byte{"/plain/f05": files["/plain/f05"]})
+	checkFiles(t, New(c, nil), b, map[string][]byte{"/plain/f05": files["/plain/f05"]})
 
 	// With no good source, prefetch names the chunk it could not get.
 	c2, _ := cache.Open(t.TempDir(), 0)
-	err = New(c2, NewStoreSource("corrupt", bad)).Prefetch(ctx, b, inodes)
+	err = New(c2, []Source{NewStoreSource("corrupt", bad)}).Prefetch(ctx, b, inodes)
 	if err == nil || !strings.Contains(err.Error(), want.String()) {
 		t.Fatalf("prefetch error %v does not name %s", err, want)
 	}
@@ -495,7 +496,7 @@ func TestVerify(t *testing.T) {
 // through the fetcher that next returns.
 func benchmarkHit(b *testing.B, c *cache.Cache, next func(*Fetcher) *Fetcher) {
 	img, _ := testImage(b, bootstrap.Zstd)
-	f := New(c, NewStoreSource("store", upload(b, img)))
+	f := New(c, []Source{NewStoreSource("store", upload(b, img))})
 	ino, _ := img.Bootstrap.LookupPath("/big")
 	ci := img.Bootstrap.FileChunks(ino)[0]
 	if _, err := f.ReadChunk(context.Background(), img.Bootstrap, ci); err != nil {
@@ -519,12 +520,12 @@ func BenchmarkReadChunkDiskHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	// A fresh fetcher each time skips the memory tier.
-	benchmarkHit(b, c, func(*Fetcher) *Fetcher { return New(c) })
+	benchmarkHit(b, c, func(*Fetcher) *Fetcher { return New(c, nil) })
 }
 
 func TestFrameIndexReleasedWithBootstrap(t *testing.T) {
 	img, _ := testImage(t, bootstrap.None)
-	f := New(nil, NewStoreSource("store", upload(t, img)))
+	f := New(nil, []Source{NewStoreSource("store", upload(t, img))})
 	func() {
 		b := img.Bootstrap
 		img.Bootstrap = nil
@@ -557,7 +558,7 @@ func TestFrameIndexReleasedWithBootstrap(t *testing.T) {
 func TestPrefetchWithConcurrentReads(t *testing.T) {
 	img, files := testImage(t, bootstrap.Zstd)
 	b := img.Bootstrap
-	f := New(nil, NewStoreSource("store", upload(t, img)))
+	f := New(nil, []Source{NewStoreSource("store", upload(t, img))})
 	var inodes []uint32
 	var paths []string
 	for p := range files {
@@ -612,7 +613,7 @@ func TestWarm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f1 := New(c, NewStoreSource("store", upload(t, img)))
+	f1 := New(c, []Source{NewStoreSource("store", upload(t, img))})
 	t.Cleanup(f1.Flush)
 	if _, err := readFile(context.Background(), f1, b, "/big"); err != nil {
 		t.Fatal(err)
@@ -623,7 +624,7 @@ func TestWarm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := New(c2, NewStoreSource("store", upload(t, img)))
+	f := New(c2, []Source{NewStoreSource("store", upload(t, img))})
 	big, _ := b.LookupPath("/big")
 	var absent []uint32 // chunks the first reader did not bring to disk
 	for ci, c := range b.Chunks {
@@ -663,7 +664,7 @@ func TestWarm(t *testing.T) {
 func TestFetchBringsManyChunksInOneRound(t *testing.T) {
 	img, files := testImage(t, bootstrap.Zstd)
 	b := img.Bootstrap
-	f := New(nil, NewStoreSource("store", upload(t, img)))
+	f := New(nil, []Source{NewStoreSource("store", upload(t, img))})
 	var chunks []uint32
 	blobs := map[uint32]bool{}
 	want := map[string][]byte{}
@@ -684,7 +685,7 @@ func TestFetchBringsManyChunksInOneRound(t *testing.T) {
 		t.Fatalf("reads after the fetch went to the source: %+v", after)
 	}
 	// One missing frame is left to the read, with its own readahead.
-	f2 := New(nil, NewStoreSource("store", upload(t, img)))
+	f2 := New(nil, []Source{NewStoreSource("store", upload(t, img))})
 	f2.Fetch(context.Background(), b, chunks[:1])
 	if n := f2.Stats().Sources[0].Requests; n != 0 {
 		t.Fatalf("fetch of one frame made %d requests", n)
@@ -713,7 +714,7 @@ func TestFailedFrameFailsAtOnce(t *testing.T) {
 	img, files := testImage(t, bootstrap.Zstd)
 	ctx := context.Background()
 	src := &downSource{Source: NewStoreSource("store", upload(t, img))}
-	f := New(nil, src)
+	f := New(nil, []Source{src})
 	src.down.Store(true)
 	start := time.Now()
 	if _, err := readFile(ctx, f, img.Bootstrap, "/random"); err == nil {
@@ -745,7 +746,7 @@ func TestFetchAsksADeadSourceOnce(t *testing.T) {
 	ctx := context.Background()
 	src := &downSource{Source: NewStoreSource("store", upload(t, img))}
 	src.down.Store(true)
-	f := New(nil, src)
+	f := New(nil, []Source{src})
 	b := img.Bootstrap
 	ino, _ := b.LookupPath("/big")
 	chunks := b.FileChunks(ino)
@@ -780,7 +781,7 @@ func TestPrefetchLimit(t *testing.T) {
 	}
 	stored := func(f *Fetcher) int64 { return f.Stats().Sources[0].Bytes }
 
-	f := New(nil, NewStoreSource("store", st))
+	f := New(nil, []Source{NewStoreSource("store", st)})
 	if err := f.Prefetch(context.Background(), b, all); err != nil {
 		t.Fatal(err)
 	}
@@ -788,7 +789,7 @@ func TestPrefetchLimit(t *testing.T) {
 
 	// 32 KiB at once, then a byte a second: the rest would take hours.
 	const burst = 32 << 10
-	limited := New(nil, NewStoreSource("store", st))
+	limited := New(nil, []Source{NewStoreSource("store", st)})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := limited.Prefetch(ctx, b, all, Limit(rate.NewLimiter(1, burst)))
@@ -804,7 +805,7 @@ func TestPrefetchLimit(t *testing.T) {
 // by the time Flush returns, however the writers come and go, whether
 // queued or (the queue full) done by the caller.
 func TestPersistAsyncWritesEverything(t *testing.T) {
-	f := New(nil)
+	f := New(nil, nil)
 	var done atomic.Int64
 	const callers, each = 8, 2000
 	var wg sync.WaitGroup
@@ -845,7 +846,7 @@ func (s *stalledSource) FetchFrame(ctx context.Context, blob bootstrap.Digest, o
 func TestStalledSourceIsGivenUp(t *testing.T) {
 	img, files := testImage(t, bootstrap.Zstd)
 	stalled := &stalledSource{Source: NewStoreSource("stalled", newStore(t))}
-	f := New(nil, stalled, NewStoreSource("good", upload(t, img)))
+	f := New(nil, []Source{stalled, NewStoreSource("good", upload(t, img))})
 	f.timeout = 100 * time.Millisecond
 	done := make(chan struct{})
 	go func() {
@@ -872,7 +873,7 @@ func TestStalledSourceIsGivenUp(t *testing.T) {
 func TestStalledSourceFailsItsJoinersOnce(t *testing.T) {
 	img, _ := testImage(t, bootstrap.Zstd)
 	stalled := &stalledSource{Source: NewStoreSource("stalled", newStore(t))}
-	f := New(nil, stalled)
+	f := New(nil, []Source{stalled})
 	f.timeout = 200 * time.Millisecond
 	b := img.Bootstrap
 	ino, _ := b.LookupPath("/random")

@@ -26,7 +26,7 @@ func TestBackingFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f := New(c, NewStoreSource("store", st))
+			f := New(c, []Source{NewStoreSource("store", st)})
 			t.Cleanup(f.Flush)
 			ino, _ := b.LookupPath(p)
 			if p != "/zeros" { // nothing to fetch for an all-zero file
@@ -62,7 +62,7 @@ func TestBackingFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f2 := New(c2, NewStoreSource("store", st))
+			f2 := New(c2, []Source{NewStoreSource("store", st)})
 			t.Cleanup(f2.Flush)
 			// The check runs in the background; the open that starts it
 			// goes through the mount.
@@ -90,7 +90,7 @@ func TestBackingFile(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			f3 := New(c3, NewStoreSource("store", st))
+			f3 := New(c3, []Source{NewStoreSource("store", st)})
 			t.Cleanup(f3.Flush)
 			if fl, ok := f3.BackingFile(ctx, b, ino); ok {
 				fl.Close()

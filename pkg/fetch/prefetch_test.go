@@ -94,7 +94,7 @@ func TestPrefetchStreams(t *testing.T) {
 		{"default", nil, prefetchConcurrency, true},
 	} {
 		src := &gateSource{Source: NewStoreSource("store", st)}
-		if err := New(nil, src).Prefetch(context.Background(), img.Bootstrap, inodes, tt.opts...); err != nil {
+		if err := New(nil, []Source{src}).Prefetch(context.Background(), img.Bootstrap, inodes, tt.opts...); err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
 		most := src.most.Load()
@@ -126,7 +126,7 @@ func TestFetchAsksASourceAgainAfterAMiss(t *testing.T) {
 	img, files := testImage(t, bootstrap.Zstd)
 	st := upload(t, img)
 	first := &missingOnce{Source: NewStoreSource("peers", st)}
-	f := New(nil, first, NewStoreSource("store", st))
+	f := New(nil, []Source{first, NewStoreSource("store", st)})
 	b := img.Bootstrap
 	var chunks []uint32
 	for _, ino := range everyInode(b) {

@@ -37,7 +37,7 @@ func TestReadahead(t *testing.T) {
 		{name: "backward", reverse: true, wantFrames: 20},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := New(nil, NewStoreSource("store", st))
+			f := New(nil, []Source{NewStoreSource("store", st)})
 			for i := range paths {
 				p := paths[i]
 				if tt.reverse {
@@ -129,7 +129,7 @@ func TestReadaheadStreams(t *testing.T) {
 		t.Run(fmt.Sprintf("fail=%v", fail), func(t *testing.T) {
 			ctx := context.Background()
 			src := &trickle{StoreSource: NewStoreSource("store", st), b: b, fail: fail, release: make(chan struct{}), stalled: make(chan struct{}, 1)}
-			f := New(nil, src)
+			f := New(nil, []Source{src})
 			read := func(p string) <-chan error {
 				errc := make(chan error, 1)
 				go func() {
@@ -280,7 +280,7 @@ func TestReadsAhead(t *testing.T) {
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			f := New(nil, NewStoreSource("store", st))
+			f := New(nil, []Source{NewStoreSource("store", st)})
 			reads, missed := 0, 0
 			for i := 0; i < len(paths); i += group {
 				var chunks []uint32
@@ -377,7 +377,7 @@ func TestStalledStreamLeavesTheRestToOthers(t *testing.T) {
 	st := upload(t, img)
 	b := img.Bootstrap
 	bad := &partitioned{StoreSource: NewStoreSource("partitioned", st), b: b}
-	f := New(nil, bad, NewStoreSource("good", st))
+	f := New(nil, []Source{bad, NewStoreSource("good", st)})
 	f.timeout = 100 * time.Millisecond
 	ino, _ := b.LookupPath("/big")
 	chunks := b.FileChunks(ino)
@@ -403,7 +403,7 @@ func TestStalledStreamLeavesTheRestToOthers(t *testing.T) {
 func TestReadaheadPassesLargeFrames(t *testing.T) {
 	img, small, want := smallBetweenLarge(t, 3, 8)
 	b := img.Bootstrap
-	f := New(nil, NewStoreSource("store", upload(t, img)))
+	f := New(nil, []Source{NewStoreSource("store", upload(t, img))})
 	ctx := context.Background()
 	read := func(p string) {
 		t.Helper()
@@ -445,7 +445,7 @@ func TestReadaheadRunsInParallel(t *testing.T) {
 	img, small, want := smallBetweenLarge(t, 5, 4)
 	b := img.Bootstrap
 	src := &gateSource{Source: NewStoreSource("store", upload(t, img))}
-	f := New(nil, src)
+	f := New(nil, []Source{src})
 	ctx := context.Background()
 	// Two misses in order (two files to a frame) open the window.
 	for _, p := range small[:3] {

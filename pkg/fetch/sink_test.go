@@ -29,6 +29,13 @@ func (r *frameRecorder) KeepFrame(blob bootstrap.Digest, off int64, raw []byte) 
 	r.frames[blob][off] = bytes.Clone(raw)
 }
 
+// reset forgets the frames kept so far.
+func (r *frameRecorder) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.frames = nil
+}
+
 func (r *frameRecorder) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -89,9 +96,8 @@ func TestFrameSinkAndRejecter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rs := &rejectingSource{StoreSource: NewStoreSource("corrupt", bad)}
-			f := New(nil, rs, NewStoreSource("good", good))
 			rec := &frameRecorder{}
-			f.SetFrameSink(rec)
+			f := New(nil, []Source{rs, NewStoreSource("good", good)}, WithFrameSink(rec))
 			if err := tt.read(t, f); err != nil {
 				t.Fatal(err)
 			}
@@ -120,10 +126,11 @@ func TestFrameSinkAndRejecter(t *testing.T) {
 func TestFetchFramesRefetchesCachedChunks(t *testing.T) {
 	ctx := context.Background()
 	img, files := testImage(t, bootstrap.LZ4)
-	f := New(nil, NewStoreSource("store", upload(t, img)))
-	checkFiles(t, f, img.Bootstrap, files) // everything in memory now
 	rec := &frameRecorder{}
-	f.SetFrameSink(rec)
+	f := New(nil, []Source{NewStoreSource("store", upload(t, img))}, WithFrameSink(rec))
+	checkFiles(t, f, img.Bootstrap, files) // everything in memory now
+	f.Flush()
+	rec.reset()
 	if err := f.FetchFrames(ctx, img.Bootstrap, []uint32{0, 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -142,9 +149,8 @@ func TestConcurrentFetchFramesBothWait(t *testing.T) {
 	ctx := context.Background()
 	img, _ := testImage(t, bootstrap.Zstd)
 	src := &gate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
-	f := New(nil, src)
 	rec := &frameRecorder{}
-	f.SetFrameSink(rec)
+	f := New(nil, []Source{src}, WithFrameSink(rec))
 	var all []uint32
 	for i := range img.Bootstrap.Frames {
 		all = append(all, uint32(i))
@@ -181,8 +187,7 @@ func TestConcurrentFetchFramesBothFail(t *testing.T) {
 	ctx := context.Background()
 	img, _ := testImage(t, bootstrap.Zstd)
 	src := &failingGate{Source: NewStoreSource("store", upload(t, img)), release: make(chan struct{})}
-	f := New(nil, src)
-	f.SetFrameSink(&frameRecorder{})
+	f := New(nil, []Source{src}, WithFrameSink(&frameRecorder{}))
 	frames := []uint32{0}
 	errs := make(chan error, 2)
 	go func() { errs <- f.FetchFrames(ctx, img.Bootstrap, frames) }()

@@ -33,7 +33,7 @@ func TestWriteback(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		f := New(c, NewStoreSource("store", upload(t, img)))
+		f := New(c, []Source{NewStoreSource("store", upload(t, img))})
 		f.mem = cache.NewMemory(0)
 		t.Cleanup(f.Flush)
 		return f, c
@@ -92,6 +92,6 @@ func TestWriteback(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checkFiles(t, New(c2), b, files)
+		checkFiles(t, New(c2, nil), b, files)
 	})
 }

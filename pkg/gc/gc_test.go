@@ -286,7 +286,7 @@ func verifyImage(t *testing.T, st store.Store, c converted) {
 // store: every chunk checked against its digest.
 func readFile(t *testing.T, st store.Store, b *bootstrap.Bootstrap, ino uint32) []byte {
 	t.Helper()
-	f := fetch.New(nil, fetch.NewStoreSource("store", st))
+	f := fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)})
 	var out []byte
 	for _, ci := range b.FileChunks(ino) {
 		data, err := f.ReadChunk(context.Background(), b, ci)

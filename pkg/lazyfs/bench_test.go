@@ -57,7 +57,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 	}
 	mountRead := func(c *cache.Cache) time.Duration {
 		mnt := b.TempDir()
-		f := fetch.New(c, fetch.NewStoreSource("store", st))
+		f := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 		srv, err := Mount(context.Background(), mnt, img.Bootstrap, f, Options{})
 		if err != nil {
 			b.Fatal(err)
@@ -115,7 +115,7 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	f := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 	ino, _ := img.Bootstrap.LookupPath("/f")
 	if err := f.Prefetch(ctx, img.Bootstrap, []uint32{ino}); err != nil {
 		b.Fatal(err)
@@ -169,7 +169,7 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 			opts.Image, opts.ImageDir = layout, b.TempDir()
 		}
 		// A fresh fetcher: nothing of the file is held in memory.
-		srv, err := Mount(ctx, mnt, img.Bootstrap, fetch.New(c, fetch.NewStoreSource("store", st)), opts)
+		srv, err := Mount(ctx, mnt, img.Bootstrap, fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)}), opts)
 		if err != nil {
 			b.Fatal(err)
 		}

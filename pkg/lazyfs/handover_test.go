@@ -123,16 +123,16 @@ func handoverFetcher(mp string, b *bootstrap.Bootstrap, st *dir.Dir) (*fetch.Fet
 		if err != nil {
 			return nil, Options{}, err
 		}
-		return fetch.New(nil, fetch.NewStoreSource("store", st)), Options{Image: layout, ImageDir: filepath.Join(filepath.Dir(mp), "image")}, nil
+		return fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)}), Options{Image: layout, ImageDir: filepath.Join(filepath.Dir(mp), "image")}, nil
 	}
 	if os.Getenv(passthroughEnv) == "" {
-		return fetch.New(nil, fetch.NewStoreSource("store", st)), Options{}, nil
+		return fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)}), Options{}, nil
 	}
 	c, err := cache.Open(filepath.Join(filepath.Dir(mp), "cache"), 0)
 	if err != nil {
 		return nil, Options{}, err
 	}
-	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	f := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 	for _, p := range []string{"/big", "/big2"} {
 		ino, _ := b.LookupPath(p)
 		if err := f.Prefetch(context.Background(), b, []uint32{ino}); err != nil {

@@ -49,7 +49,7 @@ func TestImageRead(t *testing.T) {
 			}
 		}
 	}
-	fsys := &imageFS{fileSystem: newFileSystem(b, fetch.New(nil, fetch.NewStoreSource("store", st)), Options{}.withDefaults()), img: layout}
+	fsys := &imageFS{fileSystem: newFileSystem(b, fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)}), Options{}.withDefaults()), img: layout}
 	many := false
 	for off := int64(0); off < layout.Size(); off += maxRequest {
 		buf := make([]byte, maxRequest)

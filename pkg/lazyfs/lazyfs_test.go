@@ -136,7 +136,7 @@ func mountEntriesThrough(t testing.TB, entries []fetchtest.Entry, comp bootstrap
 			tm.files[e.Path] = e.Data
 		}
 	}
-	tm.fetch = fetch.New(nil, fetch.NewStoreSource("store", st))
+	tm.fetch = fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)})
 	logger := slog.New(slog.NewTextHandler(tm.logs, nil))
 	opts := Options{Logger: logger}
 	if image {
@@ -557,7 +557,7 @@ func TestLazy(t *testing.T) {
 	}
 	st, _ := dir.New(t.TempDir())
 	img.Upload(context.Background(), st)
-	cr := &countingReader{ChunkReader: fetch.New(nil, fetch.NewStoreSource("store", st))}
+	cr := &countingReader{ChunkReader: fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)})}
 	mnt := t.TempDir()
 	srv, err := Mount(context.Background(), mnt, img.Bootstrap, cr, Options{})
 	if err != nil {
@@ -590,15 +590,15 @@ func TestMountErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Mount(context.Background(), filepath.Join(t.TempDir(), "missing"), img.Bootstrap, fetch.New(nil), Options{}); err == nil {
+	if _, err := Mount(context.Background(), filepath.Join(t.TempDir(), "missing"), img.Bootstrap, fetch.New(nil, nil), Options{}); err == nil {
 		t.Fatal("mount on a missing directory succeeded")
 	}
-	if _, err := Mount(context.Background(), t.TempDir(), &bootstrap.Bootstrap{}, fetch.New(nil), Options{}); err == nil {
+	if _, err := Mount(context.Background(), t.TempDir(), &bootstrap.Bootstrap{}, fetch.New(nil, nil), Options{}); err == nil {
 		t.Fatal("mount of an empty bootstrap succeeded")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := Mount(ctx, t.TempDir(), img.Bootstrap, fetch.New(nil), Options{}); err == nil {
+	if _, err := Mount(ctx, t.TempDir(), img.Bootstrap, fetch.New(nil, nil), Options{}); err == nil {
 		t.Fatal("mount with a cancelled context succeeded")
 	}
 }
@@ -687,7 +687,7 @@ func TestSequentialReadWarmsAhead(t *testing.T) {
 	data := fixture.Random(9, 20*cs+123)
 	img, st := uploaded(t, []fetchtest.Entry{{Path: "/f", Mode: bootstrap.ModeRegular | 0o644, Data: data}},
 		fetchtest.Options{ChunkSize: cs, Compression: bootstrap.Zstd})
-	wr := &warmRecorder{ChunkReader: fetch.New(nil, fetch.NewStoreSource("store", st)), warmed: map[uint32]bool{}}
+	wr := &warmRecorder{ChunkReader: fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", st)}), warmed: map[uint32]bool{}}
 	mnt := t.TempDir()
 	srv, err := Mount(context.Background(), mnt, img.Bootstrap, wr, Options{})
 	if err != nil {
@@ -789,11 +789,11 @@ func TestSplicedReadsFromCache(t *testing.T) {
 			}
 		}
 	}
-	first := fetch.New(c, fetch.NewStoreSource("store", st))
+	first := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 	readAll(first) // fetches, checks and caches every chunk
 	first.Flush()
 	// A fresh fetcher over the same cache: nothing in memory.
-	second := fetch.New(c, fetch.NewStoreSource("store", st))
+	second := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 	t.Cleanup(second.Flush)
 	readAll(second)
 	s := second.Stats()

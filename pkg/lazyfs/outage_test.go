@@ -67,7 +67,7 @@ func testStoreOutage(t *testing.T, image bool) {
 		}
 		opts.ImageDir = t.TempDir()
 	}
-	f := fetch.New(c, fetch.NewStoreSource("store", st))
+	f := fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})
 	t.Cleanup(f.Flush) // chunks wait for the disk cache; written before its directory goes
 	mnt := t.TempDir()
 	srv, err := Mount(ctx, mnt, img.Bootstrap, f, opts)

@@ -87,7 +87,7 @@ func TestPassthrough(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cf := &countingFetcher{Fetcher: fetch.New(c, fetch.NewStoreSource("store", st))}
+			cf := &countingFetcher{Fetcher: fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)})}
 			t.Cleanup(cf.Flush)
 			mnt := t.TempDir()
 			srv, err := Mount(ctx, mnt, img.Bootstrap, cf, Options{Passthrough: tt.passthrough})

@@ -30,7 +30,7 @@ import (
 func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f *fetch.Fetcher, run func(context.Context) error, err error) {
 	storeSrc := fetch.NewStoreSource("store", st)
 	if cfg.NATSURL == "" {
-		return fetch.New(c, storeSrc), nil, nil
+		return fetch.New(c, []fetch.Source{storeSrc}, fetch.WithLogger(log)), nil, nil
 	}
 	id, addr, err := peerIdentity(cfg)
 	if err != nil {
@@ -47,8 +47,7 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 		return nil, nil, err
 	}
 	src := peer.NewSource(nc, id, nil, peer.SourceOptions{Logger: log})
-	f = fetch.New(c, src, storeSrc)
-	f.SetFrameSink(pieces)
+	f = fetch.New(c, []fetch.Source{src, storeSrc}, fetch.WithFrameSink(pieces), fetch.WithLogger(log))
 	server := piece.NewServer(pieces, nil, log)
 	ann := &peer.Announcer{NC: nc, ID: id, Addr: addr, Role: schedule.RolePeer, Store: pieces, Load: server.Load, Logger: log}
 	run = func(ctx context.Context) error {

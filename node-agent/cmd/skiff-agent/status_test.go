@@ -31,7 +31,7 @@ func TestStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := lazymount.New(root, st, fetch.New(c, fetch.NewStoreSource("store", st)), lazymount.Options{})
+	m, err := lazymount.New(root, st, fetch.New(c, []fetch.Source{fetch.NewStoreSource("store", st)}), lazymount.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

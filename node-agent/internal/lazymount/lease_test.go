@@ -31,7 +31,7 @@ func leaseManager(t *testing.T, e *takeoverEnv, st store.Store, log io.Writer) *
 	if log == nil {
 		log = os.Stderr
 	}
-	m, err := New(e.root, st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{Node: testNode, Logger: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	m, err := New(e.root, st, fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", e.st)}), Options{Node: testNode, Logger: slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}

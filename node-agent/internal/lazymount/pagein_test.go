@@ -157,7 +157,7 @@ func (e *erofsEnv) mountWith(t *testing.T, opts Options) string {
 	t.Helper()
 	opts.EROFS = true
 	opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	m, err := New(t.TempDir(), e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), opts)
+	m, err := New(t.TempDir(), e.st, fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", e.st)}), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

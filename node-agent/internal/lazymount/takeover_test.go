@@ -88,7 +88,7 @@ func (e *takeoverEnv) mount(t *testing.T) (*Client, string) {
 }
 
 func (e *takeoverEnv) manager(t *testing.T) *Manager {
-	m, err := New(e.root, e.st, fetch.New(nil, fetch.NewStoreSource("store", e.st)), Options{EROFS: e.erofs, Node: e.node, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	m, err := New(e.root, e.st, fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", e.st)}), Options{EROFS: e.erofs, Node: e.node, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}

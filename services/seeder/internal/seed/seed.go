@@ -41,7 +41,7 @@ type Seeder struct {
 var _ piece.Seeder = (*Seeder)(nil)
 
 // New returns a Seeder; f must read from st and hand its frames to pieces
-// (fetch.Fetcher.SetFrameSink).
+// (fetch.WithFrameSink).
 func New(st store.Store, f *fetch.Fetcher, pieces *piece.Store) *Seeder {
 	return &Seeder{store: st, fetcher: f, pieces: pieces, indexes: map[bootstrap.Digest]*bootstrap.Bootstrap{}}
 }

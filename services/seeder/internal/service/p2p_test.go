@@ -287,9 +287,8 @@ func (c *cluster) agent(t *testing.T, id string) *agent {
 	c.t.Cleanup(nc.Close)
 	a := &agent{id: id, pieces: pieces}
 	a.src = peer.NewSource(nc, id, nil, peer.SourceOptions{PieceTimeout: time.Second})
-	a.f = fetch.New(ch, a.src, fetch.NewStoreSource("store", st))
+	a.f = fetch.New(ch, []fetch.Source{a.src, fetch.NewStoreSource("store", st)}, fetch.WithFrameSink(pieces))
 	c.t.Cleanup(a.f.Flush)
-	a.f.SetFrameSink(pieces)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -104,8 +104,7 @@ func New(d Deps, opts ...Option) *Service {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	f := fetch.New(nil, fetch.NewStoreSource("store", d.Store))
-	f.SetFrameSink(d.Pieces)
+	f := fetch.New(nil, []fetch.Source{fetch.NewStoreSource("store", d.Store)}, fetch.WithFrameSink(d.Pieces), fetch.WithLogger(o.log))
 	s := &Service{
 		id: d.ID, nc: d.NATS, completed: d.Completed, opts: o, log: o.log, fetcher: f, pieces: d.Pieces,
 		seeder: seed.New(d.Store, f, d.Pieces), slots: make(chan struct{}, max(o.concurrency, 1)),
