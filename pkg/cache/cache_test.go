@@ -350,6 +350,101 @@ func TestMemory(t *testing.T) {
 	}
 }
 
+// frame builds a decompressed frame of n chunks of size bytes each, and
+// returns its digests and the chunks, slices of one buffer.
+func frame(first, n, size int) ([]bootstrap.Digest, [][]byte) {
+	var buf []byte
+	for i := range n {
+		c, _ := chunk(first+i, size)
+		buf = append(buf, c...)
+	}
+	ds := make([]bootstrap.Digest, n)
+	cs := make([][]byte, n)
+	for i := range n {
+		cs[i] = buf[i*size : (i+1)*size]
+		ds[i] = bootstrap.Sum(cs[i])
+	}
+	return ds, cs
+}
+
+func TestMemoryFrames(t *testing.T) {
+	a, ca := frame(10, 4, 250) // 1000 bytes each
+	b, cb := frame(20, 4, 250)
+	x, cx := frame(30, 4, 250)
+	big, cbig := frame(40, 12, 250)
+	tests := []struct {
+		name string
+		run  func(m *Memory)
+		held []bootstrap.Digest
+		gone []bootstrap.Digest
+	}{
+		{
+			name: "a frame comes whole",
+			run:  func(m *Memory) { m.PutFrame(a, ca, 1000) },
+			held: a,
+		},
+		{
+			name: "reading one chunk keeps its whole frame",
+			run: func(m *Memory) {
+				m.PutFrame(a, ca, 1000)
+				m.PutFrame(b, cb, 1000)
+				m.Get(a[3])
+				m.PutFrame(x, cx, 1000)
+			},
+			held: append(append([]bootstrap.Digest{}, a...), x...),
+			gone: b,
+		},
+		{
+			name: "a frame goes whole, not a chunk at a time",
+			run: func(m *Memory) {
+				m.PutFrame(a, ca, 1000)
+				m.PutFrame(b, cb, 1000)
+				m.PutFrame(x, cx, 1000)
+			},
+			held: append(append([]bootstrap.Digest{}, b...), x...),
+			gone: a,
+		},
+		{
+			name: "a frame larger than the memory is not held",
+			run:  func(m *Memory) { m.PutFrame(big, cbig, 3000) },
+			gone: big,
+		},
+		{
+			name: "a chunk held already stays with its own frame",
+			run: func(m *Memory) {
+				m.PutFrame(a, ca, 1000)
+				m.PutFrame(append([]bootstrap.Digest{a[0]}, b[1:]...), append([][]byte{ca[0]}, cb[1:]...), 1000)
+				m.PutFrame(x, cx, 1000) // evicts a, and a[0] with it
+			},
+			held: append(append([]bootstrap.Digest{}, b[1:]...), x...),
+			gone: a,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := NewMemory(2000)
+			tt.run(m)
+			for _, d := range tt.held {
+				if !m.Has(d) {
+					t.Errorf("chunk %s not held", d)
+				}
+			}
+			for _, d := range tt.gone {
+				if m.Has(d) {
+					t.Errorf("chunk %s still held", d)
+				}
+			}
+		})
+	}
+	m := NewMemory(2000)
+	m.PutFrame(a, ca, 1000)
+	for i, d := range a {
+		if got, ok := m.Get(d); !ok || !bytes.Equal(got, ca[i]) {
+			t.Fatalf("chunk %d of the frame: got %v, %q", i, ok, got)
+		}
+	}
+}
+
 func BenchmarkGetHit(b *testing.B) {
 	c, err := Open(b.TempDir(), 0)
 	if err != nil {

@@ -375,32 +375,26 @@ func (f *Fetcher) persistAsync(persist func()) {
 	}
 }
 
-// keep caches every chunk of a verified frame in memory: packed small
-// files are usually read together, so the neighbours are wanted soon. It
-// queues the write of the chunks to the disk cache, if there is one (see
-// writeback).
+// keep caches every chunk of a verified frame in memory, as one entry:
+// packed small files are usually read together, so the neighbours are
+// wanted soon. It queues the write of the chunks to the disk cache, if
+// there is one (see writeback).
 func (f *Fetcher) keep(b *bootstrap.Bootstrap, fi uint32, data []byte) {
 	idx := f.frameIndex(b).of(fi)
 	chunks := make([][]byte, len(idx))
+	digests := make([]bootstrap.Digest, len(idx))
+	var size int64
 	for i, ci := range idx {
 		c := b.Chunks[ci]
-		chunk := data[c.Offset : c.Offset+c.Size]
-		if len(idx) > 1 {
-			// A small chunk must not pin its whole packed frame in memory
-			// long after its neighbours were evicted.
-			chunk = bytes.Clone(chunk)
-		}
-		f.mem.Put(c.Digest, chunk)
-		chunks[i] = chunk
+		chunks[i] = data[c.Offset : c.Offset+c.Size]
+		digests[i] = c.Digest
+		size += int64(c.Size)
 	}
+	f.mem.PutFrame(digests, chunks, int64(len(data)))
 	if f.cache == nil {
 		return
 	}
-	p := &pendingWrite{chunks: make([]bootstrap.Digest, len(idx))}
-	for i, ci := range idx {
-		p.chunks[i] = b.Chunks[ci].Digest
-		p.bytes += int64(len(chunks[i]))
-	}
+	p := &pendingWrite{chunks: digests, bytes: size}
 	p.persist = func() {
 		if len(idx) == 1 {
 			if err := f.cache.Put(b.Chunks[idx[0]].Digest, chunks[0]); err != nil {
