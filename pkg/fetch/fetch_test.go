@@ -17,6 +17,7 @@ import (
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
+	"github.com/skiff-dev/skiff/pkg/codec"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
 )
@@ -521,6 +522,69 @@ func BenchmarkReadChunkDiskHit(b *testing.B) {
 	}
 	// A fresh fetcher each time skips the memory tier.
 	benchmarkHit(b, c, func(*Fetcher) *Fetcher { return New(c, nil) })
+}
+
+// BenchmarkColdSmallFiles reads 2,000 small files of source text, packed
+// into shared frames, through a fetcher that has none of them yet: the
+// cold walk of a toolchain's sources, less the kernel. It reports its time
+// against the least any loader does for the same files: reading each
+// frame from the same source, decompressing it and hashing its chunks,
+// one after another, keeping nothing.
+func BenchmarkColdSmallFiles(b *testing.B) {
+	var entries []fetchtest.Entry
+	var total int64
+	for i := range 2000 {
+		data := fixture.Text(uint64(i), 2<<10+i%16<<10)
+		total += int64(len(data))
+		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/src/f%04d", i), Mode: bootstrap.ModeRegular | 0o644, Data: data, Pack: true})
+	}
+	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 1 << 20, PackSize: 256 << 10, Compression: bootstrap.Zstd})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	src := NewStoreSource("store", upload(b, img))
+	bs := img.Bootstrap
+	ix := newFrameIndex(bs)
+	frameByFrame := func() {
+		for fi, fr := range bs.Frames {
+			raw, err := src.FetchFrame(ctx, bs.Blobs[fr.Blob], fr.Offset, int64(fr.CompressedSize))
+			if err != nil {
+				b.Fatal(err)
+			}
+			data, err := codec.Decompress(fr.Compression, nil, raw, int(fr.Size))
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, ci := range ix.of(uint32(fi)) {
+				c := bs.Chunks[ci]
+				_ = bootstrap.Sum(data[c.Offset : c.Offset+c.Size])
+			}
+		}
+	}
+	// The two take turns, so that the machine's drift weighs on both.
+	var base, cold time.Duration
+	b.SetBytes(total)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		start := time.Now()
+		frameByFrame()
+		base += time.Since(start)
+		b.StartTimer()
+		start = time.Now()
+		f := New(nil, []Source{src})
+		for i := range entries {
+			ino, _ := bs.LookupPath(entries[i].Path)
+			for _, ci := range bs.FileChunks(ino) {
+				if _, err := f.ReadChunk(ctx, bs, ci); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		cold += time.Since(start)
+	}
+	b.ReportMetric(float64(cold)/float64(base), "cold/frame-by-frame")
 }
 
 func TestFrameIndexReleasedWithBootstrap(t *testing.T) {
