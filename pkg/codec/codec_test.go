@@ -84,6 +84,26 @@ func TestDecompressRejectsWrongSize(t *testing.T) {
 	}
 }
 
+// Every chunk of a frame is checked against its digest once it is
+// decompressed, so the zstd frame's own checksum is not checked again: a
+// frame whose checksum is wrong decodes to its bytes, which the digests
+// then judge.
+func TestDecompressLeavesChecksumToDigests(t *testing.T) {
+	src := sample(100<<10, 4)
+	frame, err := Compress(bootstrap.Zstd, nil, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame[len(frame)-1] ^= 0xff // the last byte of the checksum
+	got, err := Decompress(bootstrap.Zstd, nil, frame, len(src))
+	if err != nil {
+		t.Fatalf("frame with a wrong checksum: %v", err)
+	}
+	if !bytes.Equal(got, src) {
+		t.Fatal("frame with a wrong checksum decoded to other bytes")
+	}
+}
+
 // A peer's frame is decompressed before its digest is checked: a small
 // frame that claims to expand far beyond the size the bootstrap gives
 // must fail without the decoder allocating what it claims.
