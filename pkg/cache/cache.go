@@ -46,7 +46,7 @@ type Cache struct {
 	dir string
 
 	mu       sync.Mutex
-	idx      *lru[bootstrap.Digest, kind]
+	idx      *diskIndex
 	stats    Stats
 	verified map[bootstrap.Digest]bool // chunks and whole files checked by this process
 	// packed finds the chunks stored in packs (see PutPack); packs lists
@@ -66,6 +66,12 @@ const (
 )
 
 var kinds = []kind{chunkEntry, fileEntry, packEntry}
+
+// diskIndex orders the disk cache's entries, named by digest, by recency.
+type (
+	diskIndex = lru[bootstrap.Digest, kind]
+	diskEntry = lruEntry[bootstrap.Digest, kind]
+)
 
 // subdir is where entries of each kind live under the cache directory.
 func (k kind) subdir() string {
@@ -162,7 +168,7 @@ func Open(dir string, maxBytes int64) (*Cache, error) {
 		packs:    map[bootstrap.Digest][]bootstrap.Digest{},
 	}
 	c.stats.MaxBytes = maxBytes
-	var evicted []lruEntry[bootstrap.Digest, kind]
+	var evicted []diskEntry
 	for _, f := range files {
 		// Oldest first, so the newest end up most recent and a limit
 		// lowered since the last run trims the oldest.
@@ -333,7 +339,7 @@ func writeParts(parts ...[]byte) func(io.Writer) error {
 // forgotten (see forget), for the caller to pass to removeFiles once it
 // has unlocked. c.mu is held: renaming under it is what lets removeFiles
 // tell an evicted file from a new one at the same path.
-func (c *Cache) commit(tmp string, d bootstrap.Digest, size int64, k kind) ([]lruEntry[bootstrap.Digest, kind], error) {
+func (c *Cache) commit(tmp string, d bootstrap.Digest, size int64, k kind) ([]diskEntry, error) {
 	if err := os.Rename(tmp, c.pathOf(d, k)); err != nil {
 		_ = os.Remove(tmp)
 		return nil, err
@@ -347,7 +353,7 @@ func (c *Cache) commit(tmp string, d bootstrap.Digest, size int64, k kind) ([]lr
 // index, in the same critical section: once c.mu is released the same id
 // may be stored again, and its new pack index must not be wiped. c.mu is
 // held.
-func (c *Cache) forget(evicted []lruEntry[bootstrap.Digest, kind]) {
+func (c *Cache) forget(evicted []diskEntry) {
 	c.stats.Evictions += int64(len(evicted))
 	for _, e := range evicted {
 		delete(c.verified, e.key)
@@ -364,7 +370,7 @@ func (c *Cache) forget(evicted []lruEntry[bootstrap.Digest, kind]) {
 // its entry counted but unreadable. An unlink is cheap next to the write
 // that caused the eviction, and locking once per file lets readers in
 // between when a large file evicts thousands of chunks.
-func (c *Cache) removeFiles(evicted []lruEntry[bootstrap.Digest, kind]) {
+func (c *Cache) removeFiles(evicted []diskEntry) {
 	for _, e := range evicted {
 		c.mu.Lock()
 		if !c.indexed(e.key, e.val) {
@@ -378,7 +384,7 @@ func (c *Cache) removeFiles(evicted []lruEntry[bootstrap.Digest, kind]) {
 // without marking it used. c.mu is held.
 func (c *Cache) indexed(d bootstrap.Digest, k kind) bool {
 	e, ok := c.idx.items[d]
-	return ok && e.Value.(*lruEntry[bootstrap.Digest, kind]).val == k
+	return ok && e.Value.(*diskEntry).val == k
 }
 
 // Stats returns current counters.

@@ -67,7 +67,7 @@ func (c *Cache) FileChecked(id bootstrap.Digest) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k, ok := c.idx.items[id]
-	return ok && k.Value.(*lruEntry[bootstrap.Digest, kind]).val == fileEntry && c.verified[id]
+	return ok && k.Value.(*diskEntry).val == fileEntry && c.verified[id]
 }
 
 // HasFile reports whether a whole file is filed under id.
@@ -75,7 +75,7 @@ func (c *Cache) HasFile(id bootstrap.Digest) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k, ok := c.idx.items[id]
-	return ok && k.Value.(*lruEntry[bootstrap.Digest, kind]).val == fileEntry
+	return ok && k.Value.(*diskEntry).val == fileEntry
 }
 
 // PutFile files a whole file of size bytes under id, written by write

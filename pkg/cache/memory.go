@@ -11,11 +11,12 @@ import (
 // and without it every request would re-read and re-hash the whole chunk.
 // Chunks are shared with callers, who must not modify them.
 //
-// The chunks of one decompressed frame are held as one entry (PutFrame):
-// they are slices of the frame's buffer, which copying each out would
-// double the work of a cold read of small files for, and a chunk held
-// alone would keep the whole buffer alive unaccounted. As one entry the
-// frame counts its whole buffer and comes and goes whole.
+// The chunks of one decompressed frame are held as one entry (PutFrame).
+// They are slices of the frame's buffer: copying each small chunk out of
+// its frame cost a cold read of small files a sixth of its time in the
+// fetch path, and a chunk held alone would keep the whole buffer alive
+// unaccounted. As one entry the frame counts its whole buffer and comes
+// and goes whole.
 type Memory struct {
 	mu     sync.Mutex
 	idx    *lru[uint64, []bootstrap.Digest] // entries: the chunks they hold
