@@ -36,7 +36,7 @@ func TestSourceTriesParentsInOrder(t *testing.T) {
 	nc := startNATS(t)
 	blob := bootstrap.Sum([]byte("blob"))
 	data := []byte("0123456789abcdefghij")
-	good, err := piece.Open(t.TempDir(), 0)
+	good, err := piece.Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,7 +80,7 @@ func readPiece(s *Store, blob bootstrap.Digest, off, size int64) ([]byte, error)
 // TestPieceOutlivesEviction: a piece opened before its frames are evicted
 // is still sent whole.
 func TestPieceOutlivesEviction(t *testing.T) {
-	s, err := Open(t.TempDir(), 0)
+	s, err := Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestPieceOutlivesEviction(t *testing.T) {
 }
 
 func TestStoreRead(t *testing.T) {
-	s, err := Open(t.TempDir(), 0)
+	s, err := Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestStoreRead(t *testing.T) {
 
 func TestStoreEvictsAndReopens(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, 50)
+	s, err := Open(dir, 50, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestStoreEvictsAndReopens(t *testing.T) {
 	if s.Has(blobA, 0, 20) || !s.Has(blobA, 20, 40) || s.Size() != 40 || s.Free() != 10 {
 		t.Fatalf("after eviction: size %d, holdings %+v", s.Size(), s.Holdings())
 	}
-	r, err := Open(dir, 50)
+	r, err := Open(dir, 50, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestOpenRemovesStaleTemps(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s, err := Open(dir, 0)
+	s, err := Open(dir, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,13 +252,13 @@ func (c *countingSeeder) Seed(ctx context.Context, blob bootstrap.Digest, off, s
 
 func TestServerAndClient(t *testing.T) {
 	ctx := context.Background()
-	held, err := Open(t.TempDir(), 0)
+	held, err := Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	all := frames(t, held, blobA, 10, 20)
 	blobB := bootstrap.Sum([]byte("b"))
-	seedStore, err := Open(t.TempDir(), 0)
+	seedStore, err := Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

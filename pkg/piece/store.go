@@ -61,12 +61,16 @@ const staleTempAge = 10 * time.Minute
 // Open opens (creating it if needed) the store in dir, keeping at most
 // maxBytes (0: no limit). Frames left by an earlier process are served
 // again: they were verified when they were written. Temporary files of
-// writes that crashed are removed once older than staleTempAge.
-func Open(dir string, maxBytes int64) (*Store, error) {
+// writes that crashed are removed once older than staleTempAge. Failures
+// to write or remove frames go to log (nil: slog.Default()).
+func Open(dir string, maxBytes int64, log *slog.Logger) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open piece store: %w", err)
 	}
-	s := &Store{dir: dir, max: maxBytes, log: slog.Default(), frames: map[bootstrap.Digest]map[int64]int64{}}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Store{dir: dir, max: maxBytes, log: log, frames: map[bootstrap.Digest]map[int64]int64{}}
 	type found struct {
 		k    frameKey
 		size int64

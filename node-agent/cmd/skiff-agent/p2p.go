@@ -36,7 +36,7 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 	if err != nil {
 		return nil, nil, err
 	}
-	pieces, err := piece.Open(filepath.Join(cfg.Root, "pieces"), cfg.PeerCacheSize)
+	pieces, err := piece.Open(filepath.Join(cfg.Root, "pieces"), cfg.PeerCacheSize, log)
 	if err != nil {
 		return nil, nil, err
 	}

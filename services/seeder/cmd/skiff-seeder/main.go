@@ -50,7 +50,7 @@ func run(ctx context.Context, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	pieces, err := piece.Open(cfg.Dir, cfg.CacheSize)
+	pieces, err := piece.Open(cfg.Dir, cfg.CacheSize, nil)
 	if err != nil {
 		return err
 	}

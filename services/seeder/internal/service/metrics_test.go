@@ -107,7 +107,7 @@ func TestMetrics(t *testing.T) {
 	}
 	preheated, digest := convertInto(t, st, 1)
 	seeded, _ := convertInto(t, st, 2)
-	pieces, err := piece.Open(t.TempDir(), 0)
+	pieces, err := piece.Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -115,7 +115,7 @@ func (c *cluster) startSeeder(t *testing.T, id string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pieces, err := piece.Open(t.TempDir(), 1<<30)
+	pieces, err := piece.Open(t.TempDir(), 1<<30, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func (c *cluster) agent(t *testing.T, id string) *agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pieces, err := piece.Open(filepath.Join(c.t.TempDir(), "pieces"), 0)
+	pieces, err := piece.Open(filepath.Join(c.t.TempDir(), "pieces"), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

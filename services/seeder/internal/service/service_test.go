@@ -139,7 +139,7 @@ func TestHandleCompleted(t *testing.T) {
 				gateKey = store.BootstrapKey(digest.Hex())
 			}
 			st := newGatedStore(t, gateKey)
-			pieces, err := piece.Open(t.TempDir(), 0)
+			pieces, err := piece.Open(t.TempDir(), 0, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -180,7 +180,7 @@ func TestServeSeedRequests(t *testing.T) {
 	defer nc.Close()
 	slow := bootstrap.Sum([]byte("slow image"))
 	st := newGatedStore(t, store.BootstrapKey(slow.Hex()))
-	pieces, err := piece.Open(t.TempDir(), 0)
+	pieces, err := piece.Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
