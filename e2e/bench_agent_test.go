@@ -334,7 +334,7 @@ func hostLayer(b *testing.B, path, dir string) (v1.Layer, int64) {
 // when its first output arrived; atFirst, if set, runs right then.
 func runTimed(b *testing.B, ctx context.Context, e *agentEnv, atFirst func(), args ...string) (string, time.Time) {
 	b.Helper()
-	cmd := exec.CommandContext(ctx, e.ctrd.CtrPath, append([]string{"--address", e.ctrd.Address, "run", "--rm"}, args...)...)
+	cmd := e.ctrd.Command(ctx, append([]string{"run", "--rm"}, args...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()

@@ -109,6 +109,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     type = "snapshot"
     address = "{{.SnapshotterSocket}}"
 {{- end}}
+{{- if and .CRI (eq .Version 3)}}
+
+# Last, under the tables a snippet may define: pods keep their runc state
+# in this containerd's state directory, as ctr's containers do (Command).
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+    Root = "{{.RuncRoot}}"
+{{- else if .CRI}}
+
+# Last, under the tables a snippet may define: pods keep their runc state
+# in this containerd's state directory, as ctr's containers do (Command).
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    Root = "{{.RuncRoot}}"
+{{- end}}
 `))
 
 // StartContainerd starts containerd and stops it when the test ends. It
@@ -216,13 +233,27 @@ func (c Containerd) Restart() {
 
 // Ctr runs ctr against this containerd and returns its combined output.
 func (c Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, c.CtrPath, append([]string{"--address", c.Address}, args...)...)
-	out, err := cmd.CombinedOutput()
+	out, err := c.Command(ctx, args...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("ctr %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
 }
+
+// Command returns ctr with args against this containerd. A container
+// started with `ctr run` keeps its runc state in this containerd's state
+// directory (RuncRoot): runc's default is one directory per machine, in
+// which two tests running at once, or two runs of the suite, would find
+// each other's containers of the same name.
+func (c Containerd) Command(ctx context.Context, args ...string) *exec.Cmd {
+	if len(args) > 0 && args[0] == "run" {
+		args = append([]string{"run", "--runc-root", c.RuncRoot()}, args[1:]...)
+	}
+	return exec.CommandContext(ctx, c.CtrPath, append([]string{"--address", c.Address}, args...)...)
+}
+
+// RuncRoot is where runc keeps the state of this containerd's containers.
+func (c Containerd) RuncRoot() string { return filepath.Join(c.State, "runc") }
 
 // cleanupTasks kills and deletes every task and container of every
 // namespace so that shims do not outlive the test.
@@ -248,7 +279,7 @@ func (c Containerd) cleanupTasks() {
 // list runs a listing ctr command and returns its standard output alone:
 // ctr 2.x also prints the server's deprecation warnings, on stderr.
 func (c Containerd) list(ctx context.Context, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, c.CtrPath, append([]string{"--address", c.Address}, args...)...).Output()
+	out, err := c.Command(ctx, args...).Output()
 	if err != nil {
 		return "", fmt.Errorf("ctr %s: %w", strings.Join(args, " "), err)
 	}
