@@ -109,21 +109,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     type = "snapshot"
     address = "{{.SnapshotterSocket}}"
 {{- end}}
-{{- if and .CRI (eq .Version 3)}}
+{{- if .CRI}}
+{{- $runc := "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc"}}
+{{- if eq .Version 3}}{{$runc = "plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc"}}{{end}}
 
 # Last, under the tables a snippet may define: pods keep their runc state
 # in this containerd's state directory, as ctr's containers do (Command).
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+[{{$runc}}]
   runtime_type = "io.containerd.runc.v2"
-  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-    Root = "{{.RuncRoot}}"
-{{- else if .CRI}}
-
-# Last, under the tables a snippet may define: pods keep their runc state
-# in this containerd's state directory, as ctr's containers do (Command).
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  [{{$runc}}.options]
     Root = "{{.RuncRoot}}"
 {{- end}}
 `))
