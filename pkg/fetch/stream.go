@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"sort"
 	"sync"
 	"time"
@@ -83,7 +84,8 @@ func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootst
 	// gaps between them; got is how much of it has arrived. Frames are
 	// decompressed and checked by up to streamWorkers goroutines while
 	// the next ones arrive.
-	buf := make([]byte, size)
+	buf := requestBuffer(size)
+	defer releaseRequestBuffer(buf) // after the frames' workers are done
 	var got int64
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -125,6 +127,54 @@ func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootst
 		})
 	}
 	return nil
+}
+
+// Buffers that requests land in are reused. A request's bytes are garbage
+// once its frames are decompressed (frameIndex.open copies even a stored
+// frame, and sinkFrame keeps a copy), but a fresh buffer costs a page fault
+// for every 4 KiB the socket's bytes are first copied into, which a
+// virtual machine traps to its hypervisor: a cold walk of a tree lands
+// tens of megabytes this way. Buffers come in powers of two, from
+// minPooled to maxPooled; a request of another size gets a buffer of its
+// own.
+const (
+	minPooledShift = 16
+	maxPooledShift = 25
+)
+
+var requestBuffers [maxPooledShift - minPooledShift + 1]sync.Pool // of *[]byte
+
+// bufferClass returns the pool for buffers of capacity 1<<shift holding
+// n bytes, or -1 if n is outside every class.
+func bufferClass(n int64) int {
+	shift := max(bits.Len64(uint64(max(n, 1)-1)), minPooledShift)
+	if shift > maxPooledShift {
+		return -1
+	}
+	return shift - minPooledShift
+}
+
+// requestBuffer returns a buffer of n bytes, whose content is arbitrary.
+func requestBuffer(n int64) []byte {
+	c := bufferClass(n)
+	if c < 0 {
+		return make([]byte, n)
+	}
+	if p, ok := requestBuffers[c].Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, 1<<(c+minPooledShift))
+}
+
+// releaseRequestBuffer gives buf, which nothing may use any more, back
+// for reuse.
+func releaseRequestBuffer(buf []byte) {
+	c := bufferClass(int64(cap(buf)))
+	if c < 0 || cap(buf) != 1<<(c+minPooledShift) {
+		return
+	}
+	buf = buf[:0]
+	requestBuffers[c].Put(&buf)
 }
 
 // streamWorkers bounds the frames of one request being decompressed and

@@ -37,7 +37,7 @@ type Entry struct {
 // Options shape the layout.
 type Options struct {
 	ChunkSize   int                   // default 64 KiB
-	Compression bootstrap.Compression // default none
+	Compression bootstrap.Compression // the zero value is bootstrap.Zstd
 	PackSize    int                   // target size of packed frames, default 64 KiB
 	BlobSize    int64                 // start a new blob after this many bytes; 0: one blob
 }
