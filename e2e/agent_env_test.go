@@ -77,10 +77,10 @@ func main() {
 		}
 	case "list":
 		// Reads the files listed in a file, one path per line; a line
-		// "-" prints "ready" (the benchmarks time the first output, and
-		// count the bytes fetched until then) and waits a moment, so that
-		// the reads after it are not counted as before it while the
-		// line is on its way to the benchmark.
+		// "-" prints "ready" and the time (the benchmarks time the first
+		// output, and count the bytes fetched until the time it gives)
+		// and waits a moment, so that the reads after it do not slow the
+		// line on its way to the benchmark.
 		f, err := os.Open(os.Args[2])
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -91,7 +91,7 @@ func main() {
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
 			if sc.Text() == "-" {
-				fmt.Println("ready")
+				fmt.Println("ready", time.Now().UnixNano())
 				time.Sleep(100 * time.Millisecond)
 				continue
 			}

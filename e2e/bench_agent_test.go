@@ -16,9 +16,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,6 +155,10 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 	e.waitSnapshotter(ctx)
 	ref := reg.addr + "/large:v1"
 
+	// The setup wrote gigabytes (the binaries built, the image pushed and
+	// converted): written back while the commands run, they would slow
+	// whichever ran then.
+	unix.Sync()
 	b.ResetTimer()
 	// Skiff: pull, then the command; timed to its first output.
 	reg.reset()
@@ -161,29 +166,29 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 	start := time.Now()
 	e.pull(ctx, ref)
 	pulled := time.Since(start)
-	var regBytes, storeBytes int64
-	out, firstAt := runTimed(b, ctx, e, func() { regBytes, storeBytes = reg.bytes(), s3.bytes() },
-		"--snapshotter", "skiff", ref, "lazy-first", "/bin/probe", "list", "/bench/first.list")
+	out, firstAt := runTimed(b, ctx, e, "--snapshotter", "skiff", ref, "lazy-first", "/bin/probe", "list", "/bench/first.list")
+	printed := printedAt(b, out)
+	regBytes, storeBytes := reg.bytesBefore(printed), s3.bytesBefore(printed)
 	lazyFirst := firstAt.Sub(start)
 	fetched := regBytes + storeBytes
 	b.Logf("skiff: pulled in %s, first output after %s, %d B fetched by then (registry %d, store %d); %s",
 		pulled.Round(time.Millisecond), lazyFirst.Round(time.Millisecond), fetched, regBytes, storeBytes, strings.TrimSpace(out))
 	s3.reset()
 	start = time.Now()
-	out, _ = runTimed(b, ctx, e, nil, "--snapshotter", "skiff", ref, "lazy-small", "/bin/probe", "list", "/bench/small.list")
+	out, _ = runTimed(b, ctx, e, "--snapshotter", "skiff", ref, "lazy-small", "/bin/probe", "list", "/bench/small.list")
 	lazySmall := time.Since(start)
 	b.Logf("skiff: small files in %s, %d B from the store: %s", lazySmall.Round(time.Millisecond), s3.bytes(), strings.TrimSpace(out))
 	// The same again, every chunk local now: what is left is the cost of
 	// the mount itself, apart from fetching.
 	start = time.Now()
-	runTimed(b, ctx, e, nil, "--snapshotter", "skiff", ref, "lazy-small-warm", "/bin/probe", "list", "/bench/small.list")
+	runTimed(b, ctx, e, "--snapshotter", "skiff", ref, "lazy-small-warm", "/bin/probe", "list", "/bench/small.list")
 	b.Logf("skiff: small files again, all local, in %s", time.Since(start).Round(time.Millisecond))
 	// Once more with the kernel's caches dropped and the chunks on local
 	// disk: the mount's own cost on a cold kernel, apart from fetching.
 	unix.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err == nil {
 		start = time.Now()
-		runTimed(b, ctx, e, nil, "--snapshotter", "skiff", ref, "lazy-small-disk", "/bin/probe", "list", "/bench/small.list")
+		runTimed(b, ctx, e, "--snapshotter", "skiff", ref, "lazy-small-disk", "/bin/probe", "list", "/bench/small.list")
 		b.Logf("skiff: small files from the local disk cache, kernel caches dropped, in %s", time.Since(start).Round(time.Millisecond))
 	}
 
@@ -197,11 +202,11 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 		b.Fatalf("%v\n%s", err, out)
 	}
 	pulled = time.Since(start)
-	out, firstAt = runTimed(b, ctx, e, nil, "--snapshotter", "overlayfs", ref, "oci-first", "/bin/probe", "list", "/bench/first.list")
+	out, firstAt = runTimed(b, ctx, e, "--snapshotter", "overlayfs", ref, "oci-first", "/bin/probe", "list", "/bench/first.list")
 	ociFirst := firstAt.Sub(start)
 	b.Logf("oci: pulled in %s, first output after %s; %s", pulled.Round(time.Millisecond), ociFirst.Round(time.Millisecond), strings.TrimSpace(out))
 	start = time.Now()
-	out, _ = runTimed(b, ctx, e, nil, "--snapshotter", "overlayfs", ref, "oci-small", "/bin/probe", "list", "/bench/small.list")
+	out, _ = runTimed(b, ctx, e, "--snapshotter", "overlayfs", ref, "oci-small", "/bin/probe", "list", "/bench/small.list")
 	ociSmall := time.Since(start)
 	b.Logf("oci: small files in %s: %s", ociSmall.Round(time.Millisecond), strings.TrimSpace(out))
 
@@ -216,11 +221,12 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 	s3.reset()
 	start = time.Now()
 	second.pull(ctx, ref)
-	out, firstAt = runTimed(b, ctx, second, func() { storeBytes = s3.bytes() }, "--snapshotter", "skiff", ref, "second-first", "/bin/probe", "list", "/bench/first.list")
+	out, firstAt = runTimed(b, ctx, second, "--snapshotter", "skiff", ref, "second-first", "/bin/probe", "list", "/bench/first.list")
+	storeBytes = s3.bytesBefore(printedAt(b, out))
 	secondFirst := firstAt.Sub(start)
 	b.Logf("second node: first output after %s, %d B from the store by then; %s", secondFirst.Round(time.Millisecond), storeBytes, strings.TrimSpace(out))
 	start = time.Now()
-	out, _ = runTimed(b, ctx, second, nil, "--snapshotter", "skiff", ref, "second-small", "/bin/probe", "list", "/bench/small.list")
+	out, _ = runTimed(b, ctx, second, "--snapshotter", "skiff", ref, "second-small", "/bin/probe", "list", "/bench/small.list")
 	secondSmall := time.Since(start)
 	b.Logf("second node: small files in %s: %s", secondSmall.Round(time.Millisecond), strings.TrimSpace(out))
 	if log, err := os.ReadFile(filepath.Join(second.root, "mountd.log")); err == nil {
@@ -239,10 +245,10 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 	}
 	third := e.node(testenv.ContainerdOptions{})
 	third.pull(ctx, ref)
-	runTimed(b, ctx, third, nil, "--snapshotter", "skiff", ref, "third-first", "/bin/probe", "list", "/bench/first.list")
+	runTimed(b, ctx, third, "--snapshotter", "skiff", ref, "third-first", "/bin/probe", "list", "/bench/first.list")
 	warmed := waitWarmed(b, ctx, third)
 	start = time.Now()
-	out, _ = runTimed(b, ctx, third, nil, "--snapshotter", "skiff", ref, "third-small", "/bin/probe", "list", "/bench/small.list")
+	out, _ = runTimed(b, ctx, third, "--snapshotter", "skiff", ref, "third-small", "/bin/probe", "list", "/bench/small.list")
 	pausedSmall := time.Since(start)
 	b.Logf("third node: small files after a pause in %s: %s; %s", pausedSmall.Round(time.Millisecond), strings.TrimSpace(out), warmed)
 	b.StopTimer()
@@ -331,8 +337,8 @@ func hostLayer(b *testing.B, path, dir string) (v1.Layer, int64) {
 }
 
 // runTimed runs a container with ctr run --rm and returns its output and
-// when its first output arrived; atFirst, if set, runs right then.
-func runTimed(b *testing.B, ctx context.Context, e *agentEnv, atFirst func(), args ...string) (string, time.Time) {
+// when its first output arrived.
+func runTimed(b *testing.B, ctx context.Context, e *agentEnv, args ...string) (string, time.Time) {
 	b.Helper()
 	cmd := e.ctrd.Command(ctx, append([]string{"run", "--rm"}, args...)...)
 	var stderr strings.Builder
@@ -349,15 +355,26 @@ func runTimed(b *testing.B, ctx context.Context, e *agentEnv, atFirst func(), ar
 	var out strings.Builder
 	if _, err := r.Peek(1); err == nil {
 		firstAt = time.Now()
-		if atFirst != nil {
-			atFirst()
-		}
 	}
 	_, _ = io.Copy(&out, r)
 	if err := cmd.Wait(); err != nil || firstAt.IsZero() {
 		b.Fatalf("ctr run %s: %v\n%s%s\n%s", strings.Join(args, " "), err, out.String(), stderr.String(), e.logs())
 	}
 	return out.String(), firstAt
+}
+
+// printedAt returns the time the probe gave with its first output,
+// "ready" and the time in nanoseconds: the bytes fetched until the first
+// output are those that arrived before it, not before the line reached
+// the benchmark, which can take longer than the probe's pause after it.
+func printedAt(b *testing.B, out string) time.Time {
+	b.Helper()
+	line, _, _ := strings.Cut(out, "\n")
+	ns, err := strconv.ParseInt(strings.TrimPrefix(line, "ready "), 10, 64)
+	if err != nil {
+		b.Fatalf("first output %q: want \"ready\" and a time: %v", line, err)
+	}
+	return time.Unix(0, ns)
 }
 
 // countingProxy forwards TCP connections to target and counts the bytes
@@ -369,9 +386,16 @@ func runTimed(b *testing.B, ctx context.Context, e *agentEnv, atFirst func(), ar
 // parallel requests).
 type countingProxy struct {
 	addr, target string
-	n            atomic.Int64
 	mu           sync.Mutex
 	conns        map[net.Conn]struct{}
+	// arrivals lists, in order, when bytes arrived and how many had
+	// arrived by then since the last reset.
+	arrivals []arrival
+}
+
+type arrival struct {
+	at time.Time
+	n  int64
 }
 
 func startCountingProxy(b *testing.B, target string) *countingProxy {
@@ -403,8 +427,37 @@ func startCountingProxy(b *testing.B, target string) *countingProxy {
 	return p
 }
 
-func (p *countingProxy) reset()       { p.n.Store(0) }
-func (p *countingProxy) bytes() int64 { return p.n.Load() }
+func (p *countingProxy) reset() {
+	p.mu.Lock()
+	p.arrivals = nil
+	p.mu.Unlock()
+}
+
+// bytes returns how many bytes have arrived since the last reset.
+func (p *countingProxy) bytes() int64 { return p.bytesBefore(time.Now()) }
+
+// bytesBefore returns how many bytes arrived after the last reset and
+// before t.
+func (p *countingProxy) bytesBefore(t time.Time) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := sort.Search(len(p.arrivals), func(i int) bool { return !p.arrivals[i].at.Before(t) })
+	if i == 0 {
+		return 0
+	}
+	return p.arrivals[i-1].n
+}
+
+// count records that n bytes arrived.
+func (p *countingProxy) count(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	total := int64(n)
+	if k := len(p.arrivals); k > 0 {
+		total += p.arrivals[k-1].n
+	}
+	p.arrivals = append(p.arrivals, arrival{time.Now(), total})
+}
 
 // serve forwards c to a new connection to target until either side
 // closes.
@@ -427,8 +480,8 @@ func (p *countingProxy) serve(c net.Conn) {
 	buf := make([]byte, 256<<10)
 	for {
 		n, err := up.Read(buf)
-		p.n.Add(int64(n))
 		if n > 0 {
+			p.count(n)
 			if _, werr := c.Write(buf[:n]); werr != nil {
 				break
 			}
