@@ -134,9 +134,9 @@ func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootst
 // frame, and sinkFrame keeps a copy), but a fresh buffer costs a page fault
 // for every 4 KiB the socket's bytes are first copied into, which a
 // virtual machine traps to its hypervisor: a cold walk of a tree lands
-// tens of megabytes this way. Buffers come in powers of two, from
-// minPooled to maxPooled; a request of another size gets a buffer of its
-// own.
+// tens of megabytes this way. Pooled buffers come in powers of two, from
+// 64 KiB (1<<minPooledShift) to 32 MiB (1<<maxPooledShift); a larger
+// request gets a buffer of its own.
 const (
 	minPooledShift = 16
 	maxPooledShift = 25
@@ -144,8 +144,8 @@ const (
 
 var requestBuffers [maxPooledShift - minPooledShift + 1]sync.Pool // of *[]byte
 
-// bufferClass returns the pool for buffers of capacity 1<<shift holding
-// n bytes, or -1 if n is outside every class.
+// bufferClass returns the index in requestBuffers of the smallest class
+// that holds n bytes, or -1 if n is larger than every class.
 func bufferClass(n int64) int {
 	shift := max(bits.Len64(uint64(max(n, 1)-1)), minPooledShift)
 	if shift > maxPooledShift {
