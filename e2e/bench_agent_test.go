@@ -381,9 +381,9 @@ func printedAt(b *testing.B, out string) time.Time {
 // target sends back: the responses as they cross the wire, headers
 // included. It copies bytes and parses nothing: the node's reads pass it
 // while the OCI image's, from local disk, do not, so it must cost them as
-// little as it can (an HTTP reverse proxy parsed every response again and,
-// keeping two idle connections, dialled MinIO anew for most of the mount's
-// parallel requests).
+// little as it can (an HTTP reverse proxy parsed every response again
+// and, keeping two idle connections per host, dialled MinIO anew whenever
+// more of the mount's requests had run at once).
 type countingProxy struct {
 	addr, target string
 	mu           sync.Mutex
