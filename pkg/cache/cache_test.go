@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -391,7 +392,7 @@ func TestMemoryFrames(t *testing.T) {
 				m.Get(a[3])
 				m.PutFrame(x, cx, 1000)
 			},
-			held: append(append([]bootstrap.Digest{}, a...), x...),
+			held: slices.Concat(a, x),
 			gone: b,
 		},
 		{
@@ -401,7 +402,7 @@ func TestMemoryFrames(t *testing.T) {
 				m.PutFrame(b, cb, 1000)
 				m.PutFrame(x, cx, 1000)
 			},
-			held: append(append([]bootstrap.Digest{}, b...), x...),
+			held: slices.Concat(b, x),
 			gone: a,
 		},
 		{
@@ -416,7 +417,7 @@ func TestMemoryFrames(t *testing.T) {
 				m.PutFrame(append([]bootstrap.Digest{a[0]}, b[1:]...), append([][]byte{ca[0]}, cb[1:]...), 1000)
 				m.PutFrame(x, cx, 1000) // evicts a, and a[0] with it
 			},
-			held: append(append([]bootstrap.Digest{}, b[1:]...), x...),
+			held: slices.Concat(b[1:], x),
 			gone: a,
 		},
 	}
