@@ -178,6 +178,16 @@ func (f *Fetcher) claimAfter(b *bootstrap.Bootstrap, ix *frameIndex, from uint32
 		if !leader {
 			break
 		}
+		// A fetch of fj may have finished between the look above and
+		// the claim: its chunks are cached now, and fetching it again
+		// would cost a request and its decompression for nothing.
+		if f.frameCached(b, ix, fj) {
+			f.finish(frameKey{b, fj}, cl, nil, errCached)
+			if packed {
+				continue
+			}
+			break
+		}
 		frames = append(frames, fj)
 		calls = append(calls, cl)
 		end, last = fend, r
