@@ -208,7 +208,13 @@ func (f *Fetcher) claimFrames(b *bootstrap.Bootstrap, ix *frameIndex, frames []u
 		if !force && f.recentFailure(frameKey{b, fi}) != nil {
 			continue
 		}
-		cl, leader := f.claim(frameKey{b, fi})
+		var cl *call
+		var leader bool
+		if force {
+			cl, leader = f.claim(frameKey{b, fi})
+		} else if cl, leader = f.claimMissing(b, ix, fi); cl == nil {
+			continue // a reader got there first
+		}
 		if !leader {
 			if force {
 				if others == nil {
@@ -218,14 +224,23 @@ func (f *Fetcher) claimFrames(b *bootstrap.Bootstrap, ix *frameIndex, frames []u
 			}
 			continue
 		}
-		if !force && f.frameCached(b, ix, fi) { // a reader got there first
-			f.finish(frameKey{b, fi}, cl, nil, errCached)
-			continue
-		}
 		claimed[fi] = cl
 		mine = append(mine, fi)
 	}
 	return claimed, mine, others
+}
+
+// claimMissing claims frame fi, as claim does, unless its chunks are all
+// cached: then it returns a nil call. The cache is looked at after the
+// claim, so that a fetch of fi that finished just before it is not made
+// again.
+func (f *Fetcher) claimMissing(b *bootstrap.Bootstrap, ix *frameIndex, fi uint32) (*call, bool) {
+	cl, leader := f.claim(frameKey{b, fi})
+	if leader && f.frameCached(b, ix, fi) {
+		f.finish(frameKey{b, fi}, cl, nil, errCached)
+		return nil, false
+	}
+	return cl, leader
 }
 
 // runRequests is how many requests of one fetchClaimed are in flight at

@@ -168,24 +168,17 @@ func (f *Fetcher) claimAfter(b *bootstrap.Bootstrap, ix *frameIndex, from uint32
 			if fr.Offset-first.Offset > raScan || claimed >= window {
 				break
 			}
-			if !ix.packed(fj) || f.frameCached(b, ix, fj) {
+			if !ix.packed(fj) {
 				continue
 			}
-		} else if fend-first.Offset > window+int64(first.CompressedSize) || fr.Offset-end > gap || f.frameCached(b, ix, fj) {
+		} else if fend-first.Offset > window+int64(first.CompressedSize) || fr.Offset-end > gap {
 			break
 		}
-		cl, leader := f.claim(frameKey{b, fj})
+		cl, leader := f.claimMissing(b, ix, fj)
+		if cl == nil && packed {
+			continue // cached: passed over, as large frames are
+		}
 		if !leader {
-			break
-		}
-		// A fetch of fj may have finished between the look above and
-		// the claim: its chunks are cached now, and fetching it again
-		// would cost a request and its decompression for nothing.
-		if f.frameCached(b, ix, fj) {
-			f.finish(frameKey{b, fj}, cl, nil, errCached)
-			if packed {
-				continue
-			}
 			break
 		}
 		frames = append(frames, fj)
