@@ -147,7 +147,7 @@ func BenchmarkConvert(b *testing.B) {
 		}
 	}
 	// Fixed and content-defined chunking on the same images: the default
-	// (fixed) was chosen from these numbers, see README.
+	// (fixed) was chosen from these numbers, see docs/performance.md.
 	for _, run := range []struct{ kind, chunking string }{{"dockerfile", "fixed"}, {"dockerfile", "cdc"}, {"flat", "fixed"}, {"flat", "cdc"}} {
 		b.Run(run.kind+"/"+run.chunking, func(b *testing.B) { benchConvert(b, run.kind, run.chunking) })
 	}

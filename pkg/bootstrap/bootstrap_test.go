@@ -301,20 +301,3 @@ func synthetic(n int) *Bootstrap {
 	}
 	return b
 }
-
-// BenchmarkDecode100k measures loading the bootstrap of a 100k-file image,
-// which a node does before a container's first read.
-func BenchmarkDecode100k(b *testing.B) {
-	blob, err := Encode(synthetic(100_000))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportMetric(float64(len(blob)), "blob-bytes")
-	b.SetBytes(int64(len(blob)))
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := Decode(blob); err != nil {
-			b.Fatal(err)
-		}
-	}
-}

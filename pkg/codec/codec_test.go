@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"runtime"
+	"sync"
 	"testing"
 
+	"github.com/skiff-dev/skiff/internal/benchratio"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
 
@@ -143,14 +145,17 @@ func FuzzDecompress(f *testing.F) {
 	})
 }
 
-// BenchmarkCompressFrameParallel shows whether the converter's workers
-// compress in parallel: its time per frame should fall with -cpu.
+// BenchmarkCompressFrameParallel compresses frames on every CPU at once,
+// as the converter's workers do, against the same frames one after another
+// on one: the ratio shows whether they really run in parallel (at best
+// 1/GOMAXPROCS), rather than queue for a shared encoder.
 func BenchmarkCompressFrameParallel(b *testing.B) {
 	src := sample(1<<20, 6)
-	b.SetBytes(int64(len(src)))
-	b.RunParallel(func(pb *testing.PB) {
+	procs := runtime.GOMAXPROCS(0)
+	frames := 4 * procs
+	compress := func(n int) {
 		var dst []byte
-		for pb.Next() {
+		for range n {
 			out, _, err := CompressFrame(bootstrap.Zstd, dst[:0], src)
 			if err != nil {
 				b.Error(err)
@@ -158,5 +163,12 @@ func BenchmarkCompressFrameParallel(b *testing.B) {
 			}
 			dst = out
 		}
-	})
+	}
+	benchratio.Report(b, "parallel/serial", func() {
+		var wg sync.WaitGroup
+		for range procs {
+			wg.Go(func() { compress(frames / procs) })
+		}
+		wg.Wait()
+	}, func() { compress(frames) })
 }

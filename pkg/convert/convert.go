@@ -27,7 +27,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/store"
 )
 
-// Defaults, chosen by `make bench` (see README): 1 MiB chunks, zstd, fixed
+// Defaults, chosen by `make bench` (see docs/performance.md): 1 MiB chunks, zstd, fixed
 // chunking, small chunks packed into frames of up to 256 KiB.
 const (
 	DefaultChunkSize   = 1 << 20

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/skiff-dev/skiff/internal/benchratio"
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/cache"
@@ -493,26 +496,35 @@ func TestVerify(t *testing.T) {
 }
 
 // benchmarkHit reads one chunk once to warm the caches, then times reads
-// through the fetcher that next returns.
-func benchmarkHit(b *testing.B, c *cache.Cache, next func(*Fetcher) *Fetcher) {
+// through the fetcher that next returns against reading the chunk's bytes
+// from a plain file, and reports the ratio as unit.
+func benchmarkHit(b *testing.B, unit string, c *cache.Cache, next func(*Fetcher) *Fetcher) {
 	img, _ := testImage(b, bootstrap.Zstd)
 	f := New(c, []Source{NewStoreSource("store", upload(b, img))})
 	ino, _ := img.Bootstrap.LookupPath("/big")
 	ci := img.Bootstrap.FileChunks(ino)[0]
-	if _, err := f.ReadChunk(context.Background(), img.Bootstrap, ci); err != nil {
+	data, err := f.ReadChunk(context.Background(), img.Bootstrap, ci)
+	if err != nil {
 		b.Fatal(err)
 	}
 	f.Flush() // the chunk waits for a quiet moment to reach the disk cache
-	b.SetBytes(int64(img.Bootstrap.Chunks[ci].Size))
-	for b.Loop() {
+	plain := filepath.Join(b.TempDir(), "plain")
+	if err := os.WriteFile(plain, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	benchratio.Report(b, unit, func() {
 		if _, err := next(f).ReadChunk(context.Background(), img.Bootstrap, ci); err != nil {
 			b.Fatal(err)
 		}
-	}
+	}, func() {
+		if _, err := os.ReadFile(plain); err != nil {
+			b.Fatal(err)
+		}
+	})
 }
 
 func BenchmarkReadChunkMemoryHit(b *testing.B) {
-	benchmarkHit(b, nil, func(f *Fetcher) *Fetcher { return f })
+	benchmarkHit(b, "memory-hit/read-file", nil, func(f *Fetcher) *Fetcher { return f })
 }
 
 func BenchmarkReadChunkDiskHit(b *testing.B) {
@@ -521,7 +533,7 @@ func BenchmarkReadChunkDiskHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	// A fresh fetcher each time skips the memory tier.
-	benchmarkHit(b, c, func(*Fetcher) *Fetcher { return New(c, nil) })
+	benchmarkHit(b, "disk-hit/read-file", c, func(*Fetcher) *Fetcher { return New(c, nil) })
 }
 
 // BenchmarkColdSmallFiles reads 2,000 small files of source text, packed
@@ -557,17 +569,8 @@ func BenchmarkColdSmallFiles(b *testing.B) {
 			}
 		}
 	}
-	// The two take turns, so that the machine's drift weighs on both.
-	var base, cold time.Duration
-	b.SetBytes(total)
 	b.ReportAllocs()
-	for b.Loop() {
-		b.StopTimer()
-		start := time.Now()
-		frameByFrame()
-		base += time.Since(start)
-		b.StartTimer()
-		start = time.Now()
+	benchratio.Report(b, "cold/frame-by-frame", func() {
 		f := New(nil, []Source{src})
 		for i := range entries {
 			ino, _ := bs.LookupPath(entries[i].Path)
@@ -577,9 +580,7 @@ func BenchmarkColdSmallFiles(b *testing.B) {
 				}
 			}
 		}
-		cold += time.Since(start)
-	}
-	b.ReportMetric(float64(cold)/float64(base), "cold/frame-by-frame")
+	}, frameByFrame)
 }
 
 func TestFrameIndexReleasedWithBootstrap(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -25,9 +26,14 @@ var buckets atomic.Int64
 
 func newS3(t testing.TB, m testenv.MinIO, prefix string) *s3.S3 {
 	t.Helper()
+	return newS3In(t, m, fmt.Sprintf("skiff-test-%d", buckets.Add(1)), prefix)
+}
+
+func newS3In(t testing.TB, m testenv.MinIO, bucket, prefix string) *s3.S3 {
+	t.Helper()
 	cfg := s3.Config{
 		Endpoint:  m.Endpoint,
-		Bucket:    fmt.Sprintf("skiff-test-%d", buckets.Add(1)),
+		Bucket:    bucket,
 		Prefix:    prefix,
 		AccessKey: m.AccessKey,
 		SecretKey: m.SecretKey,
@@ -229,7 +235,41 @@ func TestOutage(t *testing.T) {
 	}
 }
 
+// BenchmarkRangedGet measures Get against a plain HTTP range request for
+// the same bytes on a presigned URL: the least any S3 client sends.
 func BenchmarkRangedGet(b *testing.B) {
 	m := testenv.StartMinIO(b)
-	storetest.BenchmarkRangedGet(b, newS3(b, m, ""))
+	const bucket = "skiff-bench"
+	st := newS3In(b, m, bucket, "")
+	client := m.Client(b)
+	urls := map[string]string{}
+	storetest.BenchmarkRangedGet(b, st, storetest.Baseline{
+		Name: "http-range",
+		Read: func(ctx context.Context, key string, off int64, buf []byte) error {
+			u, ok := urls[key]
+			if !ok {
+				pu, err := client.PresignedGetObject(ctx, bucket, key, time.Hour, nil)
+				if err != nil {
+					return err
+				}
+				u = pu.String()
+				urls[key] = u
+			}
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(buf))-1))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusPartialContent {
+				return fmt.Errorf("GET %s: %s", key, resp.Status)
+			}
+			_, err = io.ReadFull(resp.Body, buf)
+			return err
+		},
+	})
 }

@@ -8,12 +8,24 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/skiff-dev/skiff/internal/benchratio"
 	"github.com/skiff-dev/skiff/pkg/store"
 )
 
-// BenchmarkRangedGet measures the throughput of ranged reads at random
-// offsets of one large blob, the access pattern of lazily loaded frames.
-func BenchmarkRangedGet(b *testing.B, st store.Store) {
+// Baseline reads a range of an object without the store around it, the
+// plainest way to reach the store's medium; a store's ranged read is
+// measured against it.
+type Baseline struct {
+	// Name names the baseline in the reported ratio, "get/<Name>".
+	Name string
+	// Read fills buf from the object at key, from offset off.
+	Read func(ctx context.Context, key string, off int64, buf []byte) error
+}
+
+// BenchmarkRangedGet reads ranges at random offsets of one large blob, the
+// access pattern of lazily loaded frames, through st and through base in
+// turn (the same offsets for both), and reports the ratio of their times.
+func BenchmarkRangedGet(b *testing.B, st store.Store, base Baseline) {
 	const (
 		key  = "blobs/sha256/bench"
 		size = 32 << 20
@@ -26,10 +38,8 @@ func BenchmarkRangedGet(b *testing.B, st store.Store) {
 		b.Run(fmt.Sprintf("%dKiB", length>>10), func(b *testing.B) {
 			r := rand.New(rand.NewPCG(1, uint64(length)))
 			buf := make([]byte, length)
-			b.SetBytes(length)
-			b.ResetTimer()
-			for b.Loop() {
-				off := r.Int64N(size - length + 1)
+			var off int64
+			benchratio.Report(b, "get/"+base.Name, func() {
 				rc, err := st.Get(ctx, key, off, length)
 				if err != nil {
 					b.Fatalf("Get(%d, %d): %v", off, length, err)
@@ -39,7 +49,13 @@ func BenchmarkRangedGet(b *testing.B, st store.Store) {
 				if err != nil {
 					b.Fatalf("read (%d, %d): %v", off, length, err)
 				}
-			}
+			}, func() {
+				// The baseline runs first in each turn, so it draws the offset.
+				off = r.Int64N(size - length + 1)
+				if err := base.Read(ctx, key, off, buf); err != nil {
+					b.Fatalf("%s (%d, %d): %v", base.Name, off, length, err)
+				}
+			})
 		})
 	}
 }
