@@ -458,7 +458,7 @@ func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 			return
 		}
 		c := b.Chunks[ci]
-		if c.Zero() || f.inMemory(c.Digest) || !f.cache.Has(c.Digest) || f.cache.WillNeed(c.Digest) {
+		if c.Zero() || f.inMemory(c.Digest) || !f.cache.Has(c.Digest) {
 			continue
 		}
 		if _, busy := f.warming.LoadOrStore(c.Digest, struct{}{}); busy {
@@ -475,6 +475,16 @@ func (f *Fetcher) Warm(b *bootstrap.Bootstrap, chunks []uint32) {
 				f.warming.Delete(c.Digest)
 				<-f.warmSlots
 			}()
+			// Even the kernel's readahead is asked for here, off
+			// the caller's path: fadvise allocates the pages and
+			// submits the reads before it returns, and a FUSE
+			// reader warming the chunks after its own waits for
+			// that. On a 2-vCPU VM, a sequential read of a cached
+			// 1 GiB file through EROFS went from 0.44–0.61 of the
+			// local file's pace (median 0.54) to 0.51–0.64 (0.61).
+			if f.cache.WillNeed(c.Digest) {
+				return
+			}
 			if data, ok := f.cache.Get(c.Digest); ok {
 				f.mem.Put(c.Digest, data)
 			}
