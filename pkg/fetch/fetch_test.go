@@ -544,10 +544,8 @@ func BenchmarkReadChunkDiskHit(b *testing.B) {
 // one after another, keeping nothing.
 func BenchmarkColdSmallFiles(b *testing.B) {
 	var entries []fetchtest.Entry
-	var total int64
 	for i := range 2000 {
 		data := fixture.Text(uint64(i), 2<<10+i%16<<10)
-		total += int64(len(data))
 		entries = append(entries, fetchtest.Entry{Path: fmt.Sprintf("/src/f%04d", i), Mode: bootstrap.ModeRegular | 0o644, Data: data, Pack: true})
 	}
 	img, err := fetchtest.Build(entries, fetchtest.Options{ChunkSize: 1 << 20, PackSize: 256 << 10, Compression: bootstrap.Zstd})
@@ -569,7 +567,6 @@ func BenchmarkColdSmallFiles(b *testing.B) {
 			}
 		}
 	}
-	b.ReportAllocs()
 	benchratio.Report(b, "cold/frame-by-frame", func() {
 		f := New(nil, []Source{src})
 		for i := range entries {
