@@ -716,6 +716,52 @@ func TestWarm(t *testing.T) {
 	}
 }
 
+// TestWarmAdvisesCheckedChunks: chunks this process has checked are left
+// to the kernel's page cache (posix_fadvise, in the background), not
+// loaded into memory, and read from disk afterwards.
+func TestWarmAdvisesCheckedChunks(t *testing.T) {
+	img, files := testImage(t, bootstrap.Zstd)
+	b := img.Bootstrap
+	c, err := cache.Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := upload(t, img)
+	f1 := New(c, []Source{NewStoreSource("store", st)})
+	if _, err := readFile(context.Background(), f1, b, "/big"); err != nil {
+		t.Fatal(err)
+	}
+	f1.Flush()
+
+	// A fresh fetcher on the same cache: nothing in memory, every chunk
+	// of /big checked by this process.
+	f := New(c, []Source{NewStoreSource("store", st)})
+	big, _ := b.LookupPath("/big")
+	ahead := b.FileChunks(big)[:4]
+	f.Warm(b, ahead)
+	deadline := time.Now().Add(10 * time.Second)
+	for busy := true; busy; {
+		busy = false
+		f.warming.Range(func(any, any) bool { busy = true; return false })
+		if time.Now().After(deadline) {
+			t.Fatal("warming did not finish")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, ci := range ahead {
+		if d := b.Chunks[ci].Digest; f.mem.Has(d) {
+			t.Errorf("checked chunk %s was loaded into memory, want it left to the page cache", d)
+		}
+	}
+	got, err := readFile(context.Background(), f, b, "/big")
+	if err != nil || !bytes.Equal(got, files["/big"]) {
+		t.Fatalf("/big after warm: %d bytes, %v", len(got), err)
+	}
+	if s := f.Stats(); s.Sources[0].Requests != 0 || s.CacheHits == 0 {
+		t.Errorf("stats after warm %+v: want reads from the disk cache and no requests", s)
+	}
+}
+
 // TestFetchBringsManyChunksInOneRound: the chunks of many adjacent frames
 // come with one request per blob, and reading them then goes to no source.
 func TestFetchBringsManyChunksInOneRound(t *testing.T) {
