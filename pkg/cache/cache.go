@@ -434,6 +434,14 @@ func (c *Cache) WillNeed(d bootstrap.Digest) bool {
 	return unix.Fadvise(int(f.Fd()), off, size, unix.FADV_WILLNEED) == nil
 }
 
+// Checked reports whether this process has checked chunk d (see Get), so
+// that reading its file hands out the right bytes.
+func (c *Cache) Checked(d bootstrap.Digest) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.verified[d]
+}
+
 // locate returns the file, offset and size of chunk d, if this process has
 // checked it, and marks it used.
 func (c *Cache) locate(d bootstrap.Digest) (p string, off, size int64, ok bool) {

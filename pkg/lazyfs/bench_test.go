@@ -1,11 +1,13 @@
 package lazyfs
 
 import (
+	"bytes"
 	"context"
-	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -38,22 +40,16 @@ func BenchmarkSequentialRead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
 	read := func(p string, drop bool) time.Duration {
-		f, err := os.Open(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
 		if drop {
+			f, err := os.Open(p)
+			if err != nil {
+				b.Fatal(err)
+			}
 			unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+			f.Close()
 		}
-		start := time.Now()
-		n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf)
-		if err != nil || n != size {
-			b.Fatalf("read %s: %d bytes, %v", p, n, err)
-		}
-		return time.Since(start)
+		return readOut(b, p, size)
 	}
 	mountRead := func(c *cache.Cache) time.Duration {
 		mnt := b.TempDir()
@@ -129,7 +125,6 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 	}
 	backing := bf.Name()
 	bf.Close()
-	buf := make([]byte, 1<<20)
 	// dropPages writes back and drops the page cache of every file under
 	// root, so each read starts from the disk.
 	dropPages := func(root string) {
@@ -145,19 +140,7 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 			return nil
 		})
 	}
-	read := func(p string) time.Duration {
-		fl, err := os.Open(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer fl.Close()
-		start := time.Now()
-		n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{fl}, buf)
-		if err != nil || n != size {
-			b.Fatalf("read %s: %d bytes, %v", p, n, err)
-		}
-		return time.Since(start)
-	}
+	read := func(p string) time.Duration { return readOut(b, p, size) }
 	layout, err := erofs.Build(img.Bootstrap)
 	if err != nil {
 		b.Fatal(err)
@@ -204,4 +187,24 @@ func BenchmarkSequentialReadCached(b *testing.B) {
 	b.ReportMetric(float64(direct)/float64(pass), "seq-read-passthrough/backing-file")
 	b.ReportMetric(float64(native)/float64(nopass), "seq-read-nopassthrough/native")
 	b.ReportMetric(float64(native)/float64(image), "seq-read-erofs/native")
+}
+
+// readOut reads the size bytes of file p in another process, 1 MiB at a
+// time, and returns how long that took. Containers read a mount from
+// processes of their own. A reader inside this process, which also serves
+// the mount, would share the server's Go scheduler: while its read(2)
+// blocks on the mount, its thread holds one of the two vCPUs' Ps, and the
+// server's goroutines wait for the other. Read that way, a cached 1 GiB
+// file came through a tree mount without passthrough in 0.6-0.7 s
+// against 0.40-0.58 s from dd, the local file at about the same pace
+// either way.
+func readOut(b *testing.B, p string, size int64) time.Duration {
+	b.Helper()
+	start := time.Now()
+	out, err := exec.Command("dd", "if="+p, "of=/dev/null", "bs=1M").CombinedOutput()
+	d := time.Since(start)
+	if err != nil || !bytes.Contains(out, []byte(strconv.FormatInt(size, 10)+" bytes")) {
+		b.Fatalf("read %s: %v\n%s", p, err, out)
+	}
+	return d
 }

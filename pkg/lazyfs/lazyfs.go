@@ -72,7 +72,7 @@ func Caller(ctx context.Context) (int, bool) {
 
 // warmAhead is how many chunks past the one a sequential read enters are
 // warmed.
-const warmAhead = 4
+const warmAhead = 8
 
 // BackingFiler provides files on local disk holding the whole content of
 // an image file, which the kernel then reads directly (FUSE passthrough)
