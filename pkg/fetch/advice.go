@@ -21,8 +21,8 @@ const (
 // reach the disk in the reader's order, several chunks ahead, as the
 // kernel's own readahead of one file would. Advice given from a goroutine
 // per chunk reached the disk in any order, and a cached 1 GiB file came
-// through a mount without passthrough at ~1.9 GB/s against ~2.2 GB/s in
-// order (a 2-vCPU VM whose disk reads 3.6 GB/s).
+// through a mount without passthrough at ~1.85 GiB/s against ~2.1 GiB/s
+// in order (a 2-vCPU VM whose disk reads 3.6 GiB/s).
 type advisor struct {
 	// willNeed gives the advice for one chunk.
 	willNeed func(bootstrap.Digest) bool
