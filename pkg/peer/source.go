@@ -5,11 +5,12 @@
 // piece.Server over the piece.Store its Fetcher fills.
 //
 // Peers are never trusted and never waited on for long: a dead peer costs
-// one short timeout and the next parent is tried; when none delivers, or
-// no scheduler answers, the Source fails at once so the Fetcher moves on
-// to the next source (the store). Bytes that fail the Fetcher's
-// verification get the peer that sent them banned here and reported to
-// the schedulers.
+// one short timeout and the next parent is tried, and a parent still
+// fetching the piece itself is waited on for FetchingWait at most. When
+// none delivers, or no scheduler answers, the Source fails at once so the
+// Fetcher moves on to the next source (the store). Bytes that fail the
+// Fetcher's verification get the peer that sent them banned here and
+// reported to the schedulers.
 package peer
 
 import (
@@ -46,6 +47,10 @@ type SourceOptions struct {
 	// SeedTimeout bounds one read from a seeder that fetches the piece
 	// from the store first; default 15s.
 	SeedTimeout time.Duration
+	// FetchingWait is how long a parent that is fetching the piece
+	// itself is asked to wait for it (schedule.Parent.Fetching) before
+	// the next parent is tried; default 5s.
+	FetchingWait time.Duration
 	// BanFor is how long a parent that sent bad bytes is skipped; default
 	// 10m.
 	BanFor time.Duration
@@ -95,6 +100,9 @@ func NewSource(nc *nats.Conn, id string, client *piece.Client, opts SourceOption
 	if opts.SeedTimeout <= 0 {
 		opts.SeedTimeout = 15 * time.Second
 	}
+	if opts.FetchingWait <= 0 {
+		opts.FetchingWait = 5 * time.Second
+	}
 	if opts.BanFor <= 0 {
 		opts.BanFor = 10 * time.Minute
 	}
@@ -133,12 +141,16 @@ func (s *Source) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, siz
 		if s.isBanned(p.ID) {
 			continue
 		}
-		timeout := s.opts.PieceTimeout
-		if p.Seeds {
+		timeout, wait := s.opts.PieceTimeout, time.Duration(0)
+		switch {
+		case p.Seeds:
 			timeout = s.opts.SeedTimeout
+		case p.Fetching:
+			wait = s.opts.FetchingWait
+			timeout += wait
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
-		data, err := s.client.Get(pctx, p.Addr, blob, off, size)
+		data, err := s.client.Get(pctx, p.Addr, blob, off, size, wait)
 		cancel()
 		if err == nil {
 			s.remember(servedKey{blob, off, size}, p.ID)

@@ -42,10 +42,14 @@ func newTransport() *http.Transport {
 }
 
 // Get reads exactly size bytes of blob at off from the server at addr
-// (host:port).
-func (c *Client) Get(ctx context.Context, addr string, blob bootstrap.Digest, off, size int64) ([]byte, error) {
-	u := url.URL{Scheme: "http", Host: addr, Path: Path + blob.Hex(),
-		RawQuery: url.Values{"offset": {strconv.FormatInt(off, 10)}, "size": {strconv.FormatInt(size, 10)}}.Encode()}
+// (host:port). A server that does not hold them yet waits up to wait for
+// them to arrive (0: it answers at once).
+func (c *Client) Get(ctx context.Context, addr string, blob bootstrap.Digest, off, size int64, wait time.Duration) ([]byte, error) {
+	q := url.Values{"offset": {strconv.FormatInt(off, 10)}, "size": {strconv.FormatInt(size, 10)}}
+	if wait > 0 {
+		q.Set("wait", strconv.FormatInt(min(wait, MaxWait).Milliseconds(), 10))
+	}
+	u := url.URL{Scheme: "http", Host: addr, Path: Path + blob.Hex(), RawQuery: q.Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)

@@ -290,7 +290,7 @@ func TestServerAndClient(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := c.Get(ctx, addr(tt.srv), tt.blob, tt.off, tt.size)
+			got, err := c.Get(ctx, addr(tt.srv), tt.blob, tt.off, tt.size, 0)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err %v, want %s", err, tt.wantErr)
@@ -313,6 +313,9 @@ func TestServerAndClient(t *testing.T) {
 		"/pieces/" + blobA.Hex() + "?offset=-1&size=1",
 		"/pieces/" + blobA.Hex() + "?offset=0&size=0",
 		"/pieces/" + blobA.Hex() + "?offset=9223372036854775807&size=2", // the end overflows
+		"/pieces/" + blobA.Hex() + "?offset=0&size=1&wait=-1",
+		"/pieces/" + blobA.Hex() + "?offset=0&size=1&wait=soon",
+		"/pieces/" + blobA.Hex() + "?offset=0&size=1&wait=30001", // over MaxWait
 	} {
 		resp, err := http.Get(plain.URL + bad)
 		if err != nil {
@@ -325,5 +328,72 @@ func TestServerAndClient(t *testing.T) {
 	}
 	if n := seeder.calls.Load(); n != 1 {
 		t.Errorf("bad requests reached the seeder: %d calls, want still 1", n)
+	}
+}
+
+// A node serves a range it is fetching to peers asking with a wait, once
+// the range arrives; a range that does not arrive in time is a 404.
+func TestServerWaitsForArrivingRange(t *testing.T) {
+	ctx := context.Background()
+	st, err := Open(t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(st, nil, nil)
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	addr := strings.TrimPrefix(hs.URL, "http://")
+	c := NewClient(nil)
+
+	if _, err := c.Get(ctx, addr, blobA, 0, 30, 0); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("without a wait: %v, want 404 at once", err)
+	}
+	type result struct {
+		data []byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		data, err := c.Get(ctx, addr, blobA, 0, 30, 10*time.Second)
+		done <- result{data, err}
+	}()
+	// The range arrives in two frames; the wait ends with the second.
+	time.Sleep(100 * time.Millisecond)
+	if err := st.Put(blobA, 0, bytes.Repeat([]byte{1}, 10)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("answered with half the range held: %v", r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := st.Put(blobA, 10, bytes.Repeat([]byte{2}, 20)); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if want := append(bytes.Repeat([]byte{1}, 10), bytes.Repeat([]byte{2}, 20)...); !bytes.Equal(r.data, want) {
+		t.Fatal("wrong bytes after the wait")
+	}
+	if s := srv.Stats(); s.Waited != 1 || s.Missed != 1 {
+		t.Errorf("stats %+v, want 1 waited and 1 missed", s)
+	}
+
+	start := time.Now()
+	if _, err := c.Get(ctx, addr, blobA, 30, 10, 200*time.Millisecond); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("a range that never arrives: %v, want 404", err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Errorf("answered after %s, before the wait was over", d)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := st.Await(cctx, blobA, 30, 10); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("Await with its context over: %v, want ErrNotHeld", err)
+	}
+	if err := st.Await(cctx, blobA, 0, 30); err != nil {
+		t.Errorf("Await of a held range: %v", err)
 	}
 }

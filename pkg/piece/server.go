@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -18,8 +19,15 @@ import (
 	"github.com/skiff-dev/skiff/pkg/telemetry"
 )
 
-// Path is where a Server serves pieces: GET Path + "<blob hex>?offset=N&size=N".
+// Path is where a Server serves pieces: GET Path +
+// "<blob hex>?offset=N&size=N[&wait=MS]". With wait, a server that does
+// not hold the range waits up to MS milliseconds (at most MaxWait) for it
+// to arrive before answering 404: its node is fetching it (see
+// schedule.Parent.Fetching).
 const Path = "/pieces/"
+
+// MaxWait bounds the wait a request may ask for.
+const MaxWait = 30 * time.Second
 
 // Seeder brings a range of a blob into the store from elsewhere (the blob
 // store), verified. A seeder's Server uses one to answer requests for
@@ -34,9 +42,9 @@ type Server struct {
 	seeder Seeder // nil: only what is held is served
 	log    *slog.Logger
 
-	load                    atomic.Int32
-	served, missed, seeded  atomic.Int64
-	servedBytes, seedErrors atomic.Int64
+	load                           atomic.Int32
+	served, missed, seeded, waited atomic.Int64
+	servedBytes, seedErrors        atomic.Int64
 }
 
 // NewServer serves st; seeder, if not nil, is asked for ranges st lacks.
@@ -58,11 +66,12 @@ type ServerStats struct {
 	Missed      int64 `json:"missed"`      // requests for ranges not held (404)
 	Seeded      int64 `json:"seeded"`      // requests answered after seeding
 	SeedErrors  int64 `json:"seedErrors"`  // seeding failures (502)
+	Waited      int64 `json:"waited"`      // requests answered after waiting for the range to arrive
 }
 
 // Stats returns current counters.
 func (s *Server) Stats() ServerStats {
-	return ServerStats{Served: s.served.Load(), ServedBytes: s.servedBytes.Load(), Missed: s.missed.Load(), Seeded: s.seeded.Load(), SeedErrors: s.seedErrors.Load()}
+	return ServerStats{Served: s.served.Load(), ServedBytes: s.servedBytes.Load(), Missed: s.missed.Load(), Seeded: s.seeded.Load(), SeedErrors: s.seedErrors.Load(), Waited: s.waited.Load()}
 }
 
 // ServeHTTP answers GET Path<blob hex>?offset=&size= with exactly size
@@ -74,7 +83,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	blob, off, size, err := parseRequest(r)
+	blob, off, size, wait, err := parseRequest(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -94,6 +103,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.seeded.Add(1)
 		piece, err = s.store.Open(blob, off, size)
+	}
+	if errors.Is(err, ErrNotHeld) && s.seeder == nil && wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		err = s.store.Await(wctx, blob, off, size)
+		cancel()
+		if err == nil {
+			s.waited.Add(1)
+			piece, err = s.store.Open(blob, off, size)
+		}
 	}
 	switch {
 	case errors.Is(err, ErrNotHeld):
@@ -121,30 +139,37 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.served.Add(1)
 }
 
-func parseRequest(r *http.Request) (blob bootstrap.Digest, off, size int64, err error) {
+func parseRequest(r *http.Request) (blob bootstrap.Digest, off, size int64, wait time.Duration, err error) {
 	hex, ok := strings.CutPrefix(r.URL.Path, Path)
 	if !ok {
-		return blob, 0, 0, fmt.Errorf("path %q is not under %s", r.URL.Path, Path)
+		return blob, 0, 0, 0, fmt.Errorf("path %q is not under %s", r.URL.Path, Path)
 	}
 	blob, err = bootstrap.ParseDigest("sha256:" + hex)
 	if err != nil {
-		return blob, 0, 0, fmt.Errorf("blob: %w", err)
+		return blob, 0, 0, 0, fmt.Errorf("blob: %w", err)
 	}
 	q := r.URL.Query()
 	off, err = strconv.ParseInt(q.Get("offset"), 10, 64)
 	if err != nil || off < 0 {
-		return blob, 0, 0, fmt.Errorf("bad offset %q", q.Get("offset"))
+		return blob, 0, 0, 0, fmt.Errorf("bad offset %q", q.Get("offset"))
 	}
 	size, err = strconv.ParseInt(q.Get("size"), 10, 64)
 	if err != nil || size <= 0 || size > MaxSize {
-		return blob, 0, 0, fmt.Errorf("bad size %q", q.Get("size"))
+		return blob, 0, 0, 0, fmt.Errorf("bad size %q", q.Get("size"))
 	}
 	if off > math.MaxInt64-size {
 		// The range's end would wrap negative, which every range check
 		// after this one would have to catch.
-		return blob, 0, 0, fmt.Errorf("bad range: offset %d + size %d overflows", off, size)
+		return blob, 0, 0, 0, fmt.Errorf("bad range: offset %d + size %d overflows", off, size)
 	}
-	return blob, off, size, nil
+	if w := q.Get("wait"); w != "" {
+		ms, err := strconv.ParseInt(w, 10, 64)
+		if err != nil || ms < 0 || ms > MaxWait.Milliseconds() {
+			return blob, 0, 0, 0, fmt.Errorf("bad wait %q (milliseconds, at most %d)", w, MaxWait.Milliseconds())
+		}
+		wait = time.Duration(ms) * time.Millisecond
+	}
+	return blob, off, size, wait, nil
 }
 
 // MaxSize bounds one piece request; the Fetcher's merged requests stay

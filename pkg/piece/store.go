@@ -1,6 +1,7 @@
 package piece
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,9 @@ type Store struct {
 	queue  []frameKey                           // insertion order, for eviction
 	size   int64
 	gen    atomic.Uint64 // bumped on every change of holdings
+	// added is closed, and replaced, whenever a frame is added: Await
+	// waits on it.
+	added chan struct{}
 }
 
 type frameKey struct {
@@ -70,7 +74,7 @@ func Open(dir string, maxBytes int64, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Store{dir: dir, max: maxBytes, log: log, frames: map[bootstrap.Digest]map[int64]int64{}}
+	s := &Store{dir: dir, max: maxBytes, log: log, frames: map[bootstrap.Digest]map[int64]int64{}, added: make(chan struct{})}
 	type found struct {
 		k    frameKey
 		size int64
@@ -142,6 +146,8 @@ func (s *Store) add(k frameKey, size int64) {
 	s.queue = append(s.queue, k)
 	s.size += size
 	s.gen.Add(1)
+	close(s.added)
+	s.added = make(chan struct{})
 }
 
 // evict drops the oldest frames until the store fits its limit.
@@ -235,6 +241,28 @@ func (s *Store) span(blob bootstrap.Digest, off, size int64) []frameKey {
 // frames.
 func (s *Store) Has(blob bootstrap.Digest, off, size int64) bool {
 	return size > 0 && s.span(blob, off, size) != nil
+}
+
+// Await returns once the store holds [off, off+size) of blob as whole
+// frames, or with an error wrapping ErrNotHeld when ctx ends first: a
+// node serves a range it is fetching itself to peers that arrive
+// meanwhile.
+func (s *Store) Await(ctx context.Context, blob bootstrap.Digest, off, size int64) error {
+	for {
+		// The channel is taken before looking, so that a frame added
+		// between the look and the wait still ends the wait.
+		s.mu.Lock()
+		added := s.added
+		s.mu.Unlock()
+		if s.Has(blob, off, size) {
+			return nil
+		}
+		select {
+		case <-added:
+		case <-ctx.Done():
+			return fmt.Errorf("await piece %s [%d,+%d): %w: %w", blob, off, size, ErrNotHeld, context.Cause(ctx))
+		}
+	}
 }
 
 // Piece is a held range of a blob, open for reading. Its frame files are

@@ -6,7 +6,8 @@
 // (highest random weight) hashing is offered to fetch it from the store,
 // so each piece leaves the store about once per cluster however many
 // nodes want it, and a seeder joining or leaving moves only its own share
-// of blobs.
+// of blobs. Nodes asking for a piece at the same moment are spread into a
+// tree, each parent taking a few (see Parents).
 //
 // The NATS edge (announcements in, parent requests answered, reports) is
 // in Server; the Table itself knows nothing of the wire.
@@ -63,6 +64,9 @@ type Parent struct {
 	Addr  string
 	Role  Role
 	Seeds bool // does not hold the piece yet; will fetch it from the store
+	// Fetching: does not hold the piece yet, but was sent to fetch the
+	// same range moments ago; ask it with a wait.
+	Fetching bool
 }
 
 // Options tune a Table.
@@ -76,6 +80,13 @@ type Options struct {
 	// MaxParents bounds the holders offered for one piece; default 4.
 	// The seeder for the blob comes on top.
 	MaxParents int
+	// MaxChildren is how many askers of one range are sent first to one
+	// parent while the range is in flight, before others are preferred;
+	// default 4.
+	MaxChildren int
+	// InFlight is how long after asking for a range a peer is offered to
+	// others asking for the same range, as fetching it; default 10s.
+	InFlight time.Duration
 }
 
 // Table is the scheduler's view of the cluster. Safe for concurrent use.
@@ -85,7 +96,40 @@ type Table struct {
 	mu      sync.Mutex
 	peers   map[string]*entry
 	suspect map[string]time.Time // peer id → end of quarantine
+	flights map[rangeKey]*flight
 }
+
+// Nodes starting one image at once all ask for its ranges at about the
+// same moment, before anyone holds them: sent to the holders and the
+// seeder alone, every node would read every range from them. The table
+// remembers, for each range recently asked for, whom each asker was sent
+// to, and offers askers that are fetching the range as parents to later
+// ones once the first choices each have MaxChildren. The nodes then form
+// a tree, as Dragonfly's do, and the seeder serves a few of them.
+// Ranges are matched exactly: nodes reading one image the same way ask
+// for the same ranges.
+
+// rangeKey is one range of a blob.
+type rangeKey struct {
+	blob     bootstrap.Digest
+	off, end int64
+}
+
+// flight is who has recently asked for one range.
+type flight struct {
+	askers map[string]flightAsker // asker id → where it was sent
+	until  time.Time              // the last ask + InFlight
+}
+
+type flightAsker struct {
+	parent string // first parent it was given
+	depth  int    // hops from a holder or the seeder: 1 when sent to one
+	at     time.Time
+}
+
+// maxFlights bounds the ranges remembered; past it the table forgets
+// them all, and offers holders and the seeder only until they come back.
+const maxFlights = 1 << 16
 
 type entry struct {
 	Peer
@@ -103,7 +147,13 @@ func NewTable(opts Options) *Table {
 	if opts.MaxParents <= 0 {
 		opts.MaxParents = 4
 	}
-	return &Table{opts: opts, peers: map[string]*entry{}, suspect: map[string]time.Time{}}
+	if opts.MaxChildren <= 0 {
+		opts.MaxChildren = 4
+	}
+	if opts.InFlight <= 0 {
+		opts.InFlight = 10 * time.Second
+	}
+	return &Table{opts: opts, peers: map[string]*entry{}, suspect: map[string]time.Time{}, flights: map[rangeKey]*flight{}}
 }
 
 // Announce records p's state as of now, replacing what it said before.
@@ -147,6 +197,11 @@ func (t *Table) Expire(now time.Time) []string {
 			delete(t.suspect, id)
 		}
 	}
+	for k, f := range t.flights {
+		if !now.Before(f.until) {
+			delete(t.flights, k)
+		}
+	}
 	sort.Strings(gone)
 	return gone
 }
@@ -161,39 +216,78 @@ func (t *Table) usable(e *entry, now time.Time) bool {
 }
 
 // Parents ranks the peers to read [off, off+size) of blob from, for the
-// peer asker (never offered itself): peers holding the whole range before
-// seeders holding it, each by load, ties spread over askers by hashing;
-// then, unless already listed, the seeder chosen for the blob, marked
-// Seeds when it does not hold the range. An empty list means there is no
-// one to ask but the store.
+// peer asker (never offered itself), and remembers where the asker was
+// sent. Holders of the whole range come first, peers before seeders, each
+// by load, ties spread over askers by hashing; then, unless already
+// listed, the seeder chosen for the blob, marked Seeds when it does not
+// hold the range; then the peer fetching the range itself that is
+// nearest the holders, marked Fetching. While the range is in flight, a
+// parent already given MaxChildren askers first goes after those that
+// were not. An empty list means there is no one to ask but the store.
 func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, now time.Time) []Parent {
-	end := off + size
+	key := rangeKey{blob, off, off + size}
+	// The ranking, from first to last.
+	const (
+		kindHolder = iota
+		kindSeeder
+		kindFetcher
+	)
 	type candidate struct {
 		Parent
-		load   int
+		kind   int
+		full   bool // has MaxChildren askers of this range already
+		load   int  // holders: announced load; fetchers: depth
 		weight uint64
 	}
 	t.mu.Lock()
-	var holders []candidate
+	fl := t.flightLocked(key, now)
+	delete(fl.askers, asker) // asking again: its last answer does not count
+	children := map[string]int{}
+	for _, a := range fl.askers {
+		children[a.parent]++
+	}
+	var cands []candidate
+	listed := map[string]bool{}
 	for _, e := range t.peers {
-		if e.ID == asker || !t.usable(e, now) || !e.Holdings[blob].Covers(off, end) {
+		if e.ID == asker || !t.usable(e, now) || !e.Holdings[blob].Covers(off, key.end) {
 			continue
 		}
-		holders = append(holders, candidate{Parent: Parent{ID: e.ID, Addr: e.Addr, Role: e.Role}, load: e.Load})
+		cands = append(cands, candidate{Parent: Parent{ID: e.ID, Addr: e.Addr, Role: e.Role}, kind: kindHolder, load: e.Load})
+		listed[e.ID] = true
 	}
-	var seeder *Parent
-	if e := t.seederLocked(blob, asker, now); e != nil {
-		seeder = &Parent{ID: e.ID, Addr: e.Addr, Role: RoleSeeder, Seeds: !e.Holdings[blob].Covers(off, end)}
+	seeder := t.seederLocked(blob, asker, now)
+	if seeder != nil && !listed[seeder.ID] {
+		cands = append(cands, candidate{Parent: Parent{ID: seeder.ID, Addr: seeder.Addr, Role: RoleSeeder, Seeds: true}, kind: kindSeeder})
+		listed[seeder.ID] = true
+	}
+	for id, a := range fl.askers {
+		e, ok := t.peers[id]
+		if !ok || listed[id] || a.parent == asker || e.Role != RolePeer || e.Addr == "" || !t.usable(e, now) {
+			continue
+		}
+		cands = append(cands, candidate{Parent: Parent{ID: id, Addr: e.Addr, Role: RolePeer, Fetching: true}, kind: kindFetcher, load: a.depth})
+	}
+	for i := range cands {
+		cands[i].full = children[cands[i].ID] >= t.opts.MaxChildren
 	}
 	t.mu.Unlock()
 
 	// Every parent request of the cluster goes through here: the weights
-	// are hashed once per holder rather than twice per comparison, and
-	// outside the lock that announcements also need.
-	for i := range holders {
-		holders[i].weight = weight(asker, holders[i].ID)
+	// are hashed once per candidate rather than twice per comparison,
+	// and outside the lock that announcements also need.
+	for i := range cands {
+		cands[i].weight = weight(asker, cands[i].ID)
 	}
-	slices.SortFunc(holders, func(a, b candidate) int {
+	slices.SortFunc(cands, func(a, b candidate) int {
+		if a.full != b.full {
+			if b.full {
+				return -1
+			}
+			return 1
+		}
+		if c := cmp.Compare(a.kind, b.kind); c != 0 {
+			return c
+		}
 		if ap, bp := a.Role == RolePeer, b.Role == RolePeer; ap != bp {
 			if ap {
 				return -1
@@ -212,19 +306,56 @@ func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, no
 		// independent of the map's.
 		return strings.Compare(a.ID, b.ID)
 	})
-	if len(holders) > t.opts.MaxParents {
-		holders = holders[:t.opts.MaxParents]
+	// At most MaxParents holders and one fetcher, whose wait may come to
+	// nothing; the seeder for the blob on top, holding the range or not.
+	out := make([]Parent, 0, min(len(cands), t.opts.MaxParents+2))
+	holders, fetchers := 0, 0
+	for _, c := range cands {
+		switch {
+		case seeder != nil && c.ID == seeder.ID:
+		case c.kind == kindFetcher:
+			if fetchers == 1 {
+				continue
+			}
+			fetchers++
+		default:
+			if holders == t.opts.MaxParents {
+				continue
+			}
+			holders++
+		}
+		out = append(out, c.Parent)
 	}
-	out := make([]Parent, 0, len(holders)+1)
-	listed := false
-	for _, h := range holders {
-		out = append(out, h.Parent)
-		listed = listed || (seeder != nil && h.ID == seeder.ID)
-	}
-	if seeder != nil && !listed {
-		out = append(out, *seeder)
+	if len(out) > 0 {
+		t.mu.Lock()
+		depth := 1
+		if out[0].Fetching {
+			depth = fl.askers[out[0].ID].depth + 1
+		}
+		fl.askers[asker] = flightAsker{parent: out[0].ID, depth: depth, at: now}
+		t.mu.Unlock()
 	}
 	return out
+}
+
+// flightLocked returns the flight of range k, begun or extended at now;
+// t.mu must be held.
+func (t *Table) flightLocked(k rangeKey, now time.Time) *flight {
+	f := t.flights[k]
+	if f == nil || !now.Before(f.until) {
+		if len(t.flights) >= maxFlights {
+			clear(t.flights)
+		}
+		f = &flight{askers: map[string]flightAsker{}}
+		t.flights[k] = f
+	}
+	f.until = now.Add(t.opts.InFlight)
+	for id, a := range f.askers {
+		if now.Sub(a.at) >= t.opts.InFlight {
+			delete(f.askers, id)
+		}
+	}
+	return f
 }
 
 // Seeder returns the seeder responsible for blob: of the usable seeders,

@@ -26,6 +26,9 @@ func ids(ps []Parent) string {
 		if p.Seeds {
 			id += "(seeds)"
 		}
+		if p.Fetching {
+			id += "(fetching)"
+		}
 		s = append(s, id)
 	}
 	return strings.Join(s, ",")
@@ -69,6 +72,12 @@ func TestParentsRanking(t *testing.T) {
 			{ID: "p3", Role: RolePeer, Holdings: full, Load: 3},
 			{ID: "s1", Role: RoleSeeder},
 		}, "a", 0, 100, "p1,p2,s1(seeds)"},
+		{"the seeder holding the range, past MaxParents", []Peer{
+			{ID: "p1", Role: RolePeer, Holdings: full},
+			{ID: "p2", Role: RolePeer, Holdings: full},
+			{ID: "p3", Role: RolePeer, Holdings: full},
+			{ID: "s1", Role: RoleSeeder, Holdings: full},
+		}, "a", 0, 100, "p2,p1,s1"},
 		{"other blob", []Peer{{ID: "p1", Role: RolePeer, Holdings: map[bootstrap.Digest]piece.Ranges{bootstrap.Sum([]byte("y")): {{Off: 0, End: 100}}}}}, "a", 0, 10, ""},
 	}
 	for _, tt := range tests {
@@ -246,5 +255,100 @@ func TestParentsRankingPinned(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Nodes asking for one range at once, before anyone holds it, form a
+// tree: the seeder takes MaxChildren of them, then peers fetching the
+// range take the rest, the nearest to the seeder first, each at most
+// MaxChildren, and never one that is waiting on the asker.
+func TestParentsInFlight(t *testing.T) {
+	const maxChildren = 2
+	tab := NewTable(Options{MaxChildren: maxChildren})
+	tab.Announce(Peer{ID: "s1", Addr: "s1:1", Role: RoleSeeder}, t0)
+	var nodes []string
+	for i := range 9 {
+		id := fmt.Sprintf("n%d", i)
+		nodes = append(nodes, id)
+		tab.Announce(Peer{ID: id, Addr: id + ":1", Role: RolePeer}, t0)
+	}
+	now := t0.Add(time.Second)
+	first := map[string]Parent{}
+	for i, n := range nodes[:8] {
+		ps := tab.Parents(n, blobX, 0, 10, now)
+		switch i {
+		case 0:
+			if got := ids(ps); got != "s1(seeds)" {
+				t.Fatalf("first asker: %q, want the seeder alone", got)
+			}
+		case 1:
+			if got := ids(ps); got != "s1(seeds),n0(fetching)" {
+				t.Fatalf("second asker: %q, want the seeder, then the first asker", got)
+			}
+		}
+		if again := tab.Parents(n, blobX, 0, 10, now); ids(again) != ids(ps) {
+			t.Fatalf("%s asking again: %q, then %q", n, ids(ps), ids(again))
+		}
+		first[n] = ps[0]
+	}
+	children := map[string]int{}
+	depth := func(n string) int {
+		d := 0
+		for ; n != "s1"; n = first[n].ID {
+			d++
+			if d > len(nodes) {
+				t.Fatalf("a cycle through %s: %v", n, first)
+			}
+		}
+		return d
+	}
+	for n, p := range first {
+		children[p.ID]++
+		if p.ID != "s1" && !p.Fetching {
+			t.Errorf("%s sent to %s, which is neither the seeder nor fetching", n, p.ID)
+		}
+	}
+	for id, c := range children {
+		if c > maxChildren {
+			t.Errorf("%s is the first parent of %d askers, want at most %d (%v)", id, c, maxChildren, children)
+		}
+	}
+	// 2 askers on the seeder, 4 on those 2, 2 on the next level.
+	if d := depth("n7"); d != 3 {
+		t.Errorf("the last asker is %d hops from the seeder, want 3", d)
+	}
+	for _, n := range nodes[2:6] {
+		if d := depth(n); d != 2 {
+			t.Errorf("%s is %d hops from the seeder, want 2", n, d)
+		}
+	}
+
+	// A fetcher that announces the range is a holder like any other,
+	// first while it has room; one fetcher at most is offered, since its
+	// wait may come to nothing.
+	tab.Announce(Peer{ID: "n7", Addr: "n7:1", Role: RolePeer, Holdings: holds(piece.Range{Off: 0, End: 10})}, now)
+	ps := tab.Parents("n8", blobX, 0, 10, now)
+	if ps[0].ID != "n7" || ps[0].Fetching {
+		t.Errorf("with a holder that has room: %q, want n7 first", ids(ps))
+	}
+	fetching := 0
+	for _, p := range ps {
+		if p.Fetching {
+			fetching++
+		}
+	}
+	if fetching > 1 {
+		t.Errorf("%d fetching parents offered: %q", fetching, ids(ps))
+	}
+
+	// Once the flight is over, only holders and the seeder are offered.
+	later := now.Add(11 * time.Second)
+	for _, id := range []string{"n1", "n7", "s1"} {
+		p, _ := tab.Peer(id, now)
+		tab.Announce(p, later)
+	}
+	tab.Expire(later)
+	if got := ids(tab.Parents("n1", blobX, 0, 10, later)); got != "n7,s1(seeds)" {
+		t.Errorf("after the flight: %q, want the holder and the seeder", got)
 	}
 }

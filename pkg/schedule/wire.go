@@ -64,7 +64,7 @@ func PeerFromMessage(m *skiffv1.PeerAnnounce) (Peer, error) {
 func ParentsMessage(ps []Parent) *skiffv1.ParentsReply {
 	m := &skiffv1.ParentsReply{}
 	for _, p := range ps {
-		m.Parents = append(m.Parents, &skiffv1.Parent{PeerId: p.ID, Address: p.Addr, Role: roleMessage(p.Role), Seeds: p.Seeds})
+		m.Parents = append(m.Parents, &skiffv1.Parent{PeerId: p.ID, Address: p.Addr, Role: roleMessage(p.Role), Seeds: p.Seeds, Fetching: p.Fetching})
 	}
 	return m
 }
@@ -78,7 +78,7 @@ func ParentsFromMessage(m *skiffv1.ParentsReply) []Parent {
 		if err != nil || p.GetAddress() == "" {
 			continue
 		}
-		out = append(out, Parent{ID: p.GetPeerId(), Addr: p.GetAddress(), Role: role, Seeds: p.GetSeeds()})
+		out = append(out, Parent{ID: p.GetPeerId(), Addr: p.GetAddress(), Role: role, Seeds: p.GetSeeds(), Fetching: p.GetFetching()})
 	}
 	return out
 }

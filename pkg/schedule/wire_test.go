@@ -43,7 +43,7 @@ func TestPeerFromMessageRejects(t *testing.T) {
 }
 
 func TestParentsRoundTrip(t *testing.T) {
-	ps := []Parent{{ID: "p1", Addr: "a:1", Role: RolePeer}, {ID: "s1", Addr: "b:2", Role: RoleSeeder, Seeds: true}}
+	ps := []Parent{{ID: "p1", Addr: "a:1", Role: RolePeer}, {ID: "s1", Addr: "b:2", Role: RoleSeeder, Seeds: true}, {ID: "p2", Addr: "c:3", Role: RolePeer, Fetching: true}}
 	m := ParentsMessage(ps)
 	m.Parents = append(m.Parents, &skiffv1.Parent{PeerId: "noaddr", Role: skiffv1.PeerRole_PEER_ROLE_PEER})
 	if got := ParentsFromMessage(m); fmt.Sprint(got) != fmt.Sprint(ps) {

@@ -320,7 +320,13 @@ type Parent struct {
 	// The parent does not hold the piece yet: it is the seeder chosen for
 	// the blob and will fetch the piece from the blob store when asked, so
 	// the piece leaves the store once for the whole cluster.
-	Seeds         bool `protobuf:"varint,4,opt,name=seeds,proto3" json:"seeds,omitempty"`
+	Seeds bool `protobuf:"varint,4,opt,name=seeds,proto3" json:"seeds,omitempty"`
+	// The parent does not hold the piece yet: it was sent to fetch the same
+	// range moments ago. Ask it with a wait (piece servers' "wait"
+	// parameter); it answers once the range arrives. Nodes starting one
+	// image at once then form a tree instead of all reading from the
+	// seeder.
+	Fetching      bool `protobuf:"varint,5,opt,name=fetching,proto3" json:"fetching,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +385,13 @@ func (x *Parent) GetRole() PeerRole {
 func (x *Parent) GetSeeds() bool {
 	if x != nil {
 		return x.Seeds
+	}
+	return false
+}
+
+func (x *Parent) GetFetching() bool {
+	if x != nil {
+		return x.Fetching
 	}
 	return false
 }
@@ -671,12 +684,13 @@ const file_skiff_v1_p2p_proto_rawDesc = "" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x12\n" +
 	"\x04blob\x18\x02 \x01(\fR\x04blob\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\x04R\x04size\"y\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\"\x95\x01\n" +
 	"\x06Parent\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12&\n" +
 	"\x04role\x18\x03 \x01(\x0e2\x12.skiff.v1.PeerRoleR\x04role\x12\x14\n" +
-	"\x05seeds\x18\x04 \x01(\bR\x05seeds\":\n" +
+	"\x05seeds\x18\x04 \x01(\bR\x05seeds\x12\x1a\n" +
+	"\bfetching\x18\x05 \x01(\bR\bfetching\":\n" +
 	"\fParentsReply\x12*\n" +
 	"\aparents\x18\x01 \x03(\v2\x10.skiff.v1.ParentR\aparents\"\x9e\x01\n" +
 	"\n" +

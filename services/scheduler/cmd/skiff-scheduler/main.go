@@ -50,7 +50,7 @@ func run(ctx context.Context, cfg config.Config) error {
 		return err
 	}
 	defer nc.Close()
-	table := schedule.NewTable(schedule.Options{TTL: cfg.TTL, Quarantine: cfg.Quarantine, MaxParents: cfg.MaxParents})
+	table := schedule.NewTable(schedule.Options{TTL: cfg.TTL, Quarantine: cfg.Quarantine, MaxParents: cfg.MaxParents, MaxChildren: cfg.MaxChildren, InFlight: cfg.InFlight})
 	// Expire often relative to the TTL, so a dead peer is dropped soon
 	// after it is due.
 	s := service.New(service.Deps{NATS: nc, Table: table}, service.WithExpireEvery(max(cfg.TTL/4, 250*time.Millisecond)))

@@ -17,7 +17,7 @@ import (
 // /healthz follows the NATS connection, and a stop is clean.
 func TestRun(t *testing.T) {
 	n := testenv.StartNATS(t, testenv.NATSOptions{})
-	cfg := config.Config{NATS: n.URL, Listen: testenv.FreeAddr(t), TTL: time.Second, Quarantine: time.Minute, MaxParents: 4}
+	cfg := config.Config{NATS: n.URL, Listen: testenv.FreeAddr(t), TTL: time.Second, Quarantine: time.Minute, MaxParents: 4, MaxChildren: 4, InFlight: 10 * time.Second}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

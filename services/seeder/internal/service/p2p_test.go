@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
@@ -42,20 +43,23 @@ import (
 // skiff-scheduler composes it), plus agents made of the same parts as
 // skiff-agent mountd with P2P on.
 type cluster struct {
-	t         *testing.T
+	t         testing.TB
 	nats      testenv.NATS
 	storeURL  string       // through the counting proxy
 	direct    store.Store  // MinIO without the proxy, for the converter
 	blobBytes atomic.Int64 // chunk-data bytes MinIO served through the proxy
 	blobGets  atomic.Int64 // chunk-data GETs
-	table     *schedule.Table
-	scheduler *schedule.Server
-	seederURL string
-	bus       *bus.Bus
-	nc        *nats.Conn
+	// storeLimit, when set, paces the chunk data MinIO serves through the
+	// proxy, shared by every node: the cluster's bandwidth to its store.
+	storeLimit atomic.Pointer[rate.Limiter]
+	table      *schedule.Table
+	scheduler  *schedule.Server
+	seederURL  string
+	bus        *bus.Bus
+	nc         *nats.Conn
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	t.Helper()
 	c := &cluster{t: t}
 	c.nats = testenv.StartNATS(t, testenv.NATSOptions{})
@@ -75,7 +79,7 @@ func newCluster(t *testing.T) *cluster {
 	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/"+store.BlobPrefix) {
 			c.blobGets.Add(1)
-			w = &countingWriter{ResponseWriter: w, n: &c.blobBytes}
+			w = &countingWriter{ResponseWriter: w, n: &c.blobBytes, limit: c.storeLimit.Load(), ctx: r.Context()}
 		}
 		rp.ServeHTTP(w, r)
 	}))
@@ -108,7 +112,7 @@ func newCluster(t *testing.T) *cluster {
 
 // startSeeder runs a seeder as skiff-seeder composes it, until the test
 // ends, and returns the URL of its handler.
-func (c *cluster) startSeeder(t *testing.T, id string) string {
+func (c *cluster) startSeeder(t testing.TB, id string) string {
 	t.Helper()
 	ctx := context.Background()
 	st, err := storeurl.Open(ctx, c.storeURL)
@@ -157,13 +161,31 @@ func (c *cluster) startSeeder(t *testing.T, id string) string {
 
 type countingWriter struct {
 	http.ResponseWriter
-	n *atomic.Int64
+	n     *atomic.Int64
+	limit *rate.Limiter // nil: unpaced
+	ctx   context.Context
 }
 
 func (w *countingWriter) Write(b []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(b)
-	w.n.Add(int64(n))
-	return n, err
+	if w.limit == nil {
+		n, err := w.ResponseWriter.Write(b)
+		w.n.Add(int64(n))
+		return n, err
+	}
+	written := 0
+	for written < len(b) {
+		part := b[written:min(len(b), written+w.limit.Burst())]
+		if err := w.limit.WaitN(w.ctx, len(part)); err != nil {
+			return written, err
+		}
+		n, err := w.ResponseWriter.Write(part)
+		w.n.Add(int64(n))
+		written += n
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
 }
 
 // run runs fn until the test ends; the returned channel yields its error
@@ -186,7 +208,7 @@ func (c *cluster) run(fn func(ctx context.Context) error) <-chan error {
 	return early
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -197,7 +219,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func (c *cluster) seederStats(t *testing.T) Stats {
+func (c *cluster) seederStats(t testing.TB) Stats {
 	t.Helper()
 	resp, err := http.Get(c.seederURL + "/stats")
 	if err != nil {
@@ -213,7 +235,7 @@ func (c *cluster) seederStats(t *testing.T) Stats {
 
 // convert converts a generated image into MinIO (directly, not counted)
 // and returns its bootstrap and the total stored size of its frames.
-func (c *cluster) convert(t *testing.T, seed uint64) (*bootstrap.Bootstrap, bootstrap.Digest, int64) {
+func (c *cluster) convert(t testing.TB, seed uint64) (*bootstrap.Bootstrap, bootstrap.Digest, int64) {
 	t.Helper()
 	var entries []fixture.Entry
 	entries = append(entries, fixture.Dir("data", 0o755))
@@ -223,6 +245,14 @@ func (c *cluster) convert(t *testing.T, seed uint64) (*bootstrap.Bootstrap, boot
 	for i := range 20 {
 		entries = append(entries, fixture.File(fmt.Sprintf("data/small%02d", i), 0o644, string(fixture.Text(seed*1000+uint64(i), 3000))))
 	}
+	return c.convertEntries(t, entries, convert.Options{ChunkSize: 32 << 10, BatchSize: 16 << 10})
+}
+
+// convertEntries converts an image of one layer holding entries into
+// MinIO (directly, not counted) and returns its bootstrap and the total
+// stored size of its frames.
+func (c *cluster) convertEntries(t testing.TB, entries []fixture.Entry, opts convert.Options) (*bootstrap.Bootstrap, bootstrap.Digest, int64) {
+	t.Helper()
 	l, err := fixture.Layer(fixture.Gzip, entries)
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +261,8 @@ func (c *cluster) convert(t *testing.T, seed uint64) (*bootstrap.Bootstrap, boot
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := convert.New(c.direct, convert.Options{ChunkSize: 32 << 10, BatchSize: 16 << 10, WorkDir: c.t.TempDir()}).Convert(context.Background(), img)
+	opts.WorkDir = c.t.TempDir()
+	res, err := convert.New(c.direct, opts).Convert(context.Background(), img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,16 +297,9 @@ type agent struct {
 
 // agent starts a node; t is the (sub)test that may fail, the node runs
 // until the whole test ends.
-func (c *cluster) agent(t *testing.T, id string) *agent {
+func (c *cluster) agent(t testing.TB, id string) *agent {
 	t.Helper()
-	st, err := storeurl.Open(context.Background(), c.storeURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := cache.Open(filepath.Join(c.t.TempDir(), "cache"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, ch := c.node(t)
 	pieces, err := piece.Open(filepath.Join(c.t.TempDir(), "pieces"), 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -306,8 +330,33 @@ func (c *cluster) agent(t *testing.T, id string) *agent {
 	return a
 }
 
+// storeAgent starts a node that reads cache → store only, as skiff-agent
+// mountd does with P2P off.
+func (c *cluster) storeAgent(t testing.TB, id string) *agent {
+	t.Helper()
+	st, ch := c.node(t)
+	a := &agent{id: id, f: fetch.New(ch, []fetch.Source{fetch.NewStoreSource("store", st)})}
+	c.t.Cleanup(a.f.Flush)
+	return a
+}
+
+// node opens a node's store, through the counting proxy, and its own
+// chunk cache.
+func (c *cluster) node(t testing.TB) (store.Store, *cache.Cache) {
+	t.Helper()
+	st, err := storeurl.Open(context.Background(), c.storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := cache.Open(filepath.Join(c.t.TempDir(), "cache"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, ch
+}
+
 // readAll reads every stored chunk of b and checks it.
-func (a *agent) readAll(t *testing.T, b *bootstrap.Bootstrap) {
+func (a *agent) readAll(t testing.TB, b *bootstrap.Bootstrap) {
 	t.Helper()
 	for i, ch := range b.Chunks {
 		data, err := a.f.ReadChunk(context.Background(), b, uint32(i))
@@ -328,6 +377,18 @@ func (a *agent) source(name string) fetch.SourceStats {
 		}
 	}
 	return fetch.SourceStats{}
+}
+
+// preheat has the seeder preheat the image of bootstrap b (digest), as a
+// conversion completing does, and waits until the scheduler knows.
+func (c *cluster) preheat(t testing.TB, b *bootstrap.Bootstrap, digest bootstrap.Digest) {
+	t.Helper()
+	before := c.seederStats(t).Preheats
+	if _, err := c.bus.Publish(context.Background(), bus.SubjectCompleted, "", &skiffv1.ConversionCompleted{Target: "test/app:v1-skiff", BootstrapDigest: digest.String()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the seeder preheated the image", func() bool { return c.seederStats(t).Preheats == before+1 })
+	eventually(t, "the seeder is known to hold the image", func() bool { return c.holdsAll("seeder-1", b) })
 }
 
 // holdsAll reports whether the table lists id as holding every frame of b.
@@ -351,11 +412,7 @@ func TestPiecesLeaveTheStoreOncePerCluster(t *testing.T) {
 	// A conversion completes: the seeder preheats it, reading each frame
 	// from the store once.
 	b, digest, total := c.convert(t, 1)
-	if _, err := c.bus.Publish(ctx, bus.SubjectCompleted, "", &skiffv1.ConversionCompleted{Target: "test/app:v1-skiff", BootstrapDigest: digest.String()}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the seeder preheated the image", func() bool { return c.seederStats(t).Preheats == 1 })
-	eventually(t, "the seeder is known to hold the image", func() bool { return c.holdsAll("seeder-1", b) })
+	c.preheat(t, b, digest)
 	preheated := c.blobBytes.Load()
 	if preheated < total || preheated > total+total/10 {
 		t.Fatalf("preheat read %d bytes of chunk data from the store, want about %d (each frame once)", preheated, total)
@@ -403,6 +460,34 @@ func TestPiecesLeaveTheStoreOncePerCluster(t *testing.T) {
 		y.readAll(t, b2)
 		if got := c.blobBytes.Load() - before; got != seeded {
 			t.Errorf("second reader made the store serve %d more bytes", got-seeded)
+		}
+	})
+
+	t.Run("nodes starting at once take each piece from the store once", func(t *testing.T) {
+		// Nobody holds this image and all ask at once: the seeder the
+		// scheduler names fetches each piece once for all of them,
+		// and sends it to as many as the scheduler's MaxChildren (4);
+		// the others get it from those.
+		b4, _, total4 := c.convert(t, 4)
+		nodes := make([]*agent, 6)
+		for i := range nodes {
+			nodes[i] = c.agent(t, fmt.Sprintf("agent-at-once-%d", i))
+		}
+		sentBefore := c.seederStats(t).Server.ServedBytes
+		_, served := c.startAll(t, nodes, b4)
+		if served < total4 || served > total4+total4/10 {
+			t.Errorf("%d nodes starting at once made the store serve %d bytes, want about %d", len(nodes), served, total4)
+		}
+		var fromPeers int64
+		for _, a := range nodes {
+			if a.source("store").Requests != 0 {
+				t.Errorf("%s went to the store: %+v", a.id, a.source("store"))
+			}
+			fromPeers += a.src.Stats().FromPeers
+		}
+		sent := c.seederStats(t).Server.ServedBytes - sentBefore
+		if fromPeers == 0 || sent >= int64(len(nodes))*total4 {
+			t.Errorf("the seeder sent %d bytes (%d nodes × %d), and nodes read %d ranges from each other: every node read from the seeder", sent, len(nodes), total4, fromPeers)
 		}
 	})
 
