@@ -255,12 +255,33 @@ func startAgentEnvWith(t testing.TB, ctrd testenv.ContainerdOptions, reg testenv
 }
 
 // node starts another node on the same registry and store: an agent with
-// state of its own, and its own containerd.
-func (e *agentEnv) node(ctrd testenv.ContainerdOptions) *agentEnv {
+// state of its own, and its own containerd. Its agent has this one's
+// settings, with settings (VAR=value) in place of those of the same name.
+func (e *agentEnv) node(ctrd testenv.ContainerdOptions, settings ...string) *agentEnv {
 	e.t.Helper()
-	n := &agentEnv{t: e.t, bin: e.bin, reg: e.reg, storeURL: e.storeURL, store: e.store, agentEnv: slices.Clone(e.agentEnv)}
+	n := &agentEnv{t: e.t, bin: e.bin, reg: e.reg, storeURL: e.storeURL, store: e.store, agentEnv: withSettings(e.agentEnv, settings...)}
 	n.startNode(ctrd)
 	return n
+}
+
+// restartWith restarts the node's agent with settings (VAR=value) in
+// place of those of the same name, and waits until containerd reaches it.
+func (e *agentEnv) restartWith(ctx context.Context, settings ...string) {
+	e.t.Helper()
+	e.stopAll()
+	e.agentEnv = withSettings(e.agentEnv, settings...)
+	e.startAgent()
+	e.waitSnapshotter(ctx)
+}
+
+// withSettings returns env with settings (VAR=value) in place of those of
+// the same name.
+func withSettings(env []string, settings ...string) []string {
+	out := slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
+		name, _, _ := strings.Cut(kv, "=")
+		return slices.ContainsFunc(settings, func(s string) bool { return strings.HasPrefix(s, name+"=") })
+	})
+	return append(out, settings...)
 }
 
 // startNode starts the agent, with a new state directory and socket, and

@@ -66,10 +66,7 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 	defer cancel()
 	e := startAgentEnv(t, ctrd)
 	if len(settings) > 0 {
-		e.stopAll()
-		e.agentEnv = append(e.agentEnv, settings...)
-		e.startAgent()
-		e.waitSnapshotter(ctx)
+		e.restartWith(ctx, settings...)
 	}
 	probe, err := os.ReadFile(e.bin.probe)
 	if err != nil {

@@ -142,17 +142,10 @@ func BenchmarkAgentLazyStart(b *testing.B) {
 		b.Fatal(err)
 	}
 	s3 := startCountingProxy(b, storeURL.Query().Get("endpoint"))
-	e.stopAll()
-	for i, kv := range e.agentEnv {
-		if strings.HasPrefix(kv, "SKIFF_AGENT_STORE=") {
-			e.agentEnv[i] = "SKIFF_AGENT_STORE=" + strings.Replace(e.storeURL, s3.target, s3.addr, 1)
-		}
-	}
 	// SKIFF_BENCH_AGENT_ENV adds settings to both nodes' agents (space
 	// separated), to measure them against the defaults.
-	e.agentEnv = append(e.agentEnv, strings.Fields(os.Getenv("SKIFF_BENCH_AGENT_ENV"))...)
-	e.startAgent()
-	e.waitSnapshotter(ctx)
+	e.restartWith(ctx, append([]string{"SKIFF_AGENT_STORE=" + strings.Replace(e.storeURL, s3.target, s3.addr, 1)},
+		strings.Fields(os.Getenv("SKIFF_BENCH_AGENT_ENV"))...)...)
 	ref := reg.addr + "/large:v1"
 
 	// The setup wrote gigabytes (the binaries built, the image pushed and
@@ -398,7 +391,7 @@ type arrival struct {
 	n  int64
 }
 
-func startCountingProxy(b *testing.B, target string) *countingProxy {
+func startCountingProxy(b testing.TB, target string) *countingProxy {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
