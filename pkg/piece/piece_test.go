@@ -397,3 +397,40 @@ func TestServerWaitsForArrivingRange(t *testing.T) {
 		t.Errorf("Await of a held range: %v", err)
 	}
 }
+
+// A server with an upload rate sends no faster than it, over all its
+// requests together, and still sends the right bytes.
+func TestServerUploadRate(t *testing.T) {
+	st, err := Open(t.TempDir(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := frames(t, st, blobA, 64<<10, 64<<10)
+	const bytesPerSecond = 256 << 10 // also the burst
+	hs := httptest.NewServer(NewServer(st, nil, nil, WithUploadRate(bytesPerSecond)))
+	defer hs.Close()
+	addr := strings.TrimPrefix(hs.URL, "http://")
+	c := NewClient(nil)
+	const requests = 4
+	start := time.Now()
+	errs := make(chan error, requests)
+	for range requests {
+		go func() {
+			got, err := c.Get(context.Background(), addr, blobA, 0, int64(len(all)), 0)
+			if err == nil && !bytes.Equal(got, all) {
+				err = errors.New("wrong bytes")
+			}
+			errs <- err
+		}()
+	}
+	for range requests {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first burst goes at once; the rest at the rate.
+	sent := int64(requests * len(all))
+	if least := time.Duration(float64(sent-bytesPerSecond) / bytesPerSecond * 0.9 * float64(time.Second)); time.Since(start) < least {
+		t.Errorf("sent %d bytes in %s, faster than %d bytes a second allows (at least %s)", sent, time.Since(start), bytesPerSecond, least)
+	}
+}

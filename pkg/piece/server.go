@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"golang.org/x/time/rate"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/telemetry"
@@ -41,18 +43,40 @@ type Server struct {
 	store  *Store
 	seeder Seeder // nil: only what is held is served
 	log    *slog.Logger
+	upload *rate.Limiter // nil: unlimited
 
 	load                           atomic.Int32
 	served, missed, seeded, waited atomic.Int64
 	servedBytes, seedErrors        atomic.Int64
 }
 
+// ServerOption tunes a Server.
+type ServerOption func(*Server)
+
+// WithUploadRate bounds the bytes a Server sends a second, over all its
+// requests together, so that serving peers leaves a node's network to its
+// own containers (Dragonfly's upload rate limit). 0 or less: unlimited.
+func WithUploadRate(bytesPerSecond int64) ServerOption {
+	return func(s *Server) {
+		if bytesPerSecond > 0 {
+			s.upload = rate.NewLimiter(rate.Limit(bytesPerSecond), int(min(bytesPerSecond, uploadBurst)))
+		}
+	}
+}
+
+// uploadBurst is the most a rate-limited Server sends at once.
+const uploadBurst = 256 << 10
+
 // NewServer serves st; seeder, if not nil, is asked for ranges st lacks.
-func NewServer(st *Store, seeder Seeder, log *slog.Logger) *Server {
+func NewServer(st *Store, seeder Seeder, log *slog.Logger, opts ...ServerOption) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{store: st, seeder: seeder, log: log}
+	s := &Server{store: st, seeder: seeder, log: log}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Load is the number of requests being served, which peers announce so
@@ -128,7 +152,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Length", strconv.FormatInt(piece.Size(), 10))
 	// Streamed from the frame files, not gathered in memory: a seeder
 	// answers many peers at once, each asking up to MaxSize.
-	n, err := piece.WriteTo(w)
+	var out io.Writer = w
+	if s.upload != nil {
+		out = &pacedWriter{w: w, limit: s.upload, ctx: ctx}
+	}
+	n, err := piece.WriteTo(out)
 	s.servedBytes.Add(n)
 	if err != nil {
 		// The peer left, or the connection broke; the peer verifies
@@ -175,3 +203,28 @@ func parseRequest(r *http.Request) (blob bootstrap.Digest, off, size int64, wait
 // MaxSize bounds one piece request; the Fetcher's merged requests stay
 // well below it.
 const MaxSize = 64 << 20
+
+// pacedWriter passes writes on no faster than its limiter allows. It has
+// no ReadFrom, so the piece's files are copied through a buffer rather
+// than sent by the kernel: the pace needs the bytes to pass here.
+type pacedWriter struct {
+	w     io.Writer
+	limit *rate.Limiter
+	ctx   context.Context
+}
+
+func (p *pacedWriter) Write(b []byte) (int, error) {
+	written := 0
+	for written < len(b) {
+		part := b[written:min(len(b), written+p.limit.Burst())]
+		if err := p.limit.WaitN(p.ctx, len(part)); err != nil {
+			return written, fmt.Errorf("upload rate: %w", err)
+		}
+		n, err := p.w.Write(part)
+		written += n
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}

@@ -80,6 +80,7 @@ func run(ctx context.Context, cfg config.Config) error {
 		service.WithConcurrency(cfg.Concurrency),
 		service.WithAnnounceInterval(cfg.Interval),
 		service.WithAckWait(cfg.AckWait),
+		service.WithUploadRate(cfg.UploadRate),
 	)
 	slog.Info("skiff-seeder ready", "id", cfg.ID, "listen", ln.Addr().String(), "advertise", cfg.Advertise, "nats", cfg.NATS, "store", cfg.Store, "pieces", pieces.Size())
 

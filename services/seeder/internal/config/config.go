@@ -25,6 +25,7 @@ type Config struct {
 	Concurrency int           `env:"SKIFF_SEEDER_PREHEAT_CONCURRENCY" envDefault:"2" help:"images preheated at once from conversion events, and as many again on request (skiffctl preheat)"`
 	Interval    time.Duration `env:"SKIFF_SEEDER_ANNOUNCE_INTERVAL" envDefault:"10s" help:"how often holdings are announced to the schedulers (also within a second of a change)"`
 	AckWait     time.Duration `env:"SKIFF_SEEDER_ACK_WAIT" envDefault:"1m" help:"time after which a preheat held by a silent (dead) seeder goes to another"`
+	UploadRate  int64         `env:"SKIFF_SEEDER_UPLOAD_RATE" envDefault:"0" help:"bytes per second the piece server sends, over all peers together (0: unlimited)"`
 	Debug       bool          `env:"SKIFF_DEBUG" help:"log at debug level"`
 }
 
@@ -73,6 +74,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("config: SKIFF_SEEDER_PREHEAT_CONCURRENCY must be at least 1, got %d", c.Concurrency)
 	case c.CacheSize < 0:
 		return fmt.Errorf("config: SKIFF_SEEDER_CACHE_SIZE must not be negative, got %d", c.CacheSize)
+	case c.UploadRate < 0:
+		return fmt.Errorf("config: SKIFF_SEEDER_UPLOAD_RATE must not be negative, got %d", c.UploadRate)
 	case c.Interval < 100*time.Millisecond:
 		return fmt.Errorf("config: SKIFF_SEEDER_ANNOUNCE_INTERVAL must be at least 100ms, got %s", c.Interval)
 	case c.AckWait < time.Second:

@@ -25,6 +25,7 @@ func TestLoadRejects(t *testing.T) {
 		{"zero concurrency", "SKIFF_SEEDER_PREHEAT_CONCURRENCY", "0", "CONCURRENCY"},
 		{"not a number", "SKIFF_SEEDER_CACHE_SIZE", "big", "CACHESIZE"},
 		{"negative cache", "SKIFF_SEEDER_CACHE_SIZE", "-1", "CACHE_SIZE"},
+		{"negative upload rate", "SKIFF_SEEDER_UPLOAD_RATE", "-1", "UPLOAD_RATE"},
 		{"fast announce", "SKIFF_SEEDER_ANNOUNCE_INTERVAL", "1ms", "ANNOUNCE_INTERVAL"},
 		{"short ack wait", "SKIFF_SEEDER_ACK_WAIT", "1ms", "ACK_WAIT"},
 		{"bad advertise", "SKIFF_SEEDER_ADVERTISE", "nohostport", "ADVERTISE"},

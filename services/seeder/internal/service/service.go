@@ -60,6 +60,7 @@ type options struct {
 	interval    time.Duration
 	ackWait     time.Duration
 	concurrency int
+	uploadRate  int64
 	log         *slog.Logger
 }
 
@@ -76,6 +77,12 @@ func WithAckWait(d time.Duration) Option { return func(o *options) { o.ackWait =
 // WithConcurrency bounds the images preheated at once from events, and
 // the SeedRequests worked on at once besides; default 2.
 func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
+
+// WithUploadRate bounds the bytes a second the piece server sends, over
+// all peers together; default 0, unlimited.
+func WithUploadRate(bytesPerSecond int64) Option {
+	return func(o *options) { o.uploadRate = bytesPerSecond }
+}
 
 // WithLogger sets the logger; default slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -109,7 +116,7 @@ func New(d Deps, opts ...Option) *Service {
 		id: d.ID, nc: d.NATS, completed: d.Completed, opts: o, log: o.log, fetcher: f, pieces: d.Pieces,
 		seeder: seed.New(d.Store, f, d.Pieces), slots: make(chan struct{}, max(o.concurrency, 1)),
 	}
-	s.server = piece.NewServer(d.Pieces, s, o.log)
+	s.server = piece.NewServer(d.Pieces, s, o.log, piece.WithUploadRate(o.uploadRate))
 	s.announce = &peer.Announcer{NC: d.NATS, ID: d.ID, Addr: d.Advertise, Role: schedule.RoleSeeder, Store: d.Pieces,
 		Load: s.server.Load, Interval: o.interval, Logger: o.log}
 	s.metrics = metricsHandler(s, o.log)
