@@ -28,6 +28,7 @@ type Announcer struct {
 	Role     schedule.Role
 	Store    *piece.Store
 	Load     func() int // requests being served; nil: 0
+	Zone     string     // where the node runs (schedule.Peer.Zone)
 	Interval time.Duration
 	Logger   *slog.Logger
 }
@@ -38,7 +39,7 @@ func (a *Announcer) Announce(ctx context.Context) error {
 }
 
 func (a *Announcer) send(ctx context.Context, leaving bool) error {
-	p := schedule.Peer{ID: a.ID, Addr: a.Addr, Role: a.Role, Free: a.Store.Free()}
+	p := schedule.Peer{ID: a.ID, Addr: a.Addr, Role: a.Role, Free: a.Store.Free(), Zone: a.Zone}
 	if a.Load != nil {
 		p.Load = a.Load()
 	}

@@ -56,6 +56,8 @@ type Peer struct {
 	Holdings map[bootstrap.Digest]piece.Ranges
 	Load     int   // piece requests in progress
 	Free     int64 // bytes it can take before evicting; -1 unlimited
+	// Zone is where the peer runs (a zone, a rack); empty: unknown.
+	Zone string
 }
 
 // Parent is a peer to read a piece from.
@@ -217,11 +219,12 @@ func (t *Table) usable(e *entry, now time.Time) bool {
 
 // Parents ranks the peers to read [off, off+size) of blob from, for the
 // peer asker (never offered itself), and remembers where the asker was
-// sent. Holders of the whole range come first, peers before seeders, each
-// by load, ties spread over askers by hashing; then, unless already
+// sent. Holders of the whole range come first, those in the asker's zone
+// before others, peers before seeders, each by load, ties spread over
+// askers by hashing; then, unless already
 // listed, the seeder chosen for the blob, marked Seeds when it does not
-// hold the range; then the peer fetching the range itself that is
-// nearest the holders, marked Fetching. While the range is in flight, a
+// hold the range; then the peer fetching the range itself that is in the
+// asker's zone and nearest the holders, marked Fetching. While the range is in flight, a
 // parent already given MaxChildren askers first goes after those that
 // were not. An empty list means there is no one to ask but the store.
 func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, now time.Time) []Parent {
@@ -236,10 +239,15 @@ func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, no
 		Parent
 		kind   int
 		full   bool // has MaxChildren askers of this range already
+		away   bool // in another zone than the asker's
 		load   int  // holders: announced load; fetchers: depth
 		weight uint64
 	}
 	t.mu.Lock()
+	var zone string
+	if e, ok := t.peers[asker]; ok {
+		zone = e.Zone
+	}
 	fl := t.flightLocked(key, now)
 	delete(fl.askers, asker) // asking again: its last answer does not count
 	children := map[string]int{}
@@ -269,6 +277,9 @@ func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, no
 	}
 	for i := range cands {
 		cands[i].full = children[cands[i].ID] >= t.opts.MaxChildren
+		if e, ok := t.peers[cands[i].ID]; ok && zone != "" {
+			cands[i].away = e.Zone != zone
+		}
 	}
 	t.mu.Unlock()
 
@@ -287,6 +298,12 @@ func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, no
 		}
 		if c := cmp.Compare(a.kind, b.kind); c != 0 {
 			return c
+		}
+		if a.away != b.away {
+			if b.away {
+				return -1
+			}
+			return 1
 		}
 		if ap, bp := a.Role == RolePeer, b.Role == RolePeer; ap != bp {
 			if ap {

@@ -78,6 +78,21 @@ func TestParentsRanking(t *testing.T) {
 			{ID: "p3", Role: RolePeer, Holdings: full},
 			{ID: "s1", Role: RoleSeeder, Holdings: full},
 		}, "a", 0, 100, "p2,p1,s1"},
+		{"the asker's zone first", []Peer{
+			{ID: "a", Role: RolePeer, Zone: "z1"},
+			{ID: "p1", Role: RolePeer, Holdings: full, Zone: "z2"},
+			{ID: "p2", Role: RolePeer, Holdings: full, Zone: "z1", Load: 5},
+		}, "a", 0, 100, "p2,p1"},
+		{"a seeder in the zone before a peer away", []Peer{
+			{ID: "a", Role: RolePeer, Zone: "z1"},
+			{ID: "p1", Role: RolePeer, Holdings: full, Zone: "z2"},
+			{ID: "s1", Role: RoleSeeder, Holdings: full, Zone: "z1"},
+		}, "a", 0, 100, "s1,p1"},
+		{"an asker of no zone ranks by load", []Peer{
+			{ID: "a", Role: RolePeer},
+			{ID: "p1", Role: RolePeer, Holdings: full, Zone: "z2"},
+			{ID: "p2", Role: RolePeer, Holdings: full, Zone: "z1", Load: 5},
+		}, "a", 0, 100, "p1,p2"},
 		{"other blob", []Peer{{ID: "p1", Role: RolePeer, Holdings: map[bootstrap.Digest]piece.Ranges{bootstrap.Sum([]byte("y")): {{Off: 0, End: 100}}}}}, "a", 0, 10, ""},
 	}
 	for _, tt := range tests {

@@ -15,7 +15,7 @@ import (
 func AnnounceMessage(p Peer, holdings []piece.Holding, leaving bool) *skiffv1.PeerAnnounce {
 	m := &skiffv1.PeerAnnounce{
 		PeerId: p.ID, Address: p.Addr, Role: roleMessage(p.Role),
-		Load: int32(p.Load), FreeBytes: p.Free, Leaving: leaving,
+		Load: int32(p.Load), FreeBytes: p.Free, Leaving: leaving, Zone: p.Zone,
 	}
 	for _, h := range holdings {
 		bh := &skiffv1.BlobHoldings{Blob: h.Blob[:], Ranges: make([]uint64, 0, 2*len(h.Ranges))}
@@ -29,7 +29,7 @@ func AnnounceMessage(p Peer, holdings []piece.Holding, leaving bool) *skiffv1.Pe
 
 // PeerFromMessage decodes an announcement.
 func PeerFromMessage(m *skiffv1.PeerAnnounce) (Peer, error) {
-	p := Peer{ID: m.GetPeerId(), Addr: m.GetAddress(), Load: int(m.GetLoad()), Free: m.GetFreeBytes(),
+	p := Peer{ID: m.GetPeerId(), Addr: m.GetAddress(), Load: int(m.GetLoad()), Free: m.GetFreeBytes(), Zone: m.GetZone(),
 		Holdings: make(map[bootstrap.Digest]piece.Ranges, len(m.GetBlobs()))}
 	if p.ID == "" {
 		return p, fmt.Errorf("announcement without a peer id")

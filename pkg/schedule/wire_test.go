@@ -10,13 +10,13 @@ import (
 )
 
 func TestAnnounceRoundTrip(t *testing.T) {
-	p := Peer{ID: "n1", Addr: "10.0.0.1:8093", Role: RoleSeeder, Load: 3, Free: 1 << 30}
+	p := Peer{ID: "n1", Addr: "10.0.0.1:8093", Role: RoleSeeder, Load: 3, Free: 1 << 30, Zone: "eu-west-1a"}
 	holdings := []piece.Holding{{Blob: blobX, Ranges: piece.Ranges{{Off: 0, End: 100}, {Off: 200, End: 300}}}}
 	got, err := PeerFromMessage(AnnounceMessage(p, holdings, false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != p.ID || got.Addr != p.Addr || got.Role != p.Role || got.Load != 3 || got.Free != 1<<30 ||
+	if got.ID != p.ID || got.Addr != p.Addr || got.Role != p.Role || got.Load != 3 || got.Free != 1<<30 || got.Zone != p.Zone ||
 		fmt.Sprint(got.Holdings[blobX]) != fmt.Sprint(holdings[0].Ranges) {
 		t.Errorf("round trip: %+v", got)
 	}

@@ -49,7 +49,7 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 	src := peer.NewSource(nc, id, nil, peer.SourceOptions{Logger: log})
 	f = fetch.New(c, []fetch.Source{src, storeSrc}, fetch.WithFrameSink(pieces), fetch.WithLogger(log))
 	server := piece.NewServer(pieces, nil, log, piece.WithUploadRate(cfg.PeerUpload))
-	ann := &peer.Announcer{NC: nc, ID: id, Addr: addr, Role: schedule.RolePeer, Store: pieces, Load: server.Load, Logger: log}
+	ann := &peer.Announcer{NC: nc, ID: id, Addr: addr, Role: schedule.RolePeer, Store: pieces, Load: server.Load, Zone: cfg.PeerZone, Logger: log}
 	run = func(ctx context.Context) error {
 		defer nc.Close()
 		// Listening starts here, not when the fetcher is made: a mount

@@ -156,7 +156,11 @@ type PeerAnnounce struct {
 	// Bytes the peer can still take before it evicts pieces.
 	FreeBytes int64 `protobuf:"varint,6,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
 	// Set on shutdown: forget the peer now rather than after it expires.
-	Leaving       bool `protobuf:"varint,7,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	Leaving bool `protobuf:"varint,7,opt,name=leaving,proto3" json:"leaving,omitempty"`
+	// Where the peer runs (a zone, a rack; empty: unknown). Parents in the
+	// asker's zone are offered before others holding the same piece, so
+	// pieces cross zones once rather than once per node.
+	Zone          string `protobuf:"bytes,8,opt,name=zone,proto3" json:"zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +242,13 @@ func (x *PeerAnnounce) GetLeaving() bool {
 		return x.Leaving
 	}
 	return false
+}
+
+func (x *PeerAnnounce) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
 }
 
 // ParentsRequest asks the scheduler where to read bytes
@@ -670,7 +681,7 @@ const file_skiff_v1_p2p_proto_rawDesc = "" +
 	"\x12skiff/v1/p2p.proto\x12\bskiff.v1\":\n" +
 	"\fBlobHoldings\x12\x12\n" +
 	"\x04blob\x18\x01 \x01(\fR\x04blob\x12\x16\n" +
-	"\x06ranges\x18\x02 \x03(\x04R\x06ranges\"\xe4\x01\n" +
+	"\x06ranges\x18\x02 \x03(\x04R\x06ranges\"\xf8\x01\n" +
 	"\fPeerAnnounce\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12&\n" +
@@ -679,7 +690,8 @@ const file_skiff_v1_p2p_proto_rawDesc = "" +
 	"\x04load\x18\x05 \x01(\x05R\x04load\x12\x1d\n" +
 	"\n" +
 	"free_bytes\x18\x06 \x01(\x03R\tfreeBytes\x12\x18\n" +
-	"\aleaving\x18\a \x01(\bR\aleaving\"i\n" +
+	"\aleaving\x18\a \x01(\bR\aleaving\x12\x12\n" +
+	"\x04zone\x18\b \x01(\tR\x04zone\"i\n" +
 	"\x0eParentsRequest\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x12\n" +
 	"\x04blob\x18\x02 \x01(\fR\x04blob\x12\x16\n" +

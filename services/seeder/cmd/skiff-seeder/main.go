@@ -81,6 +81,7 @@ func run(ctx context.Context, cfg config.Config) error {
 		service.WithAnnounceInterval(cfg.Interval),
 		service.WithAckWait(cfg.AckWait),
 		service.WithUploadRate(cfg.UploadRate),
+		service.WithZone(cfg.Zone),
 	)
 	slog.Info("skiff-seeder ready", "id", cfg.ID, "listen", ln.Addr().String(), "advertise", cfg.Advertise, "nats", cfg.NATS, "store", cfg.Store, "pieces", pieces.Size())
 

@@ -26,6 +26,7 @@ type Config struct {
 	Interval    time.Duration `env:"SKIFF_SEEDER_ANNOUNCE_INTERVAL" envDefault:"10s" help:"how often holdings are announced to the schedulers (also within a second of a change)"`
 	AckWait     time.Duration `env:"SKIFF_SEEDER_ACK_WAIT" envDefault:"1m" help:"time after which a preheat held by a silent (dead) seeder goes to another"`
 	UploadRate  int64         `env:"SKIFF_SEEDER_UPLOAD_RATE" envDefault:"0" help:"bytes per second the piece server sends, over all peers together (0: unlimited)"`
+	Zone        string        `env:"SKIFF_SEEDER_ZONE" help:"where this seeder runs (a zone, a rack): nodes of the same zone are sent to it before holders elsewhere (empty: unknown)"`
 	Debug       bool          `env:"SKIFF_DEBUG" help:"log at debug level"`
 }
 

@@ -61,6 +61,7 @@ type options struct {
 	ackWait     time.Duration
 	concurrency int
 	uploadRate  int64
+	zone        string
 	log         *slog.Logger
 }
 
@@ -83,6 +84,10 @@ func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n
 func WithUploadRate(bytesPerSecond int64) Option {
 	return func(o *options) { o.uploadRate = bytesPerSecond }
 }
+
+// WithZone announces where the seeder runs (schedule.Peer.Zone), so
+// that nodes in its zone are sent to it before seeders elsewhere.
+func WithZone(zone string) Option { return func(o *options) { o.zone = zone } }
 
 // WithLogger sets the logger; default slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -118,7 +123,7 @@ func New(d Deps, opts ...Option) *Service {
 	}
 	s.server = piece.NewServer(d.Pieces, s, o.log, piece.WithUploadRate(o.uploadRate))
 	s.announce = &peer.Announcer{NC: d.NATS, ID: d.ID, Addr: d.Advertise, Role: schedule.RoleSeeder, Store: d.Pieces,
-		Load: s.server.Load, Interval: o.interval, Logger: o.log}
+		Load: s.server.Load, Zone: o.zone, Interval: o.interval, Logger: o.log}
 	s.metrics = metricsHandler(s, o.log)
 	return s
 }
