@@ -219,14 +219,14 @@ func (t *Table) usable(e *entry, now time.Time) bool {
 
 // Parents ranks the peers to read [off, off+size) of blob from, for the
 // peer asker (never offered itself), and remembers where the asker was
-// sent. Holders of the whole range come first, those in the asker's zone
+// sent. Holders of the whole range come first: those in the asker's zone
 // before others, peers before seeders, each by load, ties spread over
-// askers by hashing; then, unless already
-// listed, the seeder chosen for the blob, marked Seeds when it does not
-// hold the range; then the peer fetching the range itself that is in the
-// asker's zone and nearest the holders, marked Fetching. While the range is in flight, a
-// parent already given MaxChildren askers first goes after those that
-// were not. An empty list means there is no one to ask but the store.
+// askers by hashing. Then, unless already listed, the seeder chosen for
+// the blob, marked Seeds when it does not hold the range. Then the peer
+// fetching the range itself that is in the asker's zone and nearest the
+// holders, marked Fetching. While the range is in flight, a parent
+// already given MaxChildren askers first goes after those that were not.
+// An empty list means there is no one to ask but the store.
 func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, now time.Time) []Parent {
 	key := rangeKey{blob, off, off + size}
 	// The ranking, from first to last.
