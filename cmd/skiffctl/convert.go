@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/convert"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/startup"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
 
@@ -22,10 +24,14 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	workDir := fs.String("work-dir", os.TempDir(), "directory for blob files before upload")
 	remote := fs.Bool("remote", false, "ask the converter service to convert SOURCE (published as TAG-skiff) instead of converting here")
 	natsURL := fs.String("nats", env.NATS, "NATS server of the converter service, with --remote")
+	prefetch := fs.String("prefetch", "", "file listing paths (files or directories, one per line; - for standard input) whose files every node fetches first, as the image's startup set")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *remote {
+		if *prefetch != "" {
+			return fmt.Errorf("--prefetch needs the conversion made here, not with --remote")
+		}
 		if fs.NArg() != 1 {
 			fs.Usage()
 			return errUsage
@@ -53,6 +59,12 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	if err != nil {
 		return err
 	}
+	var paths []string
+	if *prefetch != "" {
+		if paths, err = readPaths(*prefetch); err != nil {
+			return err
+		}
+	}
 	st, err := storeurl.Open(ctx, *storeURL)
 	if err != nil {
 		return err
@@ -63,7 +75,7 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	}
 	line := newProgressLine(stderr)
 	c := convert.New(st, convert.Options{
-		ChunkSize: *chunkSize, Compression: comp, Chunking: ch, BatchSize: *batchSize, WorkDir: *workDir,
+		ChunkSize: *chunkSize, Compression: comp, Chunking: ch, BatchSize: *batchSize, WorkDir: *workDir, Prefetch: paths,
 		Progress: func(p convert.Progress) {
 			line.update("converting %s: layers %d/%d, %s of %s", source, p.LayersDone, p.Layers, bytesString(p.BytesRead), bytesString(p.Bytes))
 		},
@@ -89,7 +101,36 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	fmt.Fprintf(stdout, "  source layers %s, logical %s, stored %s (%.2fx of source), new in store %s, in %s\n",
 		bytesString(res.SourceBytes), bytesString(s.LogicalBytes), bytesString(s.StoredBytes),
 		ratio(s.StoredBytes, res.SourceBytes), bytesString(res.NewBytes), res.Duration.Round(1e6))
+	if *prefetch != "" {
+		fmt.Fprintf(stdout, "  startup set of %d files, fetched first by every node\n", res.PrefetchFiles)
+	}
 	return nil
+}
+
+// readPaths reads the paths listed in file (- for standard input), one
+// per line; blank lines and lines starting with # are skipped.
+func readPaths(file string) ([]string, error) {
+	var data []byte
+	var err error
+	if file == "-" {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, startup.MaxSize))
+	} else {
+		data, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read --prefetch paths: %w", err)
+	}
+	var paths []string
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "#") {
+			paths = append(paths, line)
+		}
+	}
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("--prefetch %s lists no paths", file)
+	}
+	return paths, nil
 }
 
 func ratio(a, b int64) float64 {

@@ -103,6 +103,9 @@ func TestConvertUsage(t *testing.T) {
 		{[]string{"convert", "--compression", "brotli", "oci:/nonexistent:x", "oci:/nonexistent:y"}, 1, "unknown compression"},
 		{[]string{"convert", "--chunking", "rabin", "oci:/nonexistent:x"}, 1, "unknown chunking"},
 		{[]string{"convert", "--store", "ftp://x", "oci:/nonexistent:x"}, 1, "ftp"},
+		{[]string{"convert", "--prefetch", "/nonexistent/paths", "oci:/nonexistent:x"}, 1, "read --prefetch paths"},
+		{[]string{"convert", "--prefetch", "/dev/null", "oci:/nonexistent:x"}, 1, "lists no paths"},
+		{[]string{"convert", "--remote", "--prefetch", "/dev/null", "oci:/nonexistent:x"}, 1, "not with --remote"},
 		{[]string{"bogus"}, 2, "unknown command"},
 		{[]string{"inspect"}, 2, "usage: skiffctl inspect"},
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/startup"
 	"github.com/skiff-dev/skiff/pkg/store"
 )
 
@@ -47,6 +48,11 @@ type Options struct {
 	Concurrency int
 	// WorkDir holds blob files until they are uploaded.
 	WorkDir string
+	// Prefetch names paths, files or directories, whose files every node
+	// fetches first as it mounts the image, in that order (Nydus' prefetch
+	// patterns): they are written as the image's startup set
+	// (package startup). A path the image lacks fails the conversion.
+	Prefetch []string
 	// Progress, if set, is called as layers are read.
 	Progress func(Progress)
 	// Logger defaults to slog.Default().
@@ -69,6 +75,7 @@ type Result struct {
 	SourceBytes   int64 // compressed size of the source layers
 	NewBytes      int64 // bytes this conversion added to the store
 	NewBlobs      []bootstrap.Digest
+	PrefetchFiles int // files in the startup set written from Options.Prefetch
 	Duration      time.Duration
 }
 
@@ -217,6 +224,16 @@ func (c *Converter) Convert(ctx context.Context, src v1.Image) (*Result, error) 
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
+	// Checked before anything is uploaded: a misspelt path is the
+	// caller's to fix, not a conversion without its prefetch.
+	var prefetch []byte
+	if len(c.opts.Prefetch) > 0 {
+		inodes, err := startup.Expand(b, c.opts.Prefetch)
+		if err != nil {
+			return nil, fmt.Errorf("convert: prefetch: %w", err)
+		}
+		prefetch, res.PrefetchFiles = startup.Format(b, inodes), len(inodes)
+	}
 	blob, err := bootstrap.Encode(b)
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
@@ -254,6 +271,13 @@ func (c *Converter) Convert(ctx context.Context, src v1.Image) (*Result, error) 
 	}
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
+	}
+	// The startup set goes first: a node that finds the bootstrap
+	// finds its set too.
+	if prefetch != nil {
+		if err := c.store.Put(ctx, store.StartupKey(res.Bootstrap.Hex()), bytes.NewReader(prefetch), int64(len(prefetch))); err != nil {
+			return nil, fmt.Errorf("convert: store startup set: %w", err)
+		}
 	}
 	if err := c.store.Put(ctx, store.BootstrapKey(res.Bootstrap.Hex()), bytes.NewReader(blob), int64(len(blob))); err != nil {
 		return nil, fmt.Errorf("convert: store bootstrap: %w", err)

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/codec"
 	"github.com/skiff-dev/skiff/pkg/convert"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/startup"
 	"github.com/skiff-dev/skiff/pkg/store"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
 )
@@ -316,5 +318,53 @@ func TestConvertDropsDeletedContent(t *testing.T) {
 	ino, _ = b.LookupPath("/replaced.bin")
 	if got := readFile(t, st, b, ino); string(got) != "small now" {
 		t.Fatalf("replaced.bin = %q", got)
+	}
+}
+
+// TestConvertPrefetch: paths named at conversion become the image's
+// startup set, which nodes fetch first; a path the image lacks fails the
+// conversion before anything is stored.
+func TestConvertPrefetch(t *testing.T) {
+	img, err := fixture.OneLayer([]fixture.Entry{
+		fixture.Dir("app", 0o755),
+		fixture.File("app/main", 0o755, "main"),
+		fixture.Dir("app/lib", 0o755),
+		fixture.File("app/lib/a.so", 0o644, "a"),
+		fixture.File("app/lib/b.so", 0o644, "b"),
+		fixture.File("etc/conf", 0o644, "conf"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	st := newStore(t)
+	res, b := convertImage(t, convert.New(st, convert.Options{Prefetch: []string{"/etc/conf", "app/lib"}}), img)
+	data, err := store.ReadAll(ctx, st, store.StartupKey(res.Bootstrap.Hex()), startup.MaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := startup.Header + "\n/etc/conf\n/app/lib/a.so\n/app/lib/b.so\n"; string(data) != want {
+		t.Errorf("startup set:\n%s\nwant:\n%s", data, want)
+	}
+	if inodes, err := startup.Parse(data, b); err != nil || len(inodes) != 3 || res.PrefetchFiles != 3 {
+		t.Errorf("startup set parses to %v, %v; result counts %d files", inodes, err, res.PrefetchFiles)
+	}
+
+	// Without Prefetch, no set: the first node records one.
+	plain := newStore(t)
+	res, _ = convertImage(t, convert.New(plain, convert.Options{}), img)
+	if _, err := plain.Stat(ctx, store.StartupKey(res.Bootstrap.Hex())); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a startup set without Prefetch: %v", err)
+	}
+
+	empty := newStore(t)
+	_, err = convert.New(empty, convert.Options{Prefetch: []string{"/app/main", "/app/mian"}}).Convert(ctx, img)
+	if err == nil || !strings.Contains(err.Error(), "/app/mian: no such file") {
+		t.Fatalf("a misspelt prefetch path: %v", err)
+	}
+	var left []string
+	if err := empty.List(ctx, "", func(i store.Info) error { left = append(left, i.Key); return nil }); err != nil || len(left) != 0 {
+		t.Errorf("a failed conversion left %v (%v) in the store", left, err)
 	}
 }

@@ -99,11 +99,7 @@ func TestConvertRepublishesCondemnedBlob(t *testing.T) {
 	for i := 0; i < 6; i++ {
 		entries = append(entries, fixture.Entry{Header: fixtureHeader(fmt.Sprintf("f%d", i)), Data: fixture.Random(uint64(i), 100<<10)})
 	}
-	l, err := fixture.Layer(fixture.Gzip, entries)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := fixture.Image(l)
+	img, err := fixture.OneLayer(entries)
 	if err != nil {
 		t.Fatal(err)
 	}

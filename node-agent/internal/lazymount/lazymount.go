@@ -30,6 +30,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/gc"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
+	"github.com/skiff-dev/skiff/pkg/startup"
 	"github.com/skiff-dev/skiff/pkg/store"
 )
 
@@ -662,11 +663,11 @@ const prefetchBurst = 16 << 20
 // loadStartupSet reads the startup set stored beside bootstrap d (see
 // store.StartupKey), so that every node benefits from the first.
 func (m *Manager) loadStartupSet(ctx context.Context, d bootstrap.Digest, b *bootstrap.Bootstrap) ([]uint32, error) {
-	data, err := store.ReadAll(ctx, m.store, store.StartupKey(d.Hex()), maxStartupSet)
+	data, err := store.ReadAll(ctx, m.store, store.StartupKey(d.Hex()), startup.MaxSize)
 	if err != nil {
 		return nil, err
 	}
-	return parseStartupSet(data, b)
+	return startup.Parse(data, b)
 }
 
 func (m *Manager) saveStartupSet(ctx context.Context, d bootstrap.Digest, rec *recorder, layout *erofs.Image) {
@@ -685,7 +686,7 @@ func (m *Manager) saveStartupSet(ctx context.Context, d bootstrap.Digest, rec *r
 	if len(files) == 0 {
 		return
 	}
-	data := formatStartupSet(rec.b, files)
+	data := startup.Format(rec.b, files)
 	if err := m.store.Put(ctx, store.StartupKey(d.Hex()), bytes.NewReader(data), int64(len(data))); err != nil {
 		m.log.Warn("lazymount: save startup set", "bootstrap", d, "err", err)
 		return

@@ -25,6 +25,7 @@ import (
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
+	"github.com/skiff-dev/skiff/pkg/startup"
 	"github.com/skiff-dev/skiff/pkg/store"
 )
 
@@ -242,7 +243,7 @@ func testStartupSetPagedIn(t *testing.T, corrupt bool) {
 	for i := range 10 {
 		inodes = append(inodes, inode(fmt.Sprintf("/e%d", i)))
 	}
-	set := formatStartupSet(b, inodes)
+	set := startup.Format(b, inodes)
 	if err := e.st.Put(ctx, store.StartupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +333,7 @@ func TestStartupSetOfEROFSMountListsFilesRead(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	set, err := parseStartupSet(data, b)
+	set, err := startup.Parse(data, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,7 +555,7 @@ func TestStartupSetRestWaitsForARead(t *testing.T) {
 	for i := range 10 {
 		inodes = append(inodes, e.inode(t, fmt.Sprintf("/e%d", i)))
 	}
-	set := formatStartupSet(e.img.Bootstrap, inodes)
+	set := startup.Format(e.img.Bootstrap, inodes)
 	if err := e.st.Put(ctx, store.StartupKey(e.d.Hex()), bytes.NewReader(set), int64(len(set))); err != nil {
 		t.Fatal(err)
 	}

@@ -1,15 +1,12 @@
 package lazymount
 
 import (
-	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,62 +18,6 @@ import (
 	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 )
-
-// A startup set lists, one absolute path per line, the files containers
-// of an image read soon after it was mounted: in first-read order, or in
-// storage order when recorded from a mount through EROFS (see readFiles).
-// Paths rather than inode numbers keep it readable and checkable by hand.
-const startupHeader = "# skiff startup set v1"
-
-// maxStartupSet bounds a startup set read from the store.
-const maxStartupSet = 64 << 20
-
-func formatStartupSet(b *bootstrap.Bootstrap, inodes []uint32) []byte {
-	want := make(map[uint32]int, len(inodes))
-	for i, ino := range inodes {
-		want[ino] = i
-	}
-	paths := make([]string, len(inodes))
-	_ = b.Walk(func(p string, ino uint32) error {
-		if i, ok := want[ino]; ok && paths[i] == "" {
-			paths[i] = p
-		}
-		return nil
-	})
-	var buf bytes.Buffer
-	buf.WriteString(startupHeader + "\n")
-	for _, p := range paths {
-		if p != "" && !strings.ContainsRune(p, '\n') {
-			buf.WriteString(p + "\n")
-		}
-	}
-	return buf.Bytes()
-}
-
-// parseStartupSet resolves the paths of a startup set in b. Paths the image
-// does not have are skipped: the set is a hint, never a reason to fail. A
-// file named twice (under two paths, say) is listed once, where first
-// named: the set comes from another node, and a set naming the same file
-// over and over must not cost more than one naming each once.
-func parseStartupSet(data []byte, b *bootstrap.Bootstrap) ([]uint32, error) {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	if !sc.Scan() || sc.Text() != startupHeader {
-		return nil, fmt.Errorf("startup set: missing header %q", startupHeader)
-	}
-	var inodes []uint32
-	seen := map[uint32]bool{}
-	for sc.Scan() {
-		if ino, ok := b.LookupPath(sc.Text()); ok && !seen[ino] {
-			seen[ino] = true
-			inodes = append(inodes, ino)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("startup set: %w", err)
-	}
-	return inodes, nil
-}
 
 // recorder passes chunk reads through and notes, during a window after
 // the mount, which files they belong to. Through an EROFS image the

@@ -3,7 +3,6 @@ package lazymount
 import (
 	"context"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
+	"github.com/skiff-dev/skiff/pkg/startup"
 )
 
 type nopReader struct{}
@@ -51,11 +51,11 @@ func TestRecordedStartupSetRoundTrips(t *testing.T) {
 	read("/bin/app")
 	read("/lib/big")
 	files := rec.finish()
-	data := formatStartupSet(b, files)
-	if want := startupHeader + "\n/lib/big\n/bin/app\n"; string(data) != want {
+	data := startup.Format(b, files)
+	if want := startup.Header + "\n/lib/big\n/bin/app\n"; string(data) != want {
 		t.Fatalf("startup set:\n%s\nwant:\n%s", data, want)
 	}
-	got, err := parseStartupSet(data, b)
+	got, err := startup.Parse(data, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,65 +79,6 @@ func TestRecorderOffOrExpiredRecordsNothing(t *testing.T) {
 			t.Errorf("window %v: recorded %v", window, got)
 		}
 	}
-}
-
-func TestParseStartupSet(t *testing.T) {
-	b := testImage(t)
-	app, _ := b.LookupPath("/bin/app")
-	conf, _ := b.LookupPath("/etc/conf")
-	tests := []struct {
-		name    string
-		in      string
-		want    []uint32
-		wantErr bool
-	}{
-		{"unknown paths are skipped", startupHeader + "\n/gone\n/bin/app\n", []uint32{app}, false},
-		{"a file named twice is listed once", startupHeader + "\n/bin/app\n/etc/conf\n//bin/app\n/bin/app\n", []uint32{app, conf}, false},
-		{"empty set", startupHeader + "\n", nil, false},
-		{"no header", "/bin/app\n", nil, true},
-		{"empty input", "", nil, true},
-	}
-	for _, tt := range tests {
-		got, err := parseStartupSet([]byte(tt.in), b)
-		if (err != nil) != tt.wantErr {
-			t.Errorf("%s: err = %v", tt.name, err)
-			continue
-		}
-		if !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
-		}
-	}
-}
-
-// FuzzParseStartupSet: a startup set comes from the store, written by
-// whichever node ran the image first. Whatever it holds, parsing it never
-// panics and names only inodes of the image, and a set written back from
-// what was parsed parses to the same files.
-func FuzzParseStartupSet(f *testing.F) {
-	b := testImage(f)
-	f.Add([]byte(startupHeader + "\n/bin/app\n/etc/conf\n"))
-	f.Add([]byte(startupHeader + "\n/gone\n/bin\n/\n//bin//app\n/bin/../etc/conf\n"))
-	f.Add([]byte(startupHeader + "\r\n/bin/app\r\n"))
-	f.Add([]byte("/bin/app\n"))
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		got, err := parseStartupSet(data, b)
-		if err != nil {
-			return
-		}
-		for _, ino := range got {
-			if int(ino) >= len(b.Inodes) {
-				t.Fatalf("inode %d of an image of %d", ino, len(b.Inodes))
-			}
-		}
-		again, err := parseStartupSet(formatStartupSet(b, got), b)
-		if err != nil {
-			t.Fatalf("a set written from a parsed one does not parse: %v", err)
-		}
-		if !slices.Equal(again, got) {
-			t.Fatalf("written back and parsed again: %v, want %v", again, got)
-		}
-	})
 }
 
 // TestWaitPauseWaitsOutReads: waitPause returns only once reads have

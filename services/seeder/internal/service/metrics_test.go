@@ -200,11 +200,7 @@ func convertInto(t *testing.T, st store.Store, seed uint64) (*bootstrap.Bootstra
 	for i := range 3 {
 		entries = append(entries, fixture.Entry{Header: fixture.File(fmt.Sprintf("data/r%d", i), 0o644, "").Header, Data: fixture.Random(seed*100+uint64(i), 40<<10)})
 	}
-	l, err := fixture.Layer(fixture.Gzip, entries)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := fixture.Image(l)
+	img, err := fixture.OneLayer(entries)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -253,11 +253,7 @@ func (c *cluster) convert(t testing.TB, seed uint64) (*bootstrap.Bootstrap, boot
 // stored size of its frames.
 func (c *cluster) convertEntries(t testing.TB, entries []fixture.Entry, opts convert.Options) (*bootstrap.Bootstrap, bootstrap.Digest, int64) {
 	t.Helper()
-	l, err := fixture.Layer(fixture.Gzip, entries)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := fixture.Image(l)
+	img, err := fixture.OneLayer(entries)
 	if err != nil {
 		t.Fatal(err)
 	}
