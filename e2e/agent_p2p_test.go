@@ -38,10 +38,10 @@ func TestAgentsSharePieces(t *testing.T) {
 	dir := t.TempDir()
 
 	schedAddr := testenv.FreeAddr(t)
-	sched := startService(t, buildService(t, dir, "./services/scheduler/cmd/skiff-scheduler"),
+	sched := startService(t, "skiff-scheduler", buildService(t, dir, "./services/scheduler/cmd/skiff-scheduler"),
 		"SKIFF_NATS_URL="+nats.URL, "SKIFF_SCHEDULER_LISTEN="+schedAddr, "SKIFF_SCHEDULER_PEER_TTL=5s")
 	seederAddr := testenv.FreeAddr(t)
-	seeder := startService(t, buildService(t, dir, "./services/seeder/cmd/skiff-seeder"),
+	seeder := startService(t, "skiff-seeder", buildService(t, dir, "./services/seeder/cmd/skiff-seeder"),
 		"SKIFF_NATS_URL="+nats.URL, "SKIFF_STORE="+storeURL, "SKIFF_SEEDER_LISTEN="+seederAddr,
 		"SKIFF_SEEDER_ADVERTISE="+seederAddr, "SKIFF_SEEDER_ID=seeder-1", "SKIFF_SEEDER_DIR="+filepath.Join(dir, "seeder"))
 	table := func() schedule.Stats {
@@ -169,11 +169,11 @@ type service struct {
 }
 
 // startService runs bin with env added to the test's environment until
-// stop or the end of the test; its output goes to a log the test prints
-// when it fails.
-func startService(t *testing.T, bin string, env ...string) *service {
+// stop, kill or the end of the test; its output goes to a log, named
+// name, that the test prints when it fails.
+func startService(t *testing.T, name, bin string, env ...string) *service {
 	t.Helper()
-	s := &service{done: make(chan struct{}), log: filepath.Join(t.TempDir(), filepath.Base(bin)+".log")}
+	s := &service{done: make(chan struct{}), log: filepath.Join(t.TempDir(), name+".log")}
 	f, err := os.Create(s.log)
 	if err != nil {
 		t.Fatal(err)
@@ -210,6 +210,12 @@ func (s *service) stop() {
 		s.cmd.Process.Kill()
 		<-s.done
 	}
+}
+
+// kill SIGKILLs the service: no cleanup, no goodbye.
+func (s *service) kill() {
+	s.cmd.Process.Kill()
+	<-s.done
 }
 
 func (s *service) logs() string {

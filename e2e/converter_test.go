@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,11 +43,9 @@ type convEnv struct {
 	blobGets atomic.Int64
 	storeURL string
 	listen   string
-	env      []string
+	env      []string // settings, on top of the test's environment
 	bin      struct{ converter, skiffctl string }
-	proc     *exec.Cmd
-	procDone chan struct{}
-	logs     []string
+	proc     *service // the running converter
 	bus      *bus.Bus
 	outcomes chan bus.Outcome
 }
@@ -90,25 +87,12 @@ func startConvEnv(t *testing.T) *convEnv {
 	t.Cleanup(srv.Close)
 	e.proxy = strings.TrimPrefix(srv.URL, "http://")
 
-	e.env = append(os.Environ(),
+	e.env = append([]string{},
 		"SKIFF_CONVERTER_LISTEN="+e.listen, "SKIFF_NATS_URL="+e.nats.URL, "SKIFF_STORE="+e.storeURL,
 		"AWS_ACCESS_KEY_ID="+minio.AccessKey, "AWS_SECRET_ACCESS_KEY="+minio.SecretKey,
 		"SKIFF_CONVERTER_ACK_WAIT=3s", "SKIFF_CONVERTER_BACKOFF=200ms", "SKIFF_CONVERTER_BACKOFF_MAX=1s",
 		"SKIFF_CONVERTER_MAX_ATTEMPTS=5", "SKIFF_CHUNK_SIZE=65536", "SKIFF_CONVERTER_WORK_DIR="+dir,
 	)
-	t.Cleanup(func() {
-		if e.proc != nil {
-			e.proc.Process.Kill()
-			<-e.procDone
-		}
-		if t.Failed() {
-			for _, l := range e.logs {
-				if b, err := os.ReadFile(l); err == nil {
-					t.Logf("%s:\n%s", l, tailString(string(b)))
-				}
-			}
-		}
-	})
 	return e
 }
 
@@ -131,21 +115,7 @@ func (t *throttled) Close() error { return t.r.Close() }
 // startConverter runs a converter process named name.
 func (e *convEnv) startConverter(name string) {
 	e.t.Helper()
-	log := filepath.Join(e.t.TempDir(), name+".log")
-	f, err := os.Create(log)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer f.Close()
-	e.logs = append(e.logs, log)
-	cmd := exec.Command(e.bin.converter)
-	cmd.Env = append(e.env, "SKIFF_CONVERTER_NAME="+name)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.proc, e.procDone = cmd, make(chan struct{})
-	go func(done chan struct{}) { cmd.Wait(); close(done) }(e.procDone)
+	e.proc = startService(e.t, name, e.bin.converter, append(e.env, "SKIFF_CONVERTER_NAME="+name)...)
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		if resp, err := http.Get("http://" + e.listen + "/healthz"); err == nil {
@@ -163,10 +133,7 @@ func (e *convEnv) startConverter(name string) {
 // kill SIGKILLs the running converter: no cleanup, no nak.
 func (e *convEnv) kill() {
 	e.t.Helper()
-	if err := e.proc.Process.Signal(syscall.SIGKILL); err != nil {
-		e.t.Fatal(err)
-	}
-	<-e.procDone
+	e.proc.kill()
 	e.proc = nil
 }
 
@@ -207,7 +174,7 @@ func (e *convEnv) record(digest v1.Hash) *conversion.Record {
 
 func (e *convEnv) skiffctl(args ...string) (string, error) {
 	cmd := exec.Command(e.bin.skiffctl, args...)
-	cmd.Env = append(e.env, "SKIFF_STORE="+e.storeURL)
+	cmd.Env = append(append(os.Environ(), e.env...), "SKIFF_STORE="+e.storeURL)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
