@@ -172,6 +172,18 @@ func (e *convEnv) record(digest v1.Hash) *conversion.Record {
 	return r
 }
 
+// doneRecord waits up to 30 s for digest's record to say done and returns
+// it as it last read it. The completed event goes out before the record
+// says done (a crash between them then republishes rather than loses the
+// event), so one who saw the event may still read the running record.
+func (e *convEnv) doneRecord(digest v1.Hash) *conversion.Record {
+	r := e.record(digest)
+	for deadline := time.Now().Add(30 * time.Second); (r == nil || r.State != conversion.Done) && time.Now().Before(deadline); r = e.record(digest) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return r
+}
+
 func (e *convEnv) skiffctl(args ...string) (string, error) {
 	cmd := exec.Command(e.bin.skiffctl, args...)
 	cmd.Env = append(append(os.Environ(), e.env...), "SKIFF_STORE="+e.storeURL)
@@ -266,9 +278,9 @@ func TestConverterKilledMidConversion(t *testing.T) {
 	if o.Completed.GetAttempt() < 2 {
 		t.Errorf("completed on attempt %d, want a redelivery", o.Completed.GetAttempt())
 	}
-	r := e.record(src)
-	if r.State != conversion.Done || r.Worker != "converter-b" {
-		t.Errorf("record %+v, want done by converter-b", r)
+	r := e.doneRecord(src)
+	if r == nil || r.State != conversion.Done || r.Worker != "converter-b" {
+		t.Fatalf("record %+v, want done by converter-b", r)
 	}
 	select {
 	case extra := <-e.outcomes:
@@ -309,7 +321,7 @@ func TestConvertRemote(t *testing.T) {
 	if err != nil {
 		t.Fatalf("skiffctl convert --remote: %v\n%s", err, out)
 	}
-	r := e.record(src)
+	r := e.doneRecord(src)
 	if r == nil || r.State != conversion.Done || !strings.Contains(out, r.TargetDigest) {
 		t.Fatalf("record %+v after:\n%s", r, out)
 	}

@@ -342,13 +342,22 @@ func (h *harness) dumpRecords() string {
 	return b.String()
 }
 
+// record returns digest's record once it is settled (done or failed),
+// waiting up to 30 s: outcome events go out before the record changes, so
+// a crash between the two republishes the event rather than loses it.
 func (h *harness) record(digest v1.Hash) *conversion.Record {
 	h.t.Helper()
-	r, err := h.bus.Record(context.Background(), digest.String())
-	if err != nil {
-		h.t.Fatal(err)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, err := h.bus.Record(context.Background(), digest.String())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if r.State == conversion.Done || r.State == conversion.Failed || time.Now().After(deadline) {
+			return r
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return r
 }
 
 // checkConverted verifies what a completed conversion of ref promises: the
