@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/convert"
@@ -101,14 +100,14 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	fmt.Fprintf(stdout, "  source layers %s, logical %s, stored %s (%.2fx of source), new in store %s, in %s\n",
 		bytesString(res.SourceBytes), bytesString(s.LogicalBytes), bytesString(s.StoredBytes),
 		ratio(s.StoredBytes, res.SourceBytes), bytesString(res.NewBytes), res.Duration.Round(1e6))
-	if *prefetch != "" {
+	if res.PrefetchFiles > 0 {
 		fmt.Fprintf(stdout, "  startup set of %d files, fetched first by every node\n", res.PrefetchFiles)
 	}
 	return nil
 }
 
-// readPaths reads the paths listed in file (- for standard input), one
-// per line; blank lines and lines starting with # are skipped.
+// readPaths reads the paths listed in file (- for standard input), as
+// startup.Paths splits them.
 func readPaths(file string) ([]string, error) {
 	var data []byte
 	var err error
@@ -120,13 +119,7 @@ func readPaths(file string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read --prefetch paths: %w", err)
 	}
-	var paths []string
-	for _, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line != "" && !strings.HasPrefix(line, "#") {
-			paths = append(paths, line)
-		}
-	}
+	paths := startup.Paths(string(data))
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("--prefetch %s lists no paths", file)
 	}

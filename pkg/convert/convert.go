@@ -37,6 +37,13 @@ const (
 	DefaultChunking    = FixedChunking
 )
 
+// PrefetchLabel, on a source image's config, names the paths to prefetch
+// when the conversion's options name none, as startup.Paths splits them.
+// It lets an image's author choose them where the image is built
+// (LABEL dev.skiff.prefetch="/app/bin,/app/lib" in a Dockerfile) for the
+// conversions the converter service runs on push.
+const PrefetchLabel = "dev.skiff.prefetch"
+
 // Options tune a conversion. Zero values select the defaults.
 type Options struct {
 	ChunkSize   int
@@ -52,6 +59,7 @@ type Options struct {
 	// fetches first as it mounts the image, in that order (Nydus' prefetch
 	// patterns): they are written as the image's startup set
 	// (package startup). A path the image lacks fails the conversion.
+	// Without it, the source's PrefetchLabel names them.
 	Prefetch []string
 	// Progress, if set, is called as layers are read.
 	Progress func(Progress)
@@ -75,7 +83,7 @@ type Result struct {
 	SourceBytes   int64 // compressed size of the source layers
 	NewBytes      int64 // bytes this conversion added to the store
 	NewBlobs      []bootstrap.Digest
-	PrefetchFiles int // files in the startup set written from Options.Prefetch
+	PrefetchFiles int // files in the startup set written from Options.Prefetch or PrefetchLabel
 	Duration      time.Duration
 }
 
@@ -227,10 +235,14 @@ func (c *Converter) Convert(ctx context.Context, src v1.Image) (*Result, error) 
 	// Checked before anything is uploaded: a misspelt path is the
 	// caller's to fix, not a conversion without its prefetch.
 	var prefetch []byte
-	if len(c.opts.Prefetch) > 0 {
-		inodes, err := startup.Expand(b, c.opts.Prefetch)
+	paths, from := c.opts.Prefetch, "prefetch"
+	if len(paths) == 0 && cfg.Config.Labels[PrefetchLabel] != "" {
+		paths, from = startup.Paths(cfg.Config.Labels[PrefetchLabel]), "label "+PrefetchLabel
+	}
+	if len(paths) > 0 {
+		inodes, err := startup.Expand(b, paths)
 		if err != nil {
-			return nil, fmt.Errorf("convert: prefetch: %w", err)
+			return nil, fmt.Errorf("convert: %s: %w", from, err)
 		}
 		prefetch, res.PrefetchFiles = startup.Format(b, inodes), len(inodes)
 	}

@@ -358,13 +358,48 @@ func TestConvertPrefetch(t *testing.T) {
 		t.Errorf("a startup set without Prefetch: %v", err)
 	}
 
-	empty := newStore(t)
-	_, err = convert.New(empty, convert.Options{Prefetch: []string{"/app/main", "/app/mian"}}).Convert(ctx, img)
-	if err == nil || !strings.Contains(err.Error(), "/app/mian: no such file") {
-		t.Fatalf("a misspelt prefetch path: %v", err)
+	// The image's author names them in a label; the options still win.
+	labelled := func(paths string) v1.Image {
+		li, err := fixture.WithLabels(img, map[string]string{convert.PrefetchLabel: paths})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return li
 	}
-	var left []string
-	if err := empty.List(ctx, "", func(i store.Info) error { left = append(left, i.Key); return nil }); err != nil || len(left) != 0 {
-		t.Errorf("a failed conversion left %v (%v) in the store", left, err)
+	for _, tc := range []struct {
+		name, label string
+		prefetch    []string
+		want        string
+	}{
+		{"label", " /app/main, /etc/conf ,,", nil, "/app/main\n/etc/conf\n"},
+		{"label lines", "# startup\n/app/lib\n\n/etc/conf\n", nil, "/app/lib/a.so\n/app/lib/b.so\n/etc/conf\n"},
+		{"options over label", "/app/main", []string{"/etc/conf"}, "/etc/conf\n"},
+	} {
+		st := newStore(t)
+		res, _ := convertImage(t, convert.New(st, convert.Options{Prefetch: tc.prefetch}), labelled(tc.label))
+		data, err := store.ReadAll(ctx, st, store.StartupKey(res.Bootstrap.Hex()), startup.MaxSize)
+		if want := startup.Header + "\n" + tc.want; err != nil || string(data) != want {
+			t.Errorf("%s: startup set %q (%v), want %q", tc.name, data, err, want)
+		}
+	}
+
+	for _, tc := range []struct {
+		name     string
+		img      v1.Image
+		prefetch []string
+		want     string
+	}{
+		{"option", img, []string{"/app/main", "/app/mian"}, "prefetch: startup set: /app/mian: no such file"},
+		{"label", labelled("/app/main,/ect/conf"), nil, "label dev.skiff.prefetch: startup set: /ect/conf: no such file"},
+	} {
+		empty := newStore(t)
+		_, err = convert.New(empty, convert.Options{Prefetch: tc.prefetch}).Convert(ctx, tc.img)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("a misspelt path in the %s: %v, want %q", tc.name, err, tc.want)
+		}
+		var left []string
+		if err := empty.List(ctx, "", func(i store.Info) error { left = append(left, i.Key); return nil }); err != nil || len(left) != 0 {
+			t.Errorf("a failed conversion left %v (%v) in the store", left, err)
+		}
 	}
 }

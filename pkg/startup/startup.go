@@ -75,6 +75,24 @@ func Parse(data []byte, b *bootstrap.Bootstrap) ([]uint32, error) {
 	return inodes, nil
 }
 
+// Paths splits a list of paths a user named for Expand: separated by
+// newlines or commas, so that the same list fits a file and an image
+// label; blank entries and lines starting with # are skipped.
+func Paths(list string) []string {
+	var paths []string
+	for _, line := range strings.Split(list, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		for _, p := range strings.Split(line, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				paths = append(paths, p)
+			}
+		}
+	}
+	return paths
+}
+
 // Expand resolves paths a user named, in order: a regular file is itself,
 // a directory every regular file under it, in the image's directory
 // order. Unlike Parse it fails on a path the image does not have, since a

@@ -72,6 +72,26 @@ func TestParse(t *testing.T) {
 	}
 }
 
+func TestPaths(t *testing.T) {
+	for _, tc := range []struct {
+		name, list string
+		want       []string
+	}{
+		{"lines", "/bin/app\n/etc\n", []string{"/bin/app", "/etc"}},
+		{"commas", "/bin/app,/etc", []string{"/bin/app", "/etc"}},
+		{"both, spaced", " /a , /b\n\t/c\r\n", []string{"/a", "/b", "/c"}},
+		{"blanks and comments", "# startup\n\n,,\n  # indented, too\n/a\n", []string{"/a"}},
+		{"a # inside a path", "/a#b", []string{"/a#b"}},
+		{"empty", "", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Paths(tc.list); !slices.Equal(got, tc.want) {
+				t.Errorf("Paths(%q) = %q, want %q", tc.list, got, tc.want)
+			}
+		})
+	}
+}
+
 func TestExpand(t *testing.T) {
 	b := testImage(t)
 	ino := func(p string) uint32 {

@@ -33,6 +33,8 @@ import (
 	"github.com/skiff-dev/skiff/pkg/convert"
 	"github.com/skiff-dev/skiff/pkg/fetch"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/startup"
+	"github.com/skiff-dev/skiff/pkg/store"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 	"github.com/skiff-dev/skiff/services/converter/internal/config"
 	"github.com/skiff-dev/skiff/services/converter/internal/worker"
@@ -222,6 +224,10 @@ func sampleImage(t testing.TB, seed uint64) v1.Image {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The author names the files to prefetch (checkConverted).
+	if img, err = fixture.WithLabels(img, map[string]string{convert.PrefetchLabel: "/data/text,/etc"}); err != nil {
+		t.Fatal(err)
+	}
 	return img
 }
 
@@ -402,13 +408,17 @@ func (h *harness) checkConverted(ref string, src v1.Hash) v1.Hash {
 	if !found {
 		h.t.Errorf("referrers of %s do not list %s: %+v", src, desc.Digest, im.Manifests)
 	}
-	b, _, err := image.LoadBootstrap(ctx, target)
+	b, bd, err := image.LoadBootstrap(ctx, target)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	st, err := storeurl.Open(ctx, h.storeURL)
 	if err != nil {
 		h.t.Fatal(err)
+	}
+	set, err := store.ReadAll(ctx, st, store.StartupKey(bd.Hex()), startup.MaxSize)
+	if want := startup.Header + "\n/data/text\n/etc/motd\n"; err != nil || string(set) != want {
+		h.t.Errorf("startup set from the image's %s label: %q (%v), want %q", convert.PrefetchLabel, set, err, want)
 	}
 	rep, err := fetch.Verify(ctx, b, fetch.NewStoreSource("s3", st), fetch.VerifyOptions{})
 	if err != nil {
