@@ -94,7 +94,9 @@ type FrameSink interface {
 
 // Rejecter is implemented by sources that want to know when bytes they
 // returned failed verification, so they can stop trusting whoever sent
-// them (a peer, say). off and size are those of the FetchFrame call.
+// them (a peer, say). off and size are the bad frame's, inside the range
+// of the FetchFrame call that returned it: a source that assembled the
+// range from several senders can tell which sent it.
 type Rejecter interface {
 	Reject(blob bootstrap.Digest, off, size int64, err error)
 }

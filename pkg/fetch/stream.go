@@ -115,7 +115,7 @@ func (f *Fetcher) readRun(parent context.Context, s *source, b *bootstrap.Bootst
 			data, err := ix.verified(b, fi, raw)
 			if err != nil {
 				s.errors.Add(1)
-				reject(s, blob, r.off, size, err)
+				reject(s, blob, fr.Offset, int64(fr.CompressedSize), err)
 				f.log.Warn("fetch: source sent bad frame", "source", s.Name(), "blob", blob, "offset", fr.Offset, "chunk", firstChunk(b, ix, fi), "err", err)
 				deliver(fi, nil, err)
 				return

@@ -4,6 +4,9 @@
 // schedulers what this node holds. A node that also serves pieces runs a
 // piece.Server over the piece.Store its Fetcher fills.
 //
+// A range that several parents hold is read from several of them at
+// once, in parts, so that it comes at their uplinks' pace together.
+//
 // Peers are never trusted and never waited on for long: a dead peer costs
 // one short timeout and the next parent is tried, and a parent still
 // fetching the piece itself is waited on for FetchingWait at most. When
@@ -18,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +58,12 @@ type SourceOptions struct {
 	// BanFor is how long a parent that sent bad bytes is skipped; default
 	// 10m.
 	BanFor time.Duration
-	Logger *slog.Logger
+	// Parallel is how many parents holding a range it is read from at
+	// once, in parts of at least MinPart bytes each (Dragonfly's pieces
+	// from several parents); default 4, 1 to read every range from one
+	// parent.
+	Parallel int
+	Logger   *slog.Logger
 }
 
 // Source is a fetch.Source reading pieces from other nodes.
@@ -81,8 +90,13 @@ type servedKey struct {
 const maxServed = 4096
 
 type sourceCounters struct {
-	requests, noScheduler, noParents, fromPeers, fromSeeders, parentErrors, failures, rejected atomic.Int64
+	requests, noScheduler, noParents, fromPeers, fromSeeders, assembled, parentErrors, failures, rejected atomic.Int64
 }
+
+// MinPart is the least a range is cut into when read from several
+// parents: below it, a request's round trip costs more than the parents'
+// uplinks save.
+const MinPart = 512 << 10
 
 var (
 	_ fetch.Source   = (*Source)(nil)
@@ -105,6 +119,9 @@ func NewSource(nc *nats.Conn, id string, client *piece.Client, opts SourceOption
 	}
 	if opts.BanFor <= 0 {
 		opts.BanFor = 10 * time.Minute
+	}
+	if opts.Parallel <= 0 {
+		opts.Parallel = 4
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -135,6 +152,13 @@ func (s *Source) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, siz
 	if len(parents) == 0 {
 		s.stats.noParents.Add(1)
 		return nil, fmt.Errorf("peer fetch %s [%d,+%d): no peer holds it: %w", blob, off, size, fetch.ErrNotHeld)
+	}
+	if data, ok := s.fetchParts(ctx, parents, blob, off, size); ok {
+		span.SetAttributes(attribute.Bool("skiff.assembled", true))
+		return data, nil
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
 	}
 	var errs []error
 	for _, p := range parents {
@@ -177,6 +201,82 @@ func (s *Source) FetchFrame(ctx context.Context, blob bootstrap.Digest, off, siz
 	return nil, fmt.Errorf("peer fetch %s [%d,+%d): %w (every parent failed): %w", blob, off, size, fetch.ErrNotHeld, errors.Join(errs...))
 }
 
+// fetchParts reads [off, off+size) of blob in equal parts from up to
+// Parallel parents that hold it, at once: with several holders, a range
+// arrives at their uplinks' pace added up, not one's. A part whose parent
+// fails is asked of the other holders in turn. It reports false when the
+// range is too small to cut, fewer than two holders are offered, or some
+// part came from none of them: FetchFrame then reads the range from one
+// parent at a time, seeders included.
+func (s *Source) fetchParts(ctx context.Context, parents []schedule.Parent, blob bootstrap.Digest, off, size int64) ([]byte, bool) {
+	var holders []schedule.Parent
+	for _, p := range parents {
+		// Parts spread the sending over holders' uplinks: a seeder
+		// that would fetch the range from the store, or a peer still
+		// fetching it, is asked for the whole range, below.
+		if !p.Seeds && !p.Fetching && !s.isBanned(p.ID) {
+			holders = append(holders, p)
+		}
+	}
+	n := min(len(holders), s.opts.Parallel, int(size/MinPart))
+	if n < 2 {
+		return nil, false
+	}
+	buf := make([]byte, size)
+	part := (size + int64(n) - 1) / int64(n)
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		pOff := int64(i) * part
+		pBuf := buf[pOff:min(pOff+part, size)]
+		wg.Go(func() {
+			// Part i goes to holder i first, then to the others.
+			for j := range holders {
+				h := holders[(i+j)%len(holders)]
+				pctx, cancel := context.WithTimeout(ctx, s.opts.PieceTimeout)
+				err := s.client.GetInto(pctx, h.Addr, blob, off+pOff, pBuf, 0)
+				cancel()
+				if err == nil {
+					ids[i] = h.ID
+					return
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				s.stats.parentErrors.Add(1)
+				s.opts.Logger.Debug("peer: parent failed a part", "parent", h.ID, "addr", h.Addr, "blob", blob, "offset", off+pOff, "size", len(pBuf), "err", err)
+			}
+		})
+	}
+	wg.Wait()
+	for i, id := range ids {
+		if id == "" {
+			s.opts.Logger.Debug("peer: no holder delivered a part; reading the range whole", "blob", blob, "offset", off+int64(i)*part, "parts", n)
+			return nil, false
+		}
+	}
+	for i, id := range ids {
+		pOff := int64(i) * part
+		s.remember(servedKey{blob, off + pOff, min(part, size-pOff)}, id)
+		if p := parentByID(holders, id); p.Role == schedule.RoleSeeder {
+			s.stats.fromSeeders.Add(1)
+		} else {
+			s.stats.fromPeers.Add(1)
+		}
+	}
+	s.stats.assembled.Add(1)
+	return buf, true
+}
+
+func parentByID(ps []schedule.Parent, id string) schedule.Parent {
+	for _, p := range ps {
+		if p.ID == id {
+			return p
+		}
+	}
+	return schedule.Parent{}
+}
+
 // parents asks a scheduler, failing at once when NATS is not connected
 // so an outage costs nothing per read.
 func (s *Source) parents(ctx context.Context, blob bootstrap.Digest, off, size int64) ([]schedule.Parent, error) {
@@ -213,25 +313,30 @@ func (s *Source) remember(k servedKey, id string) {
 	s.served[k] = id
 }
 
-// Reject implements fetch.Rejecter: the parent that sent the range is
-// banned here and reported to the schedulers.
+// Reject implements fetch.Rejecter: the parents that sent any of the bad
+// range are banned here and reported to the schedulers. A range read in
+// parts names only the parts it overlaps; a frame across two parts costs
+// both parents, since either may have sent the bad bytes.
 func (s *Source) Reject(blob bootstrap.Digest, off, size int64, err error) {
-	k := servedKey{blob, off, size}
+	var ids []string
 	s.mu.Lock()
-	id, ok := s.served[k]
-	if ok {
-		delete(s.served, k)
-		s.banned[id] = time.Now().Add(s.opts.BanFor)
+	for k, id := range s.served {
+		if k.blob == blob && k.off < off+size && off < k.off+k.size {
+			delete(s.served, k)
+			if !slices.Contains(ids, id) {
+				s.banned[id] = time.Now().Add(s.opts.BanFor)
+				ids = append(ids, id)
+			}
+		}
 	}
 	s.mu.Unlock()
-	if !ok {
-		return
-	}
-	s.stats.rejected.Add(1)
-	s.opts.Logger.Warn("peer: parent sent bad data, banned", "parent", id, "blob", blob, "offset", off, "size", size, "for", s.opts.BanFor, "err", err)
-	report := schedule.ReportMessage(schedule.Report{Reporter: s.id, Peer: id, Blob: blob, Off: off, Size: size, Reason: err.Error()})
-	if serr := bus.Send(context.Background(), s.nc, bus.SubjectPeerReport, report); serr != nil {
-		s.opts.Logger.Warn("peer: report bad parent", "parent", id, "err", serr)
+	for _, id := range ids {
+		s.stats.rejected.Add(1)
+		s.opts.Logger.Warn("peer: parent sent bad data, banned", "parent", id, "blob", blob, "offset", off, "size", size, "for", s.opts.BanFor, "err", err)
+		report := schedule.ReportMessage(schedule.Report{Reporter: s.id, Peer: id, Blob: blob, Off: off, Size: size, Reason: err.Error()})
+		if serr := bus.Send(context.Background(), s.nc, bus.SubjectPeerReport, report); serr != nil {
+			s.opts.Logger.Warn("peer: report bad parent", "parent", id, "err", serr)
+		}
 	}
 }
 
@@ -242,9 +347,10 @@ type SourceStats struct {
 	NoParents    int64    `json:"noParents"`    // nobody to ask: fell through
 	FromPeers    int64    `json:"fromPeers"`    // ranges read from peers
 	FromSeeders  int64    `json:"fromSeeders"`  // ranges read from seeders
+	Assembled    int64    `json:"assembled"`    // ranges read in parts from several parents (each part counted above)
 	ParentErrors int64    `json:"parentErrors"` // reads from a parent that failed (then the next was tried)
 	Failures     int64    `json:"failures"`     // requests no parent delivered
-	Rejected     int64    `json:"rejected"`     // ranges that failed verification
+	Rejected     int64    `json:"rejected"`     // parents banned for bad bytes
 	Banned       []string `json:"banned"`       // parents banned now
 }
 
@@ -252,7 +358,7 @@ type SourceStats struct {
 func (s *Source) Stats() SourceStats {
 	st := SourceStats{
 		Requests: s.stats.requests.Load(), NoScheduler: s.stats.noScheduler.Load(), NoParents: s.stats.noParents.Load(),
-		FromPeers: s.stats.fromPeers.Load(), FromSeeders: s.stats.fromSeeders.Load(), ParentErrors: s.stats.parentErrors.Load(),
+		FromPeers: s.stats.fromPeers.Load(), FromSeeders: s.stats.fromSeeders.Load(), Assembled: s.stats.assembled.Load(), ParentErrors: s.stats.parentErrors.Load(),
 		Failures: s.stats.failures.Load(), Rejected: s.stats.rejected.Load(), Banned: []string{},
 	}
 	s.mu.Lock()

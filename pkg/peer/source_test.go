@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,4 +148,116 @@ func TestSourceWithoutScheduler(t *testing.T) {
 	if s := src.Stats(); s.NoScheduler != 2 || src.Connected() {
 		t.Errorf("stats %+v", s)
 	}
+}
+
+// TestSourceReadsFromSeveralParents: a range that several parents hold is
+// read in parts from all of them at once, a part whose parent is dead
+// comes from another, and a bad frame bans only the parents of the parts
+// it lies in.
+func TestSourceReadsFromSeveralParents(t *testing.T) {
+	nc := startNATS(t)
+	blob := bootstrap.Sum([]byte("blob"))
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	// Frames the parts do not line up with.
+	frames := []int64{0, 1536 << 10, 4 << 20}
+	var parents []schedule.Parent
+	requests := map[string]*atomic.Int64{}
+	for _, id := range []string{"a", "b", "c"} {
+		st, err := piece.Open(t.TempDir(), 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range frames[:len(frames)-1] {
+			if err := st.Put(blob, frames[i], data[frames[i]:frames[i+1]]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		n := &atomic.Int64{}
+		requests[id] = n
+		h := piece.NewServer(st, nil, nil)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n.Add(1)
+			h.ServeHTTP(w, r)
+		}))
+		t.Cleanup(srv.Close)
+		parents = append(parents, schedule.Parent{ID: id, Addr: strings.TrimPrefix(srv.URL, "http://"), Role: schedule.RolePeer})
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := schedule.Parent{ID: "dead", Addr: l.Addr().String(), Role: schedule.RolePeer}
+	l.Close()
+	// A seeder that does not hold the range is never asked for a part.
+	seeder := schedule.Parent{ID: "seeder", Addr: dead.Addr, Role: schedule.RoleSeeder, Seeds: true}
+
+	var offer []schedule.Parent
+	sub, err := nc.Subscribe(bus.SubjectParents, func(m *nats.Msg) {
+		bus.Respond(context.Background(), m, schedule.ParentsMessage(offer))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	fetch := func(src *Source, off, size int64) {
+		t.Helper()
+		got, err := src.FetchFrame(context.Background(), blob, off, size)
+		if err != nil || !bytes.Equal(got, data[off:off+size]) {
+			t.Fatalf("[%d,+%d): %d bytes, %v", off, size, len(got), err)
+		}
+	}
+	counts := func() string {
+		return fmt.Sprintf("a=%d b=%d c=%d", requests["a"].Swap(0), requests["b"].Swap(0), requests["c"].Swap(0))
+	}
+
+	src := NewSource(nc, "me", nil, SourceOptions{PieceTimeout: time.Second})
+	offer = append([]schedule.Parent{seeder}, parents...)
+	fetch(src, 0, 4<<20)
+	if got := counts(); got != "a=1 b=1 c=1" {
+		t.Errorf("requests per parent %s, want one part from each", got)
+	}
+	if s := src.Stats(); s.Assembled != 1 || s.FromPeers != 3 || s.FromSeeders != 0 {
+		t.Errorf("stats %+v", s)
+	}
+
+	// The dead parent's part comes from the next holder.
+	offer = []schedule.Parent{parents[0], dead, parents[1]}
+	fetch(src, 1<<20, 3<<20)
+	if got := counts(); got != "a=2 b=1 c=0" && got != "a=1 b=2 c=0" {
+		t.Errorf("requests per parent %s, want the dead parent's part from a or b", got)
+	}
+	if s := src.Stats(); s.Assembled != 2 || s.ParentErrors != 1 {
+		t.Errorf("stats %+v", s)
+	}
+
+	// Too small to cut, or cutting turned off: one parent.
+	offer = parents
+	fetch(src, 0, 2*MinPart-1)
+	whole := NewSource(nc, "me", nil, SourceOptions{PieceTimeout: time.Second, Parallel: 1})
+	fetch(whole, 0, 4<<20)
+	if got := counts(); got != "a=2 b=0 c=0" {
+		t.Errorf("requests per parent %s, want every range from the first", got)
+	}
+
+	// Parts of 4 MiB / 3: [0, 1398102) from a, then b, then c. The frame
+	// [0, 1.5 MiB) lies across a's and b's parts, the frame after it
+	// across b's and c's.
+	src = NewSource(nc, "me", nil, SourceOptions{PieceTimeout: time.Second})
+	fetch(src, 0, 4<<20)
+	counts()
+	src.Reject(blob, 0, 1536<<10, errors.New("digest mismatch"))
+	if s := src.Stats(); !slices.Equal(sorted(s.Banned), []string{"a", "b"}) || s.Rejected != 2 {
+		t.Errorf("after a bad frame across two parts: stats %+v, want a and b banned", s)
+	}
+	// Left with one holder, the range is read whole from it.
+	fetch(src, 0, 4<<20)
+	if got := counts(); got != "a=0 b=0 c=1" {
+		t.Errorf("requests per parent %s, want the last range whole from c", got)
+	}
+}
+
+func sorted(s []string) []string {
+	slices.Sort(s)
+	return s
 }

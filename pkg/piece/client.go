@@ -45,6 +45,17 @@ func newTransport() *http.Transport {
 // (host:port). A server that does not hold them yet waits up to wait for
 // them to arrive (0: it answers at once).
 func (c *Client) Get(ctx context.Context, addr string, blob bootstrap.Digest, off, size int64, wait time.Duration) ([]byte, error) {
+	buf := make([]byte, size)
+	if err := c.GetInto(ctx, addr, blob, off, buf, wait); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// GetInto is Get into buf, reading exactly len(buf) bytes: the parts of a
+// range read from several servers land in one buffer.
+func (c *Client) GetInto(ctx context.Context, addr string, blob bootstrap.Digest, off int64, buf []byte, wait time.Duration) error {
+	size := int64(len(buf))
 	q := url.Values{"offset": {strconv.FormatInt(off, 10)}, "size": {strconv.FormatInt(size, 10)}}
 	if wait > 0 {
 		q.Set("wait", strconv.FormatInt(min(wait, MaxWait).Milliseconds(), 10))
@@ -52,24 +63,23 @@ func (c *Client) Get(ctx context.Context, addr string, blob bootstrap.Digest, of
 	u := url.URL{Scheme: "http", Host: addr, Path: Path + blob.Hex(), RawQuery: q.Encode()}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
+		return fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
 	}
 	telemetry.InjectHTTP(ctx, req.Header)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
+		return fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %s: %s", blob, off, size, addr, resp.Status, msg)
+		return fmt.Errorf("get piece %s [%d,+%d) from %s: %s: %s", blob, off, size, addr, resp.Status, msg)
 	}
-	buf := make([]byte, size)
 	if _, err := io.ReadFull(resp.Body, buf); err != nil {
-		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
+		return fmt.Errorf("get piece %s [%d,+%d) from %s: %w", blob, off, size, addr, err)
 	}
 	if n, _ := resp.Body.Read(make([]byte, 1)); n > 0 {
-		return nil, fmt.Errorf("get piece %s [%d,+%d) from %s: longer than asked", blob, off, size, addr)
+		return fmt.Errorf("get piece %s [%d,+%d) from %s: longer than asked", blob, off, size, addr)
 	}
-	return buf, nil
+	return nil
 }

@@ -46,7 +46,10 @@ func TestRanges(t *testing.T) {
 	}
 }
 
-var blobA = bootstrap.Sum([]byte("a"))
+var (
+	blobA = bootstrap.Sum([]byte("a"))
+	blobB = bootstrap.Sum([]byte("b"))
+)
 
 // frames puts frames of the given sizes back to back at the start of
 // blob and returns the blob's bytes.
@@ -90,7 +93,8 @@ func TestPieceOutlivesEviction(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	for _, k := range s.span(blobA, 0, 30) {
+	ks, _, _ := s.span(blobA, 0, 30)
+	for _, k := range ks {
 		if err := os.Remove(s.path(k)); err != nil {
 			t.Fatal(err)
 		}
@@ -110,23 +114,40 @@ func TestStoreRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	all := frames(t, s, blobA, 10, 20, 30)
+	// A second blob with a hole: frames [0,10) and [20,30).
+	if err := s.Put(blobB, 0, all[:10]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(blobB, 20, all[20:30]); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name      string
+		blob      bootstrap.Digest
 		off, size int64
 		ok        bool
 	}{
-		{"one frame", 10, 20, true},
-		{"all frames", 0, 60, true},
-		{"two frames", 10, 50, true},
-		{"inside a frame", 5, 10, false},
-		{"ends inside a frame", 0, 15, false},
-		{"past the end", 30, 40, false},
-		{"zero size", 0, 0, false},
+		{"one frame", blobA, 10, 20, true},
+		{"all frames", blobA, 0, 60, true},
+		{"two frames", blobA, 10, 50, true},
+		// Parts of a range read from several parents start and end
+		// anywhere.
+		{"inside a frame", blobA, 5, 3, true},
+		{"ends inside a frame", blobA, 0, 15, true},
+		{"starts inside a frame", blobA, 25, 35, true},
+		{"inside frames at both ends", blobA, 5, 50, true},
+		{"past the end", blobA, 30, 40, false},
+		{"starts past the end", blobA, 60, 1, false},
+		{"zero size", blobA, 0, 0, false},
+		{"held part before a hole", blobB, 5, 3, true},
+		{"across a hole", blobB, 5, 10, false},
+		{"after a hole", blobB, 22, 5, true},
+		{"in a hole", blobB, 10, 5, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := readPiece(s, blobA, tt.off, tt.size)
-			if tt.ok != (err == nil) || s.Has(blobA, tt.off, tt.size) != tt.ok {
+			got, err := readPiece(s, tt.blob, tt.off, tt.size)
+			if tt.ok != (err == nil) || s.Has(tt.blob, tt.off, tt.size) != tt.ok {
 				t.Fatalf("Read [%d,+%d): err %v, want ok=%v", tt.off, tt.size, err, tt.ok)
 			}
 			if tt.ok && !bytes.Equal(got, all[tt.off:tt.off+tt.size]) {
@@ -134,8 +155,12 @@ func TestStoreRead(t *testing.T) {
 			}
 		})
 	}
-	if h := s.Holdings(); len(h) != 1 || fmt.Sprint(h[0].Ranges) != "[{0 60}]" {
-		t.Errorf("holdings %+v", h)
+	got := map[bootstrap.Digest]string{}
+	for _, h := range s.Holdings() {
+		got[h.Blob] = fmt.Sprint(h.Ranges)
+	}
+	if len(got) != 2 || got[blobA] != "[{0 60}]" || got[blobB] != "[{0 10} {20 30}]" {
+		t.Errorf("holdings %v", got)
 	}
 }
 
@@ -257,7 +282,6 @@ func TestServerAndClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	all := frames(t, held, blobA, 10, 20)
-	blobB := bootstrap.Sum([]byte("b"))
 	seedStore, err := Open(t.TempDir(), 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +307,8 @@ func TestServerAndClient(t *testing.T) {
 	}{
 		{"held", plain, blobA, 0, 30, ""},
 		{"not held", plain, blobB, 0, 10, "404"},
-		{"misaligned", plain, blobA, 5, 10, "404"},
+		{"inside frames", plain, blobA, 5, 10, ""},
+		{"past what is held", plain, blobA, 25, 10, "404"},
 		{"seeded on demand", seeding, blobA, 10, 20, ""},
 		{"seeded already", seeding, blobA, 10, 20, ""},
 		{"seeding fails", broken, blobB, 0, 10, "502"},

@@ -1,5 +1,7 @@
 // Package piece is the unit Skiff nodes exchange: a byte range of a
-// chunk-data blob made of whole frames, exactly as stored (compressed).
+// chunk-data blob exactly as stored (compressed), a run of whole frames
+// or a part of one when a node reads a range from several parents at
+// once (a Store keeps whole frames and serves any range within them).
 // Stored bytes, not decompressed chunks, are what a receiver can verify
 // against the bootstrap, so a node keeps the pieces it received in a Store
 // (next to its chunk cache), serves them to peers with a Server and reads

@@ -219,34 +219,53 @@ func (s *Store) Put(blob bootstrap.Digest, off int64, raw []byte) error {
 	return nil
 }
 
-// span lists the frames making up exactly [off, off+size) of blob, or nil
-// when the store does not hold all of them.
-func (s *Store) span(blob bootstrap.Digest, off, size int64) []frameKey {
+// span lists the frames [off, off+size) of blob lies in, and where in
+// the first frame it starts; nil when the store does not hold all of it.
+// A range may start and end inside frames: a node reads one range from
+// several parents at once, in parts cut without knowing where frames
+// begin.
+func (s *Store) span(blob bootstrap.Digest, off, size int64) (ks []frameKey, sizes []int64, skip int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m := s.frames[blob]
-	var ks []frameKey
-	for pos, end := off, off+size; pos < end; {
-		n, ok := m[pos]
-		if !ok || pos+n > end {
-			return nil
+	start := off
+	if _, ok := m[off]; !ok {
+		// Inside a frame, or not held: a walk of the blob's frames is
+		// rare enough (only parts of a split range start there).
+		found := false
+		for pos, n := range m {
+			if pos < off && off < pos+n {
+				start, found = pos, true
+				break
+			}
 		}
-		ks = append(ks, frameKey{blob, pos})
+		if !found {
+			return nil, nil, 0
+		}
+	}
+	for pos, end := start, off+size; pos < end; {
+		n, ok := m[pos]
+		if !ok {
+			return nil, nil, 0
+		}
+		ks, sizes = append(ks, frameKey{blob, pos}), append(sizes, n)
 		pos += n
 	}
-	return ks
+	return ks, sizes, off - start
 }
 
-// Has reports whether the store holds [off, off+size) of blob as whole
-// frames.
+// Has reports whether the store holds all of [off, off+size) of blob.
 func (s *Store) Has(blob bootstrap.Digest, off, size int64) bool {
-	return size > 0 && s.span(blob, off, size) != nil
+	if size <= 0 {
+		return false
+	}
+	ks, _, _ := s.span(blob, off, size)
+	return ks != nil
 }
 
-// Await returns once the store holds [off, off+size) of blob as whole
-// frames, or with an error wrapping ErrNotHeld when ctx ends first: a
-// node serves a range it is fetching itself to peers that arrive
-// meanwhile.
+// Await returns once the store holds all of [off, off+size) of blob, or
+// with an error wrapping ErrNotHeld when ctx ends first: a node serves a
+// range it is fetching itself to peers that arrive meanwhile.
 func (s *Store) Await(ctx context.Context, blob bootstrap.Digest, off, size int64) error {
 	for {
 		// The channel is taken before looking, so that a frame added
@@ -270,6 +289,7 @@ func (s *Store) Await(ctx context.Context, blob bootstrap.Digest, off, size int6
 // and sent as files, which the kernel copies to a socket itself.
 type Piece struct {
 	files []*os.File
+	skip  int64 // bytes of the first file before the range
 	size  int64
 }
 
@@ -279,12 +299,24 @@ func (p *Piece) Size() int64 { return p.size }
 // WriteTo writes the piece to w.
 func (p *Piece) WriteTo(w io.Writer) (int64, error) {
 	var n int64
-	for _, f := range p.files {
-		m, err := io.Copy(w, f)
+	for i, f := range p.files {
+		if i == 0 && p.skip > 0 {
+			if _, err := f.Seek(p.skip, io.SeekStart); err != nil {
+				return n, err
+			}
+		}
+		// io.CopyN still lets the kernel copy the file to a socket.
+		m, err := io.CopyN(w, f, p.size-n)
 		n += m
-		if err != nil {
+		if err != nil && !errors.Is(err, io.EOF) {
 			return n, err
 		}
+		if n == p.size {
+			break
+		}
+	}
+	if n != p.size {
+		return n, fmt.Errorf("piece: frame files ended after %d of %d bytes", n, p.size)
 	}
 	return n, nil
 }
@@ -298,26 +330,25 @@ func (p *Piece) Close() error {
 	return errors.Join(errs...)
 }
 
-// Open opens [off, off+size) of blob, which must be made of whole held
-// frames; otherwise the error wraps ErrNotHeld.
+// Open opens [off, off+size) of blob, which must lie in held frames;
+// otherwise the error wraps ErrNotHeld.
 func (s *Store) Open(blob bootstrap.Digest, off, size int64) (*Piece, error) {
 	if off < 0 || size <= 0 {
 		return nil, fmt.Errorf("open piece %s [%d,+%d): bad range", blob, off, size)
 	}
-	ks := s.span(blob, off, size)
+	ks, sizes, skip := s.span(blob, off, size)
 	if ks == nil {
 		return nil, fmt.Errorf("open piece %s [%d,+%d): %w", blob, off, size, ErrNotHeld)
 	}
-	p := &Piece{size: size}
-	var got int64
-	for _, k := range ks {
+	p := &Piece{size: size, skip: skip}
+	for i, k := range ks {
 		f, err := os.Open(s.path(k))
 		if err == nil {
-			var fi os.FileInfo
-			if fi, err = f.Stat(); err == nil {
-				got += fi.Size()
-			}
 			p.files = append(p.files, f)
+			var fi os.FileInfo
+			if fi, err = f.Stat(); err == nil && fi.Size() != sizes[i] {
+				err = fmt.Errorf("frame file changed size: %w", ErrNotHeld)
+			}
 		}
 		if errors.Is(err, fs.ErrNotExist) {
 			// Evicted between span and here.
@@ -327,10 +358,6 @@ func (s *Store) Open(blob bootstrap.Digest, off, size int64) (*Piece, error) {
 			p.Close()
 			return nil, fmt.Errorf("open piece %s [%d,+%d): %w", blob, off, size, err)
 		}
-	}
-	if got != size {
-		p.Close()
-		return nil, fmt.Errorf("open piece %s [%d,+%d): frame files changed size: %w", blob, off, size, ErrNotHeld)
 	}
 	return p, nil
 }

@@ -62,14 +62,23 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-func TestRunRejectsUnknownMountd(t *testing.T) {
-	t.Setenv("SKIFF_AGENT_MOUNTD", "sidecar")
-	var stdout, stderr bytes.Buffer
-	if got := run(nil, &stdout, &stderr); got != 2 {
-		t.Fatalf("run = %d, want 2; stderr %q", got, stderr.String())
-	}
-	if !strings.Contains(stderr.String(), "SKIFF_AGENT_MOUNTD") || !strings.Contains(stderr.String(), `"sidecar"`) {
-		t.Errorf("error does not name the setting and value: %q", stderr.String())
+// TestRunRejectsBadSettings: a setting out of range stops the agent
+// before it starts anything, with an error naming the setting and value.
+func TestRunRejectsBadSettings(t *testing.T) {
+	for _, tt := range []struct{ name, value, want string }{
+		{"SKIFF_AGENT_MOUNTD", "sidecar", `"sidecar"`},
+		{"SKIFF_AGENT_PEER_PARALLEL", "0", "0, want 1 or more"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(tt.name, tt.value)
+			var stdout, stderr bytes.Buffer
+			if got := run(nil, &stdout, &stderr); got != 2 {
+				t.Fatalf("run = %d, want 2; stderr %q", got, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.name) || !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("error does not name the setting and value: %q", stderr.String())
+			}
+		})
 	}
 }
 

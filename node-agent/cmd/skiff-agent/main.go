@@ -74,6 +74,7 @@ type config struct {
 	PeerID        string `env:"PEER_ID" help:"id of this node among peers and in the leases its mount process keeps in the store on the images it has mounted (which garbage collection honours), unique in the cluster (default: host name)"`
 	PeerCacheSize int64  `env:"PEER_CACHE_SIZE" envDefault:"10737418240" help:"bytes of pieces (chunk data as stored, for peers) kept besides the chunk cache"`
 	PeerUpload    int64  `env:"PEER_UPLOAD_RATE" envDefault:"0" help:"bytes per second this node sends to peers, over all of them, so that serving them leaves the node's network to its containers (0: unlimited)"`
+	PeerParallel  int    `env:"PEER_PARALLEL" envDefault:"4" help:"how many peers holding a range it is read from at once, in parts of at least 512 KiB, so that a range arrives at their uplinks' pace together (1: one peer per range)"`
 	PeerZone      string `env:"PEER_ZONE" help:"where this node runs (a zone, a rack, e.g. its topology.kubernetes.io/zone label): peers and seeders of the same zone are asked first, so pieces cross zones once rather than once per node (empty: unknown)"`
 }
 
@@ -112,6 +113,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.Mountd != mountdSpawn && cfg.Mountd != mountdExternal {
 		fmt.Fprintf(stderr, "skiff-agent: %sMOUNTD: %q is neither %q nor %q\n", envPrefix, cfg.Mountd, mountdSpawn, mountdExternal)
+		return 2
+	}
+	if cfg.PeerParallel < 1 {
+		fmt.Fprintf(stderr, "skiff-agent: %sPEER_PARALLEL: %d, want 1 or more\n", envPrefix, cfg.PeerParallel)
 		return 2
 	}
 	switch mode {

@@ -46,7 +46,7 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 	if err != nil {
 		return nil, nil, err
 	}
-	src := peer.NewSource(nc, id, nil, peer.SourceOptions{Logger: log})
+	src := peer.NewSource(nc, id, nil, peer.SourceOptions{Parallel: cfg.PeerParallel, Logger: log})
 	f = fetch.New(c, []fetch.Source{src, storeSrc}, fetch.WithFrameSink(pieces), fetch.WithLogger(log))
 	server := piece.NewServer(pieces, nil, log, piece.WithUploadRate(cfg.PeerUpload))
 	ann := &peer.Announcer{NC: nc, ID: id, Addr: addr, Role: schedule.RolePeer, Store: pieces, Load: server.Load, Zone: cfg.PeerZone, Logger: log}

@@ -11,8 +11,9 @@
 // messages travel on core NATS (not JetStream): they describe soft state
 // that is re-sent periodically and expires.
 //
-// A piece is a byte range of a chunk-data blob made of whole frames, as
-// stored (compressed). Receivers verify every frame against the chunk
+// A piece is a byte range of a chunk-data blob as stored (compressed): a
+// run of whole frames, or a part of one when a node reads a range from
+// several parents at once. Receivers verify every frame against the chunk
 // digests of the bootstrap, so no peer has to be trusted.
 
 package skiffv1

@@ -71,9 +71,9 @@ func (s *Seeder) Preheat(ctx context.Context, digest bootstrap.Digest) (Result, 
 	return res, nil
 }
 
-// Seed brings [off, off+size) of blob into the piece store. The range
-// must be made of whole frames, as every Fetcher request is; the blob's
-// index in the store says where its frames are and what they hold.
+// Seed brings the frames [off, off+size) of blob lies in into the piece
+// store; the blob's index in the store says where its frames are and what
+// they hold.
 func (s *Seeder) Seed(ctx context.Context, blob bootstrap.Digest, off, size int64) error {
 	_, err := s.SeedRange(ctx, blob, off, size)
 	return err
@@ -119,17 +119,25 @@ func (s *Seeder) fetch(ctx context.Context, b *bootstrap.Bootstrap, frames []uin
 	return res, s.fetcher.FetchFrames(ctx, b, missing)
 }
 
-// span lists the frames of a one-blob index that make up exactly
-// [off, end).
+// span lists the frames of a one-blob index that [off, end) lies in. It
+// may start and end inside frames: a node reading a range from several
+// parents at once asks each for a part, cut without knowing the frames.
 func span(idx *bootstrap.Bootstrap, off, end int64) ([]uint32, error) {
+	if off < 0 || end <= off {
+		return nil, fmt.Errorf("empty range")
+	}
 	order := make([]uint32, len(idx.Frames))
 	for i := range order {
 		order[i] = uint32(i)
 	}
 	sort.Slice(order, func(i, j int) bool { return idx.Frames[order[i]].Offset < idx.Frames[order[j]].Offset })
-	i := sort.Search(len(order), func(i int) bool { return idx.Frames[order[i]].Offset >= off })
+	// The last frame starting at or before off.
+	i := sort.Search(len(order), func(i int) bool { return idx.Frames[order[i]].Offset > off }) - 1
+	if i < 0 {
+		return nil, fmt.Errorf("range starts before the blob's first frame")
+	}
 	var out []uint32
-	pos := off
+	pos := idx.Frames[order[i]].Offset
 	for ; i < len(order) && pos < end; i++ {
 		fr := idx.Frames[order[i]]
 		if fr.Offset != pos {
@@ -138,8 +146,8 @@ func span(idx *bootstrap.Bootstrap, off, end int64) ([]uint32, error) {
 		out = append(out, order[i])
 		pos += int64(fr.CompressedSize)
 	}
-	if pos != end || len(out) == 0 {
-		return nil, fmt.Errorf("range is not made of whole frames of the blob")
+	if pos < end || off >= pos {
+		return nil, fmt.Errorf("range is not within the blob's frames")
 	}
 	return out, nil
 }

@@ -30,9 +30,12 @@ func TestSpan(t *testing.T) {
 		{"one frame", 10, 30, "[2]"},
 		{"all", 0, 60, "[1 2 0]"},
 		{"last two", 10, 60, "[2 0]"},
-		{"inside a frame", 5, 10, "error"},
-		{"ends inside a frame", 0, 20, "error"},
+		// Parts of a range read from several parents.
+		{"inside a frame", 5, 10, "[1]"},
+		{"ends inside a frame", 0, 20, "[1 2]"},
+		{"starts inside a frame", 15, 60, "[2 0]"},
 		{"past the end", 30, 70, "error"},
+		{"starts at the end", 60, 61, "error"},
 		{"empty", 10, 10, "error"},
 	}
 	for _, tt := range tests {

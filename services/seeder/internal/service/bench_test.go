@@ -12,6 +12,8 @@ import (
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/schedule"
 )
 
 // Dragonfly's own benchmark: many nodes fetch one image at once, through
@@ -93,11 +95,68 @@ func BenchmarkClusterStart(b *testing.B) {
 	}
 }
 
+// peerUplink paces each holder's piece server in BenchmarkPeerParallel:
+// a node's uplink, shared with its own work, is what bounds a range read
+// from it.
+const peerUplink = 25 << 20 // bytes per second
+
+// BenchmarkPeerParallel: a node reads an image one range at a time, as a
+// program reading its files does (the kernel's readahead asks for one
+// window after the other), from four nodes that hold it, each sending at
+// peerUplink. It reports time-parts/one-parent: with every range read in
+// parts from all four at once (SKIFF_AGENT_PEER_PARALLEL=4, the default)
+// over each range from one of them (SKIFF_AGENT_PEER_PARALLEL=1).
+func BenchmarkPeerParallel(b *testing.B) {
+	c := newCluster(b)
+	var partsTime, wholeTime time.Duration
+	for i := range b.N {
+		img, _, size := c.convertEntries(b, clusterImage(1000+uint64(i)), convert.Options{})
+		holders := make([]*agent, 4)
+		for n := range holders {
+			holders[n] = c.agentWith(b, fmt.Sprintf("holder-%d-%d", i, n), agentOptions{uploadRate: peerUplink, storeOnly: true})
+		}
+		// From the store: the scheduler then remembers no flights, and
+		// the seeder holds nothing, so the reader's parents are the four.
+		c.startAll(b, holders, img)
+		// Every holder has announced what it holds.
+		fr := img.Frames[len(img.Frames)-1]
+		eventually(b, "the holders are announced", func() bool {
+			held := 0
+			for _, p := range c.table.Parents("reader", img.Blobs[fr.Blob], int64(fr.Offset), int64(fr.CompressedSize), time.Now()) {
+				if p.Role == schedule.RolePeer && !p.Fetching {
+					held++
+				}
+			}
+			return held == len(holders)
+		})
+		for _, parallel := range []int{4, 1} {
+			r := c.agentWith(b, fmt.Sprintf("reader-%d-%d", i, parallel), agentOptions{parallel: parallel, leech: true})
+			storeBefore := c.blobBytes.Load()
+			took, _ := c.startAll(b, []*agent{r}, img, fetch.Streams(1))
+			s := r.src.Stats()
+			if (parallel > 1 && s.Assembled == 0) || s.FromSeeders != 0 {
+				b.Fatalf("no range read in parts, or some from the seeder: %+v", s)
+			}
+			if n := c.blobBytes.Load() - storeBefore; n != 0 {
+				b.Fatalf("the reader took %d B from the store", n)
+			}
+			if parallel > 1 {
+				partsTime += took
+			} else {
+				wholeTime += took
+			}
+			b.Logf("an image of %d B stored, from %d holders sending %d B/s each, one range at a time: read in %s with up to %d parents a range (%d ranges, %d of them in parts)",
+				size, len(holders), peerUplink, took.Round(time.Millisecond), parallel, s.Requests, s.Assembled)
+		}
+	}
+	b.ReportMetric(partsTime.Seconds()/wholeTime.Seconds(), "time-parts/one-parent")
+}
+
 // startAll has every node fetch all of img at once, as a node prefetching
 // an image does, and returns the time until the last one holds it and the
 // chunk data the store served meanwhile. Every node's copy is then read
 // back and checked.
-func (c *cluster) startAll(t testing.TB, nodes []*agent, img *bootstrap.Bootstrap) (time.Duration, int64) {
+func (c *cluster) startAll(t testing.TB, nodes []*agent, img *bootstrap.Bootstrap, opts ...fetch.PrefetchOption) (time.Duration, int64) {
 	t.Helper()
 	var files []uint32
 	for ino := range img.Inodes {
@@ -110,7 +169,7 @@ func (c *cluster) startAll(t testing.TB, nodes []*agent, img *bootstrap.Bootstra
 	var g errgroup.Group
 	for _, a := range nodes {
 		g.Go(func() error {
-			if err := a.f.Prefetch(context.Background(), img, files); err != nil {
+			if err := a.f.Prefetch(context.Background(), img, files, opts...); err != nil {
 				return fmt.Errorf("%s: %w", a.id, err)
 			}
 			return nil
