@@ -50,12 +50,12 @@ func (r *frameRecorder) count() int {
 type rejectingSource struct {
 	*StoreSource
 	mu       sync.Mutex
-	rejected int
+	rejected [][2]int64 // offset, size
 }
 
 func (s *rejectingSource) Reject(blob bootstrap.Digest, off, size int64, err error) {
 	s.mu.Lock()
-	s.rejected++
+	s.rejected = append(s.rejected, [2]int64{off, size})
 	s.mu.Unlock()
 }
 
@@ -116,8 +116,20 @@ func TestFrameSinkAndRejecter(t *testing.T) {
 					}
 				}
 			}
-			if rs.rejected == 0 {
+			if len(rs.rejected) == 0 {
 				t.Error("corrupt source was never told its bytes were rejected")
+			}
+			// What is rejected is the bad frame, not the whole request
+			// it came in: a source that assembled a request from several
+			// senders can tell which sent it.
+			frames := map[[2]int64]bool{}
+			for _, fr := range img.Bootstrap.Frames {
+				frames[[2]int64{fr.Offset, int64(fr.CompressedSize)}] = true
+			}
+			for _, r := range rs.rejected {
+				if !frames[r] {
+					t.Errorf("rejected [%d,+%d), not a frame", r[0], r[1])
+				}
 			}
 		})
 	}
