@@ -23,6 +23,9 @@ const (
 	SubjectParents = "skiff.p2p.parents"
 	// SubjectPeerReport carries skiffv1.PeerReport to every scheduler.
 	SubjectPeerReport = "skiff.p2p.report"
+	// SubjectParentChosen carries skiffv1.ParentChosen from every
+	// scheduler to every other.
+	SubjectParentChosen = "skiff.p2p.chosen"
 	// QueueSchedulers is the queue group schedulers answer parent
 	// requests in, so any number of them can run.
 	QueueSchedulers = "skiff-scheduler"

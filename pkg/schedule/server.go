@@ -17,14 +17,17 @@ import (
 
 // Server puts a Table on NATS: it takes every announcement and report
 // (each scheduler keeps the whole table) and answers parent requests in
-// the schedulers' queue group (one scheduler answers each).
+// the schedulers' queue group (one scheduler answers each). It tells the
+// other schedulers where it sent each asker, and hears where they did
+// (Table.Record), so that they all count a parent's children alike.
 type Server struct {
 	nc    *nats.Conn
 	table *Table
 	log   *slog.Logger
 	now   func() time.Time
+	id    string // tells this scheduler's ParentChosen from the others'
 
-	announces, requests, reports, misses atomic.Int64
+	announces, requests, reports, misses, heard atomic.Int64
 }
 
 // NewServer returns a Server for table on nc.
@@ -32,12 +35,12 @@ func NewServer(nc *nats.Conn, table *Table, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{nc: nc, table: table, log: log, now: time.Now}
+	return &Server{nc: nc, table: table, log: log, now: time.Now, id: nats.NewInbox()}
 }
 
 // Run serves until ctx ends, expiring silent peers every interval.
 func (s *Server) Run(ctx context.Context, expireEvery time.Duration) error {
-	subs := make([]*nats.Subscription, 0, 3)
+	subs := make([]*nats.Subscription, 0, 4)
 	defer func() {
 		for _, sub := range subs {
 			sub.Unsubscribe()
@@ -49,6 +52,7 @@ func (s *Server) Run(ctx context.Context, expireEvery time.Duration) error {
 	}{
 		{bus.SubjectPeerAnnounce, "", s.onAnnounce},
 		{bus.SubjectPeerReport, "", s.onReport},
+		{bus.SubjectParentChosen, "", s.onChosen},
 		{bus.SubjectParents, bus.QueueSchedulers, s.onParents},
 	} {
 		sub, err := s.nc.QueueSubscribe(h.subject, h.queue, h.fn)
@@ -128,8 +132,10 @@ func (s *Server) onParents(m *nats.Msg) {
 	defer span.End()
 	s.requests.Add(1)
 	var ps []Parent
+	var fl Flight
+	chose := false
 	if r, err := ParentsRequestFromMessage(&req); err == nil {
-		ps = s.table.Parents(r.PeerID, r.Blob, r.Off, r.Size, s.now())
+		ps, fl, chose = s.table.Choose(r.PeerID, r.Blob, r.Off, r.Size, s.now())
 		span.SetAttributes(attribute.String("skiff.blob", r.Blob.String()), attribute.Int("skiff.parents", len(ps)))
 	}
 	if len(ps) == 0 {
@@ -138,6 +144,32 @@ func (s *Server) onParents(m *nats.Msg) {
 	if err := bus.Respond(ctx, m, ParentsMessage(ps)); err != nil {
 		s.log.Warn("schedule: answer parents request", "err", err)
 	}
+	// After the answer, which the asker waits for; a scheduler that
+	// misses this only ranks the range's next asker as if this one had
+	// not asked.
+	if chose {
+		if err := bus.Send(ctx, s.nc, bus.SubjectParentChosen, FlightMessage(s.id, fl)); err != nil {
+			s.log.Debug("schedule: tell the other schedulers", "err", err)
+		}
+	}
+}
+
+func (s *Server) onChosen(m *nats.Msg) {
+	var c skiffv1.ParentChosen
+	if _, err := bus.DecodeMsg(context.Background(), m, &c); err != nil {
+		s.log.Warn("schedule: bad parent chosen", "err", err)
+		return
+	}
+	from, fl, err := FlightFromMessage(&c)
+	if err != nil {
+		s.log.Warn("schedule: bad parent chosen", "err", err)
+		return
+	}
+	if from == s.id {
+		return
+	}
+	s.heard.Add(1)
+	s.table.Record(fl, s.now())
 }
 
 // ServerStats counts a Server's traffic.
@@ -147,9 +179,10 @@ type ServerStats struct {
 	Requests  int64 `json:"requests"`
 	Misses    int64 `json:"misses"` // requests answered with no parent at all
 	Reports   int64 `json:"reports"`
+	Heard     int64 `json:"heard"` // parents other schedulers chose, recorded here
 }
 
 // Stats returns current counters.
 func (s *Server) Stats() ServerStats {
-	return ServerStats{Table: s.table.Stats(s.now()), Announces: s.announces.Load(), Requests: s.requests.Load(), Misses: s.misses.Load(), Reports: s.reports.Load()}
+	return ServerStats{Table: s.table.Stats(s.now()), Announces: s.announces.Load(), Requests: s.requests.Load(), Misses: s.misses.Load(), Reports: s.reports.Load(), Heard: s.heard.Load()}
 }

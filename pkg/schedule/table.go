@@ -7,7 +7,9 @@
 // so each piece leaves the store about once per cluster however many
 // nodes want it, and a seeder joining or leaving moves only its own share
 // of blobs. Nodes asking for a piece at the same moment are spread into a
-// tree, each parent taking a few (see Parents).
+// tree, each parent taking a few (see Parents); schedulers sharing the
+// work tell each other where they sent whom (Record), so there is one
+// tree however many answer.
 //
 // The NATS edge (announcements in, parent requests answered, reports) is
 // in Server; the Table itself knows nothing of the wire.
@@ -228,6 +230,23 @@ func (t *Table) usable(e *entry, now time.Time) bool {
 // already given MaxChildren askers first goes after those that were not.
 // An empty list means there is no one to ask but the store.
 func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, now time.Time) []Parent {
+	ps, _, _ := t.Choose(asker, blob, off, size, now)
+	return ps
+}
+
+// Flight is an asker of a range sent first to a parent, as Parents
+// remembers it: what the schedulers of a queue group tell each other
+// (Record), so that each counts the children the others gave.
+type Flight struct {
+	Asker, Parent string
+	Depth         int // hops from a holder or the seeder: 1 when sent to one
+	Blob          bootstrap.Digest
+	Off, Size     int64
+}
+
+// Choose is Parents, also returning the flight it remembered; ok is false
+// when it offered no one.
+func (t *Table) Choose(asker string, blob bootstrap.Digest, off, size int64, now time.Time) ([]Parent, Flight, bool) {
 	key := rangeKey{blob, off, off + size}
 	// The ranking, from first to last.
 	const (
@@ -343,16 +362,30 @@ func (t *Table) Parents(asker string, blob bootstrap.Digest, off, size int64, no
 		}
 		out = append(out, c.Parent)
 	}
-	if len(out) > 0 {
-		t.mu.Lock()
-		depth := 1
-		if out[0].Fetching {
-			depth = fl.askers[out[0].ID].depth + 1
-		}
-		fl.askers[asker] = flightAsker{parent: out[0].ID, depth: depth, at: now}
-		t.mu.Unlock()
+	if len(out) == 0 {
+		return out, Flight{}, false
 	}
-	return out
+	t.mu.Lock()
+	depth := 1
+	if out[0].Fetching {
+		depth = fl.askers[out[0].ID].depth + 1
+	}
+	fl.askers[asker] = flightAsker{parent: out[0].ID, depth: depth, at: now}
+	t.mu.Unlock()
+	return out, Flight{Asker: asker, Parent: out[0].ID, Depth: depth, Blob: blob, Off: off, Size: size}, true
+}
+
+// Record remembers a flight another scheduler chose, as if Parents here
+// had: later askers of the range are ranked knowing its parent's
+// children.
+func (t *Table) Record(f Flight, now time.Time) {
+	if f.Asker == "" || f.Parent == "" || f.Size <= 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fl := t.flightLocked(rangeKey{f.Blob, f.Off, f.Off + f.Size}, now)
+	fl.askers[f.Asker] = flightAsker{parent: f.Parent, depth: max(f.Depth, 1), at: now}
 }
 
 // flightLocked returns the flight of range k, begun or extended at now;

@@ -367,3 +367,33 @@ func TestParentsInFlight(t *testing.T) {
 		t.Errorf("after the flight: %q, want the holder and the seeder", got)
 	}
 }
+
+// TestRecordCountsOthersChildren: a table that records the flights
+// another chose ranks their parents by the children the other gave them.
+func TestRecordCountsOthersChildren(t *testing.T) {
+	a, b := NewTable(Options{MaxChildren: 2}), NewTable(Options{MaxChildren: 2})
+	for _, tab := range []*Table{a, b} {
+		tab.Announce(Peer{ID: "s1", Addr: "s1:1", Role: RoleSeeder}, t0)
+		for i := range 3 {
+			tab.Announce(Peer{ID: fmt.Sprintf("n%d", i), Addr: fmt.Sprintf("n%d:1", i), Role: RolePeer}, t0)
+		}
+	}
+	now := t0.Add(time.Second)
+	for _, n := range []string{"n0", "n1"} {
+		_, f, ok := a.Choose(n, blobX, 0, 10, now)
+		if !ok || f.Parent != "s1" || f.Depth != 1 || f.Asker != n {
+			t.Fatalf("%s: flight %+v, %v", n, f, ok)
+		}
+		b.Record(f, now)
+	}
+	// The seeder has its two children on b too: n2 is sent to a fetcher.
+	if got := ids(b.Parents("n2", blobX, 0, 10, now)); got != "n0(fetching),s1(seeds)" && got != "n1(fetching),s1(seeds)" {
+		t.Errorf("after recording a's flights, b offers %q, want a fetcher first", got)
+	}
+	// Without them, b would have sent n2 to the seeder.
+	c := NewTable(Options{MaxChildren: 2})
+	c.Announce(Peer{ID: "s1", Addr: "s1:1", Role: RoleSeeder}, t0)
+	if got := ids(c.Parents("n2", blobX, 0, 10, now)); got != "s1(seeds)" {
+		t.Errorf("a table that heard nothing offers %q", got)
+	}
+}

@@ -108,6 +108,27 @@ func ParentsRequestFromMessage(m *skiffv1.ParentsRequest) (ParentsRequest, error
 	return r, nil
 }
 
+// FlightMessage encodes f as chosen by the scheduler with id scheduler.
+func FlightMessage(scheduler string, f Flight) *skiffv1.ParentChosen {
+	return &skiffv1.ParentChosen{SchedulerId: scheduler, AskerId: f.Asker, ParentId: f.Parent, Depth: uint32(max(f.Depth, 0)),
+		Blob: f.Blob[:], Offset: uint64(f.Off), Size: uint64(f.Size)}
+}
+
+// FlightFromMessage decodes a flight and the scheduler that chose it.
+func FlightFromMessage(m *skiffv1.ParentChosen) (scheduler string, f Flight, err error) {
+	f = Flight{Asker: m.GetAskerId(), Parent: m.GetParentId(), Depth: int(min(m.GetDepth(), 1<<16)), Off: int64(m.GetOffset()), Size: int64(m.GetSize())}
+	if f.Blob, err = Digest(m.GetBlob()); err != nil {
+		return "", f, fmt.Errorf("parent chosen: %w", err)
+	}
+	if f.Asker == "" || f.Parent == "" {
+		return "", f, fmt.Errorf("parent chosen: no asker or parent")
+	}
+	if f.Off < 0 || f.Size <= 0 || f.Off+f.Size < f.Off {
+		return "", f, fmt.Errorf("parent chosen: range [%d,+%d) out of bounds", m.GetOffset(), m.GetSize())
+	}
+	return m.GetSchedulerId(), f, nil
+}
+
 // Report says that Peer sent Reporter bad bytes for [Off, Off+Size) of
 // Blob.
 type Report struct {

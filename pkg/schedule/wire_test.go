@@ -89,3 +89,27 @@ func TestReportWire(t *testing.T) {
 		t.Error("a report naming no peer was accepted")
 	}
 }
+
+func TestFlightRoundTrip(t *testing.T) {
+	f := Flight{Asker: "n2", Parent: "n0", Depth: 2, Blob: blobX, Off: 4096, Size: 1 << 20}
+	from, got, err := FlightFromMessage(FlightMessage("sched-a", f))
+	if err != nil || from != "sched-a" || got != f {
+		t.Errorf("round trip: %q %+v %v", from, got, err)
+	}
+	for _, tt := range []struct {
+		name string
+		m    *skiffv1.ParentChosen
+	}{
+		{"no asker", &skiffv1.ParentChosen{ParentId: "p", Blob: blobX[:], Size: 1}},
+		{"no parent", &skiffv1.ParentChosen{AskerId: "a", Blob: blobX[:], Size: 1}},
+		{"short digest", &skiffv1.ParentChosen{AskerId: "a", ParentId: "p", Blob: []byte{1}, Size: 1}},
+		{"empty range", &skiffv1.ParentChosen{AskerId: "a", ParentId: "p", Blob: blobX[:]}},
+		{"overflow", &skiffv1.ParentChosen{AskerId: "a", ParentId: "p", Blob: blobX[:], Offset: 1 << 63, Size: 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, _, err := FlightFromMessage(tt.m); err == nil {
+				t.Error("accepted")
+			}
+		})
+	}
+}

@@ -454,6 +454,105 @@ func (x *ParentsReply) GetParents() []*Parent {
 	return nil
 }
 
+// ParentChosen tells every scheduler where one asker of a range was sent
+// first. Each scheduler of the queue group answers some of the requests;
+// with what the others chose, each ranks parents by the same count of
+// children, so the nodes fetching a range form one tree, not one per
+// scheduler.
+type ParentChosen struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The scheduler that chose, which skips its own messages.
+	SchedulerId string `protobuf:"bytes,1,opt,name=scheduler_id,json=schedulerId,proto3" json:"scheduler_id,omitempty"`
+	AskerId     string `protobuf:"bytes,2,opt,name=asker_id,json=askerId,proto3" json:"asker_id,omitempty"`
+	ParentId    string `protobuf:"bytes,3,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	// Hops from a holder or the seeder: 1 when sent to one.
+	Depth         uint32 `protobuf:"varint,4,opt,name=depth,proto3" json:"depth,omitempty"`
+	Blob          []byte `protobuf:"bytes,5,opt,name=blob,proto3" json:"blob,omitempty"`
+	Offset        uint64 `protobuf:"varint,6,opt,name=offset,proto3" json:"offset,omitempty"`
+	Size          uint64 `protobuf:"varint,7,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ParentChosen) Reset() {
+	*x = ParentChosen{}
+	mi := &file_skiff_v1_p2p_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ParentChosen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ParentChosen) ProtoMessage() {}
+
+func (x *ParentChosen) ProtoReflect() protoreflect.Message {
+	mi := &file_skiff_v1_p2p_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ParentChosen.ProtoReflect.Descriptor instead.
+func (*ParentChosen) Descriptor() ([]byte, []int) {
+	return file_skiff_v1_p2p_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ParentChosen) GetSchedulerId() string {
+	if x != nil {
+		return x.SchedulerId
+	}
+	return ""
+}
+
+func (x *ParentChosen) GetAskerId() string {
+	if x != nil {
+		return x.AskerId
+	}
+	return ""
+}
+
+func (x *ParentChosen) GetParentId() string {
+	if x != nil {
+		return x.ParentId
+	}
+	return ""
+}
+
+func (x *ParentChosen) GetDepth() uint32 {
+	if x != nil {
+		return x.Depth
+	}
+	return 0
+}
+
+func (x *ParentChosen) GetBlob() []byte {
+	if x != nil {
+		return x.Blob
+	}
+	return nil
+}
+
+func (x *ParentChosen) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ParentChosen) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
 // PeerReport tells the scheduler a peer sent bytes that failed
 // verification, so it stops being offered as a parent for a while.
 type PeerReport struct {
@@ -470,7 +569,7 @@ type PeerReport struct {
 
 func (x *PeerReport) Reset() {
 	*x = PeerReport{}
-	mi := &file_skiff_v1_p2p_proto_msgTypes[5]
+	mi := &file_skiff_v1_p2p_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +581,7 @@ func (x *PeerReport) String() string {
 func (*PeerReport) ProtoMessage() {}
 
 func (x *PeerReport) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_v1_p2p_proto_msgTypes[5]
+	mi := &file_skiff_v1_p2p_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +594,7 @@ func (x *PeerReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerReport.ProtoReflect.Descriptor instead.
 func (*PeerReport) Descriptor() ([]byte, []int) {
-	return file_skiff_v1_p2p_proto_rawDescGZIP(), []int{5}
+	return file_skiff_v1_p2p_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PeerReport) GetReporterId() string {
@@ -556,7 +655,7 @@ type SeedRequest struct {
 
 func (x *SeedRequest) Reset() {
 	*x = SeedRequest{}
-	mi := &file_skiff_v1_p2p_proto_msgTypes[6]
+	mi := &file_skiff_v1_p2p_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +667,7 @@ func (x *SeedRequest) String() string {
 func (*SeedRequest) ProtoMessage() {}
 
 func (x *SeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_v1_p2p_proto_msgTypes[6]
+	mi := &file_skiff_v1_p2p_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +680,7 @@ func (x *SeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedRequest.ProtoReflect.Descriptor instead.
 func (*SeedRequest) Descriptor() ([]byte, []int) {
-	return file_skiff_v1_p2p_proto_rawDescGZIP(), []int{6}
+	return file_skiff_v1_p2p_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SeedRequest) GetBootstrapDigest() string {
@@ -626,7 +725,7 @@ type SeedReply struct {
 
 func (x *SeedReply) Reset() {
 	*x = SeedReply{}
-	mi := &file_skiff_v1_p2p_proto_msgTypes[7]
+	mi := &file_skiff_v1_p2p_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +737,7 @@ func (x *SeedReply) String() string {
 func (*SeedReply) ProtoMessage() {}
 
 func (x *SeedReply) ProtoReflect() protoreflect.Message {
-	mi := &file_skiff_v1_p2p_proto_msgTypes[7]
+	mi := &file_skiff_v1_p2p_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +750,7 @@ func (x *SeedReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedReply.ProtoReflect.Descriptor instead.
 func (*SeedReply) Descriptor() ([]byte, []int) {
-	return file_skiff_v1_p2p_proto_rawDescGZIP(), []int{7}
+	return file_skiff_v1_p2p_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SeedReply) GetError() string {
@@ -705,7 +804,15 @@ const file_skiff_v1_p2p_proto_rawDesc = "" +
 	"\x05seeds\x18\x04 \x01(\bR\x05seeds\x12\x1a\n" +
 	"\bfetching\x18\x05 \x01(\bR\bfetching\":\n" +
 	"\fParentsReply\x12*\n" +
-	"\aparents\x18\x01 \x03(\v2\x10.skiff.v1.ParentR\aparents\"\x9e\x01\n" +
+	"\aparents\x18\x01 \x03(\v2\x10.skiff.v1.ParentR\aparents\"\xbf\x01\n" +
+	"\fParentChosen\x12!\n" +
+	"\fscheduler_id\x18\x01 \x01(\tR\vschedulerId\x12\x19\n" +
+	"\basker_id\x18\x02 \x01(\tR\aaskerId\x12\x1b\n" +
+	"\tparent_id\x18\x03 \x01(\tR\bparentId\x12\x14\n" +
+	"\x05depth\x18\x04 \x01(\rR\x05depth\x12\x12\n" +
+	"\x04blob\x18\x05 \x01(\fR\x04blob\x12\x16\n" +
+	"\x06offset\x18\x06 \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04size\x18\a \x01(\x04R\x04size\"\x9e\x01\n" +
 	"\n" +
 	"PeerReport\x12\x1f\n" +
 	"\vreporter_id\x18\x01 \x01(\tR\n" +
@@ -742,7 +849,7 @@ func file_skiff_v1_p2p_proto_rawDescGZIP() []byte {
 }
 
 var file_skiff_v1_p2p_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_skiff_v1_p2p_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_skiff_v1_p2p_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_skiff_v1_p2p_proto_goTypes = []any{
 	(PeerRole)(0),          // 0: skiff.v1.PeerRole
 	(*BlobHoldings)(nil),   // 1: skiff.v1.BlobHoldings
@@ -750,9 +857,10 @@ var file_skiff_v1_p2p_proto_goTypes = []any{
 	(*ParentsRequest)(nil), // 3: skiff.v1.ParentsRequest
 	(*Parent)(nil),         // 4: skiff.v1.Parent
 	(*ParentsReply)(nil),   // 5: skiff.v1.ParentsReply
-	(*PeerReport)(nil),     // 6: skiff.v1.PeerReport
-	(*SeedRequest)(nil),    // 7: skiff.v1.SeedRequest
-	(*SeedReply)(nil),      // 8: skiff.v1.SeedReply
+	(*ParentChosen)(nil),   // 6: skiff.v1.ParentChosen
+	(*PeerReport)(nil),     // 7: skiff.v1.PeerReport
+	(*SeedRequest)(nil),    // 8: skiff.v1.SeedRequest
+	(*SeedReply)(nil),      // 9: skiff.v1.SeedReply
 }
 var file_skiff_v1_p2p_proto_depIdxs = []int32{
 	0, // 0: skiff.v1.PeerAnnounce.role:type_name -> skiff.v1.PeerRole
@@ -777,7 +885,7 @@ func file_skiff_v1_p2p_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_skiff_v1_p2p_proto_rawDesc), len(file_skiff_v1_p2p_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
