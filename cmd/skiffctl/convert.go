@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/convert"
@@ -24,12 +28,13 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	remote := fs.Bool("remote", false, "ask the converter service to convert SOURCE (published as TAG-skiff) instead of converting here")
 	natsURL := fs.String("nats", env.NATS, "NATS server of the converter service, with --remote")
 	prefetch := fs.String("prefetch", "", "file listing paths (files or directories, one per line; - for standard input) whose files every node fetches first, as the image's startup set")
+	platforms := fs.String("platform", "", "of a multi-platform SOURCE, convert only these platforms (os/arch[/variant], comma separated; default: every linux platform)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *remote {
-		if *prefetch != "" {
-			return fmt.Errorf("--prefetch needs the conversion made here, not with --remote")
+		if *prefetch != "" || *platforms != "" {
+			return fmt.Errorf("--prefetch and --platform need the conversion made here, not with --remote")
 		}
 		if fs.NArg() != 1 {
 			fs.Usage()
@@ -68,9 +73,17 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 	if err != nil {
 		return err
 	}
-	src, err := image.Load(ctx, source)
+	index, images, err := image.LoadIndex(ctx, source)
 	if err != nil {
 		return err
+	}
+	if *platforms != "" {
+		if index == nil {
+			return fmt.Errorf("--platform: %s is a single image, not a multi-platform index", source)
+		}
+		if images, err = pickPlatforms(images, *platforms); err != nil {
+			return err
+		}
 	}
 	line := newProgressLine(stderr)
 	c := convert.New(st, convert.Options{
@@ -79,31 +92,88 @@ func runConvert(ctx context.Context, env settings, args []string, stdout, stderr
 			line.update("converting %s: layers %d/%d, %s of %s", source, p.LayersDone, p.Layers, bytesString(p.BytesRead), bytesString(p.Bytes))
 		},
 	})
-	res, err := c.Convert(ctx, src)
+	if index == nil {
+		res, err := c.Convert(ctx, images[0].Image)
+		line.done()
+		if err != nil {
+			return err
+		}
+		line.update("pushing %s", target)
+		err = image.Write(ctx, target, res.Image)
+		line.done()
+		if err != nil {
+			return err
+		}
+		digest, err := res.Image.Digest()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s@%s\n", target, digest)
+		printConverted(stdout, "  ", res)
+		return nil
+	}
+	res, err := c.ConvertIndex(ctx, *index, images)
 	line.done()
 	if err != nil {
 		return err
 	}
 	line.update("pushing %s", target)
-	err = image.Write(ctx, target, res.Image)
+	err = image.WriteIndex(ctx, target, res.Index)
 	line.done()
 	if err != nil {
 		return err
 	}
-	digest, err := res.Image.Digest()
+	digest, err := res.Index.Digest()
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(stdout, "%s@%s (%d platforms)\n", target, digest, len(res.Platforms))
+	for _, p := range res.Platforms {
+		fmt.Fprintf(stdout, "  %s:\n", p.Platform.String())
+		printConverted(stdout, "    ", p.Result)
+	}
+	return nil
+}
+
+// printConverted describes one converted image, each line indented.
+func printConverted(w io.Writer, indent string, res *convert.Result) {
 	s := res.Stats
-	fmt.Fprintf(stdout, "%s@%s\n", target, digest)
-	fmt.Fprintf(stdout, "  bootstrap %s (%s), %d files, %d chunks\n", res.Bootstrap, bytesString(res.BootstrapSize), s.Files, s.Chunks)
-	fmt.Fprintf(stdout, "  source layers %s, logical %s, stored %s (%.2fx of source), new in store %s, in %s\n",
+	fmt.Fprintf(w, "%sbootstrap %s (%s), %d files, %d chunks\n", indent, res.Bootstrap, bytesString(res.BootstrapSize), s.Files, s.Chunks)
+	fmt.Fprintf(w, "%ssource layers %s, logical %s, stored %s (%.2fx of source), new in store %s, in %s\n", indent,
 		bytesString(res.SourceBytes), bytesString(s.LogicalBytes), bytesString(s.StoredBytes),
 		ratio(s.StoredBytes, res.SourceBytes), bytesString(res.NewBytes), res.Duration.Round(1e6))
 	if res.PrefetchFiles > 0 {
-		fmt.Fprintf(stdout, "  startup set of %d files, fetched first by every node\n", res.PrefetchFiles)
+		fmt.Fprintf(w, "%sstartup set of %d files, fetched first by every node\n", indent, res.PrefetchFiles)
 	}
-	return nil
+}
+
+// pickPlatforms keeps the images of the platforms list names
+// (os/arch[/variant], comma separated); naming one the index lacks fails.
+func pickPlatforms(images []image.Platform, list string) ([]image.Platform, error) {
+	var out []image.Platform
+	for _, name := range strings.Split(list, ",") {
+		want, err := v1.ParsePlatform(strings.TrimSpace(name))
+		if err == nil && (want.OS == "" || want.Architecture == "") {
+			err = fmt.Errorf("want os/arch[/variant]")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("--platform %q: %w", name, err)
+		}
+		found := false
+		for _, p := range images {
+			if p.Platform.Satisfies(*want) && !slices.ContainsFunc(out, func(o image.Platform) bool { return o.Platform.Equals(p.Platform) }) {
+				out, found = append(out, p), true
+			}
+		}
+		if !found {
+			var have []string
+			for _, p := range images {
+				have = append(have, p.Platform.String())
+			}
+			return nil, fmt.Errorf("--platform %s: the index has %s", name, strings.Join(have, ", "))
+		}
+	}
+	return out, nil
 }
 
 // readPaths reads the paths listed in file (- for standard input), as

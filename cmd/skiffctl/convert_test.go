@@ -117,3 +117,101 @@ func TestConvertUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertMultiPlatform converts an index of two platforms on a real
+// registry: the Skiff conversion is an index of one Skiff image per
+// platform, each a referrer of its own platform's image, so a node of
+// either architecture finds its conversion from the name it pulls.
+func TestConvertMultiPlatform(t *testing.T) {
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	storeURL := "file://" + t.TempDir()
+	ctx := context.Background()
+	src, err := fixture.PlatformIndex([]fixture.Entry{
+		fixture.Dir("data", 0o755),
+		{Header: fixture.File("data/shared", 0o644, "").Header, Data: fixture.Random(7, 2<<20)},
+	}, "linux/amd64", "linux/arm64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Addr + "/multi:v1"
+	if err := image.WriteIndex(ctx, ref, src); err != nil {
+		t.Fatal(err)
+	}
+	srcDigest, _ := src.Digest()
+	srcManifest, _ := src.IndexManifest()
+
+	out := runCLI(t, ctx, "convert", "--store", storeURL, ref)
+	if !strings.Contains(out, "(2 platforms)") || !strings.Contains(out, "linux/arm64:") {
+		t.Fatalf("convert output:\n%s", out)
+	}
+	r, _ := name.ParseReference(ref + image.TagSuffix)
+	desc, err := remote.Get(r, remote.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !desc.MediaType.IsIndex() {
+		t.Fatalf("%s is a %s, want an index", r, desc.MediaType)
+	}
+	idx, _ := desc.ImageIndex()
+	im, _ := idx.IndexManifest()
+	if im.Subject == nil || im.Subject.Digest != srcDigest || len(im.Manifests) != 2 {
+		t.Fatalf("skiff index: subject %+v, %d manifests, want the source index and two", im.Subject, len(im.Manifests))
+	}
+	for i, d := range im.Manifests {
+		want := srcManifest.Manifests[i] // same order, the attestation left out
+		if d.Platform == nil || !d.Platform.Equals(*want.Platform) {
+			t.Fatalf("manifest %d: platform %v, want %v", i, d.Platform, want.Platform)
+		}
+		img, _ := idx.Image(d.Digest)
+		m, _ := img.Manifest()
+		if !image.IsSkiff(m) || m.Subject == nil || m.Subject.Digest != want.Digest {
+			t.Fatalf("%s: not a Skiff image of %s: %+v", d.Platform, want.Digest, m)
+		}
+		// What an agent on this platform looks up: the referrers of the
+		// platform image it resolved app:v1 to.
+		refs, err := remote.Referrers(r.Context().Digest(want.Digest.String()), remote.WithContext(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rm, _ := refs.IndexManifest()
+		if len(rm.Manifests) != 1 || rm.Manifests[0].Digest != d.Digest {
+			t.Errorf("referrers of the %s image: %+v, want its Skiff image %s", d.Platform, rm.Manifests, d.Digest)
+		}
+	}
+	// The image of this machine's platform checks out against the store.
+	if out := runCLI(t, ctx, "check", "--store", storeURL, ref+image.TagSuffix); !strings.Contains(out, "ok") {
+		t.Errorf("check:\n%s", out)
+	}
+
+	// One platform only; a platform the index lacks; a single image.
+	runCLI(t, ctx, "convert", "--store", storeURL, "--platform", "linux/arm64", ref, reg.Addr+"/multi:arm")
+	armRef, _ := name.ParseReference(reg.Addr + "/multi:arm")
+	armIdx, err := remote.Index(armRef, remote.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if am, _ := armIdx.IndexManifest(); len(am.Manifests) != 1 || am.Manifests[0].Platform.Architecture != "arm64" {
+		t.Errorf("--platform linux/arm64: %+v", am.Manifests)
+	}
+	single, err := fixture.OneLayer([]fixture.Entry{fixture.File("a", 0o644, "a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := image.Write(ctx, reg.Addr+"/single:v1", single); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--platform", "linux/s390x", ref}, "the index has linux/amd64, linux/arm64"},
+		{[]string{"--platform", "linux/arm64", reg.Addr + "/single:v1"}, "is a single image"},
+		{[]string{"--platform", "linux/", ref}, "--platform"},
+	} {
+		var stderr strings.Builder
+		args := append([]string{"convert", "--store", storeURL}, tt.args...)
+		if code := run(ctx, args, &stderr, &stderr); code == 0 || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("skiffctl %v: exit %d, %q, want %q", args, code, stderr.String(), tt.want)
+		}
+	}
+}

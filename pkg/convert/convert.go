@@ -627,3 +627,41 @@ func (r *countingReader) Read(p []byte) (int, error) {
 	r.prog.add(n)
 	return n, err
 }
+
+// IndexResult describes a converted multi-platform image.
+type IndexResult struct {
+	Index        v1.ImageIndex // the Skiff index; its subject is the source index
+	SourceDigest v1.Hash
+	Platforms    []PlatformResult // in the source index's order
+	Duration     time.Duration
+}
+
+// PlatformResult is the conversion of one platform's image.
+type PlatformResult struct {
+	Platform v1.Platform
+	*Result
+}
+
+// ConvertIndex converts the image of every platform of a multi-platform
+// source (image.LoadIndex) and builds the Skiff index of them. The images
+// are converted one after another: what the platforms share, their
+// architecture-independent files, is stored once.
+func (c *Converter) ConvertIndex(ctx context.Context, index v1.Descriptor, images []image.Platform) (*IndexResult, error) {
+	start := time.Now()
+	res := &IndexResult{SourceDigest: index.Digest}
+	skiff := make([]image.Platform, 0, len(images))
+	for _, p := range images {
+		r, err := c.Convert(ctx, p.Image)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p.Platform.String(), err)
+		}
+		res.Platforms = append(res.Platforms, PlatformResult{Platform: p.Platform, Result: r})
+		skiff = append(skiff, image.Platform{Platform: p.Platform, Image: r.Image})
+	}
+	idx, err := image.NewIndex(index, skiff)
+	if err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	res.Index, res.Duration = idx, time.Since(start)
+	return res, nil
+}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -401,5 +402,53 @@ func TestConvertPrefetch(t *testing.T) {
 		if err := empty.List(ctx, "", func(i store.Info) error { left = append(left, i.Key); return nil }); err != nil || len(left) != 0 {
 			t.Errorf("a failed conversion left %v (%v) in the store", left, err)
 		}
+	}
+}
+
+// TestConvertIndex: the images of a multi-platform index are converted
+// into one Skiff index, and what they share is stored once.
+func TestConvertIndex(t *testing.T) {
+	src, err := fixture.PlatformIndex([]fixture.Entry{
+		fixture.Dir("data", 0o755),
+		{Header: fixture.File("data/shared", 0o644, "").Header, Data: fixture.Random(3, 4<<20)},
+	}, "linux/amd64", "linux/arm64/v8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := partial.Descriptor(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := src.IndexManifest()
+	var images []image.Platform
+	for _, d := range im.Manifests[:2] {
+		img, _ := src.Image(d.Digest)
+		images = append(images, image.Platform{Platform: *d.Platform, Image: img})
+	}
+	res, err := convert.New(newStore(t), convert.Options{}).ConvertIndex(context.Background(), *desc, images)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Platforms) != 2 || res.SourceDigest != desc.Digest {
+		t.Fatalf("result %+v", res)
+	}
+	first, second := res.Platforms[0], res.Platforms[1]
+	if first.NewBytes < 4<<20 || second.NewBytes > 64<<10 {
+		t.Errorf("new bytes: %s %d, %s %d; want the shared 4 MiB stored once", first.Platform, first.NewBytes, second.Platform, second.NewBytes)
+	}
+	out, _ := res.Index.IndexManifest()
+	if out.Subject == nil || out.Subject.Digest != desc.Digest || len(out.Manifests) != 2 || out.Manifests[1].Platform.Variant != "v8" {
+		t.Fatalf("skiff index %+v", out)
+	}
+	for i, d := range out.Manifests {
+		img, _ := res.Index.Image(d.Digest)
+		if _, bd, err := image.ImageBootstrap(img); err != nil || bd != res.Platforms[i].Bootstrap {
+			t.Errorf("%s: bootstrap %s (%v), want %s", d.Platform, bd, err, res.Platforms[i].Bootstrap)
+		}
+	}
+	// A platform whose image cannot be converted fails the whole index.
+	bad := append(images, image.Platform{Platform: v1.Platform{OS: "linux", Architecture: "riscv64"}, Image: res.Platforms[0].Image})
+	if _, err := convert.New(newStore(t), convert.Options{}).ConvertIndex(context.Background(), *desc, bad); err == nil || !strings.Contains(err.Error(), "linux/riscv64") {
+		t.Errorf("an index with a Skiff image in it: %v", err)
 	}
 }

@@ -204,14 +204,9 @@ func Write(ctx context.Context, ref string, img v1.Image) error {
 }
 
 func writeLayout(dir, tag string, img v1.Image) error {
-	p, err := layout.FromPath(dir)
+	p, err := openOrCreateLayout(dir)
 	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("open layout %s: %w", dir, err)
-		}
-		if p, err = layout.Write(dir, empty.Index); err != nil {
-			return fmt.Errorf("create layout %s: %w", dir, err)
-		}
+		return err
 	}
 	var opts []layout.Option
 	if tag != "" {
@@ -221,6 +216,19 @@ func writeLayout(dir, tag string, img v1.Image) error {
 		return fmt.Errorf("write layout %s: %w", dir, err)
 	}
 	return nil
+}
+
+func openOrCreateLayout(dir string) (layout.Path, error) {
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("open layout %s: %w", dir, err)
+		}
+		if p, err = layout.Write(dir, empty.Index); err != nil {
+			return "", fmt.Errorf("create layout %s: %w", dir, err)
+		}
+	}
+	return p, nil
 }
 
 // SkiffTag returns the reference under which the Skiff conversion of ref
