@@ -9,17 +9,23 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
 	"github.com/skiff-dev/skiff/pkg/convert"
+	"github.com/skiff-dev/skiff/pkg/image"
 )
 
 // deploySocket is the snapshotter socket deploy/containerd/skiff.toml
@@ -60,6 +66,17 @@ func testAgentCRI(t *testing.T, ctrd testenv.ContainerdOptions) {
 	}
 	app.assertLazy(t, ctx, "k8s.io", true)
 	app.assertRuns(t, ctx, k, true)
+	t.Run("multi-platform image", func(t *testing.T) {
+		// An index of this node's platform and another, converted by
+		// `skiffctl convert`: the node resolves the ordinary name to its
+		// platform's image and finds that image's conversion.
+		multi := newCRIMultiApp(t, ctx, e, "multi")
+		if err := k.pull(ctx, multi.ref, nil); err != nil {
+			t.Fatalf("CRI pull %s: %v\n%s\n%s", multi.ref, err, e.logs(), e.ctrd.Log())
+		}
+		multi.assertLazy(t, ctx, "k8s.io", true)
+		multi.assertRuns(t, ctx, k, true)
+	})
 	if ctrd.ConfigVersion == 3 {
 		t.Run("ctr pull through the transfer service", func(t *testing.T) {
 			// ctr 2.x pulls through containerd's transfer service, which
@@ -172,6 +189,15 @@ type criApp struct {
 // no layer with other images.
 func newCRIApp(t *testing.T, ctx context.Context, e *agentEnv, name string) *criApp {
 	t.Helper()
+	a := criAppLayers(t, e, name)
+	a.ref, a.res = e.push(ctx, name, a.layers...)
+	return a
+}
+
+// criAppLayers makes the layers of a CRI test image: the probe, and
+// data/big.
+func criAppLayers(t *testing.T, e *agentEnv, name string) *criApp {
+	t.Helper()
 	probe, err := os.ReadFile(e.bin.probe)
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +207,49 @@ func newCRIApp(t *testing.T, ctx context.Context, e *agentEnv, name string) *cri
 		tarLayer(t, map[string][]byte{"bin/probe": probe, "etc/" + name: nil}, map[string]int64{"bin/probe": 0o755}),
 		tarLayer(t, map[string][]byte{"data/big": a.big}, nil),
 	}
-	a.ref, a.res = e.push(ctx, name, a.layers...)
+	return a
+}
+
+// newCRIMultiApp pushes name:v1 as a multi-platform index of an image
+// like newCRIApp's, for this machine's platform, and a small one for
+// another, and converts it with `skiffctl convert`, as a user would.
+func newCRIMultiApp(t *testing.T, ctx context.Context, e *agentEnv, name string) *criApp {
+	t.Helper()
+	a := criAppLayers(t, e, name)
+	here := e.pushPlain(ctx, name+"-here", nil, a.layers...)
+	other := "arm64"
+	if runtime.GOARCH == other {
+		other = "amd64"
+	}
+	foreign, err := fixture.OneLayer([]fixture.Entry{fixture.File("etc/"+other, 0o644, other)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := image.Load(ctx, here)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
+		mutate.IndexAddendum{Add: foreign, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: other}}},
+		mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}}})
+	a.ref = e.reg.Addr + "/" + name + ":v1"
+	if err := image.WriteIndex(ctx, a.ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.skiffctl(ctx, "convert", "--store", e.storeURL, a.ref)
+	if err != nil || !strings.Contains(out, "(2 platforms)") {
+		t.Fatalf("skiffctl convert %s: %v\n%s", a.ref, err, out)
+	}
+	// The bootstrap of this platform's image is what the agent mounts.
+	skiff, err := image.Load(ctx, a.ref+image.TagSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, d, err := image.ImageBootstrap(skiff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.res = &convert.Result{Bootstrap: d}
 	return a
 }
 

@@ -48,10 +48,13 @@ type Record struct {
 
 	TargetDigest    string `json:"targetDigest,omitempty"`
 	BootstrapDigest string `json:"bootstrapDigest,omitempty"`
-	BootstrapSize   int64  `json:"bootstrapSize,omitempty"`
-	SourceBytes     int64  `json:"sourceBytes,omitempty"`
-	StoredBytes     int64  `json:"storedBytes,omitempty"`
-	NewBytes        int64  `json:"newBytes,omitempty"`
+	// BootstrapDigests lists every platform's bootstrap when the source
+	// is a multi-platform index (BootstrapDigest is the first).
+	BootstrapDigests []string `json:"bootstrapDigests,omitempty"`
+	BootstrapSize    int64    `json:"bootstrapSize,omitempty"`
+	SourceBytes      int64    `json:"sourceBytes,omitempty"`
+	StoredBytes      int64    `json:"storedBytes,omitempty"`
+	NewBytes         int64    `json:"newBytes,omitempty"`
 	// Duration of the successful (or last) attempt.
 	Duration time.Duration `json:"duration,omitempty"`
 
@@ -97,4 +100,15 @@ func Unmarshal(b []byte) (*Record, error) {
 		return nil, fmt.Errorf("conversion: decode record: missing source digest or state")
 	}
 	return &r, nil
+}
+
+// Bootstraps lists the bootstrap digests of the conversion r records.
+func (r *Record) Bootstraps() []string {
+	if len(r.BootstrapDigests) > 0 {
+		return r.BootstrapDigests
+	}
+	if r.BootstrapDigest != "" {
+		return []string{r.BootstrapDigest}
+	}
+	return nil
 }

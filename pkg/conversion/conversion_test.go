@@ -1,6 +1,7 @@
 package conversion
 
 import (
+	"reflect"
 	"testing"
 	"time"
 )
@@ -30,7 +31,8 @@ func TestKey(t *testing.T) {
 func TestRecordRoundTrip(t *testing.T) {
 	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	r := &Record{Source: "r/a:1", SourceDigest: "sha256:aa", Target: "r/a:1-skiff", State: Done, Seq: 7, Attempts: 2,
-		TargetDigest: "sha256:bb", NewBytes: 10, Duration: time.Second, Created: now, Updated: now}
+		TargetDigest: "sha256:bb", BootstrapDigest: "sha256:cc", BootstrapDigests: []string{"sha256:cc", "sha256:dd"},
+		NewBytes: 10, Duration: time.Second, Created: now, Updated: now}
 	b, err := r.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -39,8 +41,23 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *got != *r {
+	if !reflect.DeepEqual(got, r) {
 		t.Errorf("round trip: got %+v, want %+v", got, r)
+	}
+}
+
+func TestRecordBootstraps(t *testing.T) {
+	for _, tt := range []struct {
+		r    Record
+		want []string
+	}{
+		{Record{}, nil},
+		{Record{BootstrapDigest: "sha256:cc"}, []string{"sha256:cc"}},
+		{Record{BootstrapDigest: "sha256:cc", BootstrapDigests: []string{"sha256:cc", "sha256:dd"}}, []string{"sha256:cc", "sha256:dd"}},
+	} {
+		if got := tt.r.Bootstraps(); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%+v: Bootstraps() = %q, want %q", tt.r, got, tt.want)
+		}
 	}
 }
 

@@ -191,7 +191,9 @@ func platformImage(idx v1.ImageIndex) (v1.Image, error) {
 // OCI tag-schema fallback index updated as well.
 func Write(ctx context.Context, ref string, img v1.Image) error {
 	if dir, tag, ok := ParseLayout(ref); ok {
-		return writeLayout(dir, tag, img)
+		return writeLayout(dir, tag, func(p layout.Path, m match.Matcher, opts ...layout.Option) error {
+			return p.ReplaceImage(img, m, opts...)
+		})
 	}
 	r, err := ParseReference(ref)
 	if err != nil {
@@ -203,32 +205,26 @@ func Write(ctx context.Context, ref string, img v1.Image) error {
 	return nil
 }
 
-func writeLayout(dir, tag string, img v1.Image) error {
-	p, err := openOrCreateLayout(dir)
+// writeLayout has replace put an image or index under tag in the layout
+// at dir, created if missing, in place of what the tag named.
+func writeLayout(dir, tag string, replace func(p layout.Path, m match.Matcher, opts ...layout.Option) error) error {
+	p, err := layout.FromPath(dir)
 	if err != nil {
-		return err
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("open layout %s: %w", dir, err)
+		}
+		if p, err = layout.Write(dir, empty.Index); err != nil {
+			return fmt.Errorf("create layout %s: %w", dir, err)
+		}
 	}
 	var opts []layout.Option
 	if tag != "" {
 		opts = append(opts, layout.WithAnnotations(map[string]string{annotationRefName: tag}))
 	}
-	if err := p.ReplaceImage(img, match.Annotation(annotationRefName, tag), opts...); err != nil {
+	if err := replace(p, match.Annotation(annotationRefName, tag), opts...); err != nil {
 		return fmt.Errorf("write layout %s: %w", dir, err)
 	}
 	return nil
-}
-
-func openOrCreateLayout(dir string) (layout.Path, error) {
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("open layout %s: %w", dir, err)
-		}
-		if p, err = layout.Write(dir, empty.Index); err != nil {
-			return "", fmt.Errorf("create layout %s: %w", dir, err)
-		}
-	}
-	return p, nil
 }
 
 // SkiffTag returns the reference under which the Skiff conversion of ref

@@ -133,18 +133,9 @@ func NewIndex(subject v1.Descriptor, images []Platform) (v1.ImageIndex, error) {
 // "oci:DIR:TAG", as Write stores an image.
 func WriteIndex(ctx context.Context, ref string, idx v1.ImageIndex) error {
 	if dir, tag, ok := ParseLayout(ref); ok {
-		p, err := openOrCreateLayout(dir)
-		if err != nil {
-			return err
-		}
-		var opts []layout.Option
-		if tag != "" {
-			opts = append(opts, layout.WithAnnotations(map[string]string{annotationRefName: tag}))
-		}
-		if err := p.ReplaceIndex(idx, match.Annotation(annotationRefName, tag), opts...); err != nil {
-			return fmt.Errorf("write layout %s: %w", dir, err)
-		}
-		return nil
+		return writeLayout(dir, tag, func(p layout.Path, m match.Matcher, opts ...layout.Option) error {
+			return p.ReplaceIndex(idx, m, opts...)
+		})
 	}
 	r, err := ParseReference(ref)
 	if err != nil {
@@ -152,6 +143,42 @@ func WriteIndex(ctx context.Context, ref string, idx v1.ImageIndex) error {
 	}
 	if err := remote.WriteIndex(r, idx, remoteOptions(ctx)...); err != nil {
 		return fmt.Errorf("push %s: %w", ref, err)
+	}
+	return nil
+}
+
+// Copy stores what registry reference from names, an image or an index
+// with its images, at registry reference to (another tag, or another
+// repository, whose blobs are mounted or copied as needed).
+func Copy(ctx context.Context, from, to string) error {
+	src, err := ParseReference(from)
+	if err != nil {
+		return err
+	}
+	dst, err := ParseReference(to)
+	if err != nil {
+		return err
+	}
+	desc, err := remote.Get(src, remoteOptions(ctx)...)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", from, err)
+	}
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err == nil {
+			err = remote.WriteIndex(dst, idx, remoteOptions(ctx)...)
+		}
+		if err != nil {
+			return fmt.Errorf("copy %s to %s: %w", from, to, err)
+		}
+		return nil
+	}
+	img, err := desc.Image()
+	if err == nil {
+		err = remote.Write(dst, img, remoteOptions(ctx)...)
+	}
+	if err != nil {
+		return fmt.Errorf("copy %s to %s: %w", from, to, err)
 	}
 	return nil
 }

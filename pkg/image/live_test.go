@@ -280,3 +280,47 @@ func TestLiveReadBootstrap(t *testing.T) {
 		t.Error("read a bootstrap no live image names")
 	}
 }
+
+// TestLiveBootstrapsOfSkiffIndex: the Skiff index of a multi-platform
+// image keeps every platform's bootstrap live, tagged or found only as a
+// referrer of the source index.
+func TestLiveBootstrapsOfSkiffIndex(t *testing.T) {
+	reg := testenv.StartRegistry(t, testenv.RegistryOptions{})
+	ctx := context.Background()
+	for _, tagged := range []bool{true, false} {
+		repo := fmt.Sprintf("%s/plat%v", reg.Addr, tagged)
+		src, err := fixture.PlatformIndex(nil, "linux/amd64", "linux/arm64")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := image.WriteIndex(ctx, repo+":v1", src); err != nil {
+			t.Fatal(err)
+		}
+		im, _ := src.IndexManifest()
+		var skiff []image.Platform
+		var want []bootstrap.Digest
+		for i, d := range im.Manifests[:2] {
+			img, _ := src.Image(d.Digest)
+			s, boot := skiffOf(t, img, fmt.Sprintf("bootstrap %d of %s", i, repo))
+			skiff = append(skiff, image.Platform{Platform: *d.Platform, Image: s})
+			want = append(want, boot)
+		}
+		subject, _ := partial.Descriptor(src)
+		idx, err := image.NewIndex(*subject, skiff)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := repo + ":v1-skiff"
+		if !tagged {
+			d, _ := idx.Digest()
+			target = repo + "@" + d.String()
+		}
+		if err := image.WriteIndex(ctx, target, idx); err != nil {
+			t.Fatal(err)
+		}
+		slices.SortFunc(want, func(a, b bootstrap.Digest) int { return strings.Compare(a.Hex(), b.Hex()) })
+		if got := mustLive(t, repo).Digests(); !slices.Equal(got, want) {
+			t.Errorf("%s: live bootstraps %v, want both platforms' %v", target, got, want)
+		}
+	}
+}

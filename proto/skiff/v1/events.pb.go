@@ -159,11 +159,16 @@ type ConversionCompleted struct {
 	Files       int64 `protobuf:"varint,10,opt,name=files,proto3" json:"files,omitempty"`
 	Chunks      int64 `protobuf:"varint,11,opt,name=chunks,proto3" json:"chunks,omitempty"`
 	// Delivery attempt that succeeded, starting at 1.
-	Attempt       int32                  `protobuf:"varint,12,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	Duration      *durationpb.Duration   `protobuf:"bytes,13,opt,name=duration,proto3" json:"duration,omitempty"`
-	CompletedAt   *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Attempt     int32                  `protobuf:"varint,12,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Duration    *durationpb.Duration   `protobuf:"bytes,13,opt,name=duration,proto3" json:"duration,omitempty"`
+	CompletedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	// Every bootstrap of the conversion: one per platform when the source
+	// is a multi-platform index (target_digest then names a Skiff index),
+	// bootstrap_digest alone otherwise. Sizes and counts above are summed
+	// over the platforms.
+	BootstrapDigests []string `protobuf:"bytes,15,rep,name=bootstrap_digests,json=bootstrapDigests,proto3" json:"bootstrap_digests,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ConversionCompleted) Reset() {
@@ -294,6 +299,13 @@ func (x *ConversionCompleted) GetCompletedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ConversionCompleted) GetBootstrapDigests() []string {
+	if x != nil {
+		return x.BootstrapDigests
+	}
+	return nil
+}
+
 // ConversionFailed reports a source that will not be converted unless it is
 // pushed (or requested) again.
 type ConversionFailed struct {
@@ -397,7 +409,7 @@ const file_skiff_v1_events_proto_rawDesc = "" +
 	"media_type\x18\x05 \x01(\tR\tmediaType\x12\x12\n" +
 	"\x04size\x18\x06 \x01(\x03R\x04size\x12\x16\n" +
 	"\x06origin\x18\a \x01(\tR\x06origin\x127\n" +
-	"\tpushed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bpushedAt\"\x82\x04\n" +
+	"\tpushed_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\bpushedAt\"\xaf\x04\n" +
 	"\x13ConversionCompleted\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12#\n" +
 	"\rsource_digest\x18\x02 \x01(\tR\fsourceDigest\x12\x16\n" +
@@ -413,7 +425,8 @@ const file_skiff_v1_events_proto_rawDesc = "" +
 	"\x06chunks\x18\v \x01(\x03R\x06chunks\x12\x18\n" +
 	"\aattempt\x18\f \x01(\x05R\aattempt\x125\n" +
 	"\bduration\x18\r \x01(\v2\x19.google.protobuf.DurationR\bduration\x12=\n" +
-	"\fcompleted_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\"\xf3\x01\n" +
+	"\fcompleted_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12+\n" +
+	"\x11bootstrap_digests\x18\x0f \x03(\tR\x10bootstrapDigests\"\xf3\x01\n" +
 	"\x10ConversionFailed\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12#\n" +
 	"\rsource_digest\x18\x02 \x01(\tR\fsourceDigest\x12\x16\n" +

@@ -5,7 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/skiff-dev/skiff/pkg/convert"
+	skiffv1 "github.com/skiff-dev/skiff/proto/skiff/v1"
 )
 
 // DurationBuckets are the upper bounds, in seconds, of the buckets of
@@ -76,12 +76,12 @@ type counts struct {
 }
 
 // completed counts a completed conversion.
-func (c *counts) completed(res *convert.Result, took time.Duration) {
+func (c *counts) completed(ev *skiffv1.ConversionCompleted, took time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.bytes.source += res.SourceBytes
-	c.bytes.stored += res.Stats.StoredBytes
-	c.bytes.added += res.NewBytes
+	c.bytes.source += ev.GetSourceBytes()
+	c.bytes.stored += ev.GetStoredBytes()
+	c.bytes.added += ev.GetNewBytes()
 	c.durations.observe(took)
 	c.done++
 }

@@ -41,6 +41,8 @@ import (
 // Converter turns a source image into a Skiff image whose blobs are stored.
 type Converter interface {
 	Convert(ctx context.Context, src v1.Image) (*convert.Result, error)
+	// ConvertIndex converts every platform of a multi-platform source.
+	ConvertIndex(ctx context.Context, index v1.Descriptor, images []image.Platform) (*convert.IndexResult, error)
 	// Reuse checks that an earlier conversion's bootstrap and blobs are
 	// still in the store, failing with an error wrapping
 	// convert.ErrIncomplete if not (see convert.Converter.Reuse).
@@ -208,7 +210,7 @@ func (w *Worker) handle(ctx context.Context, j *job) error {
 	defer w.counts.running.Add(-1)
 	kctx, stop := context.WithCancel(ctx)
 	go bus.KeepAlive(kctx, j.msg, w.opts.AckWait/3)
-	res, digest, err := w.convert(ctx, j)
+	res, err := w.convert(ctx, j)
 	stop()
 	if errors.Is(err, errSkiffSource) {
 		// A Skiff image pushed under a plain tag: never convert output.
@@ -221,7 +223,7 @@ func (w *Worker) handle(ctx context.Context, j *job) error {
 		return nil
 	}
 	if err == nil {
-		err = w.complete(ctx, j, rec, rev, res, digest, time.Since(start))
+		err = w.complete(ctx, j, rec, rev, res, time.Since(start))
 	}
 	if err == nil {
 		return nil
@@ -354,36 +356,64 @@ func (w *Worker) ioRepo(reported string) (name.Repository, error) {
 	return repo, nil
 }
 
-func (w *Worker) convert(ctx context.Context, j *job) (*convert.Result, v1.Hash, error) {
+// converted is what one conversion pushed: a Skiff image, or a Skiff
+// index of one per platform.
+type converted struct {
+	digest    v1.Hash           // of the pushed manifest or index
+	platforms []*convert.Result // one, or one per platform
+}
+
+func (w *Worker) convert(ctx context.Context, j *job) (*converted, error) {
 	repo, err := w.ioRepo(j.source)
 	if err != nil {
-		return nil, v1.Hash{}, err
+		return nil, err
 	}
-	src, err := image.Load(ctx, repo.Digest(j.req.GetDigest()).String())
+	index, images, err := image.LoadIndex(ctx, repo.Digest(j.req.GetDigest()).String())
 	if err != nil {
-		return nil, v1.Hash{}, err
+		return nil, err
 	}
-	m, err := src.Manifest()
+	for _, p := range images {
+		m, err := p.Image.Manifest()
+		if err != nil {
+			return nil, fmt.Errorf("read source manifest: %w", err)
+		}
+		if image.IsSkiff(m) {
+			return nil, errSkiffSource
+		}
+	}
+	// The store holds every blob and bootstrap before anything is pushed,
+	// so what is pushed is never partial.
+	target := repo.Tag(j.req.GetTag() + image.TagSuffix).String()
+	if index == nil {
+		res, err := w.conv.Convert(ctx, images[0].Image)
+		if err != nil {
+			return nil, err
+		}
+		if err := image.Write(ctx, target, res.Image); err != nil {
+			return nil, err
+		}
+		digest, err := res.Image.Digest()
+		if err != nil {
+			return nil, fmt.Errorf("skiff manifest digest: %w", err)
+		}
+		return &converted{digest: digest, platforms: []*convert.Result{res}}, nil
+	}
+	res, err := w.conv.ConvertIndex(ctx, *index, images)
 	if err != nil {
-		return nil, v1.Hash{}, fmt.Errorf("read source manifest: %w", err)
+		return nil, err
 	}
-	if image.IsSkiff(m) {
-		return nil, v1.Hash{}, errSkiffSource
+	if err := image.WriteIndex(ctx, target, res.Index); err != nil {
+		return nil, err
 	}
-	res, err := w.conv.Convert(ctx, src)
+	digest, err := res.Index.Digest()
 	if err != nil {
-		return nil, v1.Hash{}, err
+		return nil, fmt.Errorf("skiff index digest: %w", err)
 	}
-	// The store holds every blob and the bootstrap by now, so the
-	// manifest pushed here is never partial.
-	if err := image.Write(ctx, repo.Tag(j.req.GetTag()+image.TagSuffix).String(), res.Image); err != nil {
-		return nil, v1.Hash{}, err
+	c := &converted{digest: digest}
+	for _, p := range res.Platforms {
+		c.platforms = append(c.platforms, p.Result)
 	}
-	digest, err := res.Image.Digest()
-	if err != nil {
-		return nil, v1.Hash{}, fmt.Errorf("skiff manifest digest: %w", err)
-	}
-	return res, digest, nil
+	return c, nil
 }
 
 // stored reports whether the data of the conversion rec records is still
@@ -392,22 +422,21 @@ func (w *Worker) convert(ctx context.Context, j *job) (*convert.Result, v1.Hash,
 // blobs, and the Skiff tag rec names may have moved on since. An error is
 // a check that could not be made; the claim is retried.
 func (w *Worker) stored(ctx context.Context, j *job, rec *conversion.Record) (bool, error) {
-	if rec.BootstrapDigest == "" {
-		return true, nil // nothing to check it by
-	}
-	d, err := bootstrap.ParseDigest(rec.BootstrapDigest)
-	if err != nil {
-		j.log.Warn("earlier conversion names an unreadable bootstrap digest, converting anew", "bootstrap", rec.BootstrapDigest, "err", err)
-		return false, nil
-	}
-	err = w.conv.Reuse(ctx, d)
-	if errors.Is(err, convert.ErrIncomplete) {
-		j.log.Warn("earlier conversion's data is gone from the store, converting anew instead of tagging it",
-			"target_digest", rec.TargetDigest, "bootstrap", rec.BootstrapDigest, "err", err)
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("check earlier conversion: %w", err)
+	for _, bd := range rec.Bootstraps() { // none: nothing to check by
+		d, err := bootstrap.ParseDigest(bd)
+		if err != nil {
+			j.log.Warn("earlier conversion names an unreadable bootstrap digest, converting anew", "bootstrap", bd, "err", err)
+			return false, nil
+		}
+		err = w.conv.Reuse(ctx, d)
+		if errors.Is(err, convert.ErrIncomplete) {
+			j.log.Warn("earlier conversion's data is gone from the store, converting anew instead of tagging it",
+				"target_digest", rec.TargetDigest, "bootstrap", bd, "err", err)
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("check earlier conversion: %w", err)
+		}
 	}
 	return true, nil
 }
@@ -441,25 +470,28 @@ func (w *Worker) retag(ctx context.Context, j *job, rec *conversion.Record) erro
 	if err != nil {
 		return err
 	}
-	img, err := image.Load(ctx, from.Digest(rec.TargetDigest).String())
-	if err != nil {
-		return fmt.Errorf("retag: %w", err)
-	}
-	if err := image.Write(ctx, to.Tag(j.req.GetTag()+image.TagSuffix).String(), img); err != nil {
+	if err := image.Copy(ctx, from.Digest(rec.TargetDigest).String(), to.Tag(j.req.GetTag()+image.TagSuffix).String()); err != nil {
 		return fmt.Errorf("retag: %w", err)
 	}
 	j.log.Info("tagged existing conversion", "target", j.target, "target_digest", rec.TargetDigest)
 	return nil
 }
 
-func (w *Worker) complete(ctx context.Context, j *job, rec *conversion.Record, rev uint64, res *convert.Result, digest v1.Hash, took time.Duration) error {
-	s := res.Stats
+func (w *Worker) complete(ctx context.Context, j *job, rec *conversion.Record, rev uint64, c *converted, took time.Duration) error {
 	ev := &skiffv1.ConversionCompleted{
-		Source: j.source, SourceDigest: j.req.GetDigest(), Target: j.target, TargetDigest: digest.String(),
-		BootstrapDigest: res.Bootstrap.String(), BootstrapSize: res.BootstrapSize,
-		SourceBytes: res.SourceBytes, StoredBytes: s.StoredBytes, NewBytes: res.NewBytes,
-		Files: int64(s.Files), Chunks: int64(s.Chunks), Attempt: int32(j.attempt),
+		Source: j.source, SourceDigest: j.req.GetDigest(), Target: j.target, TargetDigest: c.digest.String(),
+		BootstrapDigest: c.platforms[0].Bootstrap.String(), Attempt: int32(j.attempt),
 		Duration: durationpb.New(took), CompletedAt: timestamppb.Now(),
+	}
+	for _, res := range c.platforms {
+		s := res.Stats
+		ev.BootstrapDigests = append(ev.BootstrapDigests, res.Bootstrap.String())
+		ev.BootstrapSize += res.BootstrapSize
+		ev.SourceBytes += res.SourceBytes
+		ev.StoredBytes += s.StoredBytes
+		ev.NewBytes += res.NewBytes
+		ev.Files += int64(s.Files)
+		ev.Chunks += int64(s.Chunks)
 	}
 	// The id makes a republish after a crash (before the record says
 	// done) a duplicate rather than a second event.
@@ -467,17 +499,21 @@ func (w *Worker) complete(ctx context.Context, j *job, rec *conversion.Record, r
 		return err
 	}
 	rec.State, rec.Reason, rec.Updated = conversion.Done, "", time.Now().UTC()
-	rec.TargetDigest, rec.BootstrapDigest, rec.BootstrapSize = digest.String(), res.Bootstrap.String(), res.BootstrapSize
-	rec.SourceBytes, rec.StoredBytes, rec.NewBytes, rec.Duration = res.SourceBytes, s.StoredBytes, res.NewBytes, took
+	rec.TargetDigest, rec.BootstrapDigest, rec.BootstrapSize = ev.TargetDigest, ev.BootstrapDigest, ev.BootstrapSize
+	rec.BootstrapDigests = nil
+	if len(ev.BootstrapDigests) > 1 {
+		rec.BootstrapDigests = ev.BootstrapDigests
+	}
+	rec.SourceBytes, rec.StoredBytes, rec.NewBytes, rec.Duration = ev.SourceBytes, ev.StoredBytes, ev.NewBytes, took
 	if _, err := w.update(ctx, j.key, rec, rev); err != nil {
 		return err
 	}
-	w.counts.completed(res, took)
+	w.counts.completed(ev, took)
 	if err := j.msg.DoubleAck(ctx); err != nil {
 		// The record says done: a redelivery only acks.
 		j.log.Warn("ack after conversion", "err", err)
 	}
-	j.log.Info("converted", "target", j.target, "target_digest", digest, "new_bytes", res.NewBytes, "took", took.Round(time.Millisecond))
+	j.log.Info("converted", "target", j.target, "target_digest", c.digest, "platforms", len(c.platforms), "new_bytes", ev.NewBytes, "took", took.Round(time.Millisecond))
 	return nil
 }
 

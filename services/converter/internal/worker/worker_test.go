@@ -257,7 +257,7 @@ func TestClaimFailuresEnd(t *testing.T) {
 		// The digest was converted for request 1, but its Skiff image
 		// is gone, so it cannot be tagged for request 2.
 		{"earlier conversion gone", &conversion.Record{State: conversion.Done, Seq: 1, Attempts: 1,
-			TargetDigest: "sha256:2222222222222222222222222222222222222222222222222222222222222222"}, "retag: load "},
+			TargetDigest: "sha256:2222222222222222222222222222222222222222222222222222222222222222"}, "retag: copy "},
 		{"record unreadable", nil, "conversion: decode record"},
 	}
 	w, b, pub := newTestWorker(t, emptyRegistry(t))

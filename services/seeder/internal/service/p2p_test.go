@@ -406,12 +406,21 @@ func (a *agent) source(name string) fetch.SourceStats {
 // conversion completing does, and waits until the scheduler knows.
 func (c *cluster) preheat(t testing.TB, b *bootstrap.Bootstrap, digest bootstrap.Digest) {
 	t.Helper()
+	c.preheatEvent(t, &skiffv1.ConversionCompleted{Target: "test/app:v1-skiff", BootstrapDigest: digest.String()}, b)
+}
+
+// preheatEvent publishes ev and waits until the seeder has preheated it
+// and the scheduler knows it holds every image of bs.
+func (c *cluster) preheatEvent(t testing.TB, ev *skiffv1.ConversionCompleted, bs ...*bootstrap.Bootstrap) {
+	t.Helper()
 	before := c.seederStats(t).Preheats
-	if _, err := c.bus.Publish(context.Background(), bus.SubjectCompleted, "", &skiffv1.ConversionCompleted{Target: "test/app:v1-skiff", BootstrapDigest: digest.String()}); err != nil {
+	if _, err := c.bus.Publish(context.Background(), bus.SubjectCompleted, "", ev); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the seeder preheated the image", func() bool { return c.seederStats(t).Preheats == before+1 })
-	eventually(t, "the seeder is known to hold the image", func() bool { return c.holdsAll("seeder-1", b) })
+	for _, b := range bs {
+		eventually(t, "the seeder is known to hold the image", func() bool { return c.holdsAll("seeder-1", b) })
+	}
 }
 
 // holdsAll reports whether the table lists id as holding every frame of b.
@@ -569,6 +578,13 @@ func TestPiecesLeaveTheStoreOncePerCluster(t *testing.T) {
 				t.Error("hostile peer still offered as a parent")
 			}
 		}
+	})
+
+	t.Run("every platform of a multi-platform conversion is preheated", func(t *testing.T) {
+		amd, amdDigest, _ := c.convert(t, 21)
+		arm, armDigest, _ := c.convert(t, 22)
+		c.preheatEvent(t, &skiffv1.ConversionCompleted{Target: "test/multi:v1-skiff", BootstrapDigest: amdDigest.String(),
+			BootstrapDigests: []string{amdDigest.String(), armDigest.String()}}, amd, arm)
 	})
 
 	t.Run("seed request", func(t *testing.T) {

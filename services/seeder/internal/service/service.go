@@ -202,19 +202,35 @@ func (s *Service) handleCompleted(ctx context.Context, msg jetstream.Msg) {
 		s.settle(msg.Term())
 		return
 	}
-	digest, err := bootstrap.ParseDigest(ev.GetBootstrapDigest())
-	if err != nil {
-		s.log.Warn("skiff-seeder: event without a bootstrap digest", "target", ev.GetTarget(), "err", err)
-		s.settle(msg.Term())
-		return
+	// A multi-platform conversion has a bootstrap per platform: the
+	// cluster's nodes may run any of them.
+	names := ev.GetBootstrapDigests()
+	if len(names) == 0 {
+		names = []string{ev.GetBootstrapDigest()}
+	}
+	digests := make([]bootstrap.Digest, len(names))
+	for i, n := range names {
+		if digests[i], err = bootstrap.ParseDigest(n); err != nil {
+			s.log.Warn("skiff-seeder: event without a usable bootstrap digest", "target", ev.GetTarget(), "err", err)
+			s.settle(msg.Term())
+			return
+		}
 	}
 	ectx, span := telemetry.Tracer("skiff/seeder").Start(ectx, "seeder.preheat")
 	defer span.End()
-	span.SetAttributes(attribute.String("skiff.target", ev.GetTarget()), attribute.String("skiff.bootstrap", digest.String()))
+	span.SetAttributes(attribute.String("skiff.target", ev.GetTarget()), attribute.StringSlice("skiff.bootstraps", names))
 	kctx, stop := context.WithCancel(ectx)
 	go bus.KeepAlive(kctx, msg, s.opts.ackWait/3)
 	start := time.Now()
-	res, err := s.seeder.Preheat(ectx, digest)
+	var res seed.Result
+	for _, d := range digests {
+		var r seed.Result
+		r, err = s.seeder.Preheat(ectx, d)
+		res.Frames, res.Bytes, res.Held = res.Frames+r.Frames, res.Bytes+r.Bytes, res.Held+r.Held
+		if err != nil {
+			break
+		}
+	}
 	stop()
 	if err != nil && ctx.Err() != nil {
 		// Stopping cut the preheat short; it did not fail. Hand the
@@ -244,7 +260,7 @@ func (s *Service) handleCompleted(ctx context.Context, msg jetstream.Msg) {
 	if err := s.announce.Announce(ctx); err != nil {
 		s.log.Warn("skiff-seeder: announce after preheat", "err", err)
 	}
-	s.log.Info("skiff-seeder: preheated", "target", ev.GetTarget(), "bootstrap", digest, "frames", res.Frames, "bytes", res.Bytes, "held", res.Held, "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("skiff-seeder: preheated", "target", ev.GetTarget(), "bootstraps", names, "frames", res.Frames, "bytes", res.Bytes, "held", res.Held, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // settle logs a failed ack, nak or term. There is nothing more to do:
