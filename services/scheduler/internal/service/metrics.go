@@ -20,8 +20,8 @@ type counters interface {
 type collector struct {
 	c counters
 
-	announces, requests, misses, reports *prometheus.Desc
-	peers, quarantined, blobs, heldBytes *prometheus.Desc
+	announces, requests, misses, reports, heard *prometheus.Desc
+	peers, quarantined, blobs, heldBytes        *prometheus.Desc
 }
 
 func newCollector(c counters) *collector {
@@ -35,6 +35,7 @@ func newCollector(c counters) *collector {
 		requests:    d("parents_requests_total", "Parent requests this scheduler answered; the schedulers share them through a NATS queue group."),
 		misses:      d("parents_misses_total", "Parent requests answered with no parent at all: the reader goes to the blob store."),
 		reports:     d("reports_total", "Reports of peers that sent data failing verification."),
+		heard:       d("parents_heard_total", "Parents other schedulers of the queue group chose, recorded here so that all count a parent's children alike."),
 		peers:       d("peers", "Live peers in the table, by role: peer (a node agent) or seeder.", "role"),
 		quarantined: d("quarantined_peers", "Peers reported for bad data, not offered as parents until their quarantine (SKIFF_SCHEDULER_QUARANTINE) ends."),
 		blobs:       d("blobs", "Distinct blobs live peers hold pieces of."),
@@ -45,7 +46,7 @@ func newCollector(c counters) *collector {
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.announces, c.requests, c.misses, c.reports,
+		c.announces, c.requests, c.misses, c.reports, c.heard,
 		c.peers, c.quarantined, c.blobs, c.heldBytes,
 	} {
 		ch <- d
@@ -65,6 +66,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.requests, s.Requests)
 	counter(c.misses, s.Misses)
 	counter(c.reports, s.Reports)
+	counter(c.heard, s.Heard)
 	gauge(c.peers, int64(s.Table.Peers), schedule.RolePeer.String())
 	gauge(c.peers, int64(s.Table.Seeders), schedule.RoleSeeder.String())
 	gauge(c.quarantined, int64(s.Table.Quarantined))

@@ -31,15 +31,18 @@ func TestCollector(t *testing.T) {
 	}{
 		{
 			name:  "traffic",
-			names: []string{"skiff_scheduler_parents_requests_total", "skiff_scheduler_parents_misses_total", "skiff_scheduler_peers", "skiff_scheduler_held_bytes"},
+			names: []string{"skiff_scheduler_parents_requests_total", "skiff_scheduler_parents_misses_total", "skiff_scheduler_parents_heard_total", "skiff_scheduler_peers", "skiff_scheduler_held_bytes"},
 			c: fixedCounters{
 				Table:     schedule.Stats{Peers: 3, Seeders: 1, Quarantined: 1, Blobs: 2, HeldBytes: 1 << 20},
-				Announces: 40, Requests: 7, Misses: 2, Reports: 1,
+				Announces: 40, Requests: 7, Misses: 2, Reports: 1, Heard: 1,
 			},
 			want: `
 # HELP skiff_scheduler_held_bytes Bytes of pieces live peers hold, summed over the peers (a piece two peers hold counts twice).
 # TYPE skiff_scheduler_held_bytes gauge
 skiff_scheduler_held_bytes 1.048576e+06
+# HELP skiff_scheduler_parents_heard_total Parents other schedulers of the queue group chose, recorded here so that all count a parent's children alike.
+# TYPE skiff_scheduler_parents_heard_total counter
+skiff_scheduler_parents_heard_total 1
 # HELP skiff_scheduler_parents_misses_total Parent requests answered with no parent at all: the reader goes to the blob store.
 # TYPE skiff_scheduler_parents_misses_total counter
 skiff_scheduler_parents_misses_total 2
@@ -139,6 +142,12 @@ func TestMetrics(t *testing.T) {
 	waitFor("the report is counted", func(s schedule.ServerStats) bool { return s.Reports == 1 })
 	announce(schedule.Peer{ID: "s1", Addr: "s1:1", Role: schedule.RoleSeeder}, []piece.Holding{{Blob: other, Ranges: piece.Ranges{{Off: 0, End: 500}}}})
 	waitFor("s1 is known", func(s schedule.ServerStats) bool { return s.Table.Seeders == 1 })
+	// Another scheduler of the queue group tells where it sent an asker.
+	chosen := schedule.FlightMessage("another-scheduler", schedule.Flight{Asker: "y", Parent: "s1", Depth: 1, Blob: other, Size: 100})
+	if err := bus.Send(ctx, nc, bus.SubjectParentChosen, chosen); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the other scheduler's choice is heard", func(s schedule.ServerStats) bool { return s.Heard == 1 })
 
 	want := `
 # HELP skiff_scheduler_announces_total Peer announcements received, departures included; every scheduler hears every one.
@@ -153,6 +162,9 @@ skiff_scheduler_build_info{version="dev"} 1
 # HELP skiff_scheduler_held_bytes Bytes of pieces live peers hold, summed over the peers (a piece two peers hold counts twice).
 # TYPE skiff_scheduler_held_bytes gauge
 skiff_scheduler_held_bytes 1500
+# HELP skiff_scheduler_parents_heard_total Parents other schedulers of the queue group chose, recorded here so that all count a parent's children alike.
+# TYPE skiff_scheduler_parents_heard_total counter
+skiff_scheduler_parents_heard_total 1
 # HELP skiff_scheduler_parents_misses_total Parent requests answered with no parent at all: the reader goes to the blob store.
 # TYPE skiff_scheduler_parents_misses_total counter
 skiff_scheduler_parents_misses_total 1
@@ -172,7 +184,7 @@ skiff_scheduler_reports_total 1
 `
 	names := []string{
 		"skiff_scheduler_announces_total", "skiff_scheduler_blobs", "skiff_scheduler_build_info", "skiff_scheduler_held_bytes",
-		"skiff_scheduler_parents_misses_total", "skiff_scheduler_parents_requests_total", "skiff_scheduler_peers",
+		"skiff_scheduler_parents_heard_total", "skiff_scheduler_parents_misses_total", "skiff_scheduler_parents_requests_total", "skiff_scheduler_peers",
 		"skiff_scheduler_quarantined_peers", "skiff_scheduler_reports_total",
 	}
 	if err := testutil.ScrapeAndCompare(url+"/metrics", strings.NewReader(want), names...); err != nil {
