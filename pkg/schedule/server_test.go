@@ -51,12 +51,24 @@ func TestSchedulersShareFlights(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	announce(Peer{ID: "seeder", Addr: "seeder:1", Role: RoleSeeder})
-	for i := range askers {
-		announce(Peer{ID: fmt.Sprintf("n%02d", i), Addr: fmt.Sprintf("n%02d:1", i), Role: RolePeer})
-	}
-	waitFor(t, "every announcement", func() bool {
-		return servers[0].Stats().Announces == askers+1 && servers[1].Stats().Announces == askers+1
+	// Announced again until both schedulers know every peer: the first
+	// announcements may come before the schedulers subscribed, and core
+	// NATS keeps nothing for later subscribers.
+	var last time.Time
+	waitFor(t, "every peer known to both schedulers", func() bool {
+		known := true
+		for _, s := range servers {
+			st := s.Stats().Table
+			known = known && st.Peers == askers && st.Seeders == 1
+		}
+		if !known && time.Since(last) > 200*time.Millisecond {
+			announce(Peer{ID: "seeder", Addr: "seeder:1", Role: RoleSeeder})
+			for i := range askers {
+				announce(Peer{ID: fmt.Sprintf("n%02d", i), Addr: fmt.Sprintf("n%02d:1", i), Role: RolePeer})
+			}
+			last = time.Now()
+		}
+		return known
 	})
 
 	first := map[string]string{}
