@@ -10,6 +10,9 @@ import (
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store"
+	"github.com/skiff-dev/skiff/pkg/store/storeurl"
 )
 
 func runCheck(ctx context.Context, env settings, args []string, stdout, stderr io.Writer) error {
@@ -20,13 +23,39 @@ func runCheck(ctx context.Context, env settings, args []string, stdout, stderr i
 		return err
 	}
 	ref := fs.Arg(0)
-	b, d, st, err := openImage(ctx, ref, *storeURL)
+	// Of a multi-platform image, every platform: the check is for the
+	// whole cluster, whatever this machine's architecture.
+	images, err := image.LoadBootstraps(ctx, ref)
 	if err != nil {
 		return err
 	}
+	st, err := storeurl.OpenExisting(ctx, *storeURL)
+	if err != nil {
+		return err
+	}
+	var failed []string
+	for _, p := range images {
+		if p.Platform.OS != "" {
+			fmt.Fprintf(stdout, "platform:  %s\n", p.Platform.String())
+		}
+		if err := checkImage(ctx, ref, p.Bootstrap, p.Digest, st, *concurrency, stdout, stderr); err != nil {
+			if p.Platform.OS == "" {
+				return err
+			}
+			failed = append(failed, fmt.Sprintf("%s: %v", p.Platform.String(), err))
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%s", strings.Join(failed, "\n"))
+	}
+	return nil
+}
+
+// checkImage verifies every chunk of one image's bootstrap against st.
+func checkImage(ctx context.Context, ref string, b *bootstrap.Bootstrap, d bootstrap.Digest, st store.Store, concurrency int, stdout, stderr io.Writer) error {
 	prog := newProgressLine(stderr)
 	rep, err := fetch.Verify(ctx, b, fetch.NewStoreSource("store", st), fetch.VerifyOptions{
-		Concurrency: *concurrency,
+		Concurrency: concurrency,
 		Progress: func(done, total int64) {
 			prog.update("checked %s of %s", bytesString(done), bytesString(total))
 		},

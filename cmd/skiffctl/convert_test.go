@@ -11,7 +11,9 @@ import (
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/image"
+	"github.com/skiff-dev/skiff/pkg/store/dir"
 )
 
 // TestConvertRegistryToRegistry converts between references on a real
@@ -178,9 +180,27 @@ func TestConvertMultiPlatform(t *testing.T) {
 			t.Errorf("referrers of the %s image: %+v, want its Skiff image %s", d.Platform, rm.Manifests, d.Digest)
 		}
 	}
-	// The image of this machine's platform checks out against the store.
-	if out := runCLI(t, ctx, "check", "--store", storeURL, ref+image.TagSuffix); !strings.Contains(out, "ok") {
+	// Every platform's image checks out against the store; a chunk only
+	// the arm64 image has, damaged, fails the check naming that platform.
+	out = runCLI(t, ctx, "check", "--store", storeURL, ref+image.TagSuffix)
+	if strings.Count(out, "result:    ok") != 2 || !strings.Contains(out, "platform:  linux/amd64") || !strings.Contains(out, "platform:  linux/arm64") {
 		t.Errorf("check:\n%s", out)
+	}
+	boots, err := image.LoadBootstraps(ctx, ref+image.TagSuffix)
+	if err != nil || len(boots) != 2 {
+		t.Fatalf("%d bootstraps, %v", len(boots), err)
+	}
+	st, err := dir.New(strings.TrimPrefix(storeURL, "file://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fetchtest.CorruptFile(ctx, st, boots[1].Bootstrap, "/etc/platform"); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr strings.Builder
+	if code := run(ctx, []string{"check", "--store", storeURL, ref + image.TagSuffix}, &stdout, &stderr); code == 0 ||
+		!strings.Contains(stderr.String(), "linux/arm64: 1 of") || strings.Contains(stderr.String(), "linux/amd64") {
+		t.Errorf("check of a damaged arm64 image: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}
 
 	// One platform only; a platform the index lacks; a single image.

@@ -36,7 +36,9 @@ func runPreheat(ctx context.Context, env settings, args []string, stdout, stderr
 	ref := fs.Arg(0)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	b, digest, err := image.LoadBootstrap(ctx, ref)
+	// Of a multi-platform image, every platform: the cluster's nodes may
+	// run any of them.
+	images, err := image.LoadBootstraps(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -45,15 +47,30 @@ func runPreheat(ctx context.Context, env settings, args []string, stdout, stderr
 		return err
 	}
 	defer nc.Close()
-	id := *seeder
+	for _, p := range images {
+		name := ref
+		if p.Platform.OS != "" {
+			name += " (" + p.Platform.String() + ")"
+		}
+		if err := preheat(ctx, nc, *seeder, name, p.Bootstrap, p.Digest, stdout); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// preheat has a seeder, the one named or else the one the scheduler names,
+// preheat one image's bootstrap, and reports it as name.
+func preheat(ctx context.Context, nc *nats.Conn, id, name string, b *bootstrap.Bootstrap, digest bootstrap.Digest, stdout io.Writer) error {
 	if id == "" {
+		var err error
 		if id, err = responsibleSeeder(ctx, nc, b); err != nil {
 			return err
 		}
 	}
 	start := time.Now()
 	var reply skiffv1.SeedReply
-	err = bus.Request(ctx, nc, bus.SubjectSeed(id), &skiffv1.SeedRequest{BootstrapDigest: digest.String()}, &reply)
+	err := bus.Request(ctx, nc, bus.SubjectSeed(id), &skiffv1.SeedRequest{BootstrapDigest: digest.String()}, &reply)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		return fmt.Errorf("no seeder %q on NATS", id)
@@ -63,7 +80,7 @@ func runPreheat(ctx context.Context, env settings, args []string, stdout, stderr
 		return fmt.Errorf("seeder %s: %s", id, reply.GetError())
 	}
 	fmt.Fprintf(stdout, "%s preheated on seeder %s: %d frames, %s read from the store, in %s\n",
-		ref, id, reply.GetFrames(), bytesString(reply.GetBytes()), time.Since(start).Round(time.Millisecond))
+		name, id, reply.GetFrames(), bytesString(reply.GetBytes()), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -167,6 +167,30 @@ func TestPreheat(t *testing.T) {
 	if got := failing.requests(); got != digest.String() {
 		t.Errorf("failing seeder was asked for %q", got)
 	}
+
+	t.Run("every platform of a multi-platform image", func(t *testing.T) {
+		src, err := fixture.PlatformIndex([]fixture.Entry{fixture.File("shared", 0o644, "shared")}, "linux/amd64", "linux/arm64")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := image.WriteIndex(ctx, layout+":multi", src); err != nil {
+			t.Fatal(err)
+		}
+		runCLI(t, ctx, "convert", "--store", "file://"+filepath.Join(dir, "store"), layout+":multi", layout+":multi-skiff")
+		images, err := image.LoadBootstraps(ctx, layout+":multi-skiff")
+		if err != nil || len(images) != 2 {
+			t.Fatalf("%d bootstraps, %v", len(images), err)
+		}
+		out := runCLI(t, ctx, "preheat", "--nats", natsURL, "--seeder", "seeder-b", layout+":multi-skiff")
+		for _, p := range images {
+			if !strings.Contains(out, "("+p.Platform.String()+") preheated on seeder seeder-b") {
+				t.Errorf("output does not report %s:\n%s", p.Platform, out)
+			}
+		}
+		if got, want := seeders["seeder-b"].requests(), images[0].Digest.String()+" "+images[1].Digest.String(); !strings.HasSuffix(got, want) {
+			t.Errorf("seeder-b was asked for %q, want both platforms' bootstraps %q last", got, want)
+		}
+	})
 }
 
 // TestPreheatWithoutScheduler checks that preheat says what is missing

@@ -12,6 +12,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
 )
 
 // Platform is the image of one platform of a multi-platform index.
@@ -181,4 +183,33 @@ func Copy(ctx context.Context, from, to string) error {
 		return fmt.Errorf("copy %s to %s: %w", from, to, err)
 	}
 	return nil
+}
+
+// PlatformBootstrap is the bootstrap of one platform's Skiff image.
+type PlatformBootstrap struct {
+	Platform  v1.Platform // zero for a single image
+	Bootstrap *bootstrap.Bootstrap
+	Digest    bootstrap.Digest
+}
+
+// LoadBootstraps loads the bootstrap of the Skiff image at ref or, when
+// ref names a Skiff index, of every platform's image in it: what checking
+// or preheating a multi-platform image is about.
+func LoadBootstraps(ctx context.Context, ref string) ([]PlatformBootstrap, error) {
+	_, images, err := LoadIndex(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PlatformBootstrap, 0, len(images))
+	for _, p := range images {
+		b, d, err := ImageBootstrap(p.Image)
+		if err != nil {
+			if p.Platform.OS != "" {
+				return nil, fmt.Errorf("%s (%s): %w", ref, p.Platform.String(), err)
+			}
+			return nil, fmt.Errorf("%s: %w", ref, err)
+		}
+		out = append(out, PlatformBootstrap{Platform: p.Platform, Bootstrap: b, Digest: d})
+	}
+	return out, nil
 }
