@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
-	"strings"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/convert"
@@ -145,35 +141,6 @@ func printConverted(w io.Writer, indent string, res *convert.Result) {
 	if res.PrefetchFiles > 0 {
 		fmt.Fprintf(w, "%sstartup set of %d files, fetched first by every node\n", indent, res.PrefetchFiles)
 	}
-}
-
-// pickPlatforms keeps the images of the platforms list names
-// (os/arch[/variant], comma separated); naming one the index lacks fails.
-func pickPlatforms(images []image.Platform, list string) ([]image.Platform, error) {
-	var out []image.Platform
-	for _, name := range strings.Split(list, ",") {
-		want, err := v1.ParsePlatform(strings.TrimSpace(name))
-		if err == nil && (want.OS == "" || want.Architecture == "") {
-			err = fmt.Errorf("want os/arch[/variant]")
-		}
-		if err != nil {
-			return nil, fmt.Errorf("--platform %q: %w", name, err)
-		}
-		found := false
-		for _, p := range images {
-			if p.Platform.Satisfies(*want) && !slices.ContainsFunc(out, func(o image.Platform) bool { return o.Platform.Equals(p.Platform) }) {
-				out, found = append(out, p), true
-			}
-		}
-		if !found {
-			var have []string
-			for _, p := range images {
-				have = append(have, p.Platform.String())
-			}
-			return nil, fmt.Errorf("--platform %s: the index has %s", name, strings.Join(have, ", "))
-		}
-	}
-	return out, nil
 }
 
 // readPaths reads the paths listed in file (- for standard input), as

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/skiff-dev/skiff/internal/fixture"
 	"github.com/skiff-dev/skiff/internal/testenv"
+	"github.com/skiff-dev/skiff/pkg/bootstrap"
 	"github.com/skiff-dev/skiff/pkg/fetch/fetchtest"
 	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/store/dir"
@@ -180,6 +182,21 @@ func TestConvertMultiPlatform(t *testing.T) {
 			t.Errorf("referrers of the %s image: %+v, want its Skiff image %s", d.Platform, rm.Manifests, d.Digest)
 		}
 	}
+	// inspect takes this machine's platform, or the one named.
+	var report inspectReport
+	for _, tt := range []struct {
+		args []string
+		want bootstrap.Digest
+	}{
+		{nil, platformDigest(t, ctx, ref+image.TagSuffix, runtime.GOARCH)},
+		{[]string{"--platform", "linux/arm64"}, platformDigest(t, ctx, ref+image.TagSuffix, "arm64")},
+	} {
+		args := append(append([]string{"inspect", "--json"}, tt.args...), ref+image.TagSuffix)
+		if err := json.Unmarshal([]byte(runCLI(t, ctx, args...)), &report); err != nil || report.Bootstrap != tt.want.String() {
+			t.Errorf("skiffctl %v: bootstrap %s (%v), want %s", args, report.Bootstrap, err, tt.want)
+		}
+	}
+
 	// Every platform's image checks out against the store; a chunk only
 	// the arm64 image has, damaged, fails the check naming that platform.
 	out = runCLI(t, ctx, "check", "--store", storeURL, ref+image.TagSuffix)
@@ -234,4 +251,35 @@ func TestConvertMultiPlatform(t *testing.T) {
 			t.Errorf("skiffctl %v: exit %d, %q, want %q", args, code, stderr.String(), tt.want)
 		}
 	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--platform", "linux/s390x", ref + image.TagSuffix}, "the index has linux/amd64, linux/arm64"},
+		{[]string{"--platform", "linux/amd64,linux/arm64", ref + image.TagSuffix}, "names 2 of the index's platforms; name one"},
+		{[]string{"--platform", "linux/amd64", reg.Addr + "/multi:arm"}, "the index has linux/arm64"},
+	} {
+		var stderr strings.Builder
+		args := append([]string{"inspect"}, tt.args...)
+		if code := run(ctx, args, &stderr, &stderr); code == 0 || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("skiffctl %v: exit %d, %q, want %q", args, code, stderr.String(), tt.want)
+		}
+	}
+}
+
+// platformDigest returns the bootstrap digest of the linux/arch image of the Skiff
+// index at ref.
+func platformDigest(t *testing.T, ctx context.Context, ref, arch string) bootstrap.Digest {
+	t.Helper()
+	boots, err := image.LoadBootstraps(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range boots {
+		if b.Platform.Architecture == arch {
+			return b.Digest
+		}
+	}
+	t.Fatalf("%s has no linux/%s image", ref, arch)
+	return bootstrap.Digest{}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
-	"github.com/skiff-dev/skiff/pkg/image"
 )
 
 // inspectReport is the --json form of `skiffctl inspect`.
@@ -41,11 +40,12 @@ func runInspect(ctx context.Context, env settings, args []string, stdout, stderr
 	fs := newFlags("inspect", "IMAGE", stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
 	files := fs.Bool("files", false, "also list every file with its size and chunk count")
+	platform := fs.String("platform", "", "of a Skiff index, the platform to inspect (os/arch[/variant]; default: this machine's)")
 	if err := parseArgs(fs, args, 1); err != nil {
 		return err
 	}
 	ref := fs.Arg(0)
-	b, d, err := image.LoadBootstrap(ctx, ref)
+	b, d, err := platformBootstrap(ctx, ref, *platform)
 	if err != nil {
 		return err
 	}

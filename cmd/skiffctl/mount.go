@@ -14,7 +14,6 @@ import (
 	"github.com/skiff-dev/skiff/pkg/cache"
 	"github.com/skiff-dev/skiff/pkg/erofs"
 	"github.com/skiff-dev/skiff/pkg/fetch"
-	"github.com/skiff-dev/skiff/pkg/image"
 	"github.com/skiff-dev/skiff/pkg/lazyfs"
 	"github.com/skiff-dev/skiff/pkg/store"
 	"github.com/skiff-dev/skiff/pkg/store/storeurl"
@@ -40,8 +39,8 @@ func defaultCacheDir() string {
 
 // openImage loads the bootstrap of the Skiff image ref and opens the store
 // holding its chunk data.
-func openImage(ctx context.Context, ref, storeURL string) (*bootstrap.Bootstrap, bootstrap.Digest, store.Store, error) {
-	b, d, err := image.LoadBootstrap(ctx, ref)
+func openImage(ctx context.Context, ref, platform, storeURL string) (*bootstrap.Bootstrap, bootstrap.Digest, store.Store, error) {
+	b, d, err := platformBootstrap(ctx, ref, platform)
 	if err != nil {
 		return nil, d, nil, err
 	}
@@ -63,11 +62,12 @@ func runMount(ctx context.Context, env settings, args []string, stdout, stderr i
 	cacheSize := fs.Int64("cache-size", 10<<30, "chunk cache size limit in bytes (0: unlimited)")
 	debug := fs.Bool("debug", false, "log every FUSE request")
 	useEROFS := fs.Bool("erofs", false, "mount through the kernel's EROFS over one lazily filled image file, as skiff-agent does (root, Linux 6.12+)")
+	platform := fs.String("platform", "", "of a Skiff index, the platform to mount (os/arch[/variant]; default: this machine's)")
 	if err := parseArgs(fs, args, 2); err != nil {
 		return err
 	}
 	ref, mountpoint := fs.Arg(0), fs.Arg(1)
-	b, d, st, err := openImage(ctx, ref, *storeURL)
+	b, d, st, err := openImage(ctx, ref, *platform, *storeURL)
 	if err != nil {
 		return err
 	}
