@@ -81,7 +81,13 @@ func convertRemote(ctx context.Context, natsURL, source string, stdout io.Writer
 		switch {
 		case r.State == conversion.Done && (ours || r.Target == target):
 			fmt.Fprintf(stdout, "%s@%s\n", r.Target, r.TargetDigest)
-			fmt.Fprintf(stdout, "  bootstrap %s (%s), stored %s, new in store %s, in %s, attempt %d\n", r.BootstrapDigest,
+			boots := strings.Join(r.Bootstraps(), ", ")
+			if n := len(r.BootstrapDigests); n > 1 {
+				boots = fmt.Sprintf("%d platforms, bootstraps %s", n, boots)
+			} else {
+				boots = "bootstrap " + boots
+			}
+			fmt.Fprintf(stdout, "  %s (%s), stored %s, new in store %s, in %s, attempt %d\n", boots,
 				bytesString(r.BootstrapSize), bytesString(r.StoredBytes), bytesString(r.NewBytes), r.Duration.Round(time.Millisecond), r.Attempts)
 			return true, nil
 		case r.State == conversion.Failed && ours:
