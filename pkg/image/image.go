@@ -1,6 +1,7 @@
 // Package image is Skiff's side of OCI images: resolving references
 // (registries and oci: layouts), building the Skiff manifest whose one layer
-// carries the bootstrap, and reading that bootstrap back.
+// carries the bootstrap (and the Skiff index of a multi-platform image, one
+// such manifest per platform), and reading that bootstrap back.
 package image
 
 import (

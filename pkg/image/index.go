@@ -31,6 +31,7 @@ type Platform struct {
 // image is the only one.
 func LoadIndex(ctx context.Context, ref string) (*v1.Descriptor, []Platform, error) {
 	var idx v1.ImageIndex
+	var single v1.Image
 	if dir, tag, ok := ParseLayout(ref); ok {
 		p, err := layout.FromPath(dir)
 		if err != nil {
@@ -53,17 +54,23 @@ func LoadIndex(ctx context.Context, ref string) (*v1.Descriptor, []Platform, err
 			return nil, nil, fmt.Errorf("load %s: %w", ref, err)
 		}
 		if desc.MediaType.IsIndex() {
-			if idx, err = desc.ImageIndex(); err != nil {
-				return nil, nil, fmt.Errorf("load %s: %w", ref, err)
-			}
+			idx, err = desc.ImageIndex()
+		} else {
+			single, err = desc.Image()
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("load %s: %w", ref, err)
 		}
 	}
 	if idx == nil {
-		img, err := Load(ctx, ref)
-		if err != nil {
-			return nil, nil, err
+		if single == nil {
+			img, err := Load(ctx, ref) // a layout's image
+			if err != nil {
+				return nil, nil, err
+			}
+			single = img
 		}
-		return nil, []Platform{{Image: img}}, nil
+		return nil, []Platform{{Image: single}}, nil
 	}
 	desc, err := partial.Descriptor(idx)
 	if err != nil {
