@@ -14,10 +14,10 @@ import (
 )
 
 // Handler serves GET /metrics for binary (skiff-converter, say) of the
-// given version, with c's metrics. It has a registry of its own rather
-// than the global one, so that two services in one process (tests) each
-// report their own.
-func Handler(binary, version string, c prometheus.Collector, log *slog.Logger) http.Handler {
+// given version, with the metrics of cs. It has a registry of its own
+// rather than the global one, so that two services in one process (tests)
+// each report their own.
+func Handler(binary, version string, log *slog.Logger, cs ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        Namespace(binary) + "build_info",
@@ -25,8 +25,8 @@ func Handler(binary, version string, c prometheus.Collector, log *slog.Logger) h
 		ConstLabels: prometheus.Labels{"version": version},
 	})
 	build.Set(1)
+	reg.MustRegister(cs...)
 	reg.MustRegister(
-		c,
 		build,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

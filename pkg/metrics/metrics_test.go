@@ -13,7 +13,7 @@ import (
 func TestHandler(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "skiff_test_things_total", Help: "Things."})
 	c.Add(3)
-	h := Handler("skiff-test", "v1.2.3", c, slog.New(slog.DiscardHandler))
+	h := Handler("skiff-test", "v1.2.3", slog.New(slog.DiscardHandler), c)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Result().Body)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/skiff-dev/skiff/internal/testenv"
 	"github.com/skiff-dev/skiff/pkg/bootstrap"
@@ -254,6 +255,30 @@ func TestSourceReadsFromSeveralParents(t *testing.T) {
 	fetch(src, 0, 4<<20)
 	if got := counts(); got != "a=0 b=0 c=1" {
 		t.Errorf("requests per parent %s, want the last range whole from c", got)
+	}
+
+	// As the agent's metrics say it.
+	col := NewCollector("skiff_test_", src)
+	want := `
+# HELP skiff_test_peer_banned Parents banned now (for SourceOptions.BanFor after bad bytes).
+# TYPE skiff_test_peer_banned gauge
+skiff_test_peer_banned 2
+# HELP skiff_test_peer_ranges_assembled_total Ranges read in parts from several parents at once (SKIFF_AGENT_PEER_PARALLEL).
+# TYPE skiff_test_peer_ranges_assembled_total counter
+skiff_test_peer_ranges_assembled_total 1
+# HELP skiff_test_peer_ranges_total Ranges, or parts of ranges read from several parents, received from other nodes (peer) and from seeders (seeder).
+# TYPE skiff_test_peer_ranges_total counter
+skiff_test_peer_ranges_total{parent="peer"} 4
+skiff_test_peer_ranges_total{parent="seeder"} 0
+# HELP skiff_test_peer_rejected_total Parents banned for sending bytes that failed verification.
+# TYPE skiff_test_peer_rejected_total counter
+skiff_test_peer_rejected_total 2
+`
+	if err := testutil.CollectAndCompare(col, strings.NewReader(want), "skiff_test_peer_banned", "skiff_test_peer_ranges_assembled_total", "skiff_test_peer_ranges_total", "skiff_test_peer_rejected_total"); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.CollectAndLint(col); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
 	}
 }
 

@@ -34,6 +34,7 @@ import (
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -543,7 +544,7 @@ func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	f, runP2P, err := newFetcher(cfg, c, st, log)
+	f, node2p, err := newFetcher(cfg, c, st, log)
 	if err != nil {
 		return err
 	}
@@ -652,11 +653,13 @@ func runMountd(ctx context.Context, cfg config, version string, log *slog.Logger
 	})
 	// Ports are listened on only now: a mount process taking over from
 	// another gets them once that one has exited.
-	if runP2P != nil {
-		g.Go(func() error { return runP2P(gctx) })
+	var p2pMetrics []prometheus.Collector
+	if node2p != nil {
+		g.Go(func() error { return node2p.run(gctx) })
+		p2pMetrics = node2p.metrics
 	}
 	if cfg.MetricsListen != "" {
-		g.Go(func() error { return serveMetrics(gctx, cfg.MetricsListen, m, version, log) })
+		g.Go(func() error { return serveMetrics(gctx, cfg.MetricsListen, m, version, log, p2pMetrics...) })
 	}
 	log.Info("skiff-agent mountd: serving lazy mounts", "socket", sock, "store", cfg.Store, "version", version)
 	err = g.Wait()

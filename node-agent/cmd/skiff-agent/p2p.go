@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/skiff-dev/skiff/pkg/bus"
@@ -23,11 +24,19 @@ import (
 	"github.com/skiff-dev/skiff/pkg/store"
 )
 
+// p2p is this node's part in peer-to-peer distribution.
+type p2p struct {
+	// run serves this node's pieces to other nodes and announces them
+	// until ctx ends.
+	run func(ctx context.Context) error
+	// metrics are the peer source's and the piece server's.
+	metrics []prometheus.Collector
+}
+
 // newFetcher builds mountd's Fetcher: cache → store, or with P2P on
-// (SKIFF_AGENT_NATS_URL set) cache → peers → store, in which case run
-// serves this node's pieces to other nodes and announces them until ctx
-// ends. run is nil when P2P is off.
-func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f *fetch.Fetcher, run func(context.Context) error, err error) {
+// (SKIFF_AGENT_NATS_URL set) cache → peers → store, with the node's part
+// in P2P, which is nil when P2P is off.
+func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (*fetch.Fetcher, *p2p, error) {
 	storeSrc := fetch.NewStoreSource("store", st)
 	if cfg.NATSURL == "" {
 		return fetch.New(c, []fetch.Source{storeSrc}, fetch.WithLogger(log)), nil, nil
@@ -47,10 +56,10 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 		return nil, nil, err
 	}
 	src := peer.NewSource(nc, id, nil, peer.SourceOptions{Parallel: cfg.PeerParallel, Logger: log})
-	f = fetch.New(c, []fetch.Source{src, storeSrc}, fetch.WithFrameSink(pieces), fetch.WithLogger(log))
+	f := fetch.New(c, []fetch.Source{src, storeSrc}, fetch.WithFrameSink(pieces), fetch.WithLogger(log))
 	server := piece.NewServer(pieces, nil, log, piece.WithUploadRate(cfg.PeerUpload))
 	ann := &peer.Announcer{NC: nc, ID: id, Addr: addr, Role: schedule.RolePeer, Store: pieces, Load: server.Load, Zone: cfg.PeerZone, Logger: log}
-	run = func(ctx context.Context) error {
+	run := func(ctx context.Context) error {
 		defer nc.Close()
 		// Listening starts here, not when the fetcher is made: a mount
 		// process taking over from another gets the port once that one
@@ -77,7 +86,8 @@ func newFetcher(cfg config, c *cache.Cache, st store.Store, log *slog.Logger) (f
 		})
 		return g.Wait()
 	}
-	return f, run, nil
+	const ns = "skiff_agent_"
+	return f, &p2p{run: run, metrics: []prometheus.Collector{peer.NewCollector(ns, src), piece.NewCollector(ns, server)}}, nil
 }
 
 // peerID is the id of this node: PEER_ID, or the host name. Peers know

@@ -4,8 +4,11 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestPeerIdentity(t *testing.T) {
@@ -38,23 +41,38 @@ func TestPeerIdentity(t *testing.T) {
 func TestNewFetcherP2PSwitch(t *testing.T) {
 	log := slog.Default()
 	// Off by default: today's fetch path, nothing to run.
-	f, run, err := newFetcher(config{Root: t.TempDir()}, nil, nil, log)
-	if err != nil || run != nil || len(f.Stats().Sources) != 1 {
-		t.Fatalf("P2P off: run %v, err %v, sources %+v", run != nil, err, f.Stats().Sources)
+	f, node, err := newFetcher(config{Root: t.TempDir()}, nil, nil, log)
+	if err != nil || node != nil || len(f.Stats().Sources) != 1 {
+		t.Fatalf("P2P off: P2P %v, err %v, sources %+v", node != nil, err, f.Stats().Sources)
 	}
 	// On, with NATS not (yet) reachable: the agent still starts, reads
 	// would go to the store, and the piece server stops with ctx.
 	cfg := config{Root: t.TempDir(), NATSURL: "nats://127.0.0.1:1", PeerListen: "127.0.0.1:0", PeerID: "n1", PeerAdvertise: "127.0.0.1:1"}
-	f, run, err = newFetcher(cfg, nil, nil, log)
-	if err != nil || run == nil {
+	f, node, err = newFetcher(cfg, nil, nil, log)
+	if err != nil || node == nil {
 		t.Fatalf("P2P on: %v", err)
+	}
+	// Its metrics: the peer source's and the piece server's.
+	if err := testutil.CollectAndCompare(node.metrics[0], strings.NewReader(`
+# HELP skiff_agent_peer_ranges_assembled_total Ranges read in parts from several parents at once (SKIFF_AGENT_PEER_PARALLEL).
+# TYPE skiff_agent_peer_ranges_assembled_total counter
+skiff_agent_peer_ranges_assembled_total 0
+`), "skiff_agent_peer_ranges_assembled_total"); err != nil {
+		t.Error(err)
+	}
+	if err := testutil.CollectAndCompare(node.metrics[1], strings.NewReader(`
+# HELP skiff_agent_held_bytes Bytes of pieces held for peers; the piece store's size limit bounds them.
+# TYPE skiff_agent_held_bytes gauge
+skiff_agent_held_bytes 0
+`), "skiff_agent_held_bytes"); err != nil {
+		t.Error(err)
 	}
 	if s := f.Stats().Sources; len(s) != 2 || s[0].Name != "peer" || s[1].Name != "store" {
 		t.Fatalf("sources %+v, want peer then store", s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx) }()
+	go func() { done <- node.run(ctx) }()
 	time.Sleep(100 * time.Millisecond)
 	cancel()
 	select {

@@ -106,5 +106,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 // metricsHandler serves GET /metrics.
 func metricsHandler(c counters, log *slog.Logger) http.Handler {
-	return metrics.Handler("skiff-converter", Version, newCollector(c), log)
+	return metrics.Handler("skiff-converter", Version, log, newCollector(c))
 }

@@ -76,5 +76,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 // metricsHandler serves GET /metrics.
 func metricsHandler(c counters, log *slog.Logger) http.Handler {
-	return metrics.Handler("skiff-scheduler", Version, newCollector(c), log)
+	return metrics.Handler("skiff-scheduler", Version, log, newCollector(c))
 }

@@ -26,13 +26,10 @@ import (
 )
 
 type fixedCounters struct {
-	s    Stats
-	busy int
+	s Stats
 }
 
 func (f fixedCounters) stats() Stats { return f.s }
-
-func (f fixedCounters) load() int { return f.busy }
 
 func TestCollector(t *testing.T) {
 	tests := []struct {
@@ -42,22 +39,14 @@ func TestCollector(t *testing.T) {
 		want  string
 	}{
 		{
-			name:  "pieces",
-			names: []string{"skiff_seeder_preheats_total", "skiff_seeder_piece_requests_total", "skiff_seeder_piece_requests_in_flight", "skiff_seeder_source_bytes_total"},
-			c: fixedCounters{busy: 3, s: Stats{
+			// The piece server's metrics are piece.NewCollector's.
+			name:  "preheats and sources",
+			names: []string{"skiff_seeder_preheats_total", "skiff_seeder_source_bytes_total"},
+			c: fixedCounters{s: Stats{
 				Preheats: 5, PreheatFailures: 2,
-				Server: piece.ServerStats{Served: 10, ServedBytes: 1 << 20, Missed: 1, Seeded: 4, SeedErrors: 2},
-				Fetch:  fetch.Stats{Sources: []fetch.SourceStats{{Name: "store", Requests: 6, Frames: 30, Bytes: 4096}}},
+				Fetch: fetch.Stats{Sources: []fetch.SourceStats{{Name: "store", Requests: 6, Frames: 30, Bytes: 4096}}},
 			}},
 			want: `
-# HELP skiff_seeder_piece_requests_in_flight Piece requests being served now: the load announced to the schedulers.
-# TYPE skiff_seeder_piece_requests_in_flight gauge
-skiff_seeder_piece_requests_in_flight 3
-# HELP skiff_seeder_piece_requests_total Piece requests from peers, by result: served (answered with data), missed (404: not held) or seed_failed (502: seeding the range from the blob store failed).
-# TYPE skiff_seeder_piece_requests_total counter
-skiff_seeder_piece_requests_total{result="missed"} 1
-skiff_seeder_piece_requests_total{result="seed_failed"} 2
-skiff_seeder_piece_requests_total{result="served"} 10
 # HELP skiff_seeder_preheats_total Preheats of the images of conversion.completed events, by result: completed, or failed (every failed attempt counts; the event is delivered again until its last attempt).
 # TYPE skiff_seeder_preheats_total counter
 skiff_seeder_preheats_total{result="completed"} 5
@@ -151,7 +140,7 @@ func TestMetrics(t *testing.T) {
 # HELP skiff_seeder_build_info Always 1; version is the build of skiff-seeder, which changes on upgrades.
 # TYPE skiff_seeder_build_info gauge
 skiff_seeder_build_info{version="dev"} 1
-# HELP skiff_seeder_held_bytes Bytes of pieces held (SKIFF_SEEDER_CACHE_SIZE bounds them).
+# HELP skiff_seeder_held_bytes Bytes of pieces held for peers; the piece store's size limit bounds them.
 # TYPE skiff_seeder_held_bytes gauge
 skiff_seeder_held_bytes %[1]d
 # HELP skiff_seeder_piece_requests_in_flight Piece requests being served now: the load announced to the schedulers.

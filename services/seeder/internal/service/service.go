@@ -124,7 +124,7 @@ func New(d Deps, opts ...Option) *Service {
 	s.server = piece.NewServer(d.Pieces, s, o.log, piece.WithUploadRate(o.uploadRate))
 	s.announce = &peer.Announcer{NC: d.NATS, ID: d.ID, Addr: d.Advertise, Role: schedule.RoleSeeder, Store: d.Pieces,
 		Load: s.server.Load, Zone: o.zone, Interval: o.interval, Logger: o.log}
-	s.metrics = metricsHandler(s, o.log)
+	s.metrics = metricsHandler(s, s.server, o.log)
 	return s
 }
 
