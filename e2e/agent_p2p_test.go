@@ -63,12 +63,13 @@ func TestAgentsSharePieces(t *testing.T) {
 		return nil
 	})
 
-	peerAddrs := testenv.FreeAddrs(t, 2)
-	p2p := func(id, addr string) []string {
-		return []string{"SKIFF_AGENT_STORE=" + storeURL, "SKIFF_AGENT_NATS_URL=" + nats.URL,
+	peerAddrs, metricsAddrs := testenv.FreeAddrs(t, 2), testenv.FreeAddrs(t, 2)
+	p2p := func(i int) []string {
+		id, addr := fmt.Sprintf("node-%d", i+1), peerAddrs[i]
+		return []string{"SKIFF_AGENT_STORE=" + storeURL, "SKIFF_AGENT_NATS_URL=" + nats.URL, "SKIFF_AGENT_METRICS_LISTEN=" + metricsAddrs[i],
 			"SKIFF_AGENT_PEER_ID=" + id, "SKIFF_AGENT_PEER_LISTEN=" + addr, "SKIFF_AGENT_PEER_ADVERTISE=" + addr}
 	}
-	e.restartWith(ctx, p2p("node-1", peerAddrs[0])...)
+	e.restartWith(ctx, p2p(0)...)
 
 	probe, err := os.ReadFile(e.bin.probe)
 	if err != nil {
@@ -109,7 +110,7 @@ func TestAgentsSharePieces(t *testing.T) {
 	})
 
 	proxy.reset()
-	second := e.node(testenv.ContainerdOptions{}, p2p("node-2", peerAddrs[1])...)
+	second := e.node(testenv.ContainerdOptions{}, p2p(1)...)
 	second.pull(ctx, skiffRef)
 	if out, err := second.run(ctx, skiffRef, "p2p-second", "sha", "/data/big"); err != nil || out != want {
 		t.Fatalf("second node: %q, %v, want %q\n%s", out, err, want, second.logs())
@@ -123,6 +124,18 @@ func TestAgentsSharePieces(t *testing.T) {
 		t.Errorf("second node read %v by source, want the file from the first node, none from the store", s)
 	}
 	t.Logf("the store served %d bytes for the first node, %d for the second; the second read %v by source", first, n, s)
+	// Their metrics say so: the first node served pieces, the second
+	// received them from a peer.
+	checkMinimums(t, ctx, metricsAddrs[0], map[string]float64{
+		`skiff_agent_piece_requests_total{result="served"}`: 1,
+		"skiff_agent_piece_sent_bytes_total":                float64(len(big)),
+		"skiff_agent_held_bytes":                            float64(len(big)),
+		`skiff_agent_peer_ranges_total{parent="seeder"}`:    1,
+	})
+	checkMinimums(t, ctx, metricsAddrs[1], map[string]float64{
+		`skiff_agent_peer_ranges_total{parent="peer"}`: 1,
+		"skiff_agent_peer_requests_total":              1,
+	})
 }
 
 // sourceBytes returns the bytes node's mount process received from each

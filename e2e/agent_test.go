@@ -490,6 +490,24 @@ func testAgent(t *testing.T, ctrd testenv.ContainerdOptions, settings ...string)
 // above: the upgraded process holds the port now.
 func checkMetrics(t *testing.T, ctx context.Context, addr string) {
 	t.Helper()
+	text := checkMinimums(t, ctx, addr, map[string]float64{
+		"skiff_agent_mounts":                             1,
+		`skiff_agent_source_bytes_total{source="store"}`: 1,
+		`skiff_agent_chunk_reads_total{result="miss"}`:   1,
+		// The corrupted chunk.
+		`skiff_agent_source_errors_total{source="store"}`: 1,
+		"skiff_agent_cache_max_bytes":                     1,
+	})
+	if !strings.Contains(text, "skiff_agent_build_info{version=") {
+		t.Errorf("no skiff_agent_build_info in:\n%s", text)
+	}
+}
+
+// checkMinimums scrapes the metrics at addr and checks that each metric
+// (name and labels, as printed) is at least its minimum; it returns what
+// it scraped.
+func checkMinimums(t *testing.T, ctx context.Context, addr string, minimums map[string]float64) string {
+	t.Helper()
 	var text string
 	waitFor(t, ctx, func() error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
@@ -511,25 +529,13 @@ func checkMetrics(t *testing.T, ctx context.Context, addr string) {
 		text = string(body)
 		return nil
 	})
-	for _, c := range []struct {
-		metric string
-		min    float64
-	}{
-		{"skiff_agent_mounts", 1},
-		{`skiff_agent_source_bytes_total{source="store"}`, 1},
-		{`skiff_agent_chunk_reads_total{result="miss"}`, 1},
-		// The corrupted chunk.
-		{`skiff_agent_source_errors_total{source="store"}`, 1},
-		{"skiff_agent_cache_max_bytes", 1},
-	} {
-		v, ok := metricValue(text, c.metric)
-		if !ok || v < c.min {
-			t.Errorf("metric %s = %v (present: %v), want at least %v", c.metric, v, ok, c.min)
+	for metric, min := range minimums {
+		v, ok := metricValue(text, metric)
+		if !ok || v < min {
+			t.Errorf("metric %s = %v (present: %v), want at least %v", metric, v, ok, min)
 		}
 	}
-	if !strings.Contains(text, "skiff_agent_build_info{version=") {
-		t.Errorf("no skiff_agent_build_info in:\n%s", text)
-	}
+	return text
 }
 
 // metricValue finds the sample of metric (name and labels, as printed)
