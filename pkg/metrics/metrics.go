@@ -45,3 +45,24 @@ func Namespace(binary string) string {
 	}
 	return string(b)
 }
+
+// Descs returns what a collector describes its metrics with, each named
+// under namespace (skiff_agent_, say).
+func Descs(namespace string) func(name, help string, labels ...string) *prometheus.Desc {
+	return func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(namespace+name, help, labels, nil)
+	}
+}
+
+// Senders returns what a collector's Collect sends its counters' and
+// gauges' current values on ch with: Skiff's collectors read counters the
+// process keeps anyway, at each scrape.
+func Senders(ch chan<- prometheus.Metric) (counter func(d *prometheus.Desc, v int64, labels ...string), gauge func(d *prometheus.Desc, v float64, labels ...string)) {
+	counter = func(d *prometheus.Desc, v int64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge = func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	return counter, gauge
+}

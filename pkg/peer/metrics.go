@@ -1,6 +1,10 @@
 package peer
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/skiff-dev/skiff/pkg/metrics"
+)
 
 // collector exports a Source's counters as Prometheus metrics, read from
 // the same counters Stats reports.
@@ -13,9 +17,7 @@ type collector struct {
 // NewCollector returns the Prometheus collector of src, its metrics named
 // under namespace (skiff_agent_).
 func NewCollector(namespace string, src *Source) prometheus.Collector {
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(namespace+name, help, labels, nil)
-	}
+	d := metrics.Descs(namespace)
 	return &collector{
 		src:          src,
 		requests:     d("peer_requests_total", "Ranges asked of the peer-to-peer network, before the blob store."),
@@ -37,9 +39,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	counter := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	counter, gauge := metrics.Senders(ch)
 	s := c.src.Stats()
 	counter(c.requests, s.Requests)
 	counter(c.ranges, s.FromPeers, "peer")
@@ -50,5 +50,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.fellThrough, s.Failures, "parents_failed")
 	counter(c.parentErrors, s.ParentErrors)
 	counter(c.rejected, s.Rejected)
-	ch <- prometheus.MustNewConstMetric(c.banned, prometheus.GaugeValue, float64(len(s.Banned)))
+	gauge(c.banned, float64(len(s.Banned)))
 }

@@ -1,6 +1,10 @@
 package piece
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/skiff-dev/skiff/pkg/metrics"
+)
 
 // collector exports a piece server's requests and its store's holdings as
 // Prometheus metrics, read from the counters GET /stats reports.
@@ -14,9 +18,7 @@ type collector struct {
 // NewCollector returns the Prometheus collector of srv and the store it
 // serves, its metrics named under namespace (skiff_seeder_, skiff_agent_).
 func NewCollector(namespace string, srv *Server) prometheus.Collector {
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(namespace+name, help, labels, nil)
-	}
+	d := metrics.Descs(namespace)
 	return &collector{
 		srv:      srv,
 		st:       srv.store,
@@ -38,9 +40,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	counter := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	counter, gauge := metrics.Senders(ch)
 	s := c.srv.Stats()
 	counter(c.requests, s.Served, "served")
 	counter(c.requests, s.Missed, "missed")
@@ -48,6 +48,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.seeded, s.Seeded)
 	counter(c.waited, s.Waited)
 	counter(c.sent, s.ServedBytes)
-	ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(c.srv.Load()))
-	ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(c.st.Size()))
+	gauge(c.inFlight, float64(c.srv.Load()))
+	gauge(c.held, float64(c.st.Size()))
 }

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/skiff-dev/skiff/pkg/fetch"
+	"github.com/skiff-dev/skiff/pkg/metrics"
 )
 
 // counters is what the metrics are read from at each scrape: the same
@@ -32,9 +33,7 @@ func NewCollector(m *Manager) prometheus.Collector { return newCollector(m) }
 
 func newCollector(c counters) *collector {
 	const ns = "skiff_agent_"
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(ns+name, help, labels, nil)
-	}
+	d := metrics.Descs(ns)
 	return &collector{
 		c:              c,
 		mounts:         d("mounts", "Images mounted."),
@@ -67,12 +66,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
-	counter := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	counter, gauge := metrics.Senders(ch)
 	gauge(c.mounts, float64(len(c.c.Mounts())))
 	s := c.c.Stats()
 	counter(c.chunkReads, s.MemoryHits, "memory")

@@ -40,9 +40,7 @@ type collector struct {
 
 func newCollector(c counters) *collector {
 	const ns = "skiff_converter_"
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(ns+name, help, labels, nil)
-	}
+	d := metrics.Descs(ns)
 	return &collector{
 		c:             c,
 		notifications: d("notifications_total", "Registry notifications received on the webhook, by answer: ok (200), malformed (400: nothing published) or unavailable (503: NATS failed; the registry sends it again).", "result"),
@@ -74,9 +72,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	counter := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	counter, gauge := metrics.Senders(ch)
 	s := c.c.stats()
 	h, w := s.Webhook, s.Worker
 	counter(c.notifications, h.OK, "ok")
@@ -94,7 +90,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.requests, w.Invalid, "invalid")
 	counter(c.attempts, w.Attempts)
 	counter(c.attemptErrors, w.AttemptErrors)
-	ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, float64(w.Running))
+	gauge(c.running, float64(w.Running))
 	counter(c.waits, w.Waits)
 	counter(c.claimErrors, w.ClaimErrors)
 

@@ -26,9 +26,7 @@ type collector struct {
 
 func newCollector(c counters) *collector {
 	const ns = "skiff_scheduler_"
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(ns+name, help, labels, nil)
-	}
+	d := metrics.Descs(ns)
 	return &collector{
 		c:           c,
 		announces:   d("announces_total", "Peer announcements received, departures included; every scheduler hears every one."),
@@ -55,23 +53,18 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
-	}
-	counter := func(d *prometheus.Desc, v int64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
-	}
+	counter, gauge := metrics.Senders(ch)
 	s := c.c.Stats()
 	counter(c.announces, s.Announces)
 	counter(c.requests, s.Requests)
 	counter(c.misses, s.Misses)
 	counter(c.reports, s.Reports)
 	counter(c.heard, s.Heard)
-	gauge(c.peers, int64(s.Table.Peers), schedule.RolePeer.String())
-	gauge(c.peers, int64(s.Table.Seeders), schedule.RoleSeeder.String())
-	gauge(c.quarantined, int64(s.Table.Quarantined))
-	gauge(c.blobs, int64(s.Table.Blobs))
-	gauge(c.heldBytes, s.Table.HeldBytes)
+	gauge(c.peers, float64(s.Table.Peers), schedule.RolePeer.String())
+	gauge(c.peers, float64(s.Table.Seeders), schedule.RoleSeeder.String())
+	gauge(c.quarantined, float64(s.Table.Quarantined))
+	gauge(c.blobs, float64(s.Table.Blobs))
+	gauge(c.heldBytes, float64(s.Table.HeldBytes))
 }
 
 // metricsHandler serves GET /metrics.

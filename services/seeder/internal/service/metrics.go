@@ -27,9 +27,7 @@ type collector struct {
 
 func newCollector(c counters) *collector {
 	const ns = "skiff_seeder_"
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(ns+name, help, labels, nil)
-	}
+	d := metrics.Descs(ns)
 	return &collector{
 		c:           c,
 		preheats:    d("preheats_total", "Preheats of the images of conversion.completed events, by result: completed, or failed (every failed attempt counts; the event is delivered again until its last attempt).", "result"),
@@ -54,9 +52,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	counter := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	counter, _ := metrics.Senders(ch)
 	s := c.c.stats()
 	counter(c.preheats, s.Preheats, "completed")
 	counter(c.preheats, s.PreheatFailures, "failed")
